@@ -1,0 +1,44 @@
+"""npc-wrapper: train one policy against fixed NPC policies in any PettingZoo parallel env.
+
+:func:`make_vec_env` (Stable-Baselines3) and :func:`make_vector_env` (Gymnasium, CleanRL-style)
+take a PettingZoo ``ParallelEnv`` factory, run the NPC agents' policy batched inside ``step()``,
+and expose only the training agents' observation and action slots to the trainer.
+"""
+
+from __future__ import annotations
+
+from npc_wrapper.agents import split_agents
+from npc_wrapper.engine import EPISODE_KEY, PADDING_KEY
+from npc_wrapper.factory import make_vec_env, make_vector_env
+from npc_wrapper.gym_vector_env import NPCVectorEnv
+from npc_wrapper.policies import (
+    CallablePolicy,
+    ConstantPolicy,
+    NPCPolicy,
+    RandomPolicy,
+    SB3Policy,
+    TorchPolicy,
+    as_npc_policy,
+)
+from npc_wrapper.pool import NPCPool
+from npc_wrapper.sb3_vec_env import NPCVecEnv
+
+__all__ = [
+    "make_vec_env",
+    "make_vector_env",
+    "NPCVecEnv",
+    "NPCVectorEnv",
+    "NPCPolicy",
+    "NPCPool",
+    "RandomPolicy",
+    "ConstantPolicy",
+    "CallablePolicy",
+    "TorchPolicy",
+    "SB3Policy",
+    "as_npc_policy",
+    "split_agents",
+    "PADDING_KEY",
+    "EPISODE_KEY",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""Which agents train and which are NPCs, and the array layout that follows from it.
+
+The split is the seed's rule made exact: the first ``floor(pct * n_agents + 0.5)`` agents of
+``possible_agents`` train, the rest are NPCs, the same in every sub-env for the whole run.
+``training_agents=[...]`` (names or glob patterns) overrides the percentage.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["AgentLayout", "NPCGroup", "split_agents", "build_layout"]
+
+AgentID = Hashable
+
+
+def _matches(agent: AgentID, pattern: Any) -> bool:
+    if isinstance(pattern, str):
+        return fnmatch.fnmatchcase(str(agent), pattern)
+    return agent == pattern
+
+
+def split_agents(
+    possible_agents: Sequence[AgentID],
+    training_agents_pct: float | None = 0.5,
+    training_agents: Sequence[Any] | None = None,
+) -> tuple[list[AgentID], list[AgentID]]:
+    """Return ``(training, npc)`` agents, each in ``possible_agents`` order.
+
+    :param possible_agents: the env's ``possible_agents``
+    :param training_agents_pct: fraction of agents that train, in ``[0, 1]``
+    :param training_agents: names or glob patterns (``"red_*"``) of the training agents;
+        overrides ``training_agents_pct``
+    """
+    agents = list(possible_agents)
+    if training_agents is not None:
+        if isinstance(training_agents, (str, bytes)):
+            training_agents = [training_agents]
+        unmatched = [p for p in training_agents if not any(_matches(a, p) for a in agents)]
+        if unmatched:
+            raise ValueError(
+                f"training_agents patterns {unmatched} match none of the env's possible_agents {agents}"
+            )
+        train = [a for a in agents if any(_matches(a, p) for p in training_agents)]
+    else:
+        if training_agents_pct is None or not 0.0 <= float(training_agents_pct) <= 1.0:
+            raise ValueError(
+                f"training_agents_pct must be a fraction in [0, 1] (0.75 means 75% of agents train), "
+                f"got {training_agents_pct!r}"
+            )
+        n_train = math.floor(float(training_agents_pct) * len(agents) + 0.5)
+        if n_train == 0:
+            raise ValueError(
+                f"training_agents_pct={training_agents_pct} of {len(agents)} agents rounds to 0 training agents; "
+                f"use at least {0.5 / len(agents):.3g} or name them with training_agents=[...]"
+            )
+        train = agents[:n_train]
+    return train, [a for a in agents if a not in train]
+
+
+@dataclass(frozen=True)
+class NPCGroup:
+    """NPC agents driven by one policy spec and sharing one observation and action space.
+
+    :param agents: the group's agents, in ``possible_agents`` order
+    :param spec: what the user passed for them (``"random"``, a model, a URI...)
+    :param observation_space: their shared observation space
+    :param action_space: their shared action space
+    """
+
+    agents: tuple[AgentID, ...]
+    spec: Any
+    observation_space: spaces.Space
+    action_space: spaces.Space
+
+
+@dataclass(frozen=True)
+class AgentLayout:
+    """Where every agent of one sub-env lives in the wrapper's arrays.
+
+    Training agents occupy slots ``0..n_train-1`` of their env; NPC group ``g`` occupies rows
+    ``0..len(group)-1`` of that group's buffers. ``agent_index`` is the position in
+    ``possible_agents``, used for the per-agent reward and done arrays.
+    """
+
+    possible_agents: tuple[AgentID, ...]
+    training: tuple[AgentID, ...]
+    groups: tuple[NPCGroup, ...]
+    observation_space: spaces.Space
+    action_space: spaces.Space
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.possible_agents)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.training)
+
+    @property
+    def train_index(self) -> np.ndarray:
+        """Positions of the training agents in ``possible_agents``."""
+        return np.array([self.possible_agents.index(a) for a in self.training], dtype=np.intp)
+
+    @property
+    def npc_index(self) -> np.ndarray:
+        """Positions of all NPC agents in ``possible_agents``."""
+        return np.array([i for i, a in enumerate(self.possible_agents) if a not in self.training], dtype=np.intp)
+
+    def group_index(self, g: int) -> np.ndarray:
+        """Positions of NPC group ``g``'s agents in ``possible_agents``."""
+        return np.array([self.possible_agents.index(a) for a in self.groups[g].agents], dtype=np.intp)
+
+
+def _describe(agents: Sequence[AgentID], space_of: Any) -> str:
+    return ", ".join(f"{a!r}: {space_of(a)}" for a in agents)
+
+
+def build_layout(
+    env: Any,
+    npc: Any,
+    training_agents_pct: float | None = 0.5,
+    training_agents: Sequence[Any] | None = None,
+) -> AgentLayout:
+    """Split ``env``'s agents, check the training agents share spaces, and group the NPCs.
+
+    :param env: a PettingZoo ``ParallelEnv`` (only ``possible_agents`` and the space getters are used)
+    :param npc: one NPC spec for every NPC agent, or a mapping from agent name or glob pattern to
+        spec (the first matching pattern wins; every NPC agent must match one)
+    """
+    possible = tuple(env.possible_agents)
+    if len(set(possible)) != len(possible):
+        raise ValueError(f"the env's possible_agents has duplicates: {list(possible)}")
+    train, npcs = split_agents(possible, training_agents_pct, training_agents)
+    obs_space, act_space = env.observation_space(train[0]), env.action_space(train[0])
+    odd = [a for a in train if env.observation_space(a) != obs_space or env.action_space(a) != act_space]
+    if odd:
+        raise ValueError(
+            "all training agents must share one observation space and one action space, but they differ:\n"
+            f"  observation spaces: {_describe(train, env.observation_space)}\n"
+            f"  action spaces: {_describe(train, env.action_space)}\n"
+            "Pad them to a common space with SuperSuit (pad_observations_v0, pad_action_space_v0) "
+            "or choose agents that share spaces with training_agents=[...]"
+        )
+
+    if isinstance(npc, Mapping):
+        unmatched = [a for a in npcs if not any(_matches(a, p) for p in npc)]
+        if unmatched:
+            raise ValueError(
+                f"NPC agents {unmatched} match no key of the npc mapping {list(npc)}; add a pattern such as '*'"
+            )
+        spec_key = {a: next(p for p in npc if _matches(a, p)) for a in npcs}
+    else:
+        spec_key = {a: None for a in npcs}
+
+    grouped: dict[tuple[Any, int], list[AgentID]] = {}
+    space_ids: list[tuple[spaces.Space, spaces.Space]] = []
+    for a in npcs:
+        pair = (env.observation_space(a), env.action_space(a))
+        sid = next((i for i, s in enumerate(space_ids) if s == pair), None)
+        if sid is None:
+            space_ids.append(pair)
+            sid = len(space_ids) - 1
+        grouped.setdefault((spec_key[a], sid), []).append(a)
+    groups = tuple(
+        NPCGroup(
+            agents=tuple(members),
+            spec=npc[key] if isinstance(npc, Mapping) else npc,
+            observation_space=space_ids[sid][0],
+            action_space=space_ids[sid][1],
+        )
+        for (key, sid), members in grouped.items()
+    )
+    return AgentLayout(possible, tuple(train), groups, obs_space, act_space)

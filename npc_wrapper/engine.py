@@ -1,0 +1,320 @@
+"""The engine both vector-env front ends share: NPC inference, slots, episode bookkeeping.
+
+Per vector step the engine sends the trainer's actions and the precomputed NPC actions to every
+sub-env, reads back the buffers, turns them into per-slot rewards, dones and infos with array
+operations, and then runs each NPC policy once on the live NPC rows of all envs, so the NPC
+actions for the next step are ready (and, on a GPU, computed while the trainer picks its own).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from npc_wrapper.agents import AgentLayout, build_layout
+from npc_wrapper.policies import NPCPolicy, as_npc_policy, check_npc_policy
+from npc_wrapper.pool import NPCPool
+from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
+
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
+
+#: Info key set on a slot whose agent was dead at the start of the step (its transition is padding).
+PADDING_KEY = "npc_wrapper/padding"
+#: Info key set on every training slot of an env whose episode ended: team returns and outcome.
+EPISODE_KEY = "npc_wrapper/episode"
+
+EnvFn = Callable[[], Any]
+
+
+@dataclass
+class Ended:
+    """How a slot's episode ended: its terminal observation and Monitor-style statistics."""
+
+    final_obs: np.ndarray
+    ret: float
+    length: int
+    time: float
+
+
+@dataclass
+class StepResult:
+    """One vector step, per training slot (``num_envs * n_train`` slots, env-major).
+
+    ``infos`` hold the env's infos for the training agents plus ``npc_wrapper/padding`` and
+    ``npc_wrapper/episode``; each front end adds its own API's keys from ``ended``.
+    """
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    infos: list[dict[str, Any]]
+    #: Infos of the sub-env resets that happened in this step, per slot (``{}`` where none).
+    reset_infos: list[dict[str, Any]]
+    #: The slots whose episode ended at this step.
+    ended: dict[int, Ended]
+
+
+class NPCEngine:
+    """Runs ``num_envs`` copies of a PettingZoo parallel env with NPC agents driven by frozen policies.
+
+    See :func:`npc_wrapper.make_vec_env` for the parameters.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[EnvFn],
+        npc: Any = "random",
+        training_agents_pct: float | None = 0.5,
+        training_agents: Sequence[Any] | None = None,
+        num_workers: int = 0,
+        device: str | torch.device = "auto",
+        early_reset: bool = True,
+        deterministic_npc: bool = False,
+        trusted: bool = False,
+        start_method: str | None = None,
+    ) -> None:
+        if not env_fns:
+            raise ValueError("num_envs must be at least 1")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}")
+        self.num_envs = len(env_fns)
+        probe = env_fns[0]()
+        self._check_parallel_env(probe)
+        try:
+            self.layout: AgentLayout = build_layout(probe, npc, training_agents_pct, training_agents)
+            self.metadata = dict(getattr(probe, "metadata", {}) or {})
+            self.render_mode = getattr(probe, "render_mode", None)
+            self.pools = [self._make_pool(g, device, deterministic_npc, trusted) for g in range(len(self.layout.groups))]
+        except BaseException:
+            probe.close()
+            raise
+        if num_workers == 0:
+            self.backend: Backend = InProcessBackend([probe] + [fn() for fn in env_fns[1:]], self.layout, early_reset)
+        else:
+            probe.close()
+            self.backend = WorkerBackend(env_fns, num_workers, self.layout, early_reset, start_method)
+
+        layout = self.layout
+        self.n_train = layout.n_train
+        self.num_slots = self.num_envs * self.n_train
+        self._train_pos = layout.train_index
+        self._npc_pos = layout.npc_index
+        self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
+        E = self.num_envs
+        act = layout.action_space
+        self._act_shape = act.shape
+        self._npc_actions = [
+            np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype) for grp in layout.groups
+        ]
+        self._episode_start = [np.ones(E * len(grp.agents), dtype=bool) for grp in layout.groups]
+        self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
+        self._alive = np.zeros((E, layout.n_agents), dtype=bool)
+        self._slot_return = np.zeros(self.num_slots, dtype=np.float64)
+        self._slot_length = np.zeros(self.num_slots, dtype=np.int64)
+        self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
+        self._env_length = np.zeros(E, dtype=np.int64)
+        self._rng = np.random.default_rng()
+        self._t_start = time.time()
+        self._needs_reset = True
+        self.closed = False
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _check_parallel_env(env: Any) -> None:
+        missing = [m for m in ("possible_agents", "reset", "step", "observation_space", "action_space") if not hasattr(env, m)]
+        if missing or hasattr(env, "agent_selection"):
+            kind = "an AEC env" if hasattr(env, "agent_selection") else type(env).__name__
+            raise TypeError(
+                f"env_fn must return a PettingZoo ParallelEnv, got {kind} (missing {missing}); "
+                "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
+            )
+
+    def _make_pool(self, g: int, device: Any, deterministic: bool, trusted: bool) -> NPCPool:
+        group = self.layout.groups[g]
+        spec = group.spec
+        if isinstance(spec, NPCPool):
+            pool = spec
+        else:
+            pool = NPCPool([as_npc_policy(spec, group.observation_space, group.action_space,
+                                          device=device, deterministic=deterministic, trusted=trusted)])
+        for member in pool.members:
+            check_npc_policy(member, list(group.agents), group.observation_space, group.action_space)
+        return pool
+
+    # ------------------------------------------------------------------ reset / step
+    def reset(self, seeds: Sequence[int | None], options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Reset every sub-env (sub-env ``i`` with ``seeds[i]``) and return the training slots' obs and infos."""
+        self._assert_open()
+        if seeds[0] is not None:
+            self._seed_npcs(int(seeds[0]))
+        elif self._needs_reset:
+            self._seed_npcs(None)
+        env_infos = self.backend.reset(seeds, dict(options) if options else None)
+        self._needs_reset = False
+        buf = self.backend.buffers
+        self._alive[...] = buf.alive
+        self._slot_return[...] = 0
+        self._slot_length[...] = 0
+        self._team_return[...] = 0
+        self._env_length[...] = 0
+        all_envs = np.ones(self.num_envs, dtype=bool)
+        self._start_episodes(all_envs)
+        infos = [dict(info) for env in env_infos for info in env]
+        self._compute_npc_actions()
+        return buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy(), infos
+
+    def _seed_npcs(self, seed: int | None) -> None:
+        self._rng = np.random.default_rng(seed)
+        for g, pool in enumerate(self.pools):
+            rows = self.num_envs * len(self.layout.groups[g].agents)
+            for m, member in enumerate(pool.members):
+                member.reset(rows, None if seed is None else seed + 7919 * (g + 1) + m)
+
+    def _start_episodes(self, envs: np.ndarray) -> None:
+        """Mark the NPC rows of ``envs`` as episode starts and draw each env's pool member."""
+        n = int(envs.sum())
+        for g, pool in enumerate(self.pools):
+            self._member[g][envs] = pool.draw(self._rng, n)
+            start = self._episode_start[g].reshape(self.num_envs, -1)
+            start[envs] = True
+
+    def _compute_npc_actions(self) -> None:
+        """One forward per NPC policy over the live rows it drives, for the coming step."""
+        buf = self.backend.buffers
+        for g, pool in enumerate(self.pools):
+            n_g = len(self.layout.groups[g].agents)
+            obs = buf.npc_obs[g].reshape(self.num_envs * n_g, *buf.npc_obs[g].shape[2:])
+            alive = self._alive[:, self._group_pos[g]].reshape(-1)
+            out = self._npc_actions[g].reshape(self.num_envs * n_g, *self._npc_actions[g].shape[2:])
+            start = self._episode_start[g]
+            if len(pool) == 1 and alive.all():
+                out[...] = pool.members[0].act(obs, np.arange(len(alive)), start)
+            else:
+                member_of_row = np.repeat(self._member[g], n_g)
+                for m, member in enumerate(pool.members):
+                    rows = np.flatnonzero(alive & (member_of_row == m))
+                    if len(rows):
+                        out[rows] = member.act(obs[rows], rows, start[rows])
+            start[...] = False
+
+    def validate_actions(self, actions: Any) -> np.ndarray:
+        """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
+        space = self.layout.action_space
+        a = np.asarray(actions)
+        expected = (self.num_slots, *space.shape)
+        if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (self.num_slots, 1)):
+            raise ValueError(
+                f"actions must have shape {expected} (num_envs={self.num_envs} x {self.n_train} training agents, "
+                f"env-major, each in {space}), got shape {a.shape}"
+            )
+        a = a.reshape(expected)
+        if isinstance(space, spaces.Discrete):
+            bad = (a < space.start) | (a >= space.start + space.n)
+        elif isinstance(space, spaces.MultiDiscrete):
+            bad = ((a < space.start) | (a >= space.start + space.nvec)).reshape(self.num_slots, -1).any(axis=1)
+        elif isinstance(space, spaces.MultiBinary):
+            bad = ((a != 0) & (a != 1)).reshape(self.num_slots, -1).any(axis=1)
+        elif isinstance(space, spaces.Box):
+            bad = ~((a >= space.low) & (a <= space.high)).reshape(self.num_slots, -1).all(axis=1)
+        else:
+            bad = np.array([not space.contains(x) for x in a])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"action {a[i].tolist()!r} for slot {i} (env {i // self.n_train}, agent "
+                f"{self.layout.training[i % self.n_train]!r}) is outside the action space {space}"
+            )
+        return a
+
+    def step(self, actions: Any) -> StepResult:
+        """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions."""
+        self._assert_open()
+        if self._needs_reset:
+            raise RuntimeError("step() was called before reset(): call reset() once before the first step")
+        a = self.validate_actions(actions)
+        E, n_train = self.num_envs, self.n_train
+        step_infos, reset_infos = self.backend.step(a.reshape(E, n_train, *self._act_shape), self._npc_actions)
+        buf = self.backend.buffers
+        was_alive = self._alive
+        train_was = was_alive[:, self._train_pos]  # (E, n_train)
+
+        reward = buf.reward
+        slot_reward = (reward[:, self._train_pos] * train_was).reshape(-1)
+        self._slot_return += slot_reward
+        self._slot_length += train_was.reshape(-1)
+        self._team_return[:, 0] += slot_reward.reshape(E, n_train).sum(axis=1)
+        self._team_return[:, 1] += (reward[:, self._npc_pos] * was_alive[:, self._npc_pos]).sum(axis=1)
+        self._env_length += 1
+
+        term = buf.terminated[:, self._train_pos] & train_was
+        trunc = buf.truncated[:, self._train_pos] & train_was
+        done = (term | trunc).reshape(-1)
+        truncated = (trunc & ~term).reshape(-1)
+        terminated = done & ~truncated
+        env_done = buf.env_done.reshape(-1).copy()
+
+        infos: list[dict[str, Any]] = [info for env in step_infos for info in env]
+        for i in np.flatnonzero(~train_was.reshape(-1)):
+            infos[i][PADDING_KEY] = True
+        final_obs = buf.final_obs.reshape(self.num_slots, *self.layout.observation_space.shape)
+        elapsed = round(time.time() - self._t_start, 6)
+        ended: dict[int, Ended] = {
+            int(i): Ended(final_obs[i].copy(), float(self._slot_return[i]), int(self._slot_length[i]), elapsed)
+            for i in np.flatnonzero(done)
+        }
+        self._slot_return[done] = 0
+        self._slot_length[done] = 0
+
+        slot_reset_infos: list[dict[str, Any]] = [{}] * self.num_slots
+        if env_done.any():
+            slot_reset_infos = list(slot_reset_infos)
+            for e in np.flatnonzero(env_done):
+                episode = self._episode_summary(e)
+                for j in range(n_train):
+                    infos[e * n_train + j][EPISODE_KEY] = dict(episode)
+                    slot_reset_infos[e * n_train + j] = reset_infos[e][j]
+            self._team_return[env_done] = 0
+            self._env_length[env_done] = 0
+            self._start_episodes(env_done)
+
+        self._alive[...] = buf.alive
+        self._compute_npc_actions()
+        obs = buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy()
+        return StepResult(obs, slot_reward.astype(np.float32), terminated, truncated, infos, slot_reset_infos, ended)
+
+    def _episode_summary(self, e: int) -> dict[str, Any]:
+        train_ret, npc_ret = (float(x) for x in self._team_return[e])
+        outcome = "win" if train_ret > npc_ret else "loss" if train_ret < npc_ret else "draw"
+        names = [pool.members[self._member[g][e]].name for g, pool in enumerate(self.pools)]
+        return {
+            "train_return": train_ret,
+            "npc_return": npc_ret,
+            "length": int(self._env_length[e]),
+            "outcome": outcome,
+            "npc": names[0] if len(names) == 1 else names,
+        }
+
+    # ------------------------------------------------------------------ sub-env access
+    def slot_alive(self) -> np.ndarray:
+        """Whether each slot's agent is alive now (``False``: its observation is padding)."""
+        return self._alive[:, self._train_pos].reshape(-1).copy()
+
+    def render(self) -> Any:
+        return self.backend.call(0, "render", (), {})
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.backend.close()
+
+    def _assert_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this NPC vector env is closed; make a new one")

@@ -1,0 +1,138 @@
+"""``make_vec_env`` and ``make_vector_env``: the two ways in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from npc_wrapper.engine import NPCEngine
+from npc_wrapper.gym_vector_env import NPCVectorEnv
+from npc_wrapper.sb3_vec_env import NPCVecEnv
+
+__all__ = ["make_vec_env", "make_vector_env"]
+
+EnvFn = Callable[[], Any]
+
+
+def _engine(
+    env_fn: EnvFn | Sequence[EnvFn],
+    num_envs: int,
+    npc: Any,
+    training_agents_pct: float | None,
+    training_agents: Sequence[Any] | None,
+    num_workers: int,
+    device: str | torch.device,
+    reset_when_training_agents_dead: bool,
+    deterministic_npc: bool,
+    trusted: bool,
+    start_method: str | None,
+) -> NPCEngine:
+    if callable(env_fn):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        env_fns = [env_fn] * num_envs
+    else:
+        env_fns = list(env_fn)
+    return NPCEngine(
+        env_fns,
+        npc=npc,
+        training_agents_pct=training_agents_pct,
+        training_agents=training_agents,
+        num_workers=num_workers,
+        device=device,
+        early_reset=reset_when_training_agents_dead,
+        deterministic_npc=deterministic_npc,
+        trusted=trusted,
+        start_method=start_method,
+    )
+
+
+def make_vec_env(
+    env_fn: EnvFn | Sequence[EnvFn],
+    num_envs: int = 1,
+    npc: Any | Mapping[str, Any] = "random",
+    training_agents_pct: float | None = 0.5,
+    training_agents: Sequence[Any] | None = None,
+    seed: int | None = None,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    reset_when_training_agents_dead: bool = True,
+    deterministic_npc: bool = False,
+    trusted: bool = False,
+    start_method: str | None = None,
+) -> NPCVecEnv:
+    """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
+
+    In each of ``num_envs`` envs the first ``floor(training_agents_pct * n_agents + 0.5)`` agents
+    of ``possible_agents`` are driven by the trainer (one ``VecEnv`` slot each, env-major) and the
+    rest by ``npc``, run batched over all envs inside ``step()``.
+
+    :param env_fn: factory of a PettingZoo ``ParallelEnv`` (or one factory per env)
+    :param num_envs: number of env copies
+    :param npc: the NPC policy: ``"random"``, ``"noop"``, a checkpoint URI or path, an
+        :class:`~npc_wrapper.NPCPolicy`, an :class:`~npc_wrapper.NPCPool`, a ``torch.nn.Module``,
+        an SB3 model or a callable ``obs_batch -> actions``; or a mapping from agent name or glob
+        pattern to one of those, for NPCs with different spaces or roles
+    :param training_agents_pct: fraction of each env's agents that train, in ``[0, 1]``
+    :param training_agents: names or glob patterns of the training agents (overrides the fraction)
+    :param seed: seed for the first ``reset()`` (sub-env ``i`` gets ``seed + i``)
+    :param num_workers: worker processes stepping the envs (0: in this process); NPC inference
+        always runs batched in this process
+    :param device: where torch NPCs run; ``"auto"`` is CUDA when available
+    :param reset_when_training_agents_dead: reset an env as soon as none of its training agents is alive
+    :param deterministic_npc: NPCs take their most likely action instead of sampling
+    :param trusted: allow checkpoint formats that unpickle code (only for checkpoints you trust)
+    :param start_method: multiprocessing start method for the workers (platform default if ``None``)
+    :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
+
+    Example::
+
+        >>> import npc_wrapper as nw
+        >>> from mpe2 import simple_tag_v3
+        >>> venv = nw.make_vec_env(lambda: simple_tag_v3.parallel_env(max_cycles=25), num_envs=2,
+        ...                        npc="random", training_agents_pct=0.75, seed=0)
+        >>> venv.training_agents, venv.npc_agents
+        (['adversary_0', 'adversary_1', 'adversary_2'], ['agent_0'])
+        >>> venv.reset().shape
+        (6, 16)
+        >>> venv.close()
+    """
+    engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
+                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method)
+    venv = NPCVecEnv(engine)
+    if seed is not None:
+        venv.seed(seed)
+    return venv
+
+
+def make_vector_env(
+    env_fn: EnvFn | Sequence[EnvFn],
+    num_envs: int = 1,
+    npc: Any | Mapping[str, Any] = "random",
+    training_agents_pct: float | None = 0.5,
+    training_agents: Sequence[Any] | None = None,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    reset_when_training_agents_dead: bool = True,
+    deterministic_npc: bool = False,
+    trusted: bool = False,
+    start_method: str | None = None,
+) -> NPCVectorEnv:
+    """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv`` (seed it with ``reset(seed=...)``).
+
+    Example::
+
+        >>> import npc_wrapper as nw
+        >>> from mpe2 import simple_tag_v3
+        >>> envs = nw.make_vector_env(lambda: simple_tag_v3.parallel_env(max_cycles=25), num_envs=2,
+        ...                           training_agents_pct=0.75)
+        >>> obs, infos = envs.reset(seed=0)
+        >>> envs.single_observation_space.shape, envs.num_envs
+        ((16,), 6)
+        >>> envs.close()
+    """
+    engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
+                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method)
+    return NPCVectorEnv(engine)

@@ -1,0 +1,133 @@
+"""The Gymnasium ``VectorEnv`` front end (for CleanRL-style code)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from npc_wrapper.engine import NPCEngine
+
+__all__ = ["NPCVectorEnv"]
+
+
+class NPCVectorEnv(VectorEnv):
+    """PettingZoo parallel envs with NPCs, as a Gymnasium ``VectorEnv`` over the training agents.
+
+    Each training agent of each sub-env is one vector index ("slot"), env-major.
+
+    Autoreset follows ``AutoresetMode.SAME_STEP`` exactly as Gymnasium 1.x defines it: when slot
+    ``k`` terminates or truncates, ``obs[k]`` is already the next episode's first observation,
+    ``infos["final_obs"][k]`` holds the terminal observation and ``infos["final_info"]`` the
+    final step's info. For a slot whose agent died while its env plays on, "the next episode" is
+    padding: zero observations and rewards, ``infos["npc_wrapper/padding"]`` set, until the env
+    resets.
+
+    Build it with :func:`npc_wrapper.make_vector_env`.
+
+    Example::
+
+        >>> import npc_wrapper as nw
+        >>> from mpe2 import simple_tag_v3
+        >>> envs = nw.make_vector_env(lambda: simple_tag_v3.parallel_env(max_cycles=25), num_envs=2,
+        ...                           npc="random", training_agents_pct=0.75)
+        >>> obs, infos = envs.reset(seed=0)
+        >>> obs.shape
+        (6, 16)
+        >>> obs, rew, term, trunc, infos = envs.step(envs.action_space.sample())
+        >>> envs.close()
+    """
+
+    def __init__(self, engine: NPCEngine) -> None:
+        self.engine = engine
+        layout = engine.layout
+        self.num_envs = engine.num_slots
+        self.single_observation_space = layout.observation_space
+        self.single_action_space = layout.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata = {**engine.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self.render_mode = engine.render_mode
+        self.closed = False
+
+    @property
+    def training_agents(self) -> list[Any]:
+        """Agents driven by the trainer, in slot order within each env."""
+        return list(self.engine.layout.training)
+
+    @property
+    def npc_agents(self) -> list[Any]:
+        """Agents driven by NPC policies."""
+        return [a for g in self.engine.layout.groups for a in g.agents]
+
+    @property
+    def pools(self) -> list[Any]:
+        """The NPC pool of each NPC group."""
+        return self.engine.pools
+
+    def slot_alive(self) -> np.ndarray:
+        """Whether each slot's agent is alive now; ``False`` marks padding observations."""
+        return self.engine.slot_alive()
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every sub-env. An int ``seed`` seeds sub-env ``i`` with ``seed + i`` and the NPCs
+        with ``seed``; a list gives one seed per sub-env (``num_envs // n_train`` of them)."""
+        E = self.engine.num_envs
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [None if seed is None else int(seed) + i for i in range(E)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != E:
+                raise ValueError(f"reset(seed=[...]) needs one seed per sub-env ({E}), got {len(seeds)}")
+        obs, slot_infos = self.engine.reset(seeds, options)
+        infos: dict[str, Any] = {}
+        for k, info in enumerate(slot_infos):
+            infos = self._add_info(infos, info, k)
+        return obs, infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        result = self.engine.step(actions)
+        infos: dict[str, Any] = {}
+        for k, info in enumerate(result.infos):
+            ended = result.ended.get(k)
+            if ended is None:
+                infos = self._add_info(infos, info, k)
+            else:
+                infos = self._add_info(infos, {"final_obs": ended.final_obs, "final_info": info}, k)
+                infos = self._add_info(infos, result.reset_infos[k], k)
+        return result.obs, result.reward, result.terminated, result.truncated, infos
+
+    def render(self) -> Any:
+        """Render sub-env 0 (``rgb_array`` where the env supports it)."""
+        return self.engine.render()
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call ``name`` on the PettingZoo env behind each slot."""
+        n_train = self.engine.n_train
+        return tuple(self.engine.backend.call(k // n_train, name, args, kwargs) for k in range(self.num_envs))
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Attribute ``name`` of the PettingZoo env behind each slot."""
+        n_train = self.engine.n_train
+        return tuple(self.engine.backend.get_attr(k // n_train, name) for k in range(self.num_envs))
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set ``name`` on each sub-env; ``values`` is one value, or one per slot (the sub-env's
+        first slot's value is used)."""
+        n_train = self.engine.n_train
+        if isinstance(values, (list, tuple)):
+            if len(values) != self.num_envs:
+                raise ValueError(f"set_attr needs one value per slot ({self.num_envs}), got {len(values)}")
+            per_env = values[::n_train]
+        else:
+            per_env = [values] * self.engine.num_envs
+        for e, value in enumerate(per_env):
+            self.engine.backend.set_attr(e, name, value)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.engine.close()

@@ -1,0 +1,216 @@
+"""One PettingZoo env seen as arrays: the per-agent dict API in, fixed-layout buffers out.
+
+A :class:`JointEnv` is the only place that touches the PettingZoo dict API (the per-agent Python
+work that API forces). It writes observations into preallocated buffers laid out by
+:class:`~npc_wrapper.agents.AgentLayout`, tracks which agents are alive, and resets its env
+itself when the episode ends (all agents done, or, with ``early_reset``, every training agent
+done), keeping the training agents' terminal observations. It runs in the main process or in a
+worker process; the :class:`JointBuffers` it writes to are then shared memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from npc_wrapper.agents import AgentLayout
+
+__all__ = ["JointBuffers", "JointEnv", "buffer_spaces"]
+
+
+def buffer_spaces(layout: AgentLayout) -> dict[str, spaces.Box]:
+    """Shape and dtype of each per-env buffer, as Box spaces (also the worker's shared-memory layout)."""
+
+    def box(shape: tuple[int, ...], dtype: Any) -> spaces.Box:
+        return spaces.Box(low=-np.inf if np.dtype(dtype).kind == "f" else 0, high=np.inf if np.dtype(
+            dtype).kind == "f" else 1, shape=shape, dtype=dtype)
+
+    obs = layout.observation_space
+    out = {
+        "train_obs": box((layout.n_train, *obs.shape), obs.dtype),
+        "final_obs": box((layout.n_train, *obs.shape), obs.dtype),
+        "reward": box((layout.n_agents,), np.float32),
+        "terminated": box((layout.n_agents,), np.int8),
+        "truncated": box((layout.n_agents,), np.int8),
+        "alive": box((layout.n_agents,), np.int8),
+        "env_done": box((1,), np.int8),
+    }
+    for g, group in enumerate(layout.groups):
+        out[f"npc_obs_{g}"] = box((len(group.agents), *group.observation_space.shape), group.observation_space.dtype)
+    return out
+
+
+@dataclass
+class JointBuffers:
+    """Views into the buffers of one sub-env (or of a batch of sub-envs, leading axis = env).
+
+    ``reward``/``terminated``/``truncated`` describe the step just taken, for the agents alive at its
+    start; ``alive`` is after the step (after the reset, if the env was reset); ``final_obs`` holds
+    the training agents' terminal observations for those done at this step.
+    """
+
+    train_obs: np.ndarray
+    final_obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    alive: np.ndarray
+    env_done: np.ndarray
+    npc_obs: list[np.ndarray]
+
+    @classmethod
+    def allocate(cls, layout: AgentLayout, leading: tuple[int, ...] = ()) -> JointBuffers:
+        specs = buffer_spaces(layout)
+        arrays = {k: np.zeros(leading + s.shape, dtype=s.dtype) for k, s in specs.items()}
+        return cls.from_arrays(arrays, len(layout.groups))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_groups: int) -> JointBuffers:
+        return cls(
+            train_obs=arrays["train_obs"],
+            final_obs=arrays["final_obs"],
+            reward=arrays["reward"],
+            terminated=arrays["terminated"].view(np.bool_),
+            truncated=arrays["truncated"].view(np.bool_),
+            alive=arrays["alive"].view(np.bool_),
+            env_done=arrays["env_done"].view(np.bool_),
+            npc_obs=[arrays[f"npc_obs_{g}"] for g in range(n_groups)],
+        )
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        out = {
+            "train_obs": self.train_obs,
+            "final_obs": self.final_obs,
+            "reward": self.reward,
+            "terminated": self.terminated.view(np.int8),
+            "truncated": self.truncated.view(np.int8),
+            "alive": self.alive.view(np.int8),
+            "env_done": self.env_done.view(np.int8),
+        }
+        out.update({f"npc_obs_{g}": a for g, a in enumerate(self.npc_obs)})
+        return out
+
+    def at(self, i: int) -> JointBuffers:
+        """The views of sub-env ``i`` of a batch."""
+        return JointBuffers(
+            self.train_obs[i], self.final_obs[i], self.reward[i], self.terminated[i], self.truncated[i],
+            self.alive[i], self.env_done[i], [a[i] for a in self.npc_obs],
+        )
+
+
+def _as_env_actions(actions: np.ndarray, space: spaces.Space) -> list[Any]:
+    """Per-agent actions in the form PettingZoo envs expect: Python ints for Discrete, arrays otherwise."""
+    if isinstance(space, spaces.Discrete):
+        return actions.tolist()
+    return list(np.array(actions, dtype=space.dtype))  # a copy: envs may keep the action they were given
+
+
+class JointEnv:
+    """A PettingZoo ``ParallelEnv`` stepped with arrays.
+
+    :param env: the PettingZoo parallel env
+    :param layout: where each agent lives in the buffers
+    :param buffers: this env's buffers (written in place)
+    :param early_reset: reset the env as soon as no training agent is alive
+    """
+
+    def __init__(self, env: Any, layout: AgentLayout, buffers: JointBuffers, early_reset: bool = True) -> None:
+        self.env = env
+        self.layout = layout
+        self.buf = buffers
+        self.early_reset = early_reset
+        self._pos = {a: i for i, a in enumerate(layout.possible_agents)}
+        # agent -> (obs buffer, row): one dict lookup per agent per step, no searching.
+        self._obs_row: dict[Any, tuple[np.ndarray, int]] = {a: (buffers.train_obs, i) for i, a in enumerate(layout.training)}
+        for g, group in enumerate(layout.groups):
+            self._obs_row.update({a: (buffers.npc_obs[g], i) for i, a in enumerate(group.agents)})
+        self._train_pos = layout.train_index
+        self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
+        self._groups = [(group.agents, group.action_space) for group in layout.groups]
+        self._was_alive = np.zeros(layout.n_agents, dtype=bool)
+        self._alive_now = np.zeros(layout.n_agents, dtype=bool)
+        #: The training agents' infos from the last step (or reset), one dict per training slot.
+        self.train_infos: list[dict[str, Any]] = [{} for _ in layout.training]
+        #: The training agents' infos from the env's last reset.
+        self.reset_infos: list[dict[str, Any]] = [{} for _ in layout.training]
+
+    def _write_obs(self, obs: dict[Any, Any]) -> None:
+        for agent, value in obs.items():
+            where = self._obs_row.get(agent)
+            if where is not None:
+                where[0][where[1]] = value
+
+    def _train_infos(self, infos: dict[Any, Any]) -> list[dict[str, Any]]:
+        return [dict(infos.get(a) or {}) for a in self.layout.training]
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        buf = self.buf
+        buf.train_obs[...] = 0
+        for a in buf.npc_obs:
+            a[...] = 0
+        self._write_obs(obs)
+        buf.alive[...] = False
+        for agent in self.env.agents:
+            buf.alive[self._pos[agent]] = True
+        self.reset_infos = self.train_infos = self._train_infos(infos)
+
+    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]) -> None:
+        """Step with the training agents' actions ``(n_train, ...)`` and each NPC group's ``(n_g, ...)``.
+
+        Only agents in ``env.agents`` are sent actions (PettingZoo forbids actions for dead agents).
+        """
+        buf, layout = self.buf, self.layout
+        per_agent = dict(zip(layout.training, _as_env_actions(train_actions, layout.action_space)))
+        for (agents, space), acts in zip(self._groups, npc_actions):
+            per_agent.update(zip(agents, _as_env_actions(acts, space)))
+        live = self.env.agents
+        obs, rewards, terms, truncs, infos = self.env.step({a: per_agent[a] for a in live})
+
+        was_alive, alive_now = self._was_alive, self._alive_now
+        was_alive[...] = buf.alive
+        buf.reward[...] = 0.0
+        buf.terminated[...] = False
+        buf.truncated[...] = False
+        pos = self._pos
+        for agent, r in rewards.items():
+            buf.reward[pos[agent]] = r
+        for agent, t in terms.items():
+            buf.terminated[pos[agent]] = t
+        for agent, t in truncs.items():
+            buf.truncated[pos[agent]] = t
+        self._write_obs(obs)
+        alive_now[...] = False
+        for agent in self.env.agents:
+            alive_now[pos[agent]] = True
+        # An agent that vanished without a done flag is treated as terminated.
+        vanished = was_alive & ~alive_now & ~buf.terminated & ~buf.truncated
+        buf.terminated |= vanished
+        # Agents that report done but linger in env.agents are dead to us.
+        alive_now &= was_alive & ~buf.terminated & ~buf.truncated
+        step_infos = self._train_infos(infos)
+
+        train_alive = alive_now[self._train_pos]
+        done = not alive_now.any() or (self.early_reset and not train_alive.any())
+        buf.env_done[...] = done
+        if done:
+            buf.final_obs[...] = buf.train_obs
+            self.reset()
+            self.train_infos = step_infos
+            return
+        self.train_infos = step_infos
+        buf.alive[...] = alive_now
+        died = was_alive[self._train_pos] & ~train_alive
+        if died.any():
+            buf.final_obs[died] = buf.train_obs[died]
+            buf.train_obs[died] = 0
+        for g, group_pos in enumerate(self._group_pos):
+            gone = ~alive_now[group_pos]
+            if gone.any():
+                buf.npc_obs[g][gone] = 0
+
+    def close(self) -> None:
+        self.env.close()

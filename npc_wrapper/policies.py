@@ -1,0 +1,432 @@
+"""NPC policies: frozen policies that act for NPC agents, one batch per call.
+
+Every NPC the wrapper runs is an :class:`NPCPolicy`. :func:`as_npc_policy` turns what a user
+passes as ``npc=`` (``"random"``, a ``torch.nn.Module``, a Stable-Baselines3 model, a plain
+callable, or an :class:`NPCPolicy`) into one, bound to the NPC agents' observation and action
+spaces, and checks it with one dry-run batch so a mismatch fails at construction.
+
+Rows: a policy acts for a fixed set of *rows* (one per NPC agent per sub-env, env-major). Each
+call passes the observations of the live rows only, with their row indices, so a recurrent policy
+can keep its state per row and reset it at that env's episode start.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common import distributions as d
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+__all__ = [
+    "NPCPolicy",
+    "RandomPolicy",
+    "ConstantPolicy",
+    "CallablePolicy",
+    "TorchPolicy",
+    "SB3Policy",
+    "as_npc_policy",
+    "check_npc_policy",
+    "resolve_device",
+]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class NPCPolicy(abc.ABC):
+    """A frozen policy acting for a batch of NPC rows.
+
+    :param observation_space: observation space of one NPC agent
+    :param action_space: action space of one NPC agent
+    :param name: a short label reported in ``info["npc_wrapper/episode"]["npc"]``
+    """
+
+    #: Whether the policy keeps per-row state that must be reset at episode starts.
+    recurrent: bool = False
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "npc") -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.name = name
+        self.num_rows = 0
+
+    def reset(self, num_rows: int, seed: int | None = None) -> None:
+        """(Re)allocate per-row state for ``num_rows`` rows and seed the policy's own RNG."""
+        self.num_rows = num_rows
+
+    @abc.abstractmethod
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        """Return one action per row.
+
+        :param obs: observations of the given rows, shape ``(len(rows), *obs_shape)``
+        :param rows: indices of the rows acting now (live NPC agents), ascending
+        :param episode_start: for each given row, whether this is the first step of its episode
+        :return: actions, shape ``(len(rows), *action_shape)``, in ``action_space``
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, obs={self.observation_space}, act={self.action_space})"
+
+
+def _sample_space(space: spaces.Space, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` uniform samples of ``space`` drawn with array ops (``space.sample()`` per row is slow)."""
+    if isinstance(space, spaces.Discrete):
+        return rng.integers(space.start, space.start + space.n, size=n, dtype=space.dtype)
+    if isinstance(space, spaces.MultiDiscrete):
+        return (space.start + rng.integers(0, space.nvec, size=(n, *space.nvec.shape))).astype(space.dtype)
+    if isinstance(space, spaces.MultiBinary):
+        return rng.integers(0, 2, size=(n, *space.shape), dtype=space.dtype)
+    if isinstance(space, spaces.Box) and space.is_bounded("both"):
+        if np.issubdtype(space.dtype, np.integer):
+            return rng.integers(space.low, space.high, size=(n, *space.shape), endpoint=True).astype(space.dtype)
+        return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(space.dtype)
+    space.seed(int(rng.integers(2**31)))
+    return np.stack([np.asarray(space.sample()) for _ in range(n)]) if n else np.zeros((0, *space.shape))
+
+
+class RandomPolicy(NPCPolicy):
+    """Uniformly random actions over the action space (the ``npc="random"`` baseline)."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "random") -> None:
+        super().__init__(observation_space, action_space, name)
+        self._rng = np.random.default_rng()
+
+    def reset(self, num_rows: int, seed: int | None = None) -> None:
+        super().reset(num_rows, seed)
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        return _sample_space(self.action_space, len(rows), self._rng)
+
+
+class ConstantPolicy(NPCPolicy):
+    """Always the same action (``"noop"`` NPCs: an agent that stands still).
+
+    :param action: the action every row takes; defaults to the space's zero action
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        action: Any = None,
+        name: str = "noop",
+    ) -> None:
+        super().__init__(observation_space, action_space, name)
+        if action is None:
+            action = np.zeros(action_space.shape, dtype=action_space.dtype)
+            if isinstance(action_space, spaces.Discrete):
+                action = action_space.start
+        self._action = np.asarray(action, dtype=action_space.dtype)
+        if not action_space.contains(self._action if self._action.ndim else self._action.item()):
+            raise ValueError(f"noop action {action!r} is not in the NPC action space {action_space}")
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self._action, (len(rows), *self._action.shape))
+
+
+class CallablePolicy(NPCPolicy):
+    """A plain function ``obs_batch -> actions`` (a scripted bot).
+
+    :param fn: called with the observations of the live rows, shape ``(n, *obs_shape)``;
+        returns ``n`` actions
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], Any],
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(observation_space, action_space, name or getattr(fn, "__name__", "callable"))
+        self.fn = fn
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(obs))
+
+
+def _obs_to_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One host-to-device copy; uint8 images travel as uint8 and are converted on the device."""
+    t = torch.from_numpy(np.ascontiguousarray(obs))
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    elif t.device != device:
+        t = t.to(device)
+    return t if t.dtype == torch.uint8 else t.float()
+
+
+def _sample_logits(logits: torch.Tensor, deterministic: bool, generator: torch.Generator) -> torch.Tensor:
+    """Sample (or argmax) categorical actions from ``(..., n)`` logits with the policy's own RNG."""
+    if deterministic:
+        return logits.argmax(dim=-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)  # Gumbel-max
+
+
+def _split_logits(logits: torch.Tensor, nvec: np.ndarray) -> list[torch.Tensor]:
+    return list(torch.split(logits, [int(n) for n in nvec.ravel()], dim=-1))
+
+
+class TorchPolicy(NPCPolicy):
+    """A ``torch.nn.Module`` mapping an observation batch to logits or actions.
+
+    How the module's output is read, by NPC action space:
+
+    * ``Discrete(n)``: float ``(B, n)`` are logits (sampled, or argmax when ``deterministic``);
+      integer ``(B,)`` are actions.
+    * ``MultiDiscrete(nvec)``: float ``(B, sum(nvec))`` are concatenated logits; integer
+      ``(B, len(nvec))`` are actions.
+    * ``MultiBinary(n)``: float ``(B, n)`` are Bernoulli logits; integer are actions.
+    * ``Box``: ``(B, *shape)`` are actions, clipped to the bounds as SB3 does.
+
+    The module is moved to ``device``, put in eval mode and frozen. uint8 observations reach it
+    as uint8 tensors (convert inside the module); others as float32.
+
+    :param module: the network
+    :param device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
+    :param deterministic: argmax instead of sampling
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: str | torch.device = "auto",
+        deterministic: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(observation_space, action_space, name or type(module).__name__)
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval().requires_grad_(False)
+        self.deterministic = deterministic
+        self._generator = torch.Generator(device=self.device)
+
+    def reset(self, num_rows: int, seed: int | None = None) -> None:
+        super().reset(num_rows, seed)
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The module's raw output for an observation tensor already on the device."""
+        return self.module(obs)
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.forward(_obs_to_tensor(obs, self.device))
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            actions = self._to_actions(out)
+        return actions.cpu().numpy()
+
+    def _to_actions(self, out: torch.Tensor) -> torch.Tensor:
+        space = self.action_space
+        floating = out.is_floating_point()
+        if isinstance(space, spaces.Discrete):
+            if floating and out.ndim == 2 and out.shape[1] == space.n:
+                return _sample_logits(out, self.deterministic, self._generator) + space.start
+            return out.reshape(-1).long()
+        if isinstance(space, spaces.MultiDiscrete):
+            if floating and out.ndim == 2 and out.shape[1] == int(space.nvec.sum()):
+                parts = _split_logits(out, space.nvec)
+                acts = torch.stack([_sample_logits(p, self.deterministic, self._generator) for p in parts], dim=-1)
+                return acts.reshape(-1, *space.shape) + torch.as_tensor(space.start, device=out.device)
+            return out.reshape(-1, *space.shape).long()
+        if isinstance(space, spaces.MultiBinary):
+            if floating:
+                if self.deterministic:
+                    return (out > 0).to(torch.int8)
+                u = torch.rand(out.shape, generator=self._generator, device=out.device)
+                return (u < torch.sigmoid(out)).to(torch.int8)
+            return out.to(torch.int8)
+        if isinstance(space, spaces.Box):
+            low = torch.as_tensor(space.low, device=out.device, dtype=out.dtype)
+            high = torch.as_tensor(space.high, device=out.device, dtype=out.dtype)
+            return torch.clamp(out.reshape(-1, *space.shape), low, high)
+        raise TypeError(f"TorchPolicy does not support the action space {space}; wrap the module in an NPCPolicy")
+
+
+class SB3Policy(NPCPolicy):
+    """A Stable-Baselines3 model or policy (anything with SB3's ``predict``) as an NPC.
+
+    Feed-forward SB3 actor-critic policies are run through their action distribution and sampled
+    with the NPC's own seeded generator, so NPC behaviour is reproducible from ``reset(seed=...)``.
+    Recurrent models (sb3-contrib ``RecurrentPPO``) keep their LSTM state per row and reset it at
+    each row's episode start. Any other object with ``predict(obs, state, episode_start,
+    deterministic)`` is called through ``predict``.
+
+    :param model: an SB3 ``BaseAlgorithm``, ``BasePolicy``, or an object with SB3's ``predict``
+    :param device: where the policy runs (``"auto"``: CUDA when available)
+    :param deterministic: passed to ``predict`` / argmax instead of sampling
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: str | torch.device = "auto",
+        deterministic: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(observation_space, action_space, name or type(model).__name__)
+        self.device = resolve_device(device)
+        self.deterministic = deterministic
+        self.policy = getattr(model, "policy", model)
+        if isinstance(self.policy, torch.nn.Module):
+            self.policy = self.policy.to(self.device).eval().requires_grad_(False)
+        self.predictor = self.policy if hasattr(self.policy, "predict") else model
+        self.recurrent = hasattr(self.policy, "lstm_actor")
+        # Plain actor-critic policies are sampled from their distribution with our own generator.
+        self._direct = (
+            not self.recurrent
+            and isinstance(self.policy, ActorCriticPolicy)
+            and type(self.policy).get_distribution is ActorCriticPolicy.get_distribution
+        )
+        self._generator = torch.Generator(device=self.device)
+        self._state: tuple[np.ndarray, ...] | None = None
+
+    def reset(self, num_rows: int, seed: int | None = None) -> None:
+        super().reset(num_rows, seed)
+        self._state = None
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        if self._direct:
+            return self._act_direct(obs)
+        if not self.recurrent:
+            actions, _ = self.predictor.predict(obs, None, episode_start, self.deterministic)
+            return np.asarray(actions)
+        state = None if self._state is None else tuple(s[:, rows] for s in self._state)
+        actions, new_state = self.predictor.predict(obs, state, episode_start, self.deterministic)
+        if self._state is None:
+            self._state = tuple(np.zeros((s.shape[0], self.num_rows, *s.shape[2:]), s.dtype) for s in new_state)
+        for full, new in zip(self._state, new_state):
+            full[:, rows] = new
+        return np.asarray(actions)
+
+    def _act_direct(self, obs: np.ndarray) -> np.ndarray:
+        policy = self.policy
+        space = policy.action_space
+        with torch.inference_mode():
+            obs_t, _ = policy.obs_to_tensor(obs)
+            dist = policy.get_distribution(obs_t)
+            det, gen = self.deterministic, self._generator
+            if isinstance(dist, d.CategoricalDistribution):
+                actions = _sample_logits(dist.distribution.logits, det, gen)
+            elif isinstance(dist, d.MultiCategoricalDistribution):
+                actions = torch.stack([_sample_logits(c.logits, det, gen) for c in dist.distribution], dim=1)
+            elif isinstance(dist, d.BernoulliDistribution):
+                probs = dist.distribution.probs
+                actions = (probs > 0.5) if det else (torch.rand(probs.shape, generator=gen, device=probs.device) < probs)
+                actions = actions.to(torch.int8)
+            elif isinstance(dist, d.DiagGaussianDistribution):  # includes the squashed variant
+                normal = dist.distribution
+                actions = normal.mean
+                if not det:
+                    noise = torch.randn(actions.shape, generator=gen, device=actions.device)
+                    actions = actions + normal.stddev * noise
+                if isinstance(dist, d.SquashedDiagGaussianDistribution):
+                    actions = torch.tanh(actions)
+            else:  # gSDE and custom distributions sample with torch's global RNG
+                actions = dist.get_actions(deterministic=det)
+            actions = actions.cpu().numpy().reshape((-1, *space.shape))
+        if isinstance(space, spaces.Box):
+            if policy.squash_output:
+                return policy.unscale_action(actions)
+            return np.clip(actions, space.low, space.high)
+        return actions
+
+
+_SCRIPTED = {"random": RandomPolicy, "noop": ConstantPolicy}
+
+
+def as_npc_policy(
+    npc: Any,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    *,
+    device: str | torch.device = "auto",
+    deterministic: bool = False,
+    trusted: bool = False,
+) -> NPCPolicy:
+    """Turn an ``npc=`` argument into an :class:`NPCPolicy` for one group of NPC agents.
+
+    :param npc: ``"random"``, ``"noop"``, a checkpoint URI or path (``file://...``,
+        ``wandb://...``), ``"pkg.module:callable"``, an :class:`NPCPolicy`, a
+        ``torch.nn.Module``, an SB3 model (anything with ``predict``) or a callable
+        ``obs_batch -> actions``
+    :param observation_space: the NPC agents' observation space
+    :param action_space: the NPC agents' action space
+    :param device: where torch policies run
+    :param deterministic: greedy actions instead of sampling
+    :param trusted: allow checkpoint formats that unpickle code (see :func:`npc_wrapper.load_npc`)
+    """
+    if isinstance(npc, NPCPolicy):
+        return npc
+    if isinstance(npc, str):
+        if npc in _SCRIPTED:
+            return _SCRIPTED[npc](observation_space, action_space)
+        from npc_wrapper.checkpoints import load_npc
+
+        return load_npc(
+            npc, observation_space, action_space, device=device, deterministic=deterministic, trusted=trusted
+        )
+    if isinstance(npc, torch.nn.Module) and not hasattr(npc, "predict"):
+        return TorchPolicy(npc, observation_space, action_space, device=device, deterministic=deterministic)
+    if hasattr(npc, "predict"):
+        return SB3Policy(npc, observation_space, action_space, device=device, deterministic=deterministic)
+    if callable(npc):
+        return CallablePolicy(npc, observation_space, action_space)
+    raise TypeError(
+        f"npc={npc!r} is not a policy: pass 'random', 'noop', a checkpoint URI, an NPCPolicy, a torch.nn.Module, "
+        "a Stable-Baselines3 model or a callable obs_batch -> actions"
+    )
+
+
+def check_npc_policy(policy: NPCPolicy, agents: list[Any], observation_space: spaces.Space,
+                     action_space: spaces.Space) -> None:
+    """Dry-run ``policy`` on two sampled observations; raise ``ValueError`` naming both spaces on failure."""
+    where = (
+        f"NPC policy {policy!r} for agents {agents} (observation space {observation_space}, "
+        f"action space {action_space})"
+    )
+    if policy.observation_space != observation_space or policy.action_space != action_space:
+        raise ValueError(
+            f"{where} was built for observation space {policy.observation_space} and action space "
+            f"{policy.action_space}; give each group of NPC agents a policy for its own spaces"
+        )
+    observation_space.seed(0)
+    obs = np.stack([np.asarray(observation_space.sample()) for _ in range(2)])
+    rows = np.arange(2)
+    policy.reset(2, seed=0)
+    try:
+        actions = np.asarray(policy.act(obs, rows, np.ones(2, dtype=bool)))
+    except Exception as e:  # any failure here means the policy cannot act in this env
+        raise ValueError(f"{where} failed on a dry-run batch of 2 observations: {type(e).__name__}: {e}") from e
+    if actions.shape[:1] != (2,) or not all(_contains(action_space, a) for a in actions):
+        raise ValueError(
+            f"{where} returned actions that are not in the action space on a dry-run batch: "
+            f"shape {actions.shape}, values {actions.tolist()}"
+        )
+
+
+def _contains(space: spaces.Space, action: np.ndarray) -> bool:
+    if isinstance(space, spaces.Discrete):
+        return action.shape == () and np.issubdtype(action.dtype, np.integer) and space.contains(int(action))
+    return space.contains(np.asarray(action, dtype=space.dtype)) and np.shape(action) == space.shape

@@ -1,0 +1,61 @@
+"""NPC pools: several frozen policies for one group of NPC agents, one drawn per env per episode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from npc_wrapper.policies import NPCPolicy
+
+__all__ = ["NPCPool"]
+
+
+class NPCPool:
+    """A set of NPC policies for the same agents; each env draws one at each of its episode starts.
+
+    Inference stays batched: one forward per distinct member over the rows it drives.
+
+    :param members: the policies (same observation and action spaces)
+    :param weights: sampling weights (uniform when omitted); normalised
+    """
+
+    def __init__(self, members: Sequence[NPCPolicy], weights: Sequence[float] | None = None) -> None:
+        if not members:
+            raise ValueError("an NPC pool needs at least one policy")
+        self.members: list[NPCPolicy] = list(members)
+        self.weights = self._check_weights(weights)
+
+    def _check_weights(self, weights: Sequence[float] | None) -> np.ndarray | None:
+        if weights is None:
+            return None
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(self.members),) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(
+                f"pool weights must be {len(self.members)} non-negative numbers with a positive sum, got {list(weights)}"
+            )
+        return w / w.sum()
+
+    def set_weights(self, weights: Sequence[float] | None) -> None:
+        """Change the sampling weights (takes effect at the next episode starts)."""
+        self.weights = self._check_weights(weights)
+
+    def add(self, policy: NPCPolicy, weight: float | None = None) -> int:
+        """Add a member (it plays from the next episode starts on); returns its index."""
+        self.members.append(policy)
+        if self.weights is not None:
+            w = np.append(self.weights, self.weights.mean() if weight is None else weight)
+            self.weights = w / w.sum()
+        return len(self.members) - 1
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Indices of ``n`` members drawn independently."""
+        if len(self.members) == 1:
+            return np.zeros(n, dtype=np.intp)
+        return rng.choice(len(self.members), size=n, p=self.weights).astype(np.intp)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"NPCPool({[m.name for m in self.members]})"

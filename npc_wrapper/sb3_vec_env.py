@@ -1,0 +1,135 @@
+"""The Stable-Baselines3 ``VecEnv`` front end: one slot per training agent per sub-env."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from npc_wrapper.engine import NPCEngine
+
+__all__ = ["NPCVecEnv"]
+
+
+class NPCVecEnv(VecEnv):
+    """PettingZoo parallel envs with NPCs, as an SB3 ``VecEnv`` over the training agents only.
+
+    Slot ``k`` is training agent ``k % n_train`` of sub-env ``k // n_train``. An env is reset
+    automatically when its episode ends; a slot whose agent is done gets ``done=True`` with
+    ``info["terminal_observation"]``, ``info["TimeLimit.truncated"]`` and SB3 Monitor's
+    ``info["episode"]``. Dead agents' slots return zeros with ``info["npc_wrapper/padding"]``
+    until their env resets.
+
+    Build it with :func:`npc_wrapper.make_vec_env`.
+
+    :param engine: the shared engine that steps the sub-envs and runs the NPCs
+    """
+
+    def __init__(self, engine: NPCEngine) -> None:
+        self.engine = engine
+        layout = engine.layout
+        super().__init__(engine.num_slots, layout.observation_space, layout.action_space)
+        self.metadata = engine.metadata
+        self.render_mode = engine.render_mode
+        self._actions: np.ndarray | None = None
+
+    @property
+    def training_agents(self) -> list[Any]:
+        """Agents driven by the trainer, in slot order within each env."""
+        return list(self.engine.layout.training)
+
+    @property
+    def npc_agents(self) -> list[Any]:
+        """Agents driven by NPC policies."""
+        return [a for g in self.engine.layout.groups for a in g.agents]
+
+    @property
+    def num_sub_envs(self) -> int:
+        """Number of PettingZoo envs (``num_envs`` is the number of slots, as SB3 counts)."""
+        return self.engine.num_envs
+
+    @property
+    def pools(self) -> list[Any]:
+        """The NPC pool of each NPC group (see :class:`npc_wrapper.NPCPool`)."""
+        return self.engine.pools
+
+    def slot_alive(self) -> np.ndarray:
+        """Whether each slot's agent is alive now; ``False`` marks padding observations."""
+        return self.engine.slot_alive()
+
+    def reset(self) -> np.ndarray:
+        seeds = [self._seeds[k * self.engine.n_train] for k in range(self.engine.num_envs)]
+        options = self._options[0] or None
+        obs, infos = self.engine.reset(seeds, options)
+        self.reset_infos = infos
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = self.engine.validate_actions(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise RuntimeError("step_wait() was called without step_async(actions)")
+        result = self.engine.step(self._actions)
+        self._actions = None
+        infos = result.infos
+        for k, info in enumerate(infos):
+            info["TimeLimit.truncated"] = bool(result.truncated[k])
+        for k, ended in result.ended.items():
+            infos[k]["terminal_observation"] = ended.final_obs
+            infos[k]["episode"] = {"r": ended.ret, "l": ended.length, "t": ended.time}
+        for k, info in enumerate(result.reset_infos):
+            if info:
+                self.reset_infos[k] = info
+        return result.obs, result.reward, result.terminated | result.truncated, infos
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        """Seed sub-env ``i`` with ``seed + i`` (and the NPCs with ``seed``) at the next ``reset()``."""
+        if seed is None:
+            seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
+        self._seeds = [seed + k // self.engine.n_train for k in range(self.num_envs)]
+        return self._seeds
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [self.engine.render()]
+
+    def render(self, mode: str | None = None) -> np.ndarray | None:
+        """``rgb_array`` of sub-env 0 when its ``render_mode`` is ``"rgb_array"``."""
+        if (mode or self.render_mode) == "rgb_array" and self.render_mode == "rgb_array":
+            return self.engine.render()
+        return super().render(mode)
+
+    def _sub_envs(self, indices: VecEnvIndices) -> list[int]:
+        return [k // self.engine.n_train for k in self._get_indices(indices)]
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """Attribute of the PettingZoo env behind each slot."""
+        return [self.engine.backend.get_attr(e, attr_name) for e in self._sub_envs(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Set an attribute on the PettingZoo env behind each slot (each env once)."""
+        for e in dict.fromkeys(self._sub_envs(indices)):
+            self.engine.backend.set_attr(e, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+        """Call a method of the PettingZoo env behind each slot (one result per slot)."""
+        return [self.engine.backend.call(e, method_name, method_args, method_kwargs) for e in self._sub_envs(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        """Whether the env behind each slot is wrapped in ``wrapper_class``.
+
+        SB3's ``Monitor`` counts as present: every slot already reports Monitor's
+        ``info["episode"]``, so ``evaluate_policy`` can rely on it.
+        """
+        if issubclass(Monitor, wrapper_class):
+            return [True for _ in self._get_indices(indices)]
+        return [self.engine.backend.is_wrapped(e, wrapper_class) for e in self._sub_envs(indices)]

@@ -1,0 +1,298 @@
+"""Stepping sub-envs in-process or in worker processes, behind one small interface.
+
+Worker processes reuse Gymnasium's :class:`~gymnasium.vector.AsyncVectorEnv`: it is maintained
+with Gymnasium, moves observations through shared memory, re-raises worker exceptions in the main
+process and shuts its processes down on ``close``. Each of its workers holds a
+:class:`JointBatchEnv`, a batch of :class:`~npc_wrapper.joint_env.JointEnv` seen as one Gymnasium
+env whose "observation" is the batch's buffers, so the main process reads every buffer in place
+from shared memory with no copy. Autoreset happens inside :class:`JointEnv`, so the
+``AsyncVectorEnv`` runs with autoreset disabled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode
+
+from npc_wrapper.agents import AgentLayout
+from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces
+
+__all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv"]
+
+EnvFn = Callable[[], Any]
+
+
+class Backend:
+    """Steps ``num_envs`` :class:`JointEnv` s; ``buffers`` has a leading env axis."""
+
+    buffers: JointBuffers
+    num_envs: int
+
+    def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
+        """Reset every env; return each env's training-agent infos."""
+        raise NotImplementedError
+
+    def step(
+        self, train_actions: np.ndarray, npc_actions: list[np.ndarray]
+    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]] | None]]:
+        """Step every env; return each env's training-agent step infos and, for envs that were
+        reset, their reset infos (``None`` elsewhere)."""
+        raise NotImplementedError
+
+    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Call method ``name`` of sub-env ``index``'s PettingZoo env."""
+        raise NotImplementedError
+
+    def is_wrapped(self, index: int, wrapper_class: type) -> bool:
+        """Whether sub-env ``index``'s env, or an env it wraps, is a ``wrapper_class``."""
+        raise NotImplementedError
+
+    def get_attr(self, index: int, name: str) -> Any:
+        raise NotImplementedError
+
+    def set_attr(self, index: int, name: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def _env_call(env: Any, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    if op == "get":
+        return getattr(env, name)
+    if op == "set":
+        setattr(env, name, args[0])
+        return None
+    if op == "wrapped":  # is the env, or any env it wraps, an instance of args[0]?
+        while env is not None:
+            if isinstance(env, args[0]):
+                return True
+            env = getattr(env, "env", None)
+        return False
+    return getattr(env, name)(*args, **kwargs)
+
+
+def _step_all(joints: list[JointEnv], train_actions: np.ndarray, npc_actions: list[np.ndarray]):
+    step_infos, reset_infos = [], []
+    for i, joint in enumerate(joints):
+        joint.step(train_actions[i], [a[i] for a in npc_actions])
+        step_infos.append(joint.train_infos)
+        reset_infos.append(joint.reset_infos if joint.buf.env_done[0] else None)
+    return step_infos, reset_infos
+
+
+class InProcessBackend(Backend):
+    """All sub-envs in the main process, writing straight into the wrapper's buffers.
+
+    :param envs: the PettingZoo envs (already built)
+    """
+
+    def __init__(self, envs: list[Any], layout: AgentLayout, early_reset: bool) -> None:
+        self.num_envs = len(envs)
+        self.buffers = JointBuffers.allocate(layout, (self.num_envs,))
+        self.joints = [JointEnv(env, layout, self.buffers.at(i), early_reset) for i, env in enumerate(envs)]
+
+    def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
+        for joint, seed in zip(self.joints, seeds):
+            joint.reset(seed=seed, options=options)
+        return [joint.train_infos for joint in self.joints]
+
+    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
+        return _step_all(self.joints, train_actions, npc_actions)
+
+    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return _env_call(self.joints[index].env, "call", name, args, kwargs)
+
+    def is_wrapped(self, index: int, wrapper_class: type) -> bool:
+        return _env_call(self.joints[index].env, "wrapped", "", (wrapper_class,), {})
+
+    def get_attr(self, index: int, name: str) -> Any:
+        return getattr(self.joints[index].env, name)
+
+    def set_attr(self, index: int, name: str, value: Any) -> None:
+        setattr(self.joints[index].env, name, value)
+
+    def close(self) -> None:
+        for joint in self.joints:
+            joint.close()
+
+
+class JointBatchEnv(gym.Env):
+    """A worker's share of the sub-envs, as one Gymnasium env whose observation is its buffers.
+
+    The PettingZoo envs are built lazily at the first reset, so the probe instance that
+    ``AsyncVectorEnv`` builds in the main process to read the spaces stays cheap.
+
+    :param env_fns: factories of this worker's sub-envs
+    :param first: index of this worker's first sub-env in the whole vector (picks its seeds)
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool) -> None:
+        self.env_fns = list(env_fns)
+        self.first = first
+        self.layout = layout
+        self.early_reset = early_reset
+        self.observation_space = spaces.Dict(
+            {k: spaces.Box(s.low.min(), s.high.max(), (len(self.env_fns), *s.shape), s.dtype)
+             for k, s in buffer_spaces(layout).items()}
+        )
+        self.action_space = spaces.Dict(action_spaces(layout, len(self.env_fns)))
+        self.joints: list[JointEnv] | None = None
+        self.buffers: JointBuffers | None = None
+
+    def _build(self) -> list[JointEnv]:
+        if self.joints is None:
+            self.buffers = JointBuffers.allocate(self.layout, (len(self.env_fns),))
+            self.joints = [
+                JointEnv(fn(), self.layout, self.buffers.at(i), self.early_reset) for i, fn in enumerate(self.env_fns)
+            ]
+        return self.joints
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        joints = self._build()
+        options = options or {}
+        seeds = options.get("seeds") or [None] * (self.first + len(joints))
+        for i, joint in enumerate(joints):
+            joint.reset(seed=seeds[self.first + i], options=options.get("env_options"))
+        return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
+
+    def step(self, action: dict[str, np.ndarray]):
+        npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
+        step_infos, reset_infos = _step_all(self._build(), action["train"], npc)
+        return self.buffers.as_arrays(), 0.0, False, False, {"infos": step_infos, "reset_infos": reset_infos}
+
+    def npc_env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
+        """Run ``op`` on sub-env ``index`` if this worker holds it; ``_NOT_HERE`` otherwise."""
+        local = index - self.first
+        if not 0 <= local < len(self.env_fns):
+            return _NOT_HERE
+        return _env_call(self._build()[local].env, op, name, args, kwargs or {})
+
+    def close(self) -> None:
+        for joint in self.joints or []:
+            joint.close()
+
+
+_NOT_HERE = "__npc_wrapper_not_here__"
+
+
+def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
+    """The action arrays a batch of ``n`` sub-envs takes: training agents', then each NPC group's."""
+
+    def box(agents: int, space: spaces.Space) -> spaces.Box:
+        shape = (n, agents, *space.shape)
+        if space.dtype is not None and space.dtype.kind in "iub":
+            info = np.iinfo(np.int64)
+            return spaces.Box(info.min, info.max, shape, np.int64)
+        return spaces.Box(-np.inf, np.inf, shape, np.float64)
+
+    out = {"train": box(layout.n_train, layout.action_space)}
+    out.update({f"npc_{g}": box(len(group.agents), group.action_space) for g, group in enumerate(layout.groups)})
+    return out
+
+
+class WorkerBackend(Backend):
+    """Sub-envs split evenly over ``num_workers`` processes.
+
+    :param env_fns: one factory per sub-env
+    :param num_workers: processes; must divide ``len(env_fns)``
+    :param start_method: multiprocessing start method (``None``: the platform default)
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[EnvFn],
+        num_workers: int,
+        layout: AgentLayout,
+        early_reset: bool,
+        start_method: str | None = None,
+    ) -> None:
+        n = len(env_fns)
+        if n % num_workers:
+            raise ValueError(
+                f"num_envs={n} must be a multiple of num_workers={num_workers} (each worker steps the same number "
+                f"of envs); use num_envs={n - n % num_workers or num_workers} or num_workers that divides {n}"
+            )
+        self.num_envs, self.num_workers, self.layout = n, num_workers, layout
+        per = n // num_workers
+        batch_fns = [
+            _batch_fn(env_fns[w * per:(w + 1) * per], w * per, layout, early_reset) for w in range(num_workers)
+        ]
+        self.vec = AsyncVectorEnv(
+            batch_fns, shared_memory=True, copy=False, context=start_method,
+            autoreset_mode=AutoresetMode.DISABLED,
+        )
+        self.buffers: JointBuffers | None = None  # views into shared memory, set at the first reset
+
+    def _views(self, obs: dict[str, np.ndarray]) -> JointBuffers:
+        flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
+        return JointBuffers.from_arrays(flat, len(self.layout.groups))
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (EOFError, BrokenPipeError, ConnectionError) as e:
+            codes = [p.exitcode for p in self.vec.processes]
+            raise RuntimeError(
+                f"a worker process stepping the sub-envs died (exit codes {codes}); "
+                "the env or its factory crashed the process: run with num_workers=0 to see the error in-process"
+            ) from e
+        except Exception as e:
+            raise RuntimeError(
+                f"a sub-env raised in a worker process: {type(e).__name__}: {e} "
+                "(the worker's traceback is logged above; num_workers=0 runs the envs in-process)"
+            ) from e
+
+    def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
+        obs, infos = self._guard(
+            lambda: self.vec.reset(options={"seeds": list(seeds), "env_options": options})
+        )
+        if self.buffers is None:
+            self.buffers = self._views(obs)
+        return [i for worker in infos["infos"] for i in worker]
+
+    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
+        k = self.num_workers
+        actions = {"train": train_actions.reshape(k, -1, *train_actions.shape[1:])}
+        actions.update({f"npc_{g}": a.reshape(k, -1, *a.shape[1:]) for g, a in enumerate(npc_actions)})
+        _, _, _, _, infos = self._guard(lambda: self.vec.step(actions))
+        step_infos = [i for worker in infos["infos"] for i in worker]
+        reset_infos = [i for worker in infos["reset_infos"] for i in worker]
+        return step_infos, reset_infos
+
+    def _env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
+        results = self._guard(lambda: self.vec.call("npc_env_call", index, op, name, args, kwargs or {}))
+        return next(r for r in results if not (isinstance(r, str) and r == _NOT_HERE))
+
+    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self._env_call(index, "call", name, args, kwargs)
+
+    def is_wrapped(self, index: int, wrapper_class: type) -> bool:
+        return self._env_call(index, "wrapped", "", (wrapper_class,))
+
+    def get_attr(self, index: int, name: str) -> Any:
+        return self._env_call(index, "get", name)
+
+    def set_attr(self, index: int, name: str, value: Any) -> None:
+        self._env_call(index, "set", name, (value,))
+
+    def close(self) -> None:
+        self.buffers = None
+        if not self.vec.closed:
+            try:
+                self.vec.close()
+            except (EOFError, BrokenPipeError, ConnectionError, multiprocessing.TimeoutError):
+                self.vec.close(terminate=True)
+
+
+def _batch_fn(env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool) -> Callable[[], JointBatchEnv]:
+    fns = list(env_fns)
+    return lambda: JointBatchEnv(fns, first, layout, early_reset)
