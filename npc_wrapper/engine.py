@@ -92,6 +92,7 @@ class NPCEngine:
             self.metadata = dict(getattr(probe, "metadata", {}) or {})
             self.render_mode = getattr(probe, "render_mode", None)
             self.pools = [self._make_pool(g, device, deterministic_npc, trusted) for g in range(len(self.layout.groups))]
+            self._check_unshared()
         except BaseException:
             probe.close()
             raise
@@ -139,14 +140,24 @@ class NPCEngine:
     def _make_pool(self, g: int, device: Any, deterministic: bool, trusted: bool) -> NPCPool:
         group = self.layout.groups[g]
         spec = group.spec
-        if isinstance(spec, NPCPool):
-            pool = spec
-        else:
-            pool = NPCPool([as_npc_policy(spec, group.observation_space, group.action_space,
-                                          device=device, deterministic=deterministic, trusted=trusted)])
+        if not isinstance(spec, NPCPool):
+            spec = as_npc_policy(spec, group.observation_space, group.action_space,
+                                 device=device, deterministic=deterministic, trusted=trusted)
+        pool = spec if isinstance(spec, NPCPool) else NPCPool([spec])
         for member in pool.members:
             check_npc_policy(member, list(group.agents), group.observation_space, group.action_space)
         return pool
+
+    def _check_unshared(self) -> None:
+        owner: dict[int, int] = {}
+        for g, pool in enumerate(self.pools):
+            for member in pool.members:
+                if owner.setdefault(id(member), g) != g:
+                    groups = [self.layout.groups[i].agents for i in (owner[id(member)], g)]
+                    raise ValueError(
+                        f"the same NPC policy object {member!r} drives two groups of NPC agents {groups}; "
+                        "policies keep per-row state, so give each group its own instance"
+                    )
 
     # ------------------------------------------------------------------ reset / step
     def reset(self, seeds: Sequence[int | None], options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
