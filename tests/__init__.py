@@ -1,0 +1,1 @@
+"""Test suite for npc_wrapper (a package so fixtures import as ``tests.envs``)."""
