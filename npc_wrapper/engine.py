@@ -114,7 +114,10 @@ class NPCEngine:
         self._npc_actions = [
             np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype) for grp in layout.groups
         ]
-        self._episode_start = [np.ones(E * len(grp.agents), dtype=bool) for grp in layout.groups]
+        self._rows = [E * len(grp.agents) for grp in layout.groups]
+        self._all_rows = [np.arange(n) for n in self._rows]
+        self._episode_start = [np.ones(n, dtype=bool) for n in self._rows]
+        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray]]] = []
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
         self._alive = np.zeros((E, layout.n_agents), dtype=bool)
         self._slot_return = np.zeros(self.num_slots, dtype=np.float64)
@@ -163,6 +166,7 @@ class NPCEngine:
     def reset(self, seeds: Sequence[int | None], options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Reset every sub-env (sub-env ``i`` with ``seeds[i]``) and return the training slots' obs and infos."""
         self._assert_open()
+        self._collect_npc_actions()  # finish forwards launched for the step that will not come
         if seeds[0] is not None:
             self._seed_npcs(int(seeds[0]))
         elif self._needs_reset:
@@ -178,7 +182,7 @@ class NPCEngine:
         all_envs = np.ones(self.num_envs, dtype=bool)
         self._start_episodes(all_envs)
         infos = [dict(info) for env in env_infos for info in env]
-        self._compute_npc_actions()
+        self._launch_npcs()
         return buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy(), infos
 
     def _seed_npcs(self, seed: int | None) -> None:
@@ -196,24 +200,37 @@ class NPCEngine:
             start = self._episode_start[g].reshape(self.num_envs, -1)
             start[envs] = True
 
-    def _compute_npc_actions(self) -> None:
-        """One forward per NPC policy over the live rows it drives, for the coming step."""
+    def _launch_npcs(self) -> None:
+        """Start one forward per NPC policy over the live rows it drives, for the coming step.
+
+        The forwards run while the trainer picks its actions (asynchronously on CUDA);
+        :meth:`_collect_npc_actions` waits for them.
+        """
         buf = self.backend.buffers
+        pending = self._pending
         for g, pool in enumerate(self.pools):
-            n_g = len(self.layout.groups[g].agents)
-            obs = buf.npc_obs[g].reshape(self.num_envs * n_g, *buf.npc_obs[g].shape[2:])
+            obs = buf.npc_obs[g].reshape(self._rows[g], *buf.npc_obs[g].shape[2:])
             alive = self._alive[:, self._group_pos[g]].reshape(-1)
-            out = self._npc_actions[g].reshape(self.num_envs * n_g, *self._npc_actions[g].shape[2:])
             start = self._episode_start[g]
             if len(pool) == 1 and alive.all():
-                out[...] = pool.members[0].act(obs, np.arange(len(alive)), start)
+                pending.append((g, None, pool.members[0].act_async(obs, self._all_rows[g], start)))
             else:
-                member_of_row = np.repeat(self._member[g], n_g)
+                member_of_row = np.repeat(self._member[g], len(self._group_pos[g]))
                 for m, member in enumerate(pool.members):
                     rows = np.flatnonzero(alive & (member_of_row == m))
                     if len(rows):
-                        out[rows] = member.act(obs[rows], rows, start[rows])
+                        pending.append((g, rows, member.act_async(obs[rows], rows, start[rows])))
             start[...] = False
+
+    def _collect_npc_actions(self) -> None:
+        """Wait for the launched NPC forwards and scatter their actions into the action buffers."""
+        for g, rows, wait in self._pending:
+            out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
+            if rows is None:
+                out[...] = wait()
+            else:
+                out[rows] = wait()
+        self._pending.clear()
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
@@ -251,6 +268,7 @@ class NPCEngine:
             raise RuntimeError("step() was called before reset(): call reset() once before the first step")
         a = self.validate_actions(actions)
         E, n_train = self.num_envs, self.n_train
+        self._collect_npc_actions()
         step_infos, reset_infos = self.backend.step(a.reshape(E, n_train, *self._act_shape), self._npc_actions)
         buf = self.backend.buffers
         was_alive = self._alive
@@ -296,7 +314,7 @@ class NPCEngine:
             self._start_episodes(env_done)
 
         self._alive[...] = buf.alive
-        self._compute_npc_actions()
+        self._launch_npcs()
         obs = buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy()
         return StepResult(obs, slot_reward.astype(np.float32), terminated, truncated, infos, slot_reset_infos, ended)
 

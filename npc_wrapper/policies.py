@@ -21,6 +21,9 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common import distributions as d
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space
+
+from npc_wrapper.device import DeviceRunner, resolve_device
 
 __all__ = [
     "NPCPolicy",
@@ -33,13 +36,6 @@ __all__ = [
     "check_npc_policy",
     "resolve_device",
 ]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class NPCPolicy(abc.ABC):
@@ -72,6 +68,15 @@ class NPCPolicy(abc.ABC):
         :param episode_start: for each given row, whether this is the first step of its episode
         :return: actions, shape ``(len(rows), *action_shape)``, in ``action_space``
         """
+
+    def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
+        """Start computing :meth:`act`; return a function that waits for the actions.
+
+        The engine launches this as soon as a step's observations exist and waits only when the
+        trainer's next actions arrive; GPU policies overlap the two. The default is synchronous.
+        """
+        actions = self.act(obs, rows, episode_start)
+        return lambda: actions
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, obs={self.observation_space}, act={self.action_space})"
@@ -155,16 +160,6 @@ class CallablePolicy(NPCPolicy):
         return np.asarray(self.fn(obs))
 
 
-def _obs_to_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """One host-to-device copy; uint8 images travel as uint8 and are converted on the device."""
-    t = torch.from_numpy(np.ascontiguousarray(obs))
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    elif t.device != device:
-        t = t.to(device)
-    return t if t.dtype == torch.uint8 else t.float()
-
-
 def _sample_logits(logits: torch.Tensor, deterministic: bool, generator: torch.Generator) -> torch.Tensor:
     """Sample (or argmax) categorical actions from ``(..., n)`` logits with the policy's own RNG."""
     if deterministic:
@@ -195,6 +190,7 @@ class TorchPolicy(NPCPolicy):
     :param module: the network
     :param device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
     :param deterministic: argmax instead of sampling
+    :param cuda_graphs: replay the forward from CUDA graphs, one per batch-size bucket (CUDA only)
     """
 
     def __init__(
@@ -205,11 +201,13 @@ class TorchPolicy(NPCPolicy):
         device: str | torch.device = "auto",
         deterministic: bool = False,
         name: str | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(observation_space, action_space, name or type(module).__name__)
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval().requires_grad_(False)
         self.deterministic = deterministic
+        self.runner = DeviceRunner(self.device, cuda_graphs)
         self._generator = torch.Generator(device=self.device)
 
     def reset(self, num_rows: int, seed: int | None = None) -> None:
@@ -221,15 +219,14 @@ class TorchPolicy(NPCPolicy):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """The module's raw output for an observation tensor already on the device."""
-        return self.module(obs)
+        out = self.module(obs)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.forward(_obs_to_tensor(obs, self.device))
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            actions = self._to_actions(out)
-        return actions.cpu().numpy()
+        return self.act_async(obs, rows, episode_start)()
+
+    def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
+        return self.runner.run(self.forward, obs, self._to_actions)
 
     def _to_actions(self, out: torch.Tensor) -> torch.Tensor:
         space = self.action_space
@@ -297,6 +294,16 @@ class SB3Policy(NPCPolicy):
         )
         self._generator = torch.Generator(device=self.device)
         self._state: tuple[np.ndarray, ...] | None = None
+        self.runner = DeviceRunner(self.device)
+        # SB3 trains image policies channel-first (VecTransposeImage); PettingZoo envs give HWC.
+        model_shape = getattr(getattr(self.policy, "observation_space", None), "shape", None)
+        self._to_chw = (
+            self._direct
+            and is_image_space(self.policy.observation_space, check_channels=False)
+            and len(observation_space.shape) == 3
+            and model_shape != observation_space.shape
+            and model_shape == (observation_space.shape[2], *observation_space.shape[:2])
+        )
 
     def reset(self, num_rows: int, seed: int | None = None) -> None:
         super().reset(num_rows, seed)
@@ -308,7 +315,7 @@ class SB3Policy(NPCPolicy):
 
     def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         if self._direct:
-            return self._act_direct(obs)
+            return self.act_async(obs, rows, episode_start)()
         if not self.recurrent:
             actions, _ = self.predictor.predict(obs, None, episode_start, self.deterministic)
             return np.asarray(actions)
@@ -320,37 +327,41 @@ class SB3Policy(NPCPolicy):
             full[:, rows] = new
         return np.asarray(actions)
 
-    def _act_direct(self, obs: np.ndarray) -> np.ndarray:
-        policy = self.policy
-        space = policy.action_space
-        with torch.inference_mode():
-            obs_t, _ = policy.obs_to_tensor(obs)
-            dist = policy.get_distribution(obs_t)
-            det, gen = self.deterministic, self._generator
-            if isinstance(dist, d.CategoricalDistribution):
-                actions = _sample_logits(dist.distribution.logits, det, gen)
-            elif isinstance(dist, d.MultiCategoricalDistribution):
-                actions = torch.stack([_sample_logits(c.logits, det, gen) for c in dist.distribution], dim=1)
-            elif isinstance(dist, d.BernoulliDistribution):
-                probs = dist.distribution.probs
-                actions = (probs > 0.5) if det else (torch.rand(probs.shape, generator=gen, device=probs.device) < probs)
-                actions = actions.to(torch.int8)
-            elif isinstance(dist, d.DiagGaussianDistribution):  # includes the squashed variant
-                normal = dist.distribution
-                actions = normal.mean
-                if not det:
-                    noise = torch.randn(actions.shape, generator=gen, device=actions.device)
-                    actions = actions + normal.stddev * noise
-                if isinstance(dist, d.SquashedDiagGaussianDistribution):
-                    actions = torch.tanh(actions)
-            else:  # gSDE and custom distributions sample with torch's global RNG
-                actions = dist.get_actions(deterministic=det)
-            actions = actions.cpu().numpy().reshape((-1, *space.shape))
-        if isinstance(space, spaces.Box):
-            if policy.squash_output:
-                return policy.unscale_action(actions)
-            return np.clip(actions, space.low, space.high)
+    def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
+        if not self._direct:
+            return super().act_async(obs, rows, episode_start)
+        wait = self.runner.run(self._sample, obs)
+        space = self.policy.action_space
+
+        def actions() -> np.ndarray:
+            a = wait().reshape((-1, *space.shape))
+            if isinstance(space, spaces.Box):
+                return self.policy.unscale_action(a) if self.policy.squash_output else np.clip(a, space.low, space.high)
+            return a
+
         return actions
+
+    def _sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions from the policy's distribution, sampled with the NPC's own generator."""
+        if self._to_chw:
+            obs = obs.permute(0, 3, 1, 2)
+        dist = self.policy.get_distribution(obs)
+        det, gen = self.deterministic, self._generator
+        if isinstance(dist, d.CategoricalDistribution):
+            return _sample_logits(dist.distribution.logits, det, gen)
+        if isinstance(dist, d.MultiCategoricalDistribution):
+            return torch.stack([_sample_logits(c.logits, det, gen) for c in dist.distribution], dim=1)
+        if isinstance(dist, d.BernoulliDistribution):
+            probs = dist.distribution.probs
+            sample = (probs > 0.5) if det else (torch.rand(probs.shape, generator=gen, device=probs.device) < probs)
+            return sample.to(torch.int8)
+        if isinstance(dist, d.DiagGaussianDistribution):  # includes the squashed variant
+            normal = dist.distribution
+            actions = normal.mean
+            if not det:
+                actions = actions + normal.stddev * torch.randn(actions.shape, generator=gen, device=actions.device)
+            return torch.tanh(actions) if isinstance(dist, d.SquashedDiagGaussianDistribution) else actions
+        return dist.get_actions(deterministic=det)  # gSDE and custom distributions use torch's global RNG
 
 
 _SCRIPTED = {"random": RandomPolicy, "noop": ConstantPolicy}
