@@ -330,6 +330,16 @@ class NPCEngine:
             "npc": names[0] if len(names) == 1 else names,
         }
 
+    def add_npc(self, policy: NPCPolicy, group: int = 0, weight: float | None = None) -> int:
+        """Add ``policy`` to NPC group ``group``'s pool; envs may draw it from their next episode start.
+
+        The policy is dry-run checked against the group's spaces first. Returns its pool index.
+        """
+        grp = self.layout.groups[group]
+        check_npc_policy(policy, list(grp.agents), grp.observation_space, grp.action_space)
+        policy.reset(self._rows[group], int(self._rng.integers(2**31)))
+        return self.pools[group].add(policy, weight)
+
     # ------------------------------------------------------------------ sub-env access
     def slot_alive(self) -> np.ndarray:
         """Whether each slot's agent is alive now (``False``: its observation is padding)."""

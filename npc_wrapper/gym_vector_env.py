@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from npc_wrapper.engine import NPCEngine
+from npc_wrapper.policies import NPCPolicy
 
 __all__ = ["NPCVectorEnv"]
 
@@ -67,6 +68,10 @@ class NPCVectorEnv(VectorEnv):
     def pools(self) -> list[Any]:
         """The NPC pool of each NPC group."""
         return self.engine.pools
+
+    def add_npc(self, policy: NPCPolicy, group: int = 0, weight: float | None = None) -> int:
+        """Add an NPC policy to a group's pool (see :meth:`NPCEngine.add_npc`); returns its index."""
+        return self.engine.add_npc(policy, group, weight)
 
     def slot_alive(self) -> np.ndarray:
         """Whether each slot's agent is alive now; ``False`` marks padding observations."""

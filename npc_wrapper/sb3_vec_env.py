@@ -11,6 +11,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from npc_wrapper.engine import NPCEngine
+from npc_wrapper.policies import NPCPolicy
 
 __all__ = ["NPCVecEnv"]
 
@@ -56,6 +57,10 @@ class NPCVecEnv(VecEnv):
     def pools(self) -> list[Any]:
         """The NPC pool of each NPC group (see :class:`npc_wrapper.NPCPool`)."""
         return self.engine.pools
+
+    def add_npc(self, policy: NPCPolicy, group: int = 0, weight: float | None = None) -> int:
+        """Add an NPC policy to a group's pool (see :meth:`NPCEngine.add_npc`); returns its index."""
+        return self.engine.add_npc(policy, group, weight)
 
     def slot_alive(self) -> np.ndarray:
         """Whether each slot's agent is alive now; ``False`` marks padding observations."""
