@@ -55,7 +55,8 @@ def split_agents(
                 f"training_agents_pct must be a fraction in [0, 1] (0.75 means 75% of agents train), "
                 f"got {training_agents_pct!r}"
             )
-        n_train = math.floor(float(training_agents_pct) * len(agents) + 0.5)
+        # Rounded to 9 digits first so exact halves (0.29 * 50 = 14.5) are not a float hair below .5.
+        n_train = math.floor(round(float(training_agents_pct) * len(agents), 9) + 0.5)
         if n_train == 0:
             raise ValueError(
                 f"training_agents_pct={training_agents_pct} of {len(agents)} agents rounds to 0 training agents; "
