@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from npc_wrapper.engine import NPCEngine
+from npc_wrapper.engine import EPISODE_KEY, NPCEngine
 from npc_wrapper.policies import NPCPolicy
 
 __all__ = ["NPCVectorEnv"]
@@ -104,7 +104,10 @@ class NPCVectorEnv(VectorEnv):
                 infos = self._add_info(infos, info, k)
             else:
                 infos = self._add_info(infos, {"final_obs": ended.final_obs, "final_info": info}, k)
-                infos = self._add_info(infos, result.reset_infos[k], k)
+                new_info = result.reset_infos[k]
+                if EPISODE_KEY in info:  # the env's summary sits on every slot of that env, as documented
+                    new_info = {**new_info, EPISODE_KEY: info[EPISODE_KEY]}
+                infos = self._add_info(infos, new_info, k)
         return result.obs, result.reward, result.terminated, result.truncated, infos
 
     def render(self) -> Any:
