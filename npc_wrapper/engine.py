@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout, build_layout
 from npc_wrapper.policies import NPCPolicy, as_npc_policy, check_npc_policy
@@ -86,8 +87,8 @@ class NPCEngine:
             raise ValueError(f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}")
         self.num_envs = len(env_fns)
         probe = env_fns[0]()
-        self._check_parallel_env(probe)
         try:
+            self._check_parallel_env(probe)
             self.layout: AgentLayout = build_layout(probe, npc, training_agents_pct, training_agents)
             self.metadata = dict(getattr(probe, "metadata", {}) or {})
             self.render_mode = getattr(probe, "render_mode", None)
@@ -133,10 +134,12 @@ class NPCEngine:
     @staticmethod
     def _check_parallel_env(env: Any) -> None:
         missing = [m for m in ("possible_agents", "reset", "step", "observation_space", "action_space") if not hasattr(env, m)]
-        if missing or hasattr(env, "agent_selection"):
-            kind = "an AEC env" if hasattr(env, "agent_selection") else type(env).__name__
+        # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
+        aec = isinstance(env, AECEnv)
+        if missing or aec:
+            kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
             raise TypeError(
-                f"env_fn must return a PettingZoo ParallelEnv, got {kind} (missing {missing}); "
+                f"env_fn must return a PettingZoo ParallelEnv, got {kind}; "
                 "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
             )
 
@@ -253,13 +256,17 @@ class NPCEngine:
             bad = ~((a >= space.low) & (a <= space.high)).reshape(self.num_slots, -1).all(axis=1)
         else:
             bad = np.array([not space.contains(x) for x in a])
+        # Whole numbers from a float tensor are fine for integer spaces (sent as ints); fractions are not.
+        float_ints = a.dtype.kind == "f" and isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+        if float_ints:
+            bad = bad | (a != np.floor(a)).reshape(self.num_slots, -1).any(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"action {a[i].tolist()!r} for slot {i} (env {i // self.n_train}, agent "
                 f"{self.layout.training[i % self.n_train]!r}) is outside the action space {space}"
             )
-        return a
+        return a.astype(space.dtype) if float_ints else a
 
     def step(self, actions: Any) -> StepResult:
         """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions."""
