@@ -1,0 +1,158 @@
+"""Bad input gets a clear error, at construction where possible."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+
+import npc_wrapper as nw
+from tests.envs import ScriptedParallelEnv
+
+FRONT_ENDS = [nw.make_vec_env, nw.make_vector_env]
+
+
+class CountingFactory:
+    """Counts env constructions, so a test can tell construction-time errors from later ones."""
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        self.built: list[ScriptedParallelEnv] = []
+
+    def __call__(self) -> ScriptedParallelEnv:
+        env = ScriptedParallelEnv(**self.kwargs)
+        self.built.append(env)
+        return env
+
+
+@pytest.mark.parametrize("make", FRONT_ENDS)
+def test_bad_split_fails_at_construction(make) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        make(lambda: ScriptedParallelEnv(), training_agents_pct=1.5)
+    with pytest.raises(ValueError, match="match none"):
+        make(lambda: ScriptedParallelEnv(), training_agents=["zz_*"])
+
+
+@pytest.mark.parametrize("make", FRONT_ENDS)
+def test_npc_torch_module_with_wrong_input_size_names_both_spaces(make) -> None:
+    factory = CountingFactory(agents=["a_0", "b_0"])
+    with pytest.raises(ValueError) as err:
+        make(factory, num_envs=4, npc=torch.nn.Linear(5, 4), device="cpu")
+    msg = str(err.value)
+    assert "['b_0']" in msg and "dry-run" in msg
+    assert "Box(-inf, inf, (3,), float32)" in msg and "Discrete(4)" in msg
+    assert "mat1 and mat2 shapes cannot be multiplied" in msg  # the underlying error is kept
+    assert len(factory.built) == 1 and factory.built[0].closed  # the probe env only, closed again
+
+
+def test_npc_returning_actions_outside_its_space_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"not in the action space.*values \[7, 7\]"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=lambda obs: np.full(len(obs), 7))
+    with pytest.raises(ValueError, match=r"not in the action space.*shape \(1,\)"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=lambda obs: np.zeros(1, dtype=np.int64))
+
+
+def test_sb3_npc_for_another_observation_space_is_rejected() -> None:
+    wide = nw.make_vec_env(lambda: ScriptedParallelEnv(obs_shape=(6,)))
+    model = PPO("MlpPolicy", wide, device="cpu")
+    with pytest.raises(ValueError, match=r"NPC policy .*\(3,\)"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=model, device="cpu")
+    wide.close()
+
+
+def test_npc_policy_built_for_other_spaces_is_rejected() -> None:
+    policy = nw.RandomPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(2))
+    with pytest.raises(ValueError, match=r"was built for observation space .* Discrete\(2\)"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=policy)
+
+
+def test_unknown_npc_kind_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="is not a policy"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=42)
+
+
+@pytest.mark.parametrize("make", FRONT_ENDS)
+def test_aec_env_is_a_type_error_with_a_hint(make) -> None:
+    from mpe2 import simple_tag_v3
+
+    with pytest.raises(TypeError, match=r"ParallelEnv.*AEC env.*parallel_env\(\)"):
+        make(lambda: simple_tag_v3.env(max_cycles=5))
+
+
+def test_gymnasium_env_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="PettingZoo ParallelEnv"):
+        nw.make_vec_env(lambda: gymnasium.make("CartPole-v1"))
+
+
+def test_num_envs_below_one() -> None:
+    with pytest.raises(ValueError, match="num_envs must be at least 1"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), num_envs=0)
+
+
+# ----------------------------------------------------------------------------------------- step()
+@pytest.fixture
+def venv():
+    v = nw.make_vec_env(lambda: ScriptedParallelEnv(), num_envs=2, training_agents_pct=0.67, npc="noop", seed=0)
+    yield v
+    v.close()
+
+
+def test_step_before_reset(venv) -> None:
+    with pytest.raises(RuntimeError, match=r"before reset\(\): call reset\(\)"):
+        venv.step(np.zeros(4, dtype=np.int64))
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 2), (2, 2), ()])
+def test_actions_of_the_wrong_shape(venv, shape) -> None:
+    venv.reset()
+    with pytest.raises(ValueError, match=r"actions must have shape \(4,\) \(num_envs=2 x 2 training agents"):
+        venv.step(np.zeros(shape, dtype=np.int64))
+
+
+def test_discrete_action_out_of_range_names_slot_agent_and_space(venv) -> None:
+    venv.reset()
+    with pytest.raises(ValueError, match=r"action 4 for slot 3 \(env 1, agent 'a_1'\) is outside the action space "
+                                         r"Discrete\(4\)"):
+        venv.step(np.array([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"slot 0 \(env 0, agent 'a_0'\)"):
+        venv.step(np.array([-1, 0, 0, 0]))
+    # A rejected step changed nothing: the envs are still at step 0.
+    obs, *_ = venv.step(np.array([0, 1, 2, 3]))
+    np.testing.assert_array_equal(obs[:, 0], [1, 1, 1, 1])
+
+
+def test_column_of_discrete_actions_is_accepted(venv) -> None:
+    venv.reset()
+    obs, *_ = venv.step(np.array([[1], [2], [3], [0]]))
+    np.testing.assert_array_equal(obs[:, 2], [1, 2, 3, 0])
+
+
+def test_integral_float_discrete_actions_are_sent_as_ints_and_fractional_ones_rejected(venv) -> None:
+    venv.reset()
+    obs, *_ = venv.step(np.array([1.0, 2.0, 3.0, 0.0]))  # e.g. from a float tensor
+    np.testing.assert_array_equal(obs[:, 2], [1, 2, 3, 0])
+    with pytest.raises(ValueError, match=r"action 1.5 for slot 1 .* Discrete\(4\)"):
+        venv.step(np.array([1.0, 1.5, 3.0, 0.0]))
+
+
+def test_box_actions_out_of_bounds_or_nan() -> None:
+    box = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    venv = nw.make_vector_env(lambda: ScriptedParallelEnv(action_space=box), num_envs=2, training_agents_pct=0.67)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match=r"slot 2 \(env 1, agent 'a_0'\) is outside the action space Box"):
+        venv.step(np.array([[0, 0], [0, 0], [0, 1.5], [0, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="slot 1"):
+        venv.step(np.array([[0, 0], [np.nan, 0], [0, 0], [0, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
+        venv.step(np.zeros((4, 3), dtype=np.float32))
+    venv.close()
+
+
+def test_step_after_close(venv) -> None:
+    venv.reset()
+    venv.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        venv.step(np.zeros(4, dtype=np.int64))

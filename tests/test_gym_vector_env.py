@@ -1,0 +1,164 @@
+"""The Gymnasium ``VectorEnv`` contract of ``make_vector_env``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.wrappers.vector import DictInfoToList, RecordEpisodeStatistics
+
+import npc_wrapper as nw
+from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
+
+
+class EnvFactory:
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("obs_shape", (4,))
+        self.kwargs = kwargs
+        self.envs: list[RecordingParallelEnv] = []
+
+    def __call__(self) -> RecordingParallelEnv:
+        env = RecordingParallelEnv(ScriptedParallelEnv(**self.kwargs))
+        self.envs.append(env)
+        return env
+
+
+def make(factory: Any, num_envs: int = 2, **kwargs: Any) -> nw.NPCVectorEnv:
+    kwargs.setdefault("training_agents_pct", 0.67)
+    kwargs.setdefault("npc", "noop")
+    return nw.make_vector_env(factory, num_envs=num_envs, **kwargs)
+
+
+def test_spaces_and_shapes() -> None:
+    envs = make(EnvFactory(), num_envs=3)
+    assert isinstance(envs, VectorEnv)
+    assert envs.num_envs == 6
+    assert envs.single_observation_space == spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    assert envs.single_action_space == spaces.Discrete(4)
+    assert envs.observation_space == spaces.Box(-np.inf, np.inf, (6, 4), np.float32)
+    assert envs.action_space == spaces.MultiDiscrete([4] * 6)
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert envs.metadata["name"] == "scripted_v0"  # the PettingZoo env's metadata is kept
+    obs, infos = envs.reset(seed=0)
+    assert envs.observation_space.contains(obs)
+    assert isinstance(infos, dict) and infos["agent"].tolist() == ["a_0", "a_1"] * 3
+    assert infos["_agent"].all()
+    obs, rew, term, trunc, infos = envs.step(envs.action_space.sample())
+    assert envs.observation_space.contains(obs)
+    assert rew.shape == (6,) and np.issubdtype(rew.dtype, np.floating)
+    assert term.dtype == np.bool_ and trunc.dtype == np.bool_ and term.shape == trunc.shape == (6,)
+    assert infos["step"].tolist() == [1] * 6
+    envs.close()
+
+
+def test_box_action_space_batched() -> None:
+    box = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    envs = make(EnvFactory(action_space=box), num_envs=2)
+    assert envs.single_action_space == box
+    assert envs.action_space == spaces.Box(-1.0, 1.0, (4, 2), np.float32)
+    envs.reset(seed=0)
+    actions = np.array([[0.5, 0], [-0.25, 0], [1, 0], [0, 0]], dtype=np.float32)
+    obs, *_ = envs.step(actions)
+    np.testing.assert_allclose(obs[:, 2], [0.5, -0.25, 1, 0])
+    envs.close()
+
+
+def test_returned_arrays_are_not_aliased_to_internal_buffers() -> None:
+    envs = make(EnvFactory(max_steps=3, death_steps={"a_1": 1}), num_envs=2)
+    obs, _ = envs.reset(seed=0)
+    history = []
+    for t in range(1, 5):
+        prev, prev_copy = obs, obs.copy()
+        obs, rew, term, trunc, infos = envs.step(np.ones(4, dtype=np.int64))
+        np.testing.assert_array_equal(prev, prev_copy)  # a later step does not change what we got
+        history.append(obs.copy())
+        obs[...] = 123.0  # the caller may write into what it got; the env is not affected
+        rew[...] = 5.0
+    np.testing.assert_array_equal([h[:, 0] for h in history], [[1, 0, 1, 0], [2, 0, 2, 0], [0, 0, 0, 0], [1, 0, 1, 0]])
+    envs.close()
+
+
+def test_reset_with_options_and_infos() -> None:
+    factory = EnvFactory()
+    envs = make(factory)
+    envs.reset(seed=1, options={"level": 2})
+    assert [e.reset_options for e in factory.envs] == [[{"level": 2}]] * 2
+    assert [e.reset_seeds for e in factory.envs] == [[1], [2]]
+    envs.reset()
+    assert [e.reset_seeds[-1] for e in factory.envs] == [None, None]
+    envs.close()
+
+
+def test_call_get_attr_set_attr() -> None:
+    envs = make(lambda: ScriptedParallelEnv(obs_shape=(4,)), num_envs=2)
+    envs.reset(seed=30)
+    assert envs.get_attr("episode_id") == (30, 30, 31, 31)
+    assert envs.call("agent_index", "b_0") == (2,) * 4
+    envs.set_attr("max_steps", [1, 1, 5, 5])
+    assert envs.get_attr("max_steps") == (1, 1, 5, 5)
+    _, _, _, trunc, _ = envs.step(np.zeros(4, dtype=np.int64))
+    assert trunc.tolist() == [True, True, False, False]
+    envs.set_attr("max_steps", 7)
+    assert envs.get_attr("max_steps") == (7,) * 4
+    with pytest.raises(ValueError, match="one value per slot"):
+        envs.set_attr("max_steps", [1, 2])
+    envs.close()
+
+
+def test_render_and_close() -> None:
+    factory = EnvFactory(render_mode="rgb_array")
+    envs = make(factory)
+    assert envs.render_mode == "rgb_array"
+    envs.reset(seed=9)
+    img = envs.render()
+    assert img.shape == (16, 16, 3) and (img == 9).all()
+    envs.close()
+    envs.close()
+    assert envs.closed and [e.close_count for e in factory.envs] == [1, 1]
+
+
+def test_step_before_reset_and_after_close() -> None:
+    envs = make(EnvFactory())
+    with pytest.raises(RuntimeError, match=r"call reset\(\)"):
+        envs.step(np.zeros(4, dtype=np.int64))
+    envs.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        envs.reset(seed=0)
+
+
+def test_dict_info_to_list_and_record_episode_statistics_stack() -> None:
+    envs = DictInfoToList(RecordEpisodeStatistics(make(EnvFactory(max_steps=2), num_envs=2)))
+    envs.reset(seed=0)
+    envs.step(np.zeros(4, dtype=np.int64))
+    _, _, _, trunc, infos = envs.step(np.array([1, 0, 0, 0]))
+    assert trunc.all() and isinstance(infos, list) and len(infos) == 4
+    assert infos[0]["episode"]["r"] == pytest.approx(3.001)
+    assert infos[1]["episode"]["l"] == 2
+    np.testing.assert_array_equal(infos[0]["final_obs"], [2, 0, 1, 0])
+    assert infos[0][nw.EPISODE_KEY]["outcome"] == "win"
+    envs.close()
+
+
+def test_cleanrl_style_loop() -> None:
+    """The loop CleanRL's ppo.py runs: obs buffers, next_done from term | trunc, final_obs for bootstrapping."""
+    envs = make(EnvFactory(max_steps=5, death_steps={"a_1": 3}), num_envs=4, npc="random")
+    steps = 12
+    obs_buf = np.zeros((steps, envs.num_envs, *envs.single_observation_space.shape), np.float32)
+    done_buf = np.zeros((steps, envs.num_envs), bool)
+    next_obs, _ = envs.reset(seed=0)
+    next_done = np.zeros(envs.num_envs, bool)
+    bootstrapped = 0
+    for t in range(steps):
+        obs_buf[t], done_buf[t] = next_obs, next_done
+        next_obs, reward, term, trunc, infos = envs.step(envs.action_space.sample())
+        next_done = term | trunc
+        if "final_obs" in infos:
+            for k in np.flatnonzero(infos["_final_obs"] & trunc):
+                assert infos["final_obs"][k][0] == 5  # truncated at max_steps
+                bootstrapped += 1
+    assert bootstrapped == 4 * 2  # a_0 of 4 envs truncated at steps 5 and 10
+    assert done_buf.sum() == 4 * 2 + 4 * 2  # and a_1 died at steps 3 and 8 (all before step 12)
+    envs.close()
