@@ -1,0 +1,267 @@
+"""Configuration of dual-policy training: which agents train and which checkpoint the NPCs play.
+
+The two dataclasses mirror the seed's ``trainer.dual_policy`` block::
+
+    trainer:
+      dual_policy:
+        enabled: true
+        training_agents_pct: 0.5
+        checkpoint_npc:
+          uri: "wandb://entity/project/model/name:v2"   # or file://PATH, a plain PATH, random, noop
+          type: specific                                # specific | latest | top | rand | all
+          range: 1
+          metric: epoch
+
+They work without Hydra (build them in code or with :meth:`DualPolicyConfig.from_dict` from a plain
+dict) and with it (``from_dict`` accepts an OmegaConf ``DictConfig``, and both classes can be used
+as structured configs: ``OmegaConf.structured(DualPolicyConfig)``). Every key is honoured;
+unknown keys are an error rather than being ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["IMPORT_SPEC", "SELECTOR_TYPES", "CheckpointConfig", "DualPolicyConfig"]
+
+#: The checkpoint selectors ``CheckpointConfig.type`` accepts.
+SELECTOR_TYPES = ("specific", "latest", "top", "rand", "all")
+
+#: ``"pkg.module:attr"`` (an importable object); ``attr`` may be dotted (``Outer.Inner``).
+IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def _to_plain(d: Any, what: str) -> dict[str, Any]:
+    """A plain ``dict`` from a mapping or an OmegaConf ``DictConfig`` (omegaconf imported only then)."""
+    if type(d).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(d, resolve=True)
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{what} must be a mapping of config keys, got {type(d).__name__}: {d!r}")
+    return dict(d)
+
+
+def _check_keys(d: Mapping[str, Any], cls: type, what: str) -> None:
+    known = [f.name for f in fields(cls)]
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {what}; known "
+            f"keys: {', '.join(known)}"
+        )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+@dataclass
+class CheckpointConfig:
+    """Where the NPC policy comes from and how to pick checkpoints (the seed's ``checkpoint_npc``).
+
+    :param uri: ``file://PATH`` or a plain ``PATH`` (a checkpoint file or a directory of them),
+        ``wandb://entity/project/[type/]name[:version]``, ``"random"``, ``"noop"``, or
+        ``"pkg.module:callable"`` (a scripted bot)
+    :param type: selector: ``specific`` (the checkpoint or version named), ``latest`` (newest
+        ``range``), ``top`` (best ``range`` by ``metadata[metric]``), ``rand`` (``range`` drawn at
+        random, seeded by ``seed``) or ``all``
+    :param range: how many checkpoints ``latest``/``top``/``rand`` select; more than one makes an
+        NPC pool (one member drawn per env per episode)
+    :param metric: metadata key ``top`` sorts by, descending
+    :param weights: pool sampling weights, one per selected checkpoint (uniform when ``None``)
+    :param policy_class: ``"pkg.module:Class"`` of the network for ``state_dict`` checkpoints
+    :param policy_kwargs: keyword arguments for ``policy_class``
+    :param trusted: allow formats that unpickle code (full pickled modules, SB3 zips with custom
+        classes); only for checkpoints you trust
+    :param deterministic: NPCs take their most likely action instead of sampling
+    :param noop_action: the action of ``"noop"`` NPCs (default: the action space's zero)
+    :param cache_dir: where ``wandb://`` artifacts are downloaded (default
+        ``~/.cache/npc_wrapper/wandb``)
+    :param seed: seed of the ``rand`` selector (``None``: a fresh draw each run)
+    """
+
+    uri: str | None = None
+    type: str = "specific"
+    range: int = 1
+    metric: str = "epoch"
+    weights: list[float] | None = None
+    policy_class: str | None = None
+    policy_kwargs: dict = field(default_factory=dict)
+    trusted: bool = False
+    deterministic: bool = False
+    noop_action: Any = None
+    cache_dir: str | None = None
+    seed: int | None = 0
+
+    def validate(self, where: str = "checkpoint_npc") -> None:
+        """Raise ``ValueError`` saying which key to change and how.
+
+        :param where: the config path used in messages
+        """
+        if self.uri is not None and (
+            not isinstance(self.uri, (str, os.PathLike)) or not str(self.uri).strip()
+        ):
+            raise ValueError(
+                f"{where}.uri must be a non-empty string (wandb://..., file://..., a path, 'random', 'noop' "
+                f"or 'pkg.module:callable'), got {self.uri!r}"
+            )
+        if self.type not in SELECTOR_TYPES:
+            raise ValueError(f"{where}.type must be one of {', '.join(SELECTOR_TYPES)}; got {self.type!r}")
+        if not _is_int(self.range) or self.range < 1:
+            raise ValueError(
+                f"{where}.range must be an integer >= 1 (how many checkpoints to select), got {self.range!r}"
+            )
+        if self.type == "specific" and self.range != 1:
+            raise ValueError(
+                f"{where}.type 'specific' selects exactly the checkpoint named by the uri, but "
+                f"range={self.range}; use type 'latest', 'top' or 'rand' to select {self.range} checkpoints, "
+                "or set range: 1"
+            )
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"{where}.metric must be a metadata key such as 'epoch', got {self.metric!r}")
+        if self.weights is not None:
+            w = list(self.weights)
+            if not w or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in w):
+                raise ValueError(
+                    f"{where}.weights must be a list of numbers (one per selected checkpoint), got "
+                    f"{self.weights!r}"
+                )
+            if any(x < 0 or not math.isfinite(x) for x in w) or sum(w) <= 0:
+                raise ValueError(f"{where}.weights must be non-negative with a positive sum, got {w}")
+            if self.type in ("specific", "latest", "top", "rand") and len(w) != self.range:
+                raise ValueError(
+                    f"{where}.weights has {len(w)} entries but type {self.type!r} with range={self.range} "
+                    f"selects {self.range} checkpoint{'s' if self.range > 1 else ''}; give one weight per "
+                    "selected checkpoint"
+                )
+        if self.policy_class is not None and (
+            not isinstance(self.policy_class, str) or not IMPORT_SPEC.match(self.policy_class)
+        ):
+            raise ValueError(
+                f"{where}.policy_class must look like 'pkg.module:Class', got {self.policy_class!r}"
+            )
+        if not isinstance(self.policy_kwargs, Mapping):
+            raise ValueError(
+                f"{where}.policy_kwargs must be a mapping of keyword arguments, got {self.policy_kwargs!r}"
+            )
+        for key in ("trusted", "deterministic"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{where}.{key} must be true or false, got {getattr(self, key)!r}")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise ValueError(f"{where}.cache_dir must be a directory path, got {self.cache_dir!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"{where}.seed must be an integer or null, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "checkpoint_npc") -> CheckpointConfig:
+        """Build from a plain dict or an OmegaConf ``DictConfig``; unknown keys are an error.
+
+        :param d: the ``checkpoint_npc`` block
+        :param where: the config path used in messages
+        """
+        plain = _to_plain(d, where)
+        _check_keys(plain, cls, where)
+        if plain.get("weights") is not None:
+            plain["weights"] = list(plain["weights"])
+        if plain.get("policy_kwargs") is None:
+            plain.pop("policy_kwargs", None)
+        cfg = cls(**plain)
+        cfg.validate(where)
+        return cfg
+
+
+@dataclass
+class DualPolicyConfig:
+    """The seed's ``trainer.dual_policy`` block.
+
+    :param enabled: whether some agents are NPCs (off by default: every agent trains)
+    :param training_agents_pct: fraction of each env's agents that train, in ``[0, 1]``
+    :param training_agents: names or glob patterns of the training agents (overrides the fraction)
+    :param checkpoint_npc: where the NPC policy comes from
+    """
+
+    enabled: bool = False
+    training_agents_pct: float = 0.5
+    training_agents: list[str] | None = None
+    checkpoint_npc: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self, where: str = "dual_policy") -> None:
+        """Raise ``ValueError`` saying which key to change and how.
+
+        :param where: the config path used in messages
+        """
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"{where}.enabled must be true or false, got {self.enabled!r}")
+        pct = self.training_agents_pct
+        if isinstance(pct, bool) or not isinstance(pct, numbers.Real) or not 0.0 <= float(pct) <= 1.0:
+            raise ValueError(
+                f"{where}.training_agents_pct must be a fraction in [0, 1] (0.75 means 75% of each env's "
+                f"agents train), got {pct!r}"
+            )
+        if self.training_agents is not None:
+            names = [self.training_agents] if isinstance(self.training_agents, str) else self.training_agents
+            if (
+                not isinstance(names, (list, tuple))
+                or not names
+                or not all(isinstance(a, str) for a in names)
+            ):
+                raise ValueError(
+                    f"{where}.training_agents must be a non-empty list of agent names or glob patterns, got "
+                    f"{self.training_agents!r}"
+                )
+        if not isinstance(self.checkpoint_npc, CheckpointConfig):
+            raise ValueError(
+                f"{where}.checkpoint_npc must be a CheckpointConfig (use DualPolicyConfig.from_dict for "
+                f"dicts), got {type(self.checkpoint_npc).__name__}"
+            )
+        self.checkpoint_npc.validate(f"{where}.checkpoint_npc")
+        if self.enabled and self.checkpoint_npc.uri is None:
+            raise ValueError(
+                f"{where}.checkpoint_npc.uri is required when {where}.enabled is true: set it to a wandb:// "
+                "or file:// URI, a checkpoint path, 'random', 'noop' or 'pkg.module:callable' (or set "
+                "enabled: false)"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "dual_policy") -> DualPolicyConfig:
+        """Build from a plain dict or an OmegaConf ``DictConfig``; unknown keys are an error.
+
+        :param d: the ``dual_policy`` block
+        :param where: the config path used in messages
+        """
+        plain = _to_plain(d, where)
+        _check_keys(plain, cls, where)
+        npc = plain.get("checkpoint_npc")
+        if npc is None:
+            plain.pop("checkpoint_npc", None)
+        elif not isinstance(npc, CheckpointConfig):
+            plain["checkpoint_npc"] = CheckpointConfig.from_dict(npc, f"{where}.checkpoint_npc")
+        if isinstance(plain.get("training_agents"), tuple):
+            plain["training_agents"] = list(plain["training_agents"])
+        cfg = cls(**plain)
+        cfg.validate(where)
+        return cfg
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`npc_wrapper.make_vec_env` / ``make_vector_env``.
+
+        Enabled: the NPC spec, the split and the NPC flags. Disabled: every agent trains
+        (``training_agents_pct=1.0``), as in the seed where dual-policy training is off by default.
+        """
+        self.validate()
+        if not self.enabled:
+            return {"training_agents_pct": 1.0, "training_agents": None}
+        return {
+            "npc": self.checkpoint_npc,
+            "training_agents_pct": self.training_agents_pct,
+            "training_agents": self.training_agents,
+            "deterministic_npc": self.checkpoint_npc.deterministic,
+            "trusted": self.checkpoint_npc.trusted,
+        }
