@@ -8,6 +8,8 @@ and expose only the training agents' observation and action slots to the trainer
 from __future__ import annotations
 
 from npc_wrapper.agents import split_agents
+from npc_wrapper.checkpoints import load_npc
+from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from npc_wrapper.engine import EPISODE_KEY, PADDING_KEY
 from npc_wrapper.factory import make_vec_env, make_vector_env
 from npc_wrapper.gym_vector_env import NPCVectorEnv
@@ -36,6 +38,9 @@ __all__ = [
     "TorchPolicy",
     "SB3Policy",
     "as_npc_policy",
+    "load_npc",
+    "CheckpointConfig",
+    "DualPolicyConfig",
     "split_agents",
     "PADDING_KEY",
     "EPISODE_KEY",

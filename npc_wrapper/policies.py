@@ -379,7 +379,8 @@ def as_npc_policy(
     """Turn an ``npc=`` argument into an :class:`NPCPolicy` for one group of NPC agents.
 
     :param npc: ``"random"``, ``"noop"``, a checkpoint URI or path (``file://...``,
-        ``wandb://...``), ``"pkg.module:callable"``, an :class:`NPCPolicy`, a
+        ``wandb://...``), ``"pkg.module:callable"``, a :class:`~npc_wrapper.CheckpointConfig`
+        (selectors, pools, ``policy_class``), an :class:`NPCPolicy`, a
         ``torch.nn.Module``, an SB3 model (anything with ``predict``) or a callable
         ``obs_batch -> actions``
     :param observation_space: the NPC agents' observation space
@@ -388,10 +389,12 @@ def as_npc_policy(
     :param deterministic: greedy actions instead of sampling
     :param trusted: allow checkpoint formats that unpickle code (see :func:`npc_wrapper.load_npc`)
     """
+    from npc_wrapper.config import CheckpointConfig
+
     if isinstance(npc, NPCPolicy):
         return npc
-    if isinstance(npc, str):
-        if npc in _SCRIPTED:
+    if isinstance(npc, (str, CheckpointConfig)):
+        if isinstance(npc, str) and npc in _SCRIPTED:
             return _SCRIPTED[npc](observation_space, action_space)
         from npc_wrapper.checkpoints import load_npc
 
