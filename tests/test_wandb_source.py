@@ -354,3 +354,13 @@ def test_wandb_source_accepts_an_api_object(tmp_path: Path) -> None:
     source = WandbSource(cache_dir=tmp_path / "cache", api=stand_in)
     av = source.resolve(parse_wandb_uri("wandb://e/p/x:latest"))
     assert av.name == "x:v0" and av.metadata == {} and (source.fetch(av) / "agent.pt").is_file()
+
+
+def test_unreadable_index_is_rebuilt(api: StandInApi, tmp_path: Path, caplog) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "index.json").write_text("{truncated")
+    with caplog.at_level(logging.WARNING, logger="npc_wrapper"):
+        assert load_npc(cfg("wandb://e/p/model/npc:v0", cache), OBS, ACT).name == "npc:v0"
+    assert "unreadable wandb cache index" in caplog.text
+    assert "e/p/npc:v0" in json.loads((cache / "index.json").read_text())["refs"]
