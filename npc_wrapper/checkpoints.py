@@ -681,8 +681,8 @@ def _load_sb3(
         policy = policy_class(stored_obs, stored_act, **kwargs)
     except Exception as e:
         raise CheckpointError(
-            f"cannot rebuild the {policy_class.__name__} of SB3 model {path} with policy_kwargs {data_kwargs}: "
-            f"{type(e).__name__}: {e}"
+            f"cannot rebuild the {policy_class.__name__} of SB3 model {path} with policy_kwargs "
+            f"{data_kwargs}: {type(e).__name__}: {e}"
         ) from e
     try:
         policy.load_state_dict(state)

@@ -20,6 +20,8 @@ from npc_wrapper.policies import NPCPolicy
 from tests.envs import RecordingParallelEnv
 
 __all__ = [
+    "AtariStyleAgent",
+    "NoForward",
     "CleanRLAgent",
     "CountingPolicy",
     "MLPAgent",
@@ -86,6 +88,34 @@ class CleanRLAgent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+
+class AtariStyleAgent(nn.Module):
+    """CleanRL's Atari layout: a ``network`` trunk, no ``forward``; acts via ``get_action_and_value``."""
+
+    def __init__(self, envs: Any) -> None:
+        super().__init__()
+        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        self.network = nn.Sequential(nn.Linear(obs_dim, 16), nn.ReLU())
+        self.actor = nn.Linear(16, int(envs.single_action_space.n))
+        self.critic = nn.Linear(16, 1)
+
+    def get_action_and_value(
+        self, x: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        hidden = self.network(x)
+        probs = torch.distributions.Categorical(logits=self.actor(hidden))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+
+class NoForward(nn.Module):
+    """A module with weights but no way to act."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(16, 5)
 
 
 class TinyExtractor(BaseFeaturesExtractor):

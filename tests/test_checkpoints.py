@@ -11,6 +11,7 @@ import logging
 import warnings
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +24,14 @@ from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 import npc_wrapper as nw
 from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError, detect_format, load_npc
 from npc_wrapper.policies import SB3Policy, TorchPolicy
-from tests.checkpoint_agents import CleanRLAgent, MLPAgent, ObsRecordingEnv, TinyExtractor
+from tests.checkpoint_agents import (
+    AtariStyleAgent,
+    CleanRLAgent,
+    MLPAgent,
+    NoForward,
+    ObsRecordingEnv,
+    TinyExtractor,
+)
 from tests.envs import ScriptedParallelEnv
 
 ADVERSARIES = ["adversary_0", "adversary_1", "adversary_2"]
@@ -115,7 +123,7 @@ def recorded(envs: list[ObsRecordingEnv], agents: list[str] = ADVERSARIES) -> tu
     """Observations and the NPC actions taken from them, for ``agents`` in every env and step."""
     obs, acts = [], []
     for env in envs:
-        for o, a in zip(env.obs_log, env.action_log):
+        for o, a in zip(env.obs_log, env.action_log, strict=True):
             for agent in agents:
                 if agent in a:
                     obs.append(o[agent])
@@ -139,7 +147,7 @@ def test_recurrent_ppo_keeps_state_per_agent_and_resets_it(models) -> None:
     for env in envs:
         assert sum(env.first_log) == 2
         state = None
-        for o, a, first in zip(env.obs_log, env.action_log, env.first_log):
+        for o, a, first in zip(env.obs_log, env.action_log, env.first_log, strict=True):
             batch = np.stack([o[agent] for agent in ADVERSARIES])
             expected, state = model.predict(
                 batch, state=state, episode_start=np.full(3, first), deterministic=True
@@ -253,11 +261,14 @@ def test_state_dict_mismatch_fails_at_construction_with_the_spaces(tmp_path: Pat
 
 
 # ----------------------------------------------------------------------------------- torch formats
+def _envs() -> SimpleNamespace:
+    """What CleanRL agents read from ``envs``."""
+    return SimpleNamespace(single_observation_space=TAG_OBS, single_action_space=TAG_ACT)
+
+
 def test_cleanrl_state_dict_with_policy_class(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    from types import SimpleNamespace
-
-    agent = CleanRLAgent(SimpleNamespace(single_observation_space=TAG_OBS, single_action_space=TAG_ACT))
+    agent = CleanRLAgent(_envs())
     torch.save(agent.state_dict(), tmp_path / "cleanrl_agent.pt")
     cfg = nw.CheckpointConfig(
         uri=f"file://{tmp_path / 'cleanrl_agent.pt'}", policy_class="tests.checkpoint_agents:CleanRLAgent"
@@ -267,6 +278,23 @@ def test_cleanrl_state_dict_with_policy_class(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = agent.actor(torch.as_tensor(obs)).argmax(-1).numpy()
     np.testing.assert_array_equal(acts, expected)
+
+
+def test_agent_without_forward_or_actor_head_acts_through_get_action_and_value(tmp_path: Path) -> None:
+    torch.save(AtariStyleAgent(_envs()).state_dict(), tmp_path / "atari.pt")
+    cfg = nw.CheckpointConfig(
+        uri=str(tmp_path / "atari.pt"), policy_class="tests.checkpoint_agents:AtariStyleAgent"
+    )
+    policy = load_npc(cfg, TAG_OBS, TAG_ACT, device="cpu")
+    policy.reset(64, seed=0)
+    actions = policy.act(np.zeros((64, 16), np.float32), np.arange(64), np.ones(64, bool))
+    assert actions.shape == (64,) and set(actions.tolist()) <= set(range(5))
+    torch.save(NoForward().state_dict(), tmp_path / "noforward.pt")
+    cfg = nw.CheckpointConfig(
+        uri=str(tmp_path / "noforward.pt"), policy_class="tests.checkpoint_agents:NoForward"
+    )
+    with pytest.raises(CheckpointError, match="NoForward from .* has no forward"):
+        load_npc(cfg, TAG_OBS, TAG_ACT)
 
 
 def test_torchscript_module(tmp_path: Path) -> None:

@@ -341,7 +341,7 @@ def test_sb3_artifact_drives_npcs_in_the_env(api: StandInApi, tmp_path: Path) ->
     names = []
     for _ in range(3):
         _, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
-        names += [info[nw.EPISODE_KEY]["npc"] for info, d in zip(infos, dones) if d]
+        names += [info[nw.EPISODE_KEY]["npc"] for info, d in zip(infos, dones, strict=True) if d]
     venv.close()
     assert names == ["bot:v0"] * 4
 
