@@ -139,6 +139,15 @@ def build_layout(
     possible = tuple(env.possible_agents)
     if len(set(possible)) != len(possible):
         raise ValueError(f"the env's possible_agents has duplicates: {list(possible)}")
+    # Agents are batched as fixed-shape arrays; Dict/Tuple spaces have no shape to batch.
+    nested = [a for a in possible if env.observation_space(a).shape is None or env.action_space(a).shape is None]
+    if nested:
+        raise ValueError(
+            f"agents {nested} have spaces without a fixed array shape (observation spaces: "
+            f"{_describe(nested, env.observation_space)}; action spaces: {_describe(nested, env.action_space)}); "
+            "npc_wrapper batches agents as arrays: wrap the env so they use Box spaces "
+            "(e.g. gymnasium.spaces.flatten_space and gymnasium.spaces.flatten for Dict/Tuple observations)"
+        )
     train, npcs = split_agents(possible, training_agents_pct, training_agents)
     obs_space, act_space = env.observation_space(train[0]), env.action_space(train[0])
     odd = [a for a in train if env.observation_space(a) != obs_space or env.action_space(a) != act_space]
