@@ -793,17 +793,6 @@ def _build_module(
     return module
 
 
-class _ScriptedHost(torch.nn.Module):
-    """Holds a TorchScript module so the usual ``nn.Module`` calls (``requires_grad_``) work on it."""
-
-    def __init__(self, scripted: torch.nn.Module) -> None:
-        super().__init__()
-        self.scripted = scripted
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.scripted(x)
-
-
 class _ActorHead(torch.nn.Module):
     """CleanRL agents without ``forward``: their ``actor`` maps observations to logits."""
 
@@ -865,7 +854,7 @@ def _load_torch(
                 warnings.simplefilter(
                     "ignore", DeprecationWarning
                 )  # torch.jit.load is deprecated in favour of export
-                module: torch.nn.Module = _ScriptedHost(torch.jit.load(str(path), map_location="cpu"))
+                module: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise _corrupt(path, e) from e
     else:

@@ -160,6 +160,13 @@ class CallablePolicy(NPCPolicy):
         return np.asarray(self.fn(obs))
 
 
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, no gradients (parameter by parameter: TorchScript modules lack ``requires_grad_``)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
 def _sample_logits(logits: torch.Tensor, deterministic: bool, generator: torch.Generator) -> torch.Tensor:
     """Sample (or argmax) categorical actions from ``(..., n)`` logits with the policy's own RNG."""
     if deterministic:
@@ -205,7 +212,7 @@ class TorchPolicy(NPCPolicy):
     ) -> None:
         super().__init__(observation_space, action_space, name or type(module).__name__)
         self.device = resolve_device(device)
-        self.module = module.to(self.device).eval().requires_grad_(False)
+        self.module = _freeze(module.to(self.device))
         self.deterministic = deterministic
         self.runner = DeviceRunner(self.device, cuda_graphs)
         self._generator = torch.Generator(device=self.device)
@@ -283,7 +290,7 @@ class SB3Policy(NPCPolicy):
         self.deterministic = deterministic
         self.policy = getattr(model, "policy", model)
         if isinstance(self.policy, torch.nn.Module):
-            self.policy = self.policy.to(self.device).eval().requires_grad_(False)
+            self.policy = _freeze(self.policy.to(self.device))
         self.predictor = self.policy if hasattr(self.policy, "predict") else model
         self.recurrent = hasattr(self.policy, "lstm_actor")
         # Plain actor-critic policies are sampled from their distribution with our own generator.

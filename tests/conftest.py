@@ -14,6 +14,12 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
+# Two cores shared by the envs, the trainer and (in some tests) worker processes: torch's default
+# thread pool oversubscribes them and slows SB3 training in tests many times over.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 # Make ``import tests.envs`` work however pytest is started (from the repo root or
 # elsewhere, any import mode). Child processes started with spawn/forkserver inherit
 # sys.path from this process, so they can unpickle ``tests.envs`` classes too.

@@ -1,0 +1,93 @@
+"""NPC policy adapters on their own: output decoding, seeding, TorchScript, the device runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import npc_wrapper as nw
+from npc_wrapper.device import DeviceRunner, resolve_device
+
+OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+def _act(policy: nw.NPCPolicy, obs: np.ndarray) -> np.ndarray:
+    return policy.act(obs, np.arange(len(obs)), np.zeros(len(obs), dtype=bool))
+
+
+def test_torchscript_module_is_accepted_directly_and_frozen() -> None:
+    module = torch.jit.script(torch.nn.Linear(3, 4))
+    policy = nw.TorchPolicy(module, OBS, spaces.Discrete(4), device="cpu", deterministic=True)
+    obs = np.random.default_rng(0).uniform(-1, 1, (5, 3)).astype(np.float32)
+    expected = module(torch.from_numpy(obs)).argmax(dim=1).numpy()
+    np.testing.assert_array_equal(_act(policy, obs), expected)
+    assert not any(p.requires_grad for p in policy.module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("space", "out", "expected"),
+    [
+        (spaces.Discrete(3, start=1), torch.tensor([[0.0, 5.0, 0.0]]), [2]),
+        (spaces.Discrete(3), torch.tensor([2]), [2]),
+        (spaces.MultiDiscrete([2, 3]), torch.tensor([[0.0, 1.0, 9.0, 0.0, 0.0]]), [[1, 0]]),
+        (spaces.MultiBinary(2), torch.tensor([[3.0, -3.0]]), [[1, 0]]),
+        (spaces.Box(-1.0, 1.0, (2,)), torch.tensor([[5.0, -0.5]]), [[1.0, -0.5]]),
+    ],
+)
+def test_torch_outputs_decode_per_action_space(space: spaces.Space, out: torch.Tensor, expected: list) -> None:
+    policy = nw.TorchPolicy(torch.nn.Identity(), OBS, space, device="cpu", deterministic=True)
+    policy.reset(1, seed=0)
+    decoded = policy._to_actions(out).numpy()
+    np.testing.assert_allclose(decoded, np.asarray(expected))
+    assert all(space.contains(np.asarray(a, dtype=space.dtype) if a.ndim else int(a)) for a in decoded)
+
+
+def test_sampling_follows_the_policy_seed() -> None:
+    logits = torch.nn.Linear(3, 6)
+    policy = nw.TorchPolicy(logits, OBS, spaces.Discrete(6), device="cpu")
+    obs = np.zeros((64, 3), np.float32)
+    policy.reset(64, seed=1)
+    first = _act(policy, obs)
+    policy.reset(64, seed=1)
+    np.testing.assert_array_equal(_act(policy, obs), first)
+    policy.reset(64, seed=2)
+    assert not np.array_equal(_act(policy, obs), first)
+
+
+def test_random_policy_is_vectorised_and_seeded() -> None:
+    space = spaces.MultiDiscrete([3, 4])
+    policy = nw.RandomPolicy(OBS, space)
+    policy.reset(1000, seed=0)
+    a = _act(policy, np.zeros((1000, 3), np.float32))
+    assert a.shape == (1000, 2) and all(space.contains(x) for x in a)
+    assert set(a[:, 1]) == {0, 1, 2, 3}
+
+
+def test_act_async_defaults_to_act() -> None:
+    policy = nw.CallablePolicy(lambda obs: np.full(len(obs), 2), OBS, spaces.Discrete(4))
+    wait = policy.act_async(np.zeros((3, 3), np.float32), np.arange(3), np.zeros(3, bool))
+    np.testing.assert_array_equal(wait(), [2, 2, 2])
+
+
+def test_device_runner_cpu_keeps_uint8_until_the_model() -> None:
+    seen: list[torch.dtype] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.dtype)
+        return x.float().sum(dim=(1, 2))
+
+    runner = DeviceRunner(torch.device("cpu"))
+    out = runner.run(forward, np.ones((2, 4, 4), np.uint8))()
+    assert seen == [torch.uint8]
+    np.testing.assert_array_equal(out, [16.0, 16.0])
+
+
+def test_cuda_graphs_need_cuda() -> None:
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        DeviceRunner(torch.device("cpu"), cuda_graphs=True)
+
+
+def test_auto_device_resolves_to_cuda_only_when_available() -> None:
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
