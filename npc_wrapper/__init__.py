@@ -13,6 +13,7 @@ from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from npc_wrapper.engine import EPISODE_KEY, PADDING_KEY
 from npc_wrapper.factory import make_vec_env, make_vector_env
 from npc_wrapper.gym_vector_env import NPCVectorEnv
+from npc_wrapper.league import LeagueCallback, LeagueConfig
 from npc_wrapper.policies import (
     CallablePolicy,
     ConstantPolicy,
@@ -41,6 +42,8 @@ __all__ = [
     "load_npc",
     "CheckpointConfig",
     "DualPolicyConfig",
+    "LeagueConfig",
+    "LeagueCallback",
     "split_agents",
     "PADDING_KEY",
     "EPISODE_KEY",
