@@ -54,6 +54,7 @@ __all__ = [
     "elo_expected",
     "elo_update",
     "check_league_layout",
+    "check_league_venv",
     "round_robin",
     "RoundRobinResult",
     "fit_ratings",
@@ -311,6 +312,16 @@ def _raw_env(engine: NPCEngine) -> Any:
     return getattr(env, "unwrapped", env)
 
 
+def check_league_venv(venv: NPCVecEnv) -> None:
+    """:func:`check_league_layout` for a built vector env (the spaces before wrappers too, in-process).
+
+    :param venv: the env the learner trains in
+    :raises ValueError: when the league cannot run there, saying why and what to change
+    """
+    engine = venv.engine
+    check_league_layout(engine.layout, engine.metadata, _raw_env(engine))
+
+
 def _find_npc_vec_env(env: VecEnv) -> tuple[NPCVecEnv, list[VecEnvWrapper]]:
     wrappers: list[VecEnvWrapper] = []
     while isinstance(env, VecEnvWrapper):
@@ -416,8 +427,8 @@ class LeagueCallback(BaseCallback):
         if venv is None:
             venv, wrappers = _find_npc_vec_env(self.model.get_env())
             _check_wrappers(wrappers)
+        check_league_venv(venv)
         engine = venv.engine
-        check_league_layout(engine.layout, engine.metadata, _raw_env(engine))
         names = [m.name for m in engine.pools[0].members]
         if len(set(names)) != len(names):
             raise ValueError(
@@ -525,7 +536,7 @@ class LeagueCallback(BaseCallback):
         self._log()
 
     def _on_training_end(self) -> None:
-        self._write_state()
+        self.save_state()
 
     def win_rate(self) -> float | None:
         """The learner's mean score over its last ``win_rate_episodes`` episodes (``None``: none yet)."""
@@ -574,7 +585,7 @@ class LeagueCallback(BaseCallback):
         self._reweight()
         if self.verbose:
             print(f"league: {name} joined the NPC pool (elo {rec.elo:.0f}; {len(self.window)} snapshots in the window)")
-        self._write_state()
+        self.save_state()
         return npc
 
     def _evict(self, member: NPCPolicy) -> None:
@@ -666,7 +677,8 @@ class LeagueCallback(BaseCallback):
             "config": asdict(self.config),
         }
 
-    def _write_state(self) -> None:
+    def save_state(self) -> None:
+        """Write ``league.json`` now (done at every snapshot and at the end of training; no-op without ``save_dir``)."""
         if self.save_dir is not None:
             _write_json(self.save_dir / "league.json", self.state())
 

@@ -28,6 +28,7 @@ from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.league import (
     LeagueCallback,
     LeagueConfig,
+    check_league_venv,
     elo_expected,
     elo_update,
     fit_ratings,
@@ -429,6 +430,10 @@ def test_league_refuses_games_without_a_symmetric_opponent() -> None:
 
     msg = league_error(lambda: simple_spread_v3.parallel_env(max_cycles=5), training_agents_pct=0.5)
     assert "simple_spread_v3" in msg and "cooperative" in msg and "there is no opponent" in msg
+    spread = nw.make_vec_env(lambda: simple_spread_v3.parallel_env(max_cycles=5), device="cpu")
+    with pytest.raises(ValueError, match="turn trainer.league.enabled off for this env"):
+        check_league_venv(spread)  # the same check, before any model exists (for the CLI)
+    spread.close()
 
     # Roles told apart by the spaces before a padding wrapper, for an env the league does not know.
     asym = {"b_0": (spaces.Box(-np.inf, np.inf, (2,), np.float32), spaces.Discrete(4))}
