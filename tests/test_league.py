@@ -431,7 +431,7 @@ def test_league_refuses_games_without_a_symmetric_opponent() -> None:
     msg = league_error(lambda: simple_spread_v3.parallel_env(max_cycles=5), training_agents_pct=0.5)
     assert "simple_spread_v3" in msg and "cooperative" in msg and "there is no opponent" in msg
     spread = nw.make_vec_env(lambda: simple_spread_v3.parallel_env(max_cycles=5), device="cpu")
-    with pytest.raises(ValueError, match="turn trainer.league.enabled off for this env"):
+    with pytest.raises(ValueError, match="Turn trainer.league.enabled off for this env"):
         check_league_venv(spread)  # the same check, before any model exists (for the CLI)
     spread.close()
 
