@@ -380,3 +380,22 @@ def test_gym_normalize_reward_works_and_observation_wrappers_refuse_same_step() 
     with pytest.raises(ValueError, match="SAME_STEP"):
         NormalizeObservation(envs)
     envs.close()
+
+
+def test_reset_mid_episode_restarts_statistics_and_padding(kind: str) -> None:
+    r = Runner(kind, scripted(max_steps=4, death_steps={"a_0": 1}), num_envs=1)
+    r.reset()
+    r.step([0, 0])
+    r.step([0, 0])
+    assert r.venv.slot_alive().tolist() == [False, True]
+    obs = r.reset()  # a manual reset in the middle of the episode
+    np.testing.assert_array_equal(obs[:, :3], [[0, 0, -1], [0, 1, -1]])
+    assert r.venv.slot_alive().tolist() == [True, True]
+    for t in range(1, 5):
+        obs, rew, term, trunc, infos, final = r.step([0, 0])
+        assert not any(PAD in i for i in infos[1:])
+    assert trunc.tolist() == [False, True]
+    assert infos[1][EPISODE]["length"] == 4  # counted from the manual reset
+    assert infos[1][EPISODE]["train_return"] == pytest.approx(1.0 + 10.04)  # a_0 lived 1 step, a_1 four
+    if kind == "sb3":
+        assert infos[1]["episode"]["l"] == 4 and infos[1]["episode"]["r"] == pytest.approx(10.04)

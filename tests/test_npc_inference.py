@@ -298,3 +298,26 @@ def test_scripted_npcs_for_box_actions(npc: str) -> None:
     assert b.shape == (3, 2) and np.all(np.abs(b) <= 1)
     assert (np.abs(b).sum() > 0) == (npc == "random")
     venv.close()
+
+
+@pytest.mark.xfail(strict=True, reason="known bug, left to the core owner: TorchPolicy/SB3Policy freeze the "
+                   "caller's module in place (requires_grad_(False), eval(), .to(device)), so a model passed as "
+                   "npc= can no longer be trained")
+def test_npc_does_not_alter_the_callers_model() -> None:
+    """The NPC is a frozen snapshot: the model passed in stays trainable (self-play, leagues)."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 4))
+    module.train()
+    venv = nw.make_vec_env(recording_env(agents=FOUR), num_envs=2, npc=module, device="cpu")
+    assert module.training and all(p.requires_grad for p in module.parameters())
+    venv.close()
+
+    learner = PPO("MlpPolicy", nw.make_vec_env(lambda: ScriptedParallelEnv(), num_envs=2, training_agents_pct=0.67),
+                  n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    venv = nw.make_vec_env(recording_env(agents=FOUR), num_envs=2, npc=learner, device="cpu", seed=0)
+    assert all(p.requires_grad for p in learner.policy.parameters())
+    before = [p.detach().clone() for p in learner.policy.parameters()]
+    learner.learn(32)  # the learner keeps training ...
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.policy.parameters()))
+    venv.reset()
+    venv.step(np.zeros(4, dtype=np.int64))  # ... and the NPC snapshot keeps playing
+    venv.close()
