@@ -112,7 +112,7 @@ def test_termination_is_not_a_truncation(kind: str) -> None:
     r = Runner(kind, scripted(max_steps=10, terminate_all_at=2), num_envs=1)
     r.reset()
     r.step([0, 0])
-    obs, _, term, trunc, infos, final = r.step([0, 0])
+    obs, _, term, trunc, infos, _final = r.step([0, 0])
     assert term.all() and not trunc.any()
     np.testing.assert_array_equal(obs[:, 0], [0, 0])
     if kind == "sb3":
@@ -124,7 +124,7 @@ def test_termination_and_truncation_at_the_same_step_count_as_termination(kind: 
     r = Runner(kind, scripted(max_steps=3, terminate_all_at=3), num_envs=1)
     r.reset()
     for _ in range(3):
-        _, _, term, trunc, infos, _ = r.step([0, 0])
+        _, _, term, trunc, _infos, _ = r.step([0, 0])
     assert term.all() and not trunc.any()
     r.close()
 
@@ -198,7 +198,7 @@ def test_early_reset_when_all_training_agents_are_dead(kind: str) -> None:
     r.reset()
     for _ in range(2):
         r.step([0, 0])
-    obs, rew, term, trunc, infos, final = r.step([0, 0])  # step 3: the last training agent dies
+    obs, _rew, term, trunc, infos, final = r.step([0, 0])  # step 3: the last training agent dies
     assert term.tolist() == [False, True] and not trunc.any()
     assert [PAD in i for i in infos] == [True, False]
     np.testing.assert_array_equal(final[1], [3, 1, 0, 0])
@@ -323,8 +323,9 @@ def test_gym_same_step_autoreset_infos() -> None:
                               training_agents_pct=0.67)
     assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     envs.reset(seed=0)
-    obs, rew, term, trunc, infos = envs.step(np.array([1, 2, 3, 0]))
+    obs, _, term, _, infos = envs.step(np.array([1, 2, 3, 0]))
     assert term.tolist() == [True, False, True, False]
+    np.testing.assert_array_equal(obs[[0, 2]], np.zeros((2, 4)))  # the "next episode" of a dead slot: padding
     assert infos["_final_obs"].tolist() == [True, False, True, False]
     np.testing.assert_array_equal(infos["final_obs"][0], [1, 0, 1, 0])
     np.testing.assert_array_equal(infos["final_obs"][2], [1, 0, 3, 1])
@@ -334,7 +335,7 @@ def test_gym_same_step_autoreset_infos() -> None:
     assert final_info["agent"][0] == "a_0" and final_info["step"][2] == 1
     for key in ("episode", "terminal_observation", "TimeLimit.truncated"):
         assert key not in infos
-    obs, rew, term, trunc, infos = envs.step(np.array([1, 2, 3, 0]))
+    _obs, _rew, term, trunc, infos = envs.step(np.array([1, 2, 3, 0]))
     assert trunc.tolist() == [False, True, False, True]
     assert infos["_final_obs"].tolist() == [False, True, False, True]
     np.testing.assert_array_equal(infos["final_obs"][3], [2, 1, 0, 1])
@@ -355,7 +356,7 @@ def test_gym_record_episode_statistics() -> None:
     envs.reset(seed=0)
     actions = np.array([1, 2, 3, 0])
     for _ in range(3):
-        _, _, term, trunc, infos = envs.step(actions)
+        _, _, _term, trunc, infos = envs.step(actions)
     assert trunc.all()
     assert infos["_episode"].all()
     np.testing.assert_allclose(infos["episode"]["r"], 6 + 0.03 * np.array([0, 1, 0, 1]) + 0.003 * actions, rtol=1e-6)
@@ -392,7 +393,7 @@ def test_reset_mid_episode_restarts_statistics_and_padding(kind: str) -> None:
     np.testing.assert_array_equal(obs[:, :3], [[0, 0, -1], [0, 1, -1]])
     assert r.venv.slot_alive().tolist() == [True, True]
     for t in range(1, 5):
-        obs, rew, term, trunc, infos, final = r.step([0, 0])
+        obs, _rew, _term, trunc, infos, _final = r.step([0, 0])
         assert not any(PAD in i for i in infos[1:])
     assert trunc.tolist() == [False, True]
     assert infos[1][EPISODE]["length"] == 4  # counted from the manual reset

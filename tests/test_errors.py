@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import gymnasium
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_aec_env_is_a_type_error_with_a_hint(make) -> None:
 @pytest.mark.parametrize("who", [["a_0", "a_1", "b_0"], ["b_0"]], ids=["training", "npc"])
 def test_dict_spaces_are_a_clear_error(who: list[str]) -> None:
     nested = spaces.Dict({"img": spaces.Box(0, 255, (4, 4, 1), np.uint8), "vec": spaces.Box(-1, 1, (5,))})
-    fn = lambda: ScriptedParallelEnv(per_agent_spaces={a: (nested, spaces.Discrete(4)) for a in who})  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(per_agent_spaces={a: (nested, spaces.Discrete(4)) for a in who})
     with pytest.raises(ValueError, match=re.escape(f"agents {who!r} have spaces without") + ".*flatten_space"):
         nw.make_vec_env(fn, training_agents_pct=0.67)
 

@@ -72,7 +72,7 @@ def test_returned_arrays_are_not_aliased_to_internal_buffers() -> None:
     history = []
     for t in range(1, 5):
         prev, prev_copy = obs, obs.copy()
-        obs, rew, term, trunc, infos = envs.step(np.ones(4, dtype=np.int64))
+        obs, rew, _term, _trunc, _infos = envs.step(np.ones(4, dtype=np.int64))
         np.testing.assert_array_equal(prev, prev_copy)  # a later step does not change what we got
         history.append(obs.copy())
         obs[...] = 123.0  # the caller may write into what it got; the env is not affected
@@ -153,7 +153,7 @@ def test_cleanrl_style_loop() -> None:
     bootstrapped = 0
     for t in range(steps):
         obs_buf[t], done_buf[t] = next_obs, next_done
-        next_obs, reward, term, trunc, infos = envs.step(envs.action_space.sample())
+        next_obs, _reward, term, trunc, infos = envs.step(envs.action_space.sample())
         next_done = term | trunc
         if "final_obs" in infos:
             for k in np.flatnonzero(infos["_final_obs"] & trunc):

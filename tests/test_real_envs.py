@@ -63,7 +63,7 @@ def run_and_replay(venv: nw.NPCVecEnv, env_fn: Callable[[], Any], seed: int, ste
 def test_simple_tag_predators_train_against_a_prey_npc() -> None:
     from mpe2 import simple_tag_v3
 
-    fn = lambda: simple_tag_v3.parallel_env(max_cycles=25, continuous_actions=False)  # noqa: E731
+    fn = lambda: simple_tag_v3.parallel_env(max_cycles=25, continuous_actions=False)
     venv = nw.make_vec_env(recorded(fn), num_envs=4, npc="random", training_agents_pct=0.75)
     assert venv.training_agents == ["adversary_0", "adversary_1", "adversary_2"]
     assert venv.npc_agents == ["agent_0"]
@@ -95,7 +95,7 @@ class SpreadLogits(torch.nn.Module):
 def test_simple_spread_with_a_torch_npc_team() -> None:
     from mpe2 import simple_spread_v3
 
-    fn = lambda: simple_spread_v3.parallel_env(max_cycles=10, N=3)  # noqa: E731
+    fn = lambda: simple_spread_v3.parallel_env(max_cycles=10, N=3)
     venv = nw.make_vec_env(recorded(fn), num_envs=3, npc=SpreadLogits(), training_agents_pct=0.34, device="cpu")
     assert venv.training_agents == ["agent_0"] and venv.npc_agents == ["agent_1", "agent_2"]
     infos = run_and_replay(venv, fn, seed=0, steps=12)
@@ -134,7 +134,7 @@ def greedy_blue(obs: np.ndarray) -> np.ndarray:
 def test_magent2_battle_agent_death_and_padding() -> None:
     from magent2.environments import battle_v4
 
-    fn = lambda: battle_v4.parallel_env(map_size=12, max_cycles=100)  # noqa: E731
+    fn = lambda: battle_v4.parallel_env(map_size=12, max_cycles=100)
     venv = nw.make_vec_env(recorded(fn), num_envs=2, npc=greedy_blue, training_agents=["red_*"], seed=0)
     assert venv.training_agents == ["red_0", "red_1"] and venv.npc_agents == ["blue_0", "blue_1"]
     obs = venv.reset()
@@ -172,7 +172,7 @@ def test_magent2_battle_agent_death_and_padding() -> None:
 def test_knights_archers_zombies_archers_die_to_zombies() -> None:
     from pettingzoo.butterfly import knights_archers_zombies_v11
 
-    fn = lambda: knights_archers_zombies_v11.parallel_env(max_cycles=400)  # noqa: E731
+    fn = lambda: knights_archers_zombies_v11.parallel_env(max_cycles=400)
     venv = nw.make_vec_env(recorded(fn), num_envs=4, npc="random", training_agents_pct=0.5, seed=0)
     assert venv.training_agents == ["archer_0", "archer_1"] and venv.npc_agents == ["knight_0", "knight_1"]
     assert venv.observation_space.dtype == np.float64
@@ -221,7 +221,7 @@ def test_pistonball_image_observations_and_box_actions() -> None:
 def test_pursuit() -> None:
     from pettingzoo.sisl import pursuit_v5
 
-    fn = lambda: pursuit_v5.parallel_env(max_cycles=20, n_pursuers=4, n_evaders=10)  # noqa: E731
+    fn = lambda: pursuit_v5.parallel_env(max_cycles=20, n_pursuers=4, n_evaders=10)
     venv = nw.make_vec_env(recorded(fn), num_envs=2, npc="random", training_agents_pct=0.5)
     assert venv.training_agents == ["pursuer_0", "pursuer_1"]
     assert venv.observation_space.shape == (7, 7, 3)
@@ -250,7 +250,7 @@ def test_mettagrid_arena_int_agents_and_unaliased_observations() -> None:
     kept: list[tuple[np.ndarray, np.ndarray]] = [(obs, obs.copy())]
     terminal: list[tuple[np.ndarray, np.ndarray]] = []
     for t in range(10):
-        obs, rew, done, infos = venv.step(rng.integers(0, venv.action_space.n, size=24))
+        obs, _rew, done, infos = venv.step(rng.integers(0, venv.action_space.n, size=24))
         # Our observations are the env's current ones for the training agents of each env ...
         for e in range(2):
             sim = venv.get_attr("_sim", indices=[12 * e])[0]

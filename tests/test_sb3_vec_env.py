@@ -192,7 +192,7 @@ def test_vec_monitor_and_vec_frame_stack() -> None:
     assert obs.shape == (4, 12)
     episodes = []
     for _ in range(9):
-        obs, rew, done, infos = venv.step(np.array([venv.action_space.sample() for _ in range(4)]))
+        obs, _rew, done, infos = venv.step(np.array([venv.action_space.sample() for _ in range(4)]))
         assert obs.shape == (4, 12)
         for k in np.flatnonzero(done):
             # VecFrameStack stacked the terminal observation: the agent's last frame is last.

@@ -58,7 +58,7 @@ def test_split_rounds_half_up(n: int, pct: float, n_train: int) -> None:
 
 
 def test_split_is_the_same_in_every_env_and_exposed_on_both_front_ends() -> None:
-    fn = lambda: ScriptedParallelEnv(agents=["x", "y", "z", "w"])  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(agents=["x", "y", "z", "w"])
     venv = nw.make_vec_env(fn, num_envs=3, training_agents_pct=0.375)
     assert venv.training_agents == ["x", "y"] and venv.npc_agents == ["z", "w"]
     assert venv.num_envs == 6  # slots: 3 envs x 2 training agents
@@ -76,7 +76,7 @@ def test_split_is_the_same_in_every_env_and_exposed_on_both_front_ends() -> None
 
 def test_training_agents_glob_and_exact_names_in_possible_agents_order() -> None:
     names = ["blue_0", "red_0", "blue_1", "red_1"]
-    fn = lambda: ScriptedParallelEnv(agents=names)  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(agents=names)
     venv = nw.make_vec_env(fn, num_envs=2, training_agents=["red_*"])
     assert venv.training_agents == ["red_0", "red_1"] and venv.npc_agents == ["blue_0", "blue_1"]
     obs = venv.reset()
@@ -96,7 +96,7 @@ def test_training_agents_glob_and_exact_names_in_possible_agents_order() -> None
 
 
 def test_int_agent_ids() -> None:
-    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(agents=[0, 1, 2, 3]))  # noqa: E731
+    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(agents=[0, 1, 2, 3]))
     venv = nw.make_vec_env(fn, num_envs=2, training_agents_pct=0.5, npc="noop")
     assert venv.training_agents == [0, 1] and venv.npc_agents == [2, 3]
     venv.reset()
@@ -112,7 +112,7 @@ def test_int_agent_ids() -> None:
 
 
 def test_zero_training_agents_is_a_value_error_that_says_why() -> None:
-    fn = lambda: ScriptedParallelEnv(agents=agents_of(4))  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(agents=agents_of(4))
     with pytest.raises(ValueError, match=r"rounds to 0 training agents") as err:
         nw.make_vec_env(fn, training_agents_pct=0.1)
     assert "training_agents=[...]" in str(err.value)
@@ -132,7 +132,7 @@ def test_pattern_matching_nothing_is_rejected() -> None:
 
 
 def test_all_agents_training_is_a_plain_multi_to_single_agent_vec_env() -> None:
-    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(max_steps=3))  # noqa: E731
+    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(max_steps=3))
     venv = nw.make_vec_env(fn, num_envs=2, training_agents_pct=1.0)
     assert venv.training_agents == ["a_0", "a_1", "b_0"] and venv.npc_agents == []
     assert venv.num_envs == 6
@@ -151,7 +151,7 @@ def test_all_agents_training_is_a_plain_multi_to_single_agent_vec_env() -> None:
 # ------------------------------------------------------------------------------------------ spaces
 def test_training_agents_with_differing_spaces_name_agents_spaces_and_padding() -> None:
     odd_obs = spaces.Box(-np.inf, np.inf, (5,), np.float32)
-    fn = lambda: ScriptedParallelEnv(  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(
         per_agent_spaces={"a_1": (odd_obs, spaces.Discrete(4))}
     )
     with pytest.raises(ValueError, match="share one observation space") as err:
@@ -160,7 +160,7 @@ def test_training_agents_with_differing_spaces_name_agents_spaces_and_padding() 
     assert "'a_0'" in msg and "'a_1'" in msg and "(5,)" in msg and "(3,)" in msg
     assert "pad_observations_v0" in msg and "SuperSuit" in msg
 
-    fn = lambda: ScriptedParallelEnv(  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(
         per_agent_spaces={"a_1": (spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(6))}
     )
     with pytest.raises(ValueError, match="share one observation space") as err:
@@ -172,7 +172,7 @@ def test_npcs_may_have_other_spaces_than_the_trainers() -> None:
     npc_obs = spaces.Box(-np.inf, np.inf, (5,), np.float32)
     npc_act = spaces.Discrete(2)
     spy = SpyPolicy(npc_obs, npc_act, fixed=1)
-    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(per_agent_spaces={"b_0": (npc_obs, npc_act)}))  # noqa: E731
+    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(per_agent_spaces={"b_0": (npc_obs, npc_act)}))
     venv = nw.make_vec_env(fn, num_envs=2, training_agents_pct=0.67, npc=spy)
     assert venv.observation_space.shape == (3,)
     venv.reset(), spy.seen.clear()
@@ -186,7 +186,7 @@ def test_npcs_may_have_other_spaces_than_the_trainers() -> None:
 def test_npcs_with_differing_spaces_get_separate_policies() -> None:
     small = (spaces.Box(-np.inf, np.inf, (4,), np.float32), spaces.Discrete(2))
     big = (spaces.Box(-np.inf, np.inf, (6,), np.float32), spaces.Discrete(9))
-    fn = lambda: RecordingParallelEnv(  # noqa: E731
+    fn = lambda: RecordingParallelEnv(
         ScriptedParallelEnv(agents=["a_0", "b_0", "c_0", "b_1"],
                             per_agent_spaces={"b_0": small, "b_1": small, "c_0": big}, max_steps=50)
     )
@@ -208,7 +208,7 @@ def test_npcs_with_differing_spaces_get_separate_policies() -> None:
 def test_npc_mapping_by_pattern() -> None:
     obs_space, act_space = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
     spy_b = SpyPolicy(obs_space, act_space, fixed=3)
-    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(agents=["a_0", "b_0", "b_1", "c_0"]))  # noqa: E731
+    fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(agents=["a_0", "b_0", "b_1", "c_0"]))
     venv = nw.make_vec_env(fn, num_envs=3, training_agents_pct=0.25, npc={"b_*": spy_b, "c_*": "noop"})
     venv.reset(), spy_b.seen.clear()
     venv.step(np.array([1, 1, 1]))
@@ -222,7 +222,7 @@ def test_npc_mapping_by_pattern() -> None:
 
 
 def test_npc_not_matched_by_the_mapping_is_rejected() -> None:
-    fn = lambda: ScriptedParallelEnv(agents=["a_0", "b_0", "c_0"])  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(agents=["a_0", "b_0", "c_0"])
     with pytest.raises(ValueError, match=r"NPC agents \['c_0'\] match no key of the npc mapping \['b_\*'\]"):
         nw.make_vec_env(fn, training_agents_pct=0.34, npc={"b_*": "random"})
 
@@ -230,6 +230,6 @@ def test_npc_not_matched_by_the_mapping_is_rejected() -> None:
 def test_one_policy_object_for_two_npc_groups_is_rejected() -> None:
     small = (spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4))
     spy = SpyPolicy(*small)
-    fn = lambda: ScriptedParallelEnv(agents=["a_0", "b_0", "c_0"])  # noqa: E731
+    fn = lambda: ScriptedParallelEnv(agents=["a_0", "b_0", "c_0"])
     with pytest.raises(ValueError, match="give each group its own instance"):
         nw.make_vec_env(fn, training_agents_pct=0.34, npc={"b_*": spy, "c_*": spy})
