@@ -101,7 +101,8 @@ class NPCVectorEnv(VectorEnv):
         for k, info in enumerate(result.infos):
             ended = result.ended.get(k)
             if ended is None:
-                infos = self._add_info(infos, info, k)
+                # A padded slot whose env reset now returns the new episode's first obs: add its reset info.
+                infos = self._add_info(infos, {**info, **result.reset_infos[k]}, k)
             else:
                 infos = self._add_info(infos, {"final_obs": ended.final_obs, "final_info": info}, k)
                 new_info = result.reset_infos[k]
