@@ -345,6 +345,9 @@ def test_gym_same_step_autoreset_infos() -> None:
     # The env's summary is on every slot of the env, the done ones included.
     assert infos["_" + EPISODE].all() and infos[EPISODE]["length"].tolist() == [2, 2, 2, 2]
     assert infos[PAD].tolist() == [True, False, True, False]
+    # The padded slots start the new episode too: they carry its reset info, like the done ones.
+    assert infos["_step"].all() and infos["step"].tolist() == [0, 0, 0, 0]
+    assert infos["agent"].tolist() == ["a_0", "a_1", "a_0", "a_1"]
     for key in ("episode", "terminal_observation", "TimeLimit.truncated"):
         assert key not in infos
     envs.close()
