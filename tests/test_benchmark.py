@@ -1,0 +1,153 @@
+"""Smoke tests of ``scripts/benchmark.py`` with tiny settings: every row and section is produced.
+
+No timing is asserted: the figures of a few steps on a shared machine mean nothing. The real
+numbers live in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+TINY = ["--steps", "20", "--repeats", "1", "--warmup", "2", "--num-envs", "2"]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """The benchmark script imported as a module (``scripts/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("npc_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # main() sets torch's intra-op threads; give the rest of the suite its own setting back.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """Cells of the first Markdown table in ``text`` (header first, separator dropped)."""
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif line.startswith("|---"):
+            continue
+        elif rows:
+            break
+    return rows
+
+
+def test_table_has_every_row(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = bench.main(TINY)
+    out = capsys.readouterr().out
+
+    rows = _table_rows(out)
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["env", "NPC policy", "variant"]
+    assert "ratio to floor [min-max]" in header and "agent steps/s" in header
+    seen = {(r[0], r[1], r[2].split(" (")[0]) for r in body}
+    expected = {(e, p, v) for e in ("tag", "battle") for p in ("mlp", "cnn") for v in bench.VARIANTS}
+    assert seen == expected
+    for r in body:  # every figure is a positive number
+        rate = float(r[header.index("vec steps/s")].replace(",", ""))
+        assert rate > 0
+        assert re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d-\d+\.\d\d\]", r[header.index("ratio to floor [min-max]")])
+    floor_rows = [r for r in body if r[2].startswith("floor")]
+    assert all(r[header.index("ratio to floor [min-max]")].startswith("1.00") for r in floor_rows)
+    # the floor's forward batch is every NPC of every env: 1 prey x 2 envs, 12 blue x 2 envs
+    assert {r[2].split("batch ")[1].rstrip(")") for r in floor_rows} == {"2", "24"}
+
+    assert [(b.env, b.policy) for b in blocks] == [("tag", "mlp"), ("tag", "cnn"), ("battle", "mlp"), ("battle", "cnn")]
+    for block in blocks:
+        assert set(block.rows) == set(bench.VARIANTS)
+        assert all(len(row.rates) == 1 and row.rates[0] > 0 for row in block.rows.values())
+    for env in ("tag", "battle"):
+        for policy in ("mlp", "cnn"):
+            assert re.search(rf"- {env} / {policy}: npc_wrapper/floor = \d+\.\d\d, npc_wrapper/per_env = \d+\.\d\d", out)
+    assert re.search(r"peak RSS of this process: \d+ MiB", out)
+    assert "machine:" in out and "npc_wrapper: version" in out
+
+    breakdown = _table_rows(out.split("## where an npc_wrapper step goes")[1])
+    assert breakdown[0][:3] == ["env", "NPC policy", "step ms"]
+    assert [(r[0], r[1]) for r in breakdown[1:]] == [(b.env, b.policy) for b in blocks]
+    assert all(float(r[2]) > 0 and r[-1].endswith("%") for r in breakdown[1:])
+
+
+def test_subset_of_variants_and_profile(bench: ModuleType, capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    bench.main(TINY + ["--envs", "battle", "--policies", "cnn", "--variants", "floor,npc_wrapper",
+                       "--profile", str(tmp_path)])
+    out = capsys.readouterr().out
+    body = _table_rows(out)[1:]
+    assert [r[2].split(" (")[0] for r in body] == ["floor", "npc_wrapper"]
+    assert (tmp_path / "battle_cnn.prof").stat().st_size > 0
+    assert "top self time in npc_wrapper/" in out and "joint_env.py" in out
+
+
+def test_memory_check_samples_rss(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    bench.main(["--memory-check", "--memory-steps", "60", "--memory-every", "20", "--num-envs", "2",
+                "--envs", "tag", "--policies", "mlp"])
+    out = capsys.readouterr().out
+    samples = _table_rows(out)[1:]
+    assert [int(r[0]) for r in samples] == [20, 40, 60]
+    assert all(float(r[1]) > 0 and float(r[2]) >= float(r[1]) - 1.0 for r in samples)  # peak >= current
+    assert "fitted slope" in out
+    assert "| tag | mlp |" not in out  # memory-check mode prints no throughput table
+
+
+def test_workers_check_section(bench: ModuleType) -> None:
+    args = bench.parse_args(["--workers-num-envs", "2", "--workers-steps", "3", "--warmup", "1", "--repeats", "1"])
+    text = bench.workers_check(args)
+    rows = [r for r in _table_rows(text) if r[0].isdigit()]
+    assert [r[0] for r in rows] == ["0", "2"]
+    assert re.search(r"num_workers=2 / num_workers=0 = \d+\.\d\d", text)
+
+
+def test_inference_section_runs_on_cpu(bench: ModuleType) -> None:
+    """The GPU section's code path on CPU (main() runs it only with --device cuda; graph capture needs CUDA)."""
+    args = bench.parse_args(["--steps", "5", "--warmup", "2", "--num-envs", "2", "--envs", "tag"])
+    text = bench.inference_section(args, torch.device("cpu"))
+    rows = [r for r in _table_rows(text) if r[0] == "tag"]
+    assert [r[1] for r in rows] == ["mlp", "cnn"]
+    assert all(r[6] == "n/a" and float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+
+
+def test_unknown_options_are_refused(bench: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="make_vec_env has no parameter"):
+        bench.main(TINY + ["--engine-option", "no_such_option=True"])
+    model = bench.build_npc("cnn", bench.spaces.Box(0, 1, (13, 13, 5), np.float32), bench.spaces.Discrete(21),
+                            torch.device("cpu"), 0)
+    with pytest.raises(SystemExit, match="TorchPolicy has no parameter"):
+        model.wrapper_npc({"no_such_option": True})
+    with pytest.raises(SystemExit):  # argparse refuses an env it does not know
+        bench.parse_args(["--envs", "tag,nope"])
+
+
+def test_bare_forward_matches_wrapper_adapter_deterministically(bench: ModuleType) -> None:
+    """The floor's bare logits are the network the wrapper runs: argmax agrees with the adapter's greedy action."""
+    import npc_wrapper as nw
+
+    obs_space, act_space = bench.spaces.Box(0, 2, (13, 13, 5), np.float32), bench.spaces.Discrete(21)
+    obs = np.random.default_rng(0).uniform(0, 2, (32, 13, 13, 5)).astype(np.float32)
+    for kind in ("mlp", "cnn"):
+        model = bench.build_npc(kind, obs_space, act_space, torch.device("cpu"), 0)
+        with torch.inference_mode():
+            greedy = model.logits(torch.from_numpy(obs)).argmax(-1).numpy()
+        adapter = nw.as_npc_policy(model.npc, obs_space, act_space, device="cpu", deterministic=True)
+        adapter.reset(32, seed=0)
+        np.testing.assert_array_equal(adapter.act(obs, np.arange(32), np.zeros(32, bool)), greedy)
