@@ -21,7 +21,6 @@ envs where they do not (:func:`check_league_layout`).
 from __future__ import annotations
 
 import collections
-import copy
 import json
 import math
 import numbers
@@ -560,9 +559,8 @@ class LeagueCallback(BaseCallback):
         name = f"snapshot@{steps}"
         if name in self.records:
             name = f"{name}#{sum(n.startswith(name) for n in self.records) + 1}"
-        frozen = _frozen_copy(model.policy)
         group = engine.layout.groups[0]
-        npc = SB3Policy(frozen, group.observation_space, group.action_space, device=self.device,
+        npc = SB3Policy(model.policy, group.observation_space, group.action_space, device=self.device,
                         deterministic=self.deterministic, name=name)
         engine.add_npc(npc, group=0, weight=0.0)
         rec = self.records[name] = self._record(name, self.learner_elo, num_timesteps=steps)
@@ -709,26 +707,6 @@ class LeagueCallback(BaseCallback):
         artifact.add_file(str(path))
         artifact.add_file(str(path.with_suffix(".json")))
         return run.log_artifact(artifact, aliases=[f"step-{meta['num_timesteps']}"])
-
-
-def _frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
-    """A new policy with ``policy``'s weights, sharing no tensors or optimizer state with it.
-
-    SB3 policies are rebuilt from their constructor parameters (as ``BasePolicy.load`` does) and
-    given a copy of the weights: a plain ``copy.deepcopy`` fails on the action distribution's
-    cached tensors from the last gradient step, and would copy the optimizer's moments too.
-    """
-    get_params = getattr(policy, "_get_constructor_parameters", None)
-    if get_params is not None:
-        params = get_params()
-        if "ortho_init" in params:
-            params["ortho_init"] = False  # the weights are overwritten right away
-        clone = type(policy)(**params)
-        clone.load_state_dict(policy.state_dict())
-        return clone.to(next(policy.parameters()).device)
-    optimizer = getattr(policy, "optimizer", None)
-    with torch.no_grad():
-        return copy.deepcopy(policy, {id(optimizer): None} if optimizer is not None else {})
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -13,6 +13,9 @@ can keep its state per row and reset it at that env's episode start.
 from __future__ import annotations
 
 import abc
+import copy
+import io
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "TorchPolicy",
     "SB3Policy",
     "as_npc_policy",
+    "frozen_copy",
     "check_npc_policy",
     "resolve_device",
 ]
@@ -160,11 +164,32 @@ class CallablePolicy(NPCPolicy):
         return np.asarray(self.fn(obs))
 
 
-def _freeze(module: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, no gradients (parameter by parameter: TorchScript modules lack ``requires_grad_``)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module.eval()
+def frozen_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A copy of ``module`` on ``device`` in eval mode without gradients; ``module`` is left as it was.
+
+    NPCs are snapshots: the caller may keep training the model it passed as ``npc=``. The copy
+    goes through an in-memory ``torch.save``/``load`` of the caller's own live object (no
+    checkpoint file is involved), because ``copy.deepcopy`` fails on modules that cache
+    non-leaf tensors, as trained SB3 policies do in their action distribution.
+    """
+    buf = io.BytesIO()
+    if isinstance(module, torch.jit.ScriptModule):
+        torch.jit.save(module, buf)
+        buf.seek(0)
+        clone = torch.jit.load(buf, map_location=device)
+    else:
+        try:
+            torch.save(module, buf)
+            buf.seek(0)
+            clone = torch.load(buf, map_location=device, weights_only=False)
+        except (pickle.PicklingError, TypeError, AttributeError):  # unpicklable attributes
+            with torch.no_grad():
+                clone = copy.deepcopy(module).to(device)
+        if getattr(clone, "optimizer", None) is not None:
+            clone.optimizer = None  # an NPC never learns; drop the optimizer's moments
+    for p in clone.parameters():
+        p.requires_grad_(False)  # parameter by parameter: TorchScript modules lack requires_grad_
+    return clone.eval()
 
 
 def _sample_logits(logits: torch.Tensor, deterministic: bool, generator: torch.Generator) -> torch.Tensor:
@@ -212,7 +237,7 @@ class TorchPolicy(NPCPolicy):
     ) -> None:
         super().__init__(observation_space, action_space, name or type(module).__name__)
         self.device = resolve_device(device)
-        self.module = _freeze(module.to(self.device))
+        self.module = frozen_copy(module, self.device)
         self.deterministic = deterministic
         self.runner = DeviceRunner(self.device, cuda_graphs)
         self._generator = torch.Generator(device=self.device)
@@ -290,7 +315,7 @@ class SB3Policy(NPCPolicy):
         self.deterministic = deterministic
         self.policy = getattr(model, "policy", model)
         if isinstance(self.policy, torch.nn.Module):
-            self.policy = _freeze(self.policy.to(self.device))
+            self.policy = frozen_copy(self.policy, self.device)
         self.predictor = self.policy if hasattr(self.policy, "predict") else model
         self.recurrent = hasattr(self.policy, "lstm_actor")
         # Plain actor-critic policies are sampled from their distribution with our own generator.

@@ -300,9 +300,6 @@ def test_scripted_npcs_for_box_actions(npc: str) -> None:
     venv.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, left to the core owner: TorchPolicy/SB3Policy freeze the "
-                   "caller's module in place (requires_grad_(False), eval(), .to(device)), so a model passed as "
-                   "npc= can no longer be trained")
 def test_npc_does_not_alter_the_callers_model() -> None:
     """The NPC is a frozen snapshot: the model passed in stays trainable (self-play, leagues)."""
     module = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 4))
