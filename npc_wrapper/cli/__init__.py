@@ -1,0 +1,39 @@
+"""The command-line programs: ``npc-train`` (Hydra), ``npc-eval`` and ``npc-plot``.
+
+Their pieces are importable for scripts and notebooks: :func:`compose_config` builds the same
+config as the command line and :func:`train` runs a job from it (both imported lazily, so
+``python -m npc_wrapper.cli.train`` does not import the module twice).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+_missing = [m for m in ("hydra", "omegaconf") if importlib.util.find_spec(m) is None]
+if _missing:
+    raise ImportError(
+        f"npc-train, npc-eval and npc-plot need {' and '.join(_missing)}: pip install 'npc-wrapper[train]'"
+    )
+
+from npc_wrapper.cli.common import CLIError, TrainConfig, config_dir, data_path
+from npc_wrapper.cli.metrics import EpisodeStats, wilson_interval
+
+__all__ = [
+    "CLIError",
+    "TrainConfig",
+    "EpisodeStats",
+    "compose_config",
+    "config_dir",
+    "data_path",
+    "train",
+    "wilson_interval",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("compose_config", "train"):
+        from npc_wrapper.cli import train as _train
+
+        return getattr(_train, name)
+    raise AttributeError(f"module 'npc_wrapper.cli' has no attribute {name!r}")

@@ -1,0 +1,199 @@
+"""Env factories named by the ``env`` configs' ``_target_``, and the config-to-factory glue.
+
+An env config names any importable PettingZoo parallel-env factory and any wrappers::
+
+    factory:
+      _target_: pettingzoo.butterfly.pistonball_v6.parallel_env
+      continuous: false
+    wrappers:
+      - {_target_: supersuit.color_reduction_v0, mode: B}
+      - {_target_: supersuit.resize_v1, x_size: 84, y_size: 84}
+
+:class:`EnvFactory` turns that into a picklable zero-argument callable (worker processes build
+their envs with it). This module also holds the small factories and wrappers the shipped configs
+need that no library provides as one call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo.utils import BaseParallelWrapper
+
+from npc_wrapper.cli.common import CLIError, one_line
+
+__all__ = ["EnvFactory", "PadObservations", "pad_observations", "mettagrid_arena", "ReseedOnReset"]
+
+
+def _locate(target: Any, where: str) -> Any:
+    """Import ``target`` (``pkg.module.attr``) or raise a one-line :class:`CLIError` naming ``where``."""
+    if not isinstance(target, str) or "." not in target:
+        raise CLIError(
+            f"{where}._target_ must be a dotted import path such as 'mpe2.simple_tag_v3.parallel_env', got {target!r}"
+        )
+    module_name, _, attr = target.rpartition(".")
+    parts = target.split(".")
+    # Find the longest importable module prefix, then walk attributes (Class.method targets work too).
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as e:
+            if e.name is not None and not ".".join(parts[:i]).startswith(e.name):
+                # The module exists but one of its own imports is missing.
+                raise CLIError(
+                    f"{where}._target_={target!r} cannot be imported: {one_line(e)} (install it)"
+                ) from e
+            continue
+        except Exception as e:  # a module that fails while importing
+            raise CLIError(
+                f"{where}._target_={target!r} cannot be imported: {type(e).__name__}: {one_line(e)}"
+            ) from e
+        try:
+            for name in parts[i:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            raise CLIError(
+                f"{where}._target_={target!r} cannot be imported: module {'.'.join(parts[:i])!r} has no attribute "
+                f"{'.'.join(parts[i:])!r} (fix the dotted path)"
+            ) from None
+        return obj
+    raise CLIError(
+        f"{where}._target_={target!r} cannot be imported: no module named {module_name.split('.')[0]!r} "
+        "(install the package that provides it, e.g. pip install 'npc-wrapper[mpe,magent,butterfly,mettagrid]', "
+        "or fix the dotted path)"
+    )
+
+
+def _split_target(node: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise CLIError(f"{where} must be a mapping with a _target_ key naming a callable, got {node!r}")
+    kwargs = {k: v for k, v in node.items() if k != "_target_"}
+    unsupported = [k for k in kwargs if k.startswith("_") and k.endswith("_")]
+    if unsupported:
+        raise CLIError(f"{where} uses {unsupported}; only _target_ and keyword arguments are supported here")
+    return node["_target_"], kwargs
+
+
+class EnvFactory:
+    """Builds the configured PettingZoo parallel env: ``factory(**kwargs)``, then each wrapper in order.
+
+    :param factory: ``{"_target_": "pkg.module.fn", **kwargs}``
+    :param wrappers: ``[{"_target_": "pkg.module.wrapper", **kwargs}, ...]``, each called as
+        ``wrapper(env, **kwargs)``
+    """
+
+    def __init__(self, factory: Mapping[str, Any], wrappers: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.factory = _split_target(factory, "env.factory")
+        self.wrappers = [_split_target(w, f"env.wrappers[{i}]") for i, w in enumerate(wrappers)]
+
+    def check(self) -> None:
+        """Import every target now, so a typo fails with one line before any env is built."""
+        _locate(self.factory[0], "env.factory")
+        for i, (target, _) in enumerate(self.wrappers):
+            _locate(target, f"env.wrappers[{i}]")
+
+    def __call__(self) -> Any:
+        target, kwargs = self.factory
+        env = _locate(target, "env.factory")(**kwargs)
+        for i, (wtarget, wkwargs) in enumerate(self.wrappers):
+            env = _locate(wtarget, f"env.wrappers[{i}]")(env, **wkwargs)
+        return env
+
+    def __repr__(self) -> str:
+        return f"EnvFactory({self.factory[0]}, wrappers={[w[0] for w in self.wrappers]})"
+
+
+class PadObservations(BaseParallelWrapper):
+    """Zero-pads every agent's ``Box`` observation to one shared shape, natively on the parallel API.
+
+    SuperSuit's ``pad_observations_v0`` does the same through an AEC round trip per step; this
+    keeps the parallel env parallel (about 40% less time per step on mpe2 simple_tag).
+
+    :param env: a PettingZoo parallel env whose observation spaces are ``Box`` es of equal rank
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.metadata = getattr(env, "metadata", {})
+        boxes = [env.observation_space(a) for a in env.possible_agents]
+        if not all(isinstance(b, spaces.Box) for b in boxes) or len({len(b.shape) for b in boxes}) != 1:
+            raise ValueError(f"pad_observations needs Box observation spaces of one rank, got {boxes}")
+        shape = tuple(int(max(b.shape[i] for b in boxes)) for i in range(len(boxes[0].shape)))
+        dtype = np.result_type(*[b.dtype for b in boxes])
+        low = np.minimum.reduce([self._padded(b.low, shape, dtype) for b in boxes])
+        high = np.maximum.reduce([self._padded(b.high, shape, dtype) for b in boxes])
+        self._space = spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
+        self._shape = shape
+
+    @staticmethod
+    def _padded(a: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        out = np.zeros(shape, dtype=dtype)
+        out[tuple(slice(0, n) for n in a.shape)] = a
+        return out
+
+    def _pad(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
+        space = self._space
+        return {
+            a: o if np.shape(o) == self._shape else self._padded(np.asarray(o), self._shape, space.dtype)
+            for a, o in obs.items()
+        }
+
+    def observation_space(self, agent: Any) -> spaces.Box:
+        return self._space
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._pad(obs), infos
+
+    def step(self, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        return self._pad(obs), rewards, terms, truncs, infos
+
+
+def pad_observations(env: Any) -> PadObservations:
+    """Wrapper factory for configs: ``{_target_: npc_wrapper.cli.envs.pad_observations}``."""
+    return PadObservations(env)
+
+
+class ReseedOnReset(BaseParallelWrapper):
+    """Gives each unseeded ``reset()`` a fresh seed drawn from the last seeded one.
+
+    MettaGrid's PettingZoo env reuses its last seed on ``reset()`` without one, so every episode
+    after the first would replay the same map; this makes episodes differ but stay reproducible.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.metadata = getattr(env, "metadata", {})
+        self._rng = np.random.default_rng()
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        else:
+            seed = int(self._rng.integers(2**31 - 1))
+        return self.env.reset(seed=seed, options=options)
+
+
+def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 1000) -> Any:
+    """MettaGrid's arena as a PettingZoo parallel env (``pip install 'npc-wrapper[mettagrid]'``).
+
+    :param num_agents: agents on the map (all share observation and action spaces)
+    :param combat: whether attacks are enabled
+    :param max_steps: episode length before truncation
+    """
+    try:
+        from mettagrid.builder.envs import make_arena
+        from mettagrid.envs.pettingzoo_env import MettaGridPettingZooEnv
+        from mettagrid.simulator import Simulator
+    except ImportError as e:
+        raise CLIError(
+            f"env mettagrid_arena needs MettaGrid: pip install 'npc-wrapper[mettagrid]' ({one_line(e)})"
+        ) from e
+    cfg = make_arena(num_agents=num_agents, combat=combat)
+    cfg.game.max_steps = max_steps
+    return ReseedOnReset(MettaGridPettingZooEnv(Simulator(), cfg))

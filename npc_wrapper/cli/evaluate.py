@@ -1,0 +1,221 @@
+"""``npc-eval``: play a trained policy against an NPC for N episodes; print the win rate with a 95% CI.
+
+Usage::
+
+    npc-eval runs/my_run                        # its final.zip vs the run's own NPC, 100 episodes
+    npc-eval runs/my_run/checkpoints/step_50000.zip --npc file://runs/other/final.zip --episodes 400
+    npc-eval random env=simple_tag              # baseline: a random learner, config from configs/
+    npc-eval runs/my_run env.factory.max_cycles=50 trainer.dual_policy.training_agents_pct=0.5
+
+The policy is loaded with the same safe loader as NPC checkpoints (no unpickling unless
+``--trusted``), so anything that can be an NPC can be evaluated: SB3 ``.zip``, TorchScript,
+``wandb://`` artifacts, ``random``, ``noop``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from npc_wrapper.cli.common import CLIError, TrainConfig, die, one_line, register_configs
+from npc_wrapper.cli.envs import EnvFactory
+from npc_wrapper.cli.metrics import format_summary, play_episodes
+
+__all__ = ["main", "evaluate", "find_run_config", "resolve_policy_path"]
+
+PROG = "npc-eval"
+#: Config groups: an override that selects one means the config is composed from configs/.
+_GROUPS = ("env", "trainer", "user")
+
+
+def find_run_config(policy: str) -> Path | None:
+    """The ``config.yaml`` of the run a policy path belongs to (run dir, its final.zip or a checkpoint)."""
+    path = Path(policy.removeprefix("file://"))
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / "config.yaml").is_file() and candidate.is_dir():
+            return candidate / "config.yaml"
+    return None
+
+
+def resolve_policy_path(policy: str) -> str:
+    """A run directory stands for its ``final.zip``, else its latest checkpoint."""
+    path = Path(policy.removeprefix("file://"))
+    if path.is_dir() and (path / "config.yaml").is_file():
+        from npc_wrapper.cli.callbacks import latest_checkpoint
+
+        if (path / "final.zip").is_file():
+            return str(path / "final.zip")
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise CLIError(f"run directory {path} has neither final.zip nor a checkpoint to evaluate")
+        return str(latest[1])
+    return policy
+
+
+def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise CLIError(f"overrides must look like key=value, got {bad}")
+    run_config = find_run_config(policy)
+    selects_group = any(o.lstrip("+~").split("=", 1)[0] in _GROUPS for o in overrides)
+    if run_config is None or selects_group:
+        from npc_wrapper.cli.train import compose_config
+
+        return compose_config(list(overrides) + ["run=eval", "run_dir=."])
+    register_configs()
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_config))
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:
+        from npc_wrapper.cli.train import explain_config_error
+
+        raise CLIError(f"{run_config}: {explain_config_error(e)}") from e
+    return cfg  # type: ignore[return-value]
+
+
+def evaluate(
+    policy: str,
+    overrides: Sequence[str] = (),
+    npc: str | None = None,
+    episodes: int = 100,
+    num_envs: int = 8,
+    seed: int = 12345,
+    deterministic: bool = False,
+    trusted: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Play ``policy`` (as the training agents) against the configured NPC; the episode summary.
+
+    :param policy: a run directory, a checkpoint path or URI, ``random`` or ``noop``
+    :param overrides: config overrides (``key=value``); group selections (``env=...``) compose from configs/
+    :param npc: the NPC's URI (default: the run's ``trainer.dual_policy.checkpoint_npc.uri``)
+    :param episodes: episodes to play
+    :param num_envs: parallel envs
+    :param seed: seed of the envs and both policies
+    :param deterministic: the evaluated policy acts greedily
+    :param trusted: allow checkpoint formats that unpickle code (for the policy and the NPC)
+    :param device: where the policies run (default: the config's ``device``)
+    """
+    from npc_wrapper.cli.train import build_vec_env, dual_policy_config
+    from npc_wrapper.policies import as_npc_policy
+
+    if episodes < 1 or num_envs < 1:
+        raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
+    cfg = _load_config(policy, overrides)
+    if npc is not None:
+        cfg.trainer.dual_policy.enabled = True
+        cfg.trainer.dual_policy.checkpoint_npc.uri = npc
+    if trusted:
+        cfg.trainer.dual_policy.checkpoint_npc.trusted = True
+    if device is not None:
+        cfg.device = device
+    dp = dual_policy_config(cfg)
+    if not dp.enabled:
+        raise CLIError(
+            "the config trains every agent (trainer.dual_policy.enabled=false), so there is no NPC to play: pass --npc URI"
+        )
+    from npc_wrapper.cli.train import _check_npc_uri
+
+    _check_npc_uri(dp)
+    env_fn = EnvFactory(
+        OmegaConf.to_container(cfg.env.factory, resolve=True),
+        OmegaConf.to_container(cfg.env.wrappers, resolve=True),
+    )
+    env_fn.check()
+    venv = build_vec_env(cfg, env_fn, dp, num_envs, seed, num_workers=0)
+    try:
+        target = resolve_policy_path(policy)
+        try:
+            learner = as_npc_policy(
+                target,
+                venv.observation_space,
+                venv.action_space,
+                device=cfg.device,
+                deterministic=deterministic,
+                trusted=trusted,
+            )
+        except Exception as e:
+            raise CLIError(f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}") from e
+        learner.reset(venv.num_envs, seed=seed)
+        rows = np.arange(venv.num_envs)
+
+        def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+            return learner.act(obs, rows, episode_start)
+
+        summary = play_episodes(act, venv, episodes, len(venv.training_agents)).summary()
+        summary.update(
+            {
+                "policy": target,
+                "npc": str(dp.checkpoint_npc.uri),
+                "env": str(cfg.env.name),
+                "training_agents": [str(a) for a in venv.training_agents],
+                "npc_agents": [str(a) for a in venv.npc_agents],
+            }
+        )
+        return summary
+    finally:
+        venv.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Play a trained policy against an NPC for N episodes; print the win rate with a 95%% Wilson "
+        "confidence interval, and the training-team and NPC-team returns.",
+    )
+    p.add_argument("policy", help="run directory (its final.zip), checkpoint path or URI, 'random' or 'noop'")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides key=value (env=NAME composes from configs/)"
+    )
+    p.add_argument("--npc", help="NPC URI (default: the run's trainer.dual_policy.checkpoint_npc.uri)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to play (default 100)")
+    p.add_argument("--num-envs", type=int, default=8, help="parallel envs (default 8)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of envs and policies (default 12345)")
+    p.add_argument("--deterministic", action="store_true", help="the evaluated policy acts greedily")
+    p.add_argument("--trusted", action="store_true", help="allow checkpoint formats that unpickle code")
+    p.add_argument("--device", help="where policies run (default: the config's device)")
+    p.add_argument("--json", type=Path, help="also write the summary to this JSON file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``npc-eval``."""
+    args = _parser().parse_args(argv)
+    try:
+        summary = evaluate(
+            args.policy,
+            args.overrides,
+            npc=args.npc,
+            episodes=args.episodes,
+            num_envs=args.num_envs,
+            seed=args.seed,
+            deterministic=args.deterministic,
+            trusted=args.trusted,
+            device=args.device,
+        )
+    except CLIError as e:
+        if os.environ.get("NPC_WRAPPER_DEBUG"):
+            raise
+        die(PROG, e)
+    print(
+        f"{summary['policy']} ({', '.join(summary['training_agents'])}) vs NPC {summary['npc']} "
+        f"({', '.join(summary['npc_agents'])}) on {summary['env']}:"
+    )
+    print(format_summary(summary, "  "))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2, default=float))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Episode outcomes against the NPC: accumulation, Wilson intervals, and evaluation games."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from npc_wrapper.engine import EPISODE_KEY
+
+__all__ = ["wilson_interval", "EpisodeStats", "episodes_from_infos", "play_episodes", "format_summary"]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% for ``z=1.96``); ``(0, 1)`` when ``n == 0``.
+
+    :param successes: number of successes
+    :param n: number of trials
+    :param z: standard-normal quantile of the confidence level
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def episodes_from_infos(infos: Sequence[Mapping[str, Any]], n_train: int) -> list[tuple[int, dict[str, Any]]]:
+    """``(env index, episode summary)`` for each env whose episode ended in this step.
+
+    The engine puts the same summary on every training slot of the env; the first slot is read.
+    """
+    return [
+        (k // n_train, infos[k][EPISODE_KEY])
+        for k in range(0, len(infos), n_train)
+        if EPISODE_KEY in infos[k]
+    ]
+
+
+def _npc_names(episode: Mapping[str, Any]) -> list[str]:
+    npc = episode.get("npc")
+    if npc is None:
+        return []
+    return [str(n) for n in npc] if isinstance(npc, (list, tuple)) else [str(npc)]
+
+
+@dataclass
+class EpisodeStats:
+    """Outcomes of whole episodes (training team vs NPC team), optionally over a sliding window.
+
+    :param window: keep only the last ``window`` episodes (``None``: all)
+    """
+
+    window: int | None = None
+    episodes: deque = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.episodes = deque(self.episodes, maxlen=self.window)
+
+    def add(self, episode: Mapping[str, Any]) -> None:
+        """Record one ``info["npc_wrapper/episode"]`` summary."""
+        self.episodes.append(dict(episode))
+
+    def extend(self, episodes: Iterable[Mapping[str, Any]]) -> None:
+        for e in episodes:
+            self.add(e)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @staticmethod
+    def _summarise(eps: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        n = len(eps)
+        outcomes = [e.get("outcome") for e in eps]
+        wins, losses, draws = (sum(o == k for o in outcomes) for k in ("win", "loss", "draw"))
+        train = np.array([e["train_return"] for e in eps], dtype=np.float64)
+        npc = np.array([e["npc_return"] for e in eps], dtype=np.float64)
+        length = np.array([e["length"] for e in eps], dtype=np.float64)
+        lo, hi = wilson_interval(wins, n)
+        sem = lambda a: float(a.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        return {
+            "episodes": n,
+            "wins": wins,
+            "losses": losses,
+            "draws": draws,
+            "win_rate": wins / n,
+            "loss_rate": losses / n,
+            "draw_rate": draws / n,
+            "win_rate_ci_low": lo,
+            "win_rate_ci_high": hi,
+            "train_return": float(train.mean()),
+            "train_return_sem": sem(train),
+            "npc_return": float(npc.mean()),
+            "npc_return_sem": sem(npc),
+            "episode_length": float(length.mean()),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Rates, mean returns and length over the recorded episodes, plus ``per_npc`` when a pool played."""
+        eps = list(self.episodes)
+        if not eps:
+            return {"episodes": 0}
+        out: dict[str, Any] = self._summarise(eps)
+        by_npc: dict[str, list[Mapping[str, Any]]] = {}
+        for e in eps:
+            by_npc.setdefault("+".join(_npc_names(e)) or "none", []).append(e)
+        if len(by_npc) > 1:
+            out["per_npc"] = {name: self._summarise(group) for name, group in sorted(by_npc.items())}
+        return out
+
+
+def play_episodes(
+    act: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    venv: Any,
+    episodes: int,
+    n_train: int,
+    max_steps: int | None = None,
+) -> EpisodeStats:
+    """Play ``venv`` with ``act(obs, episode_start) -> actions`` until ``episodes`` episodes ended.
+
+    Each sub-env contributes a fixed quota of episodes (``episodes / num_envs``, the remainder to
+    the first envs), so short episodes are not over-represented.
+
+    :param act: the learner: observations of every slot and whether each slot starts an episode
+    :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded)
+    :param episodes: how many episodes to record
+    :param n_train: training agents per sub-env
+    :param max_steps: give up after this many vector steps (default ``1000 * episodes``)
+    """
+    n_envs = venv.num_envs // n_train
+    quota = np.full(n_envs, episodes // n_envs)
+    quota[: episodes % n_envs] += 1
+    done_count = np.zeros(n_envs, dtype=np.int64)
+    stats = EpisodeStats()
+    obs = venv.reset()
+    episode_start = np.ones(venv.num_envs, dtype=bool)
+    limit = max_steps if max_steps is not None else 1000 * max(episodes, 1)
+    for _ in range(limit):
+        if (done_count >= quota).all():
+            return stats
+        obs, _, dones, infos = venv.step(act(obs, episode_start))
+        episode_start = np.asarray(dones, dtype=bool)
+        for e, episode in episodes_from_infos(infos, n_train):
+            if done_count[e] < quota[e]:
+                stats.add(episode)
+                done_count[e] += 1
+    if (done_count >= quota).all():
+        return stats
+    raise RuntimeError(f"only {int(done_count.sum())} of {episodes} episodes ended within {limit} steps")
+
+
+def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
+    """Human-readable lines for :meth:`EpisodeStats.summary`."""
+    if not summary.get("episodes"):
+        return f"{indent}no episode ended"
+    s = summary
+    lines = [
+        f"{indent}win rate {s['win_rate']:.3f} (95% Wilson CI {s['win_rate_ci_low']:.3f}-{s['win_rate_ci_high']:.3f}) "
+        f"over {s['episodes']} episodes: {s['wins']} wins, {s['losses']} losses, {s['draws']} draws",
+        f"{indent}training-team return {s['train_return']:.2f} ± {s['train_return_sem']:.2f}, "
+        f"NPC-team return {s['npc_return']:.2f} ± {s['npc_return_sem']:.2f} (mean ± s.e.), "
+        f"episode length {s['episode_length']:.1f}",
+    ]
+    for name, sub in summary.get("per_npc", {}).items():
+        lines.append(
+            f"{indent}  vs {name}: win rate {sub['win_rate']:.3f} "
+            f"({sub['win_rate_ci_low']:.3f}-{sub['win_rate_ci_high']:.3f}) over {sub['episodes']} episodes, "
+            f"training-team return {sub['train_return']:.2f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Dual-policy training against a checkpoint NPC on a cloud GPU, launched with SkyPilot.
+#
+# Usage: scripts/dual_policy_sky.sh [EXPERIMENT] [NPC_URI] [TIMESTEPS] [WORKERS] [OVERRIDE...]
+#
+#   EXPERIMENT  run name                (default: $USER.dual_policy_sky.<MM-DD>)
+#   NPC_URI     NPC checkpoint URI      (default: the seed's wandb://metta-research/... artifact)
+#   TIMESTEPS   trainer.total_timesteps (default: 10000000000)
+#   WORKERS     trainer.num_workers     (default: 4)
+#   OVERRIDE    any further npc-train overrides, e.g. env=battle trainer.num_envs=64
+#
+# Examples:
+#   scripts/dual_policy_sky.sh my_experiment_name
+#   scripts/dual_policy_sky.sh my_experiment_name "wandb://my_entity/my_project/model/my_npc_policy:v1"
+#   scripts/dual_policy_sky.sh my_experiment_name "wandb://my_uri" 5000000000 8
+#
+# Environment: SKY_DRY_RUN=1 (or --dry-run as the first argument) prints the launch command
+# instead of running it; SKY_CLUSTER names the cluster (default npc-<EXPERIMENT>); SKY_ARGS adds
+# flags to `sky launch` (e.g. "--use-spot --down"); WANDB_API_KEY (required) is passed to the job as
+# a secret.
+set -euo pipefail
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "dual_policy_sky.sh: error: $*" >&2; exit 2; }
+
+DRY_RUN="${SKY_DRY_RUN:-0}"
+case "${1:-}" in
+  -h|--help) usage 0 ;;
+  --dry-run) DRY_RUN=1; shift ;;
+  -*) die "unknown option $1 (see --help)" ;;
+esac
+
+RUN_NAME="${1:-${USER:-$(id -un)}.dual_policy_sky.$(date +%m-%d)}"
+NPC_URI="${2:-wandb://metta-research/dual_policy_training/model/bullm_dual_policy_against_roomba_v9:v2}"
+TOTAL_TIMESTEPS="${3:-10000000000}"
+NUM_WORKERS="${4:-4}"
+shift $(( $# < 4 ? $# : 4 ))
+
+[[ "$RUN_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "EXPERIMENT must be letters, digits, '.', '_' or '-', got '$RUN_NAME'"
+[[ "$TOTAL_TIMESTEPS" =~ ^[1-9][0-9]*$ ]] || die "TIMESTEPS must be a positive integer, got '$TOTAL_TIMESTEPS'"
+[[ "$NUM_WORKERS" =~ ^[0-9]+$ ]] || die "WORKERS must be a non-negative integer, got '$NUM_WORKERS'"
+for override in "$@"; do
+  [[ "$override" == *=* ]] || die "extra arguments must be npc-train overrides key=value, got '$override'"
+done
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+OVERRIDES=""
+if (( $# )); then OVERRIDES="$(printf '%q ' "$@")"; fi
+CLUSTER="${SKY_CLUSTER:-npc-$(echo "$RUN_NAME" | tr '._' '--' | tr '[:upper:]' '[:lower:]')}"
+
+cmd=(sky launch --yes --detach-run --cluster "$CLUSTER"
+     --env "RUN=$RUN_NAME"
+     --env "NPC_URI=$NPC_URI"
+     --env "TOTAL_TIMESTEPS=$TOTAL_TIMESTEPS"
+     --env "NUM_WORKERS=$NUM_WORKERS"
+     --env "OVERRIDES=$OVERRIDES"
+     --secret WANDB_API_KEY)
+if [[ -n "${SKY_ARGS:-}" ]]; then read -r -a extra <<< "$SKY_ARGS"; cmd+=("${extra[@]}"); fi
+cmd+=("$REPO/scripts/sky/train.yaml")
+
+echo "Starting dual-policy training with a checkpoint NPC using SkyPilot"
+echo "Run name: $RUN_NAME"
+echo "NPC checkpoint URI: $NPC_URI"
+echo "Total timesteps: $TOTAL_TIMESTEPS"
+echo "Num workers: $NUM_WORKERS"
+[[ -n "$OVERRIDES" ]] && echo "Overrides: $OVERRIDES"
+
+if [[ "$DRY_RUN" == 1 ]]; then
+  printf 'dry run, would run:'; printf ' %q' "${cmd[@]}"; printf '\n'
+  exit 0
+fi
+command -v sky >/dev/null || die "SkyPilot is not installed: pip install 'skypilot[aws]' (or [gcp], [azure], ...) and run 'sky check'"
+[[ -n "${WANDB_API_KEY:-}" ]] || die "WANDB_API_KEY is not set: export it (https://wandb.ai/authorize); the job logs its metrics and final model to wandb"
+
+cd "$REPO"
+"${cmd[@]}"
+echo "Launched on cluster $CLUSTER. Follow the logs: sky logs $CLUSTER"
+echo "The final model is logged to wandb as a model artifact named $RUN_NAME"

@@ -1,0 +1,17 @@
+#!/usr/bin/env python3
+"""npc-plot: draw a run's learning curve (win rate and returns vs steps) to a PNG.
+
+The same program as the installed console script; this file runs it from a source checkout.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from npc_wrapper.cli.plot import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""npc-train's bad-input messages, Ctrl-C, and atomic checkpoints.
+
+Bad input must stop the program before any training with one clear line on stderr and a
+non-zero exit status; Ctrl-C must save a checkpoint that a resumed run continues from.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from stable_baselines3 import PPO
+
+import npc_wrapper as nw
+from npc_wrapper.cli.callbacks import atomic_save, checkpoint_path, latest_checkpoint
+from npc_wrapper.cli.envs import EnvFactory
+from npc_wrapper.cli.train import main, train
+from tests.test_cli import SMALL, run_cfg
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Run ``npc-train`` in this process; its exit status and the non-empty stderr lines."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return int(exc.value.code), err
+
+
+BAD_INPUT = {
+    "unknown top-level key": (["trainer.total_timestep=100"], "unknown config key 'trainer.total_timestep'"),
+    "unknown nested key": (
+        ["trainer.dual_policy.checkpoint_npc.url=x"],
+        "unknown config key 'trainer.dual_policy.checkpoint_npc.url'",
+    ),
+    "unknown appended key": (["+trainer.foo=1"], "unknown config key 'trainer.foo'"),
+    "bad value type": (["trainer.total_timesteps=lots"], "bad value for 'trainer.total_timesteps'"),
+    "unknown env": (["env=no_such_env"], "Could not find 'env/no_such_env'"),
+    "env target not importable": (
+        ["env.factory._target_=no_such_package.make_env"],
+        "env.factory._target_='no_such_package.make_env' cannot be imported",
+    ),
+    "env target attribute missing": (
+        ["env.factory._target_=mpe2.simple_tag_v3.no_such_fn"],
+        "has no attribute 'no_such_fn'",
+    ),
+    "missing NPC checkpoint": (
+        ["trainer.dual_policy.checkpoint_npc.uri=file:///no/such/npc.zip"],
+        "trainer.dual_policy.checkpoint_npc.uri: no checkpoint at '/no/such/npc.zip'",
+    ),
+    "enabled without uri": (
+        ["trainer.dual_policy.enabled=true", "trainer.dual_policy.checkpoint_npc.uri=null"],
+        "trainer.dual_policy.checkpoint_npc.uri is required when trainer.dual_policy.enabled is true",
+    ),
+    "bad percentage": (
+        ["trainer.dual_policy.training_agents_pct=1.5"],
+        "training_agents_pct must be a fraction in [0, 1]",
+    ),
+    "unknown hyperparameter": (
+        ["+trainer.hyperparameters.learning_rat=0.1"],
+        "['learning_rat'] are not arguments of PPO",
+    ),
+    "unknown algorithm": (["trainer.algorithm=PPOO"], "trainer.algorithm='PPOO' is not known"),
+    "policy of another algorithm": (
+        ["trainer.policy=MlpLstmPolicy"],
+        "trainer.policy='MlpLstmPolicy' is not a policy of PPO",
+    ),
+    "resume with no checkpoint": (["trainer.resume=true"], "trainer.resume=true but"),
+    "NPC that does not fit": (
+        ["trainer.dual_policy.training_agents_pct=0.25", "env.wrappers=[]"],
+        "cannot build env 'simple_tag'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_stops_before_training_with_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides, expected = BAD_INPUT[case]
+    run_dir = tmp_path / "run"
+    code, err = run_main([*SMALL, f"run_dir={run_dir}", *overrides], capsys)
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("npc-train: error: ") and expected in err[0], err[0]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "final.zip").exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints/step_100.zip").write_bytes(b"")
+    code, err = run_main([*SMALL, f"run_dir={run_dir}"], capsys)
+    assert code == 2 and len(err) == 1 and "already holds a run; pass trainer.resume=true" in err[0]
+
+
+def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/train.py"), "trainer.num_env=2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "npc-train: error: unknown config key 'trainer.num_env': check its spelling "
+        "('npc-train --cfg job' prints every key and docs/cli.md describes them)"
+    )
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    progress = run_dir / "logs/progress.csv"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "npc_wrapper.cli.train",
+            *SMALL,
+            f"run_dir={run_dir}",
+            "trainer.total_timesteps=10000000",
+            "trainer.checkpoint_interval=0",
+            "trainer.eval_episodes=0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (progress.is_file() and progress.stat().st_size > 0):  # a first rollout was trained on
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "trainer.resume=true" in err
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None
+    step, path = latest
+    assert step > 0 and PPO.load(str(path), device="cpu").num_timesteps == step
+
+    result = train(
+        run_cfg(
+            run_dir, "trainer.resume=true", f"trainer.total_timesteps={step + 384}", "trainer.eval_episodes=0"
+        )
+    )
+    assert result["step"] >= step + 384
+
+
+def _tiny_model() -> tuple[PPO, object]:
+    venv = nw.make_vec_env(
+        EnvFactory(
+            {"_target_": "mpe2.simple_tag_v3.parallel_env", "max_cycles": 5},
+            [{"_target_": "npc_wrapper.cli.envs.pad_observations"}],
+        ),
+        num_envs=1,
+        npc="random",
+        training_agents_pct=0.75,
+        seed=0,
+        device="cpu",
+    )
+    return PPO("MlpPolicy", venv, n_steps=8, batch_size=8, device="cpu", seed=0), venv
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, venv = _tiny_model()
+    try:
+        ckpts = tmp_path / "checkpoints"
+        good = atomic_save(model, checkpoint_path(ckpts, 100), {"step": 100, "epoch": 1})
+        good_bytes = good.read_bytes()
+
+        def torn_save(path: object, *args: object, **kwargs: object) -> None:
+            # What a kill during the write leaves: half a file, then nothing more happens.
+            Path(str(path)).write_bytes(good_bytes[: len(good_bytes) // 2])
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(model, "save", torn_save)
+        with pytest.raises(KeyboardInterrupt):
+            atomic_save(model, checkpoint_path(ckpts, 200), {"step": 200, "epoch": 2})
+        assert not checkpoint_path(ckpts, 200).exists()
+        assert sorted(p.name for p in ckpts.iterdir()) == ["step_100.json", "step_100.zip"]
+        assert latest_checkpoint(ckpts) == (100, good)
+        assert PPO.load(str(good), device="cpu").num_timesteps == model.num_timesteps
+
+        # A torn file that did reach its final name (e.g. copied in by hand) is skipped, not loaded.
+        checkpoint_path(ckpts, 300).write_bytes(good_bytes[:1000])
+        with caplog.at_level("WARNING"):
+            assert latest_checkpoint(ckpts) == (100, good)
+        assert "skipping unreadable checkpoint" in caplog.text
+    finally:
+        venv.close()
+
+
+def test_checkpoint_metadata_is_written_before_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, venv = _tiny_model()
+    seen: list[bool] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        if str(dst).endswith(".zip"):
+            seen.append(Path(dst).with_suffix(".json").is_file())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    try:
+        atomic_save(model, tmp_path / "final.zip", {"step": 0, "epoch": 0})
+    finally:
+        venv.close()
+    assert seen == [True]
