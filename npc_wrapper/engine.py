@@ -80,6 +80,7 @@ class NPCEngine:
         deterministic_npc: bool = False,
         trusted: bool = False,
         start_method: str | None = None,
+        next_step_autoreset: bool = False,
     ) -> None:
         if not env_fns:
             raise ValueError("num_envs must be at least 1")
@@ -98,10 +99,14 @@ class NPCEngine:
             probe.close()
             raise
         if num_workers == 0:
-            self.backend: Backend = InProcessBackend([probe] + [fn() for fn in env_fns[1:]], self.layout, early_reset)
+            self.backend: Backend = InProcessBackend(
+                [probe] + [fn() for fn in env_fns[1:]], self.layout, early_reset, next_step_autoreset
+            )
         else:
             probe.close()
-            self.backend = WorkerBackend(env_fns, num_workers, self.layout, early_reset, start_method)
+            self.backend = WorkerBackend(
+                env_fns, num_workers, self.layout, early_reset, start_method, next_step_autoreset
+            )
 
         layout = self.layout
         self.n_train = layout.n_train
@@ -125,6 +130,9 @@ class NPCEngine:
         self._slot_length = np.zeros(self.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
         self._env_length = np.zeros(E, dtype=np.int64)
+        # NEXT_STEP autoreset: envs whose episode ended at the last step and whose reset this step delivers.
+        self.next_step_autoreset = next_step_autoreset
+        self._held = np.zeros(E, dtype=bool)
         self._rng = np.random.default_rng()
         self._t_start = time.time()
         self._needs_reset = True
@@ -182,6 +190,7 @@ class NPCEngine:
         self._slot_length[...] = 0
         self._team_return[...] = 0
         self._env_length[...] = 0
+        self._held[...] = False
         all_envs = np.ones(self.num_envs, dtype=bool)
         self._start_episodes(all_envs)
         infos = [dict(info) for env in env_infos for info in env]
@@ -198,6 +207,8 @@ class NPCEngine:
     def _start_episodes(self, envs: np.ndarray) -> None:
         """Mark the NPC rows of ``envs`` as episode starts and draw each env's pool member."""
         n = int(envs.sum())
+        if n == 0:
+            return
         for g, pool in enumerate(self.pools):
             self._member[g][envs] = pool.draw(self._rng, n)
             start = self._episode_start[g].reshape(self.num_envs, -1)
@@ -287,7 +298,8 @@ class NPCEngine:
         self._slot_length += train_was.reshape(-1)
         self._team_return[:, 0] += slot_reward.reshape(E, n_train).sum(axis=1)
         self._team_return[:, 1] += (reward[:, self._npc_pos] * was_alive[:, self._npc_pos]).sum(axis=1)
-        self._env_length += 1
+        held = self._held.copy()
+        self._env_length += ~held
 
         term = buf.terminated[:, self._train_pos] & train_was
         trunc = buf.truncated[:, self._train_pos] & train_was
@@ -318,11 +330,20 @@ class NPCEngine:
                     slot_reset_infos[e * n_train + j] = reset_infos[e][j]
             self._team_return[env_done] = 0
             self._env_length[env_done] = 0
-            self._start_episodes(env_done)
 
         self._alive[...] = buf.alive
-        self._launch_npcs()
         obs = buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy()
+        if self.next_step_autoreset:
+            # The ended envs' slots show their terminal observations now and their reset at the
+            # next step, which is padding for them (the env is not stepped) and starts the episode.
+            for i, e in ended.items():
+                obs[i] = e.final_obs
+            self._alive[env_done] = False
+            self._held[...] = env_done
+            self._start_episodes(held)
+        else:
+            self._start_episodes(env_done)
+        self._launch_npcs()
         return StepResult(obs, slot_reward.astype(np.float32), terminated, truncated, infos, slot_reset_infos, ended)
 
     def _episode_summary(self, e: int) -> dict[str, Any]:

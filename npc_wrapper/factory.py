@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.gym_vector_env import NPCVectorEnv
@@ -28,6 +29,7 @@ def _engine(
     deterministic_npc: bool,
     trusted: bool,
     start_method: str | None,
+    next_step_autoreset: bool = False,
 ) -> NPCEngine:
     if callable(env_fn):
         if num_envs < 1:
@@ -46,6 +48,7 @@ def _engine(
         deterministic_npc=deterministic_npc,
         trusted=trusted,
         start_method=start_method,
+        next_step_autoreset=next_step_autoreset,
     )
 
 
@@ -119,8 +122,13 @@ def make_vector_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
+    autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
 ) -> NPCVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv`` (seed it with ``reset(seed=...)``).
+
+    :param autoreset_mode: ``SAME_STEP`` (``infos["final_obs"]`` on the done step) or ``NEXT_STEP``
+        (the step after a done delivers the reset; needed by Gymnasium's observation wrappers such
+        as ``NormalizeObservation``); see :class:`~npc_wrapper.NPCVectorEnv`
 
     Example::
 
@@ -133,6 +141,15 @@ def make_vector_env(
         ((16,), 6)
         >>> envs.close()
     """
+    modes = {m.value.lower(): m for m in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)}
+    key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else str(autoreset_mode)
+    mode = modes.get(key.lower().replace("_", ""))
+    if mode is None:
+        raise ValueError(
+            f"autoreset_mode must be AutoresetMode.SAME_STEP or AutoresetMode.NEXT_STEP ('same_step' or "
+            f"'next_step'), got {autoreset_mode!r}"
+        )
     engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
-                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method)
+                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method,
+                     next_step_autoreset=mode == AutoresetMode.NEXT_STEP)
     return NPCVectorEnv(engine)

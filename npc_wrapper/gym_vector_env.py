@@ -20,12 +20,18 @@ class NPCVectorEnv(VectorEnv):
 
     Each training agent of each sub-env is one vector index ("slot"), env-major.
 
-    Autoreset follows ``AutoresetMode.SAME_STEP`` exactly as Gymnasium 1.x defines it: when slot
-    ``k`` terminates or truncates, ``obs[k]`` is already the next episode's first observation,
-    ``infos["final_obs"][k]`` holds the terminal observation and ``infos["final_info"]`` the
-    final step's info. For a slot whose agent died while its env plays on, "the next episode" is
-    padding: zero observations and rewards, ``infos["npc_wrapper/padding"]`` set, until the env
-    resets.
+    Autoreset is declared in ``metadata["autoreset_mode"]`` and follows Gymnasium 1.x exactly:
+
+    * ``SAME_STEP`` (default): when slot ``k`` terminates or truncates, ``obs[k]`` is already the
+      next episode's first observation, ``infos["final_obs"][k]`` holds the terminal observation
+      and ``infos["final_info"]`` the final step's info.
+    * ``NEXT_STEP`` (what Gymnasium's observation wrappers such as ``NormalizeObservation``
+      require): ``obs[k]`` is the terminal observation; the next step ignores the slot's action
+      and returns the first observation of the next episode with zero reward and no done. An
+      env whose episode ended is not stepped in that step.
+
+    For a slot whose agent died while its env plays on, "the next episode" is padding: zero
+    observations and rewards, ``infos["npc_wrapper/padding"]`` set, until the env resets.
 
     Build it with :func:`npc_wrapper.make_vector_env`.
 
@@ -44,13 +50,14 @@ class NPCVectorEnv(VectorEnv):
 
     def __init__(self, engine: NPCEngine) -> None:
         self.engine = engine
+        self.autoreset_mode = AutoresetMode.NEXT_STEP if engine.next_step_autoreset else AutoresetMode.SAME_STEP
         layout = engine.layout
         self.num_envs = engine.num_slots
         self.single_observation_space = layout.observation_space
         self.single_action_space = layout.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.metadata = {**engine.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = engine.render_mode
         self.closed = False
 
@@ -100,7 +107,9 @@ class NPCVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         for k, info in enumerate(result.infos):
             ended = result.ended.get(k)
-            if ended is None:
+            if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                infos = self._add_info(infos, info, k)  # reset infos arrive with the next step
+            elif ended is None:
                 # A padded slot whose env reset now returns the new episode's first obs: add its reset info.
                 infos = self._add_info(infos, {**info, **result.reset_infos[k]}, k)
             else:

@@ -115,13 +115,20 @@ class JointEnv:
     :param layout: where each agent lives in the buffers
     :param buffers: this env's buffers (written in place)
     :param early_reset: reset the env as soon as no training agent is alive
+    :param hold_after_reset: Gymnasium's NEXT_STEP autoreset: after an episode ends, the next
+        ``step`` does not step the env; it only delivers the reset (zero rewards, no dones)
     """
 
-    def __init__(self, env: Any, layout: AgentLayout, buffers: JointBuffers, early_reset: bool = True) -> None:
+    def __init__(
+        self, env: Any, layout: AgentLayout, buffers: JointBuffers, early_reset: bool = True,
+        hold_after_reset: bool = False,
+    ) -> None:
         self.env = env
         self.layout = layout
         self.buf = buffers
         self.early_reset = early_reset
+        self.hold_after_reset = hold_after_reset
+        self._held = False
         self._pos = {a: i for i, a in enumerate(layout.possible_agents)}
         # agent -> (obs buffer, row): one dict lookup per agent per step, no searching.
         self._obs_row: dict[Any, tuple[np.ndarray, int]] = {a: (buffers.train_obs, i) for i, a in enumerate(layout.training)}
@@ -157,6 +164,7 @@ class JointEnv:
         for agent in self.env.agents:
             buf.alive[self._pos[agent]] = True
         self.reset_infos = self.train_infos = self._train_infos(infos)
+        self._held = False
 
     def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]) -> None:
         """Step with the training agents' actions ``(n_train, ...)`` and each NPC group's ``(n_g, ...)``.
@@ -164,6 +172,14 @@ class JointEnv:
         Only agents in ``env.agents`` are sent actions (PettingZoo forbids actions for dead agents).
         """
         buf, layout = self.buf, self.layout
+        if self._held:  # the env was reset at the last step; this step only hands over its reset
+            self._held = False
+            buf.reward[...] = 0.0
+            buf.terminated[...] = False
+            buf.truncated[...] = False
+            buf.env_done[...] = False
+            self.train_infos = self.reset_infos
+            return
         per_agent = dict(zip(layout.training, _as_env_actions(train_actions, layout.action_space)))
         for (agents, space), acts in zip(self._groups, npc_actions):
             per_agent.update(zip(agents, _as_env_actions(acts, space)))
@@ -200,6 +216,7 @@ class JointEnv:
             buf.final_obs[...] = buf.train_obs
             self.reset()
             self.train_infos = step_infos
+            self._held = self.hold_after_reset
             return
         self.train_infos = step_infos
         buf.alive[...] = alive_now

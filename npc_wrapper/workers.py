@@ -93,10 +93,12 @@ class InProcessBackend(Backend):
     :param envs: the PettingZoo envs (already built)
     """
 
-    def __init__(self, envs: list[Any], layout: AgentLayout, early_reset: bool) -> None:
+    def __init__(self, envs: list[Any], layout: AgentLayout, early_reset: bool, hold_after_reset: bool = False) -> None:
         self.num_envs = len(envs)
         self.buffers = JointBuffers.allocate(layout, (self.num_envs,))
-        self.joints = [JointEnv(env, layout, self.buffers.at(i), early_reset) for i, env in enumerate(envs)]
+        self.joints = [
+            JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset) for i, env in enumerate(envs)
+        ]
 
     def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
         for joint, seed in zip(self.joints, seeds):
@@ -135,11 +137,14 @@ class JointBatchEnv(gym.Env):
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool) -> None:
+    def __init__(
+        self, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool, hold_after_reset: bool
+    ) -> None:
         self.env_fns = list(env_fns)
         self.first = first
         self.layout = layout
         self.early_reset = early_reset
+        self.hold_after_reset = hold_after_reset
         self.observation_space = spaces.Dict(
             {k: spaces.Box(s.low.min(), s.high.max(), (len(self.env_fns), *s.shape), s.dtype)
              for k, s in buffer_spaces(layout).items()}
@@ -152,7 +157,8 @@ class JointBatchEnv(gym.Env):
         if self.joints is None:
             self.buffers = JointBuffers.allocate(self.layout, (len(self.env_fns),))
             self.joints = [
-                JointEnv(fn(), self.layout, self.buffers.at(i), self.early_reset) for i, fn in enumerate(self.env_fns)
+                JointEnv(fn(), self.layout, self.buffers.at(i), self.early_reset, self.hold_after_reset)
+                for i, fn in enumerate(self.env_fns)
             ]
         return self.joints
 
@@ -214,6 +220,7 @@ class WorkerBackend(Backend):
         layout: AgentLayout,
         early_reset: bool,
         start_method: str | None = None,
+        hold_after_reset: bool = False,
     ) -> None:
         n = len(env_fns)
         if n % num_workers:
@@ -224,7 +231,8 @@ class WorkerBackend(Backend):
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
         batch_fns = [
-            _batch_fn(env_fns[w * per:(w + 1) * per], w * per, layout, early_reset) for w in range(num_workers)
+            _batch_fn(env_fns[w * per:(w + 1) * per], w * per, layout, early_reset, hold_after_reset)
+            for w in range(num_workers)
         ]
         self.vec = AsyncVectorEnv(
             batch_fns, shared_memory=True, copy=False, context=start_method,
@@ -293,6 +301,8 @@ class WorkerBackend(Backend):
                 self.vec.close(terminate=True)
 
 
-def _batch_fn(env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool) -> Callable[[], JointBatchEnv]:
+def _batch_fn(
+    env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool, hold_after_reset: bool
+) -> Callable[[], JointBatchEnv]:
     fns = list(env_fns)
-    return lambda: JointBatchEnv(fns, first, layout, early_reset)
+    return lambda: JointBatchEnv(fns, first, layout, early_reset, hold_after_reset)
