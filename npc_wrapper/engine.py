@@ -368,6 +368,22 @@ class NPCEngine:
         policy.reset(self._rows[group], int(self._rng.integers(2**31)))
         return self.pools[group].add(policy, weight)
 
+    def npc_playing(self, group: int = 0) -> np.ndarray:
+        """The pool index of the member each env is playing in its current episode."""
+        return self._member[group].copy()
+
+    def remove_npc(self, index: int, group: int = 0) -> NPCPolicy:
+        """Remove pool member ``index`` of NPC group ``group``; refused while an env is playing it."""
+        playing = self._member[group]
+        if (playing == index).any():
+            raise ValueError(
+                f"NPC pool member {index} ({self.pools[group].members[index].name}) is playing in envs "
+                f"{np.flatnonzero(playing == index).tolist()}; set its weight to 0 and remove it after their episodes end"
+            )
+        member = self.pools[group].remove(index)
+        playing[playing > index] -= 1
+        return member
+
     # ------------------------------------------------------------------ sub-env access
     def slot_alive(self) -> np.ndarray:
         """Whether each slot's agent is alive now (``False``: its observation is padding)."""

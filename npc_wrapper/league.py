@@ -594,18 +594,13 @@ class LeagueCallback(BaseCallback):
         """Drop evicted members that no env is playing, keeping every env's current member."""
         if not self._evicted:
             return
-        pool, playing = self.pool, self.engine._member[0]
-        in_use = set(np.unique(playing).tolist())
-        keep = np.ones(len(pool.members), dtype=bool)
+        pool = self.pool
+        in_use = set(self.engine.npc_playing(0).tolist())
         for m in range(len(pool.members) - 1, -1, -1):  # descending, so lower indices stay valid
             member = pool.members[m]
             if id(member) in self._evicted and m not in in_use:
-                del pool.members[m]
-                playing[playing > m] -= 1  # the envs' member indices follow the shift
-                keep[m] = False
+                self.engine.remove_npc(m, 0)
                 del self._evicted[id(member)]
-        if pool.weights is not None and not keep.all():
-            pool.weights = pool.weights[keep]
 
     def _reweight(self) -> None:
         """Set the pool's sampling weights from the config (once a snapshot exists)."""

@@ -48,6 +48,19 @@ class NPCPool:
             self.weights = w / w.sum()
         return len(self.members) - 1
 
+    def remove(self, index: int) -> NPCPolicy:
+        """Remove member ``index`` (later members shift down by one); returns it.
+
+        Use :meth:`NPCVecEnv.remove_npc` on a running env, which refuses members still playing.
+        """
+        if len(self.members) == 1:
+            raise ValueError("cannot remove the last member of an NPC pool")
+        member = self.members.pop(index)
+        if self.weights is not None:
+            w = np.delete(self.weights, index)
+            self.weights = w / w.sum() if w.sum() > 0 else None
+        return member
+
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Indices of ``n`` members drawn independently."""
         if len(self.members) == 1:
