@@ -12,12 +12,17 @@ Rows:
 * ``floor``: the same PettingZoo envs stepped in a plain loop with action dicts built beforehand,
   plus the NPC policy's bare batched forward (``from_numpy -> logits -> Gumbel sample -> numpy``)
   over all NPC rows of all envs, timed separately and added (called once per vector step between
-  the env loops, where a wrapper calls it). Nothing a wrapper must do is cheaper.
+  the env loops, where a wrapper calls it). It does not even gather observations out of the
+  PettingZoo dicts: nothing a wrapper must do is cheaper.
 * ``npc_wrapper``: ``nw.make_vec_env(...)`` with that NPC, stepped with precomputed trainer actions.
 * ``per_env``: a minimal SB3-VecEnv-like loop written here that calls the same bare forward once
-  per env per step on that env's live NPC observations (the design ``npc_wrapper`` replaces).
+  per env per step on that env's live NPC observations (the design ``npc_wrapper`` replaces; with
+  the bare forward rather than an adapter, the comparison favours it).
 * ``supersuit``: ``pettingzoo_env_to_vec_env_v1`` + ``concat_vec_envs_v1`` with every agent a
   slot, stepped with precomputed random actions (no NPC forward: the trainer would act for all).
+
+After the table, a breakdown of one ``npc_wrapper`` step (env, per-env bookkeeping, NPC inference,
+engine). Torch runs with ``--torch-threads`` (default 1) intra-op threads in every row.
 
 Sections: ``--workers-check`` (``num_workers=0`` vs ``2`` on a butterfly image env),
 ``--memory-check`` (resident memory sampled while the wrapper runs for many steps, a mode of its
@@ -576,7 +581,6 @@ class RowResult:
     rates: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     forward_ms: list[float] = field(default_factory=list)
-    rss_delta_mb: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -595,6 +599,8 @@ class BlockResult:
     policy: str
     rows: dict[str, RowResult]
     npc_batch: int
+    #: Peak RSS of the process (``resource.getrusage``) once this block was measured, MiB.
+    peak_rss_mb: float = 0.0
 
 
 def _open_runner(variant: str, spec: EnvSpec, model: NPCModel, args: argparse.Namespace,
@@ -639,11 +645,9 @@ def measure_block(spec: EnvSpec, policy: str, args: argparse.Namespace, options:
     rows: dict[str, RowResult] = {}
     try:
         for v in variants:
-            gc.collect()
-            before = _rss_mb()
             runners[v] = _open_runner(v, spec, model, args, options)
             runners[v].run(args.warmup)
-            rows[v] = RowResult(spec.name, policy, v, args.num_envs, n_agents, rss_delta_mb=_rss_mb() - before)
+            rows[v] = RowResult(spec.name, policy, v, args.num_envs, n_agents)
         for r in range(args.repeats):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             secs: dict[str, float] = {}
@@ -658,7 +662,7 @@ def measure_block(spec: EnvSpec, policy: str, args: argparse.Namespace, options:
     finally:
         for runner in runners.values():
             runner.close()
-    return BlockResult(spec.name, policy, rows, args.num_envs * len(npcs))
+    return BlockResult(spec.name, policy, rows, args.num_envs * len(npcs), _peak_rss_mb())
 
 
 def _fmt_rate(x: float) -> str:
@@ -668,9 +672,8 @@ def _fmt_rate(x: float) -> str:
 def format_table(blocks: Sequence[BlockResult]) -> str:
     """The results as one Markdown table."""
     lines = [
-        ("| env | NPC policy | variant | vec steps/s | agent steps/s | ms/step | ratio to floor "
-        "[min-max] | RSS +MiB |"),
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| env | NPC policy | variant | vec steps/s | agent steps/s | ms/step | ratio to floor [min-max] |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for block in blocks:
         for row in block.rows.values():
@@ -683,7 +686,7 @@ def format_table(blocks: Sequence[BlockResult]) -> str:
                 name = "supersuit (no NPC fwd)"
             lines.append(
                 f"| {row.env} | {row.policy} | {name} | {_fmt_rate(row.rate)} | {_fmt_rate(agent_rate)} | "
-                f"{1e3 / row.rate:.2f} | {row.ratio:.2f} [{spread}] | {row.rss_delta_mb:.1f} |"
+                f"{1e3 / row.rate:.2f} | {row.ratio:.2f} [{spread}] |"
             )
     return "\n".join(lines)
 
@@ -699,6 +702,7 @@ def format_targets(blocks: Sequence[BlockResult]) -> str:
         if "per_env" in rows:
             per = [w / p for w, p in zip(rows["npc_wrapper"].rates, rows["per_env"].rates)]
             parts.append(f"npc_wrapper/per_env = {statistics.median(per):.2f}")
+        parts.append(f"process peak RSS after this block {block.peak_rss_mb:.0f} MiB")
         out.append(f"- {block.env} / {block.policy}: " + ", ".join(parts))
     return "\n".join(out)
 
@@ -710,6 +714,33 @@ def _pistonball_env() -> Any:
 
     env = pistonball_v6.parallel_env(continuous=False, max_cycles=125)
     return ss.resize_v1(ss.color_reduction_v0(env, mode="B"), 32, 32)
+
+
+def _busy_loop(n: int) -> float:
+    start = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - start
+
+
+def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
+    """How much faster two busy processes finish a fixed amount of work than one (2.0: two free cores).
+
+    Worker processes can only beat in-process stepping by what the machine really gives them; on
+    a shared machine that is often far less than its core count.
+    """
+    import multiprocessing
+
+    ratios = []
+    with multiprocessing.get_context().Pool(2) as pool:
+        pool.map(_busy_loop, [n // 10, n // 10])  # start-up out of the timing
+        for _ in range(repeats):  # alternate, median: the load of a shared machine drifts
+            alone = _busy_loop(2 * n)
+            start = time.perf_counter()
+            pool.map(_busy_loop, [n, n])
+            ratios.append(alone / (time.perf_counter() - start))
+    return statistics.median(ratios)
 
 
 def workers_check(args: argparse.Namespace) -> str:
@@ -746,7 +777,9 @@ def workers_check(args: argparse.Namespace) -> str:
     for w in (0, 2):
         rate = statistics.median(rates[w])
         lines.append(f"| {w} | {_fmt_rate(rate)} | {_fmt_rate(rate * num_envs * n_agents)} |")
-    lines += ["", f"num_workers=2 / num_workers=0 = {ratio:.2f}"]
+    lines += ["", f"num_workers=2 / num_workers=0 = {ratio:.2f}",
+              (f"parallel headroom: two busy processes did 2 units of work {parallel_headroom():.2f}x as fast as "
+              "one (2.00 = two free cores; the workers' speed-up cannot exceed it)")]
     return "\n".join(lines)
 
 

@@ -116,6 +116,7 @@ def test_workers_check_section(bench: ModuleType) -> None:
     rows = [r for r in _table_rows(text) if r[0].isdigit()]
     assert [r[0] for r in rows] == ["0", "2"]
     assert re.search(r"num_workers=2 / num_workers=0 = \d+\.\d\d", text)
+    assert re.search(r"parallel headroom: two busy processes did 2 units of work \d+\.\d\dx", text)
 
 
 def test_inference_section_runs_on_cpu(bench: ModuleType) -> None:
