@@ -403,7 +403,7 @@ class FloorRunner(Runner):
                     env.reset()
             t1 = clock()
             # Timed on its own but called where a wrapper calls it, between env steps: a tight loop of
-            # forwards alone runs 1.3-4x faster on warm caches and would flatter the floor.
+            # forwards alone ran up to 4x faster on warm caches and would flatter the floor.
             forward(batch)
             env_s += t1 - t0
             fwd_s += clock() - t1
