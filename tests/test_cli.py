@@ -87,6 +87,39 @@ def test_default_config_is_simple_tag_against_the_shipped_npc() -> None:
     assert not cfg.wandb.enabled
 
 
+def test_config_dir_of_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a source checkout the configs come from the wheel's data files (here a ``--target`` layout)."""
+    from npc_wrapper.cli import common
+
+    site = tmp_path / "site"
+    installed = site / "share" / "npc-wrapper" / "configs"
+    shutil.copytree(REPO / "configs", installed)
+    monkeypatch.setattr(common, "PACKAGE_ROOT", site / "npc_wrapper")
+    assert common.config_dir() == installed
+    monkeypatch.setenv("NPC_WRAPPER_CONFIG_DIR", str(tmp_path / "mine"))
+    assert common.config_dir() == tmp_path / "mine"
+    monkeypatch.delenv("NPC_WRAPPER_CONFIG_DIR")
+    shutil.rmtree(installed)
+    monkeypatch.setattr(common, "_installed_config_dirs", lambda: [])
+    with pytest.raises(common.CLIError, match="NPC_WRAPPER_CONFIG_DIR"):
+        common.config_dir()
+
+
+def test_own_env_by_config_alone(tmp_path: Path) -> None:
+    """A user's env config in their own directory (``--config-dir``), naming any importable factory."""
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "my_spread.yaml").write_text(
+        "name: my_spread\n"
+        "factory: {_target_: mpe2.simple_spread_v3.parallel_env, N: 4, max_cycles: 10}\n"
+        "npc: noop\n"
+        "training_agents_pct: 0.5\n"
+    )
+    cfg = compose_config(["env=my_spread"], extra_dirs=[str(tmp_path)])
+    assert cfg.env.factory.N == 4 and cfg.trainer.policy == "MlpPolicy" and cfg.env.wrappers == []
+    env = EnvFactory(OmegaConf.to_container(cfg.env.factory), [])()
+    assert len(env.possible_agents) == 4
+
+
 def test_seed_override_forms_work_verbatim() -> None:
     cfg = compose_config(SEED_COMMAND)
     assert cfg.run == "my_experiment" and cfg.run_dir == "runs/my_experiment"
@@ -318,6 +351,9 @@ def test_plot_draws_learning_curve(trained_run: dict[str, Any], tmp_path: Path) 
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     series = plot_cli.read_progress(trained_run["dir"])
     assert any(not np.isnan(v) for v in series["npc/win_rate"])
+    # The evaluations before and after training are points of the curve, at their steps.
+    evals = [(step, v) for step, v in zip(series["time/total_timesteps"], series["eval/win_rate"]) if not np.isnan(v)]
+    assert [step for step, _ in evals] == [0, trained_run["step"]]
 
 
 # --------------------------------------------------------------------------- variants

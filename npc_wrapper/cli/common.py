@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,17 +65,32 @@ def config_dir() -> Path:
     source = PACKAGE_ROOT.parent / "configs"
     if (source / "config.yaml").is_file():
         return source
-    try:
-        files = importlib.metadata.distribution("npc-wrapper").files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.as_posix().endswith("share/npc-wrapper/configs/config.yaml"):
-            return Path(f.locate()).resolve().parent
+    for installed in _installed_config_dirs():
+        if (installed / "config.yaml").is_file():
+            return installed
     raise CLIError(
         "cannot find the npc-wrapper config files (configs/config.yaml): reinstall the package, or point "
         "NPC_WRAPPER_CONFIG_DIR at a copy of the repository's configs/ directory"
     )
+
+
+def _installed_config_dirs() -> list[Path]:
+    """Where an install may have put the configs: the distribution's own record of the file, then the
+    data directories of the interpreter's install schemes (venv/system, user), then ``--target`` layouts."""
+    rel = Path("share", "npc-wrapper", "configs")
+    found: list[Path] = []
+    try:
+        files = importlib.metadata.distribution("npc-wrapper").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found += [Path(f.locate()).resolve().parent for f in files if f.as_posix().endswith(f"{rel.as_posix()}/config.yaml")]
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            found.append(Path(sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")) / rel)
+        except KeyError:
+            pass
+    found.append(PACKAGE_ROOT.parent / rel)
+    return found
 
 
 def data_path(name: str) -> str:

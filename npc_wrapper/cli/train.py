@@ -232,13 +232,18 @@ def build_vec_env(
 
 
 def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = False) -> dict[str, Any]:
-    """Play ``episodes`` episodes of the SB3 ``model`` against the NPCs of ``venv``; the summary."""
+    """Play ``episodes`` episodes of the SB3 ``model`` against the NPCs of ``venv``; the summary.
+
+    :param venv: the NPC vector env, wrapped in :class:`ActionMaskVecEnv` for ``MaskablePPO``
+    """
     state: Any = None
+    masked = isinstance(venv, ActionMaskVecEnv)
 
     def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         nonlocal state
+        extra = {"action_masks": venv.action_masks()} if masked else {}
         actions, state = model.predict(
-            obs, state=state, episode_start=episode_start, deterministic=deterministic
+            obs, state=state, episode_start=episode_start, deterministic=deterministic, **extra
         )
         return actions
 
@@ -359,6 +364,7 @@ def _record_eval(logger: Any, summary: dict[str, Any], step: int) -> None:
         "episodes",
     ):
         logger.record(f"eval/{key}", summary[key])
+    logger.record("time/total_timesteps", step)  # the x axis of the progress CSV
     logger.dump(step)
 
 
@@ -487,6 +493,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             eval_venv = build_vec_env(
                 cfg, env_fn, dp, cfg.trainer.eval_num_envs, cfg.seed + EVAL_SEED_OFFSET, num_workers=0
             )
+            if isinstance(train_env, ActionMaskVecEnv):
+                eval_venv = ActionMaskVecEnv(eval_venv)
         if do_eval and not resume:
             before = evaluate_model(
                 model, eval_venv, cfg.trainer.eval_episodes, cfg.trainer.eval_deterministic
@@ -662,12 +670,23 @@ def _debug() -> bool:
 
 
 def _task(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        # Each job of a sweep gets its own run directory: runs/<run>/<job number>.
+        cfg.run_dir = hc.runtime.output_dir
+        cfg.run = f"{cfg.run}_{hc.job.num}"
     try:
         train(cfg)
     except CLIError as e:
         if _debug():
             raise
         die(PROG, e)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 #: Hydra flags that take a value; anything else starting with '-' is left to Hydra alone.
