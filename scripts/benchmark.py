@@ -733,7 +733,9 @@ def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
     import multiprocessing
 
     ratios = []
-    with multiprocessing.get_context().Pool(2) as pool:
+    # fork where there is one: the children then need not import this script by name
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with multiprocessing.get_context(method).Pool(2) as pool:
         pool.map(_busy_loop, [n // 10, n // 10])  # start-up out of the timing
         for _ in range(repeats):  # alternate, median: the load of a shared machine drifts
             alone = _busy_loop(2 * n)
