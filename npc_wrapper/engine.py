@@ -279,12 +279,15 @@ class NPCEngine:
             )
         return a.astype(space.dtype) if float_ints else a
 
-    def step(self, actions: Any) -> StepResult:
-        """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions."""
+    def step(self, actions: Any, validated: bool = False) -> StepResult:
+        """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions.
+
+        :param validated: ``actions`` already came from :meth:`validate_actions`
+        """
         self._assert_open()
         if self._needs_reset:
             raise RuntimeError("step() was called before reset(): call reset() once before the first step")
-        a = self.validate_actions(actions)
+        a = actions if validated else self.validate_actions(actions)
         E, n_train = self.num_envs, self.n_train
         self._collect_npc_actions()
         step_infos, reset_infos = self.backend.step(a.reshape(E, n_train, *self._act_shape), self._npc_actions)
@@ -312,7 +315,7 @@ class NPCEngine:
         for i in np.flatnonzero(~train_was.reshape(-1)):
             infos[i][PADDING_KEY] = True
         final_obs = buf.final_obs.reshape(self.num_slots, *self.layout.observation_space.shape)
-        elapsed = round(time.time() - self._t_start, 6)
+        elapsed = round(time.time() - self._t_start, 6) if done.any() else 0.0
         ended: dict[int, Ended] = {
             int(i): Ended(final_obs[i].copy(), float(self._slot_return[i]), int(self._slot_length[i]), elapsed)
             for i in np.flatnonzero(done)

@@ -139,6 +139,7 @@ class JointEnv:
         self._groups = [(group.agents, group.action_space) for group in layout.groups]
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)
         self._alive_now = np.zeros(layout.n_agents, dtype=bool)
+        self._pos_cache: dict[tuple[Any, ...], np.ndarray] = {}
         #: The training agents' infos from the last step (or reset), one dict per training slot.
         self.train_infos: list[dict[str, Any]] = [{} for _ in layout.training]
         #: The training agents' infos from the env's last reset.
@@ -161,8 +162,7 @@ class JointEnv:
             a[...] = 0
         self._write_obs(obs)
         buf.alive[...] = False
-        for agent in self.env.agents:
-            buf.alive[self._pos[agent]] = True
+        buf.alive[self._positions(self.env.agents)] = True
         self.reset_infos = self.train_infos = self._train_infos(infos)
         self._held = False
 
@@ -184,30 +184,34 @@ class JointEnv:
         for (agents, space), acts in zip(self._groups, npc_actions):
             per_agent.update(zip(agents, _as_env_actions(acts, space)))
         live = self.env.agents
+        n_live = len(live)
         obs, rewards, terms, truncs, infos = self.env.step({a: per_agent[a] for a in live})
+        buf.reward[...] = 0.0
+        buf.reward[self._positions(rewards)] = list(rewards.values())
+        self._write_obs(obs)
+        step_infos = self._train_infos(infos)
+        if not (any(terms.values()) or any(truncs.values())) and len(self.env.agents) == n_live:
+            # Fast path, nearly every step: nobody left, so flags and alive masks stay as they were.
+            if buf.terminated.any() or buf.truncated.any():
+                buf.terminated[...] = False
+                buf.truncated[...] = False
+            buf.env_done[...] = False
+            self.train_infos = step_infos
+            return
 
         was_alive, alive_now = self._was_alive, self._alive_now
         was_alive[...] = buf.alive
-        buf.reward[...] = 0.0
         buf.terminated[...] = False
         buf.truncated[...] = False
-        pos = self._pos
-        for agent, r in rewards.items():
-            buf.reward[pos[agent]] = r
-        for agent, t in terms.items():
-            buf.terminated[pos[agent]] = t
-        for agent, t in truncs.items():
-            buf.truncated[pos[agent]] = t
-        self._write_obs(obs)
+        buf.terminated[self._positions(terms)] = list(terms.values())
+        buf.truncated[self._positions(truncs)] = list(truncs.values())
         alive_now[...] = False
-        for agent in self.env.agents:
-            alive_now[pos[agent]] = True
+        alive_now[self._positions(self.env.agents)] = True
         # An agent that vanished without a done flag is treated as terminated.
         vanished = was_alive & ~alive_now & ~buf.terminated & ~buf.truncated
         buf.terminated |= vanished
         # Agents that report done but linger in env.agents are dead to us.
         alive_now &= was_alive & ~buf.terminated & ~buf.truncated
-        step_infos = self._train_infos(infos)
 
         train_alive = alive_now[self._train_pos]
         done = not alive_now.any() or (self.early_reset and not train_alive.any())
@@ -228,6 +232,16 @@ class JointEnv:
             gone = ~alive_now[group_pos]
             if gone.any():
                 buf.npc_obs[g][gone] = 0
+
+    def _positions(self, agents: Any) -> np.ndarray:
+        """Positions in ``possible_agents`` of ``agents`` (a dict's keys or a list), cached per key tuple."""
+        key = tuple(agents)
+        idx = self._pos_cache.get(key)
+        if idx is None:
+            if len(self._pos_cache) > 256:  # live sets change with deaths; keep the cache small
+                self._pos_cache.clear()
+            idx = self._pos_cache[key] = np.array([self._pos[a] for a in key], dtype=np.intp)
+        return idx
 
     def close(self) -> None:
         self.env.close()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common import distributions as d
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
 
 from npc_wrapper.device import DeviceRunner, resolve_device
@@ -196,8 +196,9 @@ def _sample_logits(logits: torch.Tensor, deterministic: bool, generator: torch.G
     """Sample (or argmax) categorical actions from ``(..., n)`` logits with the policy's own RNG."""
     if deterministic:
         return logits.argmax(dim=-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
-    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)  # Gumbel-max
+    # Gumbel-max: argmax(logits + g) with g = -log(-log(u)), built in place.
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)
+    return (logits - u.clamp_(1e-20, 1.0).log_().neg_().log_()).argmax(dim=-1)
 
 
 def _split_logits(logits: torch.Tensor, nvec: np.ndarray) -> list[torch.Tensor]:
@@ -377,8 +378,17 @@ class SB3Policy(NPCPolicy):
         """Actions from the policy's distribution, sampled with the NPC's own generator."""
         if self._to_chw:
             obs = obs.permute(0, 3, 1, 2)
-        dist = self.policy.get_distribution(obs)
-        det, gen = self.deterministic, self._generator
+        det, gen, policy = self.deterministic, self._generator, self.policy
+        if isinstance(policy.action_dist, (d.CategoricalDistribution, d.MultiCategoricalDistribution)):
+            # The logits alone: building torch's Categorical (normalisation, validation) costs more
+            # than a small policy's forward. Same computation as ActorCriticPolicy.get_distribution.
+            features = BasePolicy.extract_features(policy, obs, policy.pi_features_extractor)
+            logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
+            if isinstance(policy.action_dist, d.CategoricalDistribution):
+                return _sample_logits(logits, det, gen)
+            parts = _split_logits(logits, np.asarray(policy.action_dist.action_dims))
+            return torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
+        dist = policy.get_distribution(obs)
         if isinstance(dist, d.CategoricalDistribution):
             return _sample_logits(dist.distribution.logits, det, gen)
         if isinstance(dist, d.MultiCategoricalDistribution):

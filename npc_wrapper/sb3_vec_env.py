@@ -81,11 +81,11 @@ class NPCVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("step_wait() was called without step_async(actions)")
-        result = self.engine.step(self._actions)
+        result = self.engine.step(self._actions, validated=True)
         self._actions = None
         infos = result.infos
-        for k, info in enumerate(infos):
-            info["TimeLimit.truncated"] = bool(result.truncated[k])
+        for info, truncated in zip(infos, result.truncated.tolist()):
+            info["TimeLimit.truncated"] = truncated
         for k, ended in result.ended.items():
             infos[k]["terminal_observation"] = ended.final_obs
             infos[k]["episode"] = {"r": ended.ret, "l": ended.length, "t": ended.time}
