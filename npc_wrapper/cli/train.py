@@ -537,19 +537,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "npc": str(dp.checkpoint_npc.uri) if has_npc else None,
             }
             if s.get("episodes"):
-                meta.update(
-                    {
-                        k: s[k]
-                        for k in (
-                            "win_rate",
-                            "loss_rate",
-                            "draw_rate",
-                            "train_return",
-                            "npc_return",
-                            "episode_length",
-                        )
-                    }
-                )
+                keys = ["train_return", "episode_length"]
+                if has_npc:
+                    keys += ["win_rate", "loss_rate", "draw_rate", "npc_return"]
+                meta.update({k: s[k] for k in keys})
             return meta
 
         ckpt_cb = CheckpointCallback(
