@@ -130,10 +130,10 @@ class JointEnv:
         self.hold_after_reset = hold_after_reset
         self._held = False
         self._pos = {a: i for i, a in enumerate(layout.possible_agents)}
-        # agent -> (obs buffer, row): one dict lookup per agent per step, no searching.
-        self._obs_row: dict[Any, tuple[np.ndarray, int]] = {a: (buffers.train_obs, i) for i, a in enumerate(layout.training)}
+        # agent -> its row of the obs buffers (a view): one dict lookup and one copy per agent per step.
+        self._obs_view: dict[Any, np.ndarray] = {a: buffers.train_obs[i] for i, a in enumerate(layout.training)}
         for g, group in enumerate(layout.groups):
-            self._obs_row.update({a: (buffers.npc_obs[g], i) for i, a in enumerate(group.agents)})
+            self._obs_view.update({a: buffers.npc_obs[g][i] for i, a in enumerate(group.agents)})
         self._train_pos = layout.train_index
         self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
         self._groups = [(group.agents, group.action_space) for group in layout.groups]
@@ -146,10 +146,15 @@ class JointEnv:
         self.reset_infos: list[dict[str, Any]] = [{} for _ in layout.training]
 
     def _write_obs(self, obs: dict[Any, Any]) -> None:
-        for agent, value in obs.items():
-            where = self._obs_row.get(agent)
-            if where is not None:
-                where[0][where[1]] = value
+        views = self._obs_view
+        try:
+            for agent, value in obs.items():
+                views[agent][...] = value
+        except KeyError as e:
+            raise ValueError(
+                f"the env returned an observation for agent {e.args[0]!r}, which is not in its possible_agents "
+                f"{list(self.layout.possible_agents)}"
+            ) from None
 
     def _train_infos(self, infos: dict[Any, Any]) -> list[dict[str, Any]]:
         return [dict(infos.get(a) or {}) for a in self.layout.training]
