@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from omegaconf import MISSING, OmegaConf
 
 from npc_wrapper.config import DualPolicyConfig
+from npc_wrapper.league import LeagueConfig
 
 __all__ = [
     "CLIError",
@@ -164,6 +165,8 @@ class TrainerConfig:
     log_formats: list[str] = field(default_factory=list)
     #: The seed's dual-policy block: which agents train and which checkpoint the NPCs play.
     dual_policy: DualPolicyConfig = field(default_factory=DualPolicyConfig)
+    #: Self-play league: the NPC pool grows from the learner's own snapshots (off by default).
+    league: LeagueConfig = field(default_factory=LeagueConfig)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from npc_wrapper.cli.common import CLIError, TrainConfig, config_dir, die, one_l
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.config import IMPORT_SPEC, DualPolicyConfig
+from npc_wrapper.league import LeagueCallback, LeagueConfig, check_league_venv
 
 __all__ = [
     "RunPaths",
@@ -52,6 +53,7 @@ __all__ = [
     "build_vec_env",
     "evaluate_model",
     "dual_policy_config",
+    "league_config",
     "compose_config",
     "check_schema",
     "explain_config_error",
@@ -80,6 +82,7 @@ class RunPaths:
         self.eval = self.root / "eval.json"
         self.wandb_id = self.root / "wandb_run_id"
         self.artifact = self.root / "wandb_artifact.json"
+        self.league = self.root / "league"
 
 
 # --------------------------------------------------------------------------- config
@@ -155,6 +158,17 @@ def explain_config_error(e: BaseException) -> str:
         ]
         return one_line(" ".join(keep))
     return one_line(text)
+
+
+def league_config(cfg: DictConfig) -> LeagueConfig:
+    """The ``trainer.league`` block, validated.
+
+    :raises CLIError: naming the key to fix
+    """
+    try:
+        return LeagueConfig.from_dict(cfg.trainer.league)
+    except ValueError as e:
+        raise CLIError(f"trainer.league: {one_line(e)}") from e
 
 
 def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:
@@ -436,6 +450,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     env_fn.check()
     dp = dual_policy_config(cfg)
     _check_npc_uri(dp)
+    league_cfg = league_config(cfg)
     algo = resolve_algorithm(cfg.trainer.algorithm)
     policy = check_policy(algo, cfg.trainer.policy)
     kwargs = algorithm_kwargs(
@@ -459,6 +474,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             venv.npc_agents,
             dp.checkpoint_npc.uri if has_npc else "-",
         )
+        if league_cfg.enabled:
+            try:
+                check_league_venv(venv)
+            except ValueError as e:
+                raise CLIError(f"trainer.league: {one_line(e)}") from e
         train_env: Any = venv
         if algo.__name__ == "MaskablePPO":
             train_env = ActionMaskVecEnv(venv)
@@ -547,6 +567,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             paths.checkpoints, cfg.trainer.checkpoint_interval, cfg.trainer.keep_checkpoints, metadata
         )
         callbacks: list[Any] = [metrics_cb, ckpt_cb]
+        league_cb = None
+        if league_cfg.enabled:
+            league_cb = LeagueCallback(
+                league_cfg, venv=venv, save_dir=paths.league, device=cfg.device,
+                deterministic=dp.checkpoint_npc.deterministic, resume=resume,
+            )
+            callbacks.append(league_cb)
         if wandb_run is not None:
             from wandb.integration.sb3 import WandbCallback
 
@@ -574,6 +601,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 with _no_interrupts():
                     ckpt_cb.model = model
                     path = ckpt_cb.save()
+                    if league_cb is not None:
+                        league_cb.save_state()
                 print(
                     f"\n{PROG}: interrupted at step {model.num_timesteps}; saved {path}. Continue with: "
                     f"{PROG} run={cfg.run} trainer.resume=true (and the same overrides)",
@@ -600,6 +629,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             _record_eval(logger, after, int(model.num_timesteps))
             atomic_write_text(paths.eval, json.dumps(eval_summaries, indent=2, default=float))
         final_meta = metadata(model)
+        if league_cb is not None:
+            final_meta["league_elo"] = league_cb.learner_elo
         if "after" in eval_summaries:
             final_meta.update(
                 {
@@ -706,6 +737,7 @@ def _precheck(argv: Sequence[str]) -> None:
             overrides.append(arg)
     cfg = compose_config(overrides, config_name=config_name, extra_dirs=extra_dirs)
     dual_policy_config(cfg)
+    league_config(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

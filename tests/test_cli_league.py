@@ -1,0 +1,66 @@
+"""npc-train with trainer.league: a real self-play run on magent2 battle, and league input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from magent2.environments import battle_v4
+
+import npc_wrapper as nw
+from npc_wrapper.cli.train import train
+from tests.test_cli import run_cfg
+from tests.test_cli_errors import run_main
+
+BATTLE = [
+    "env=battle",
+    "env.factory.map_size=12",
+    "env.factory.max_cycles=20",
+    "trainer.total_timesteps=192",
+    "trainer.hyperparameters.n_steps=16",
+    "trainer.hyperparameters.batch_size=64",
+    "trainer.eval_episodes=0",
+]
+
+
+def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train(run_cfg(run_dir, *BATTLE, "trainer.league.enabled=true", "trainer.league.snapshot_every=64"))
+
+    league = json.loads((run_dir / "league" / "league.json").read_text())
+    snapshots = sorted(p.name for p in (run_dir / "league").glob("snapshot_*.zip"))
+    assert snapshots == ["snapshot_128.zip", "snapshot_64.zip"]
+    assert "snapshot@64" in json.dumps(league) and "snapshot@128" in json.dumps(league)
+    with open(next((run_dir / "logs").glob("*.csv")), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"league/elo_learner", "league/pool_size", "league/snapshots"} <= set(rows[0])
+    assert max(int(float(r["league/snapshots"] or 0)) for r in rows) == 2
+    assert "league_elo" in json.loads((run_dir / "final.json").read_text())
+
+    # A snapshot is itself an NPC checkpoint for the next run.
+    venv = nw.make_vec_env(
+        lambda: battle_v4.parallel_env(map_size=12, max_cycles=20),
+        npc=f"file://{run_dir / 'league' / 'snapshot_128.zip'}", training_agents=["red_*"],
+    )
+    assert venv.pools[0].members[0].name.startswith("snapshot_128")
+    venv.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.league.enabled=true", "trainer.league.window=0"], "trainer.league: "),
+        (["trainer.league.enabled=true", "trainer.league.sampling=best"], "trainer.league: "),
+        (["trainer.league.enabled=true", "trainer.dual_policy.enabled=false"], "trainer.league: "),
+    ],
+    ids=["window", "sampling", "no-npcs"],
+)
+def test_bad_league_config_stops_before_training(
+    overrides: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    code, err = run_main(["device=cpu", "trainer.num_envs=2", f"run_dir={run_dir}", *BATTLE, *overrides], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"npc-train: error: {expected}"), err
+    assert not (run_dir / "final.zip").exists()
