@@ -10,6 +10,7 @@ import pytest
 from magent2.environments import battle_v4
 
 import npc_wrapper as nw
+from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli.train import train
 from tests.test_cli import run_cfg
 from tests.test_cli_errors import run_main
@@ -46,6 +47,13 @@ def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(tmp_path:
     )
     assert venv.pools[0].members[0].name.startswith("snapshot_128")
     venv.close()
+
+    # npc-eval --round-robin rates every checkpoint of the run against every other.
+    out = tmp_path / "rr.json"
+    eval_cli.main([str(run_dir), "--round-robin", "--episodes", "1", "--num-envs", "2", "--json", str(out)])
+    table = json.loads(out.read_text())
+    assert set(table["players"]) == {"final", "checkpoints/step_192", "league/snapshot_64", "league/snapshot_128"}
+    assert abs(sum(table["ratings"].values()) / 4 - 1200) < 1e-6
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ Usage::
     npc-eval runs/my_run/checkpoints/step_50000.zip --npc file://runs/other/final.zip --episodes 400
     npc-eval random env=simple_tag              # baseline: a random learner, config from configs/
     npc-eval runs/my_run env.factory.max_cycles=50 trainer.dual_policy.training_agents_pct=0.5
+    npc-eval runs/my_battle_run --round-robin --episodes 10   # every checkpoint of the run vs every other
 
 The policy is loaded with the same safe loader as NPC checkpoints (no unpickling unless
 ``--trusted``), so anything that can be an NPC can be evaluated: SB3 ``.zip``, TorchScript,
@@ -29,7 +30,7 @@ from npc_wrapper.cli.common import CLIError, TrainConfig, die, one_line, registe
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
 
-__all__ = ["main", "evaluate", "find_run_config", "resolve_policy_path"]
+__all__ = ["main", "evaluate", "round_robin_run", "find_run_config", "resolve_policy_path"]
 
 PROG = "npc-eval"
 #: Config groups: an override that selects one means the config is composed from configs/.
@@ -166,6 +167,45 @@ def evaluate(
         venv.close()
 
 
+def round_robin_run(
+    run: str,
+    overrides: Sequence[str] = (),
+    *,
+    episodes: int = 10,
+    num_envs: int = 4,
+    seed: int = 12345,
+    deterministic: bool = False,
+    trusted: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Play every checkpoint of a run directory against every other and print an Elo table.
+
+    Uses the run's env and agent split (see :func:`npc_wrapper.league.round_robin`).
+    """
+    from npc_wrapper.league import round_robin
+
+    if not Path(run).is_dir():
+        raise CLIError(f"--round-robin needs a run directory (runs/<run>), got {run!r}")
+    cfg = _load_config(run, overrides)
+    env_fn = EnvFactory(
+        OmegaConf.to_container(cfg.env.factory, resolve=True),
+        OmegaConf.to_container(cfg.env.wrappers, resolve=True),
+    )
+    env_fn.check()
+    dp = cfg.trainer.dual_policy
+    try:
+        result = round_robin(
+            run, env_fn, episodes=episodes, num_envs=num_envs,
+            training_agents_pct=dp.training_agents_pct,
+            training_agents=None if dp.training_agents is None else list(dp.training_agents),
+            reset_when_training_agents_dead=bool(cfg.env.get("reset_when_training_agents_dead", True)),
+            device=device or cfg.device, deterministic=deterministic, trusted=trusted, seed=seed,
+        )
+    except ValueError as e:
+        raise CLIError(f"round robin over {run}: {one_line(e)}") from e
+    return {"ratings": result.ratings, "players": result.names}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -184,12 +224,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted", action="store_true", help="allow checkpoint formats that unpickle code")
     p.add_argument("--device", help="where policies run (default: the config's device)")
     p.add_argument("--json", type=Path, help="also write the summary to this JSON file")
+    p.add_argument(
+        "--round-robin", action="store_true",
+        help="play every checkpoint of the run directory against every other (--episodes per pair) "
+        "and print an Elo table",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``npc-eval``."""
     args = _parser().parse_args(argv)
+    if args.round_robin:
+        try:
+            table = round_robin_run(
+                args.policy, args.overrides, episodes=args.episodes, num_envs=args.num_envs, seed=args.seed,
+                deterministic=args.deterministic, trusted=args.trusted, device=args.device,
+            )
+        except CLIError as e:
+            if os.environ.get("NPC_WRAPPER_DEBUG"):
+                raise
+            die(PROG, e)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(table, indent=2, default=float))
+        return
     try:
         summary = evaluate(
             args.policy,
