@@ -111,7 +111,7 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "npc-train: error: unknown config key 'trainer.num_env': check its spelling "
-        "('npc-train --cfg job' prints every key and docs/cli.md describes them)"
+        "('npc-train --cfg job' prints every key and the README describes them)"
     )
 
 

@@ -1,6 +1,6 @@
 """``npc-train``: train a policy against frozen NPCs in a PettingZoo env, configured with Hydra.
 
-Usage (see ``configs/config.yaml`` and ``docs/cli.md``)::
+Usage (see ``configs/config.yaml`` and ``the README``)::
 
     npc-train                                      # simple_tag vs the NPC shipped with the package
     npc-train run=my_experiment trainer.dual_policy.enabled=true \\
@@ -141,7 +141,7 @@ def explain_config_error(e: BaseException) -> str:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
         return (
             f"unknown config key '{full_key}': check its spelling ('npc-train --cfg job' prints every key "
-            "and docs/cli.md describes them)"
+            "and the README describes them)"
         )
     if isinstance(cause, ValidationError) and full_key:
         return f"bad value for '{full_key}': {first}"
