@@ -26,6 +26,7 @@ from pettingzoo import ParallelEnv
 from pettingzoo.utils import BaseParallelWrapper
 
 __all__ = [
+    "RecordingEnvFactory",
     "RecordingParallelEnv",
     "ScriptedParallelEnv",
     "default_reward",
@@ -404,3 +405,20 @@ class RecordingParallelEnv(BaseParallelWrapper):
 
     def __repr__(self) -> str:
         return f"RecordingParallelEnv({self.env!r})"
+
+
+class RecordingEnvFactory:
+    """Builds recording scripted envs and keeps them, so tests can inspect them after ``close()``.
+
+    :param kwargs: :class:`ScriptedParallelEnv` arguments (``obs_shape`` defaults to ``(4,)``)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("obs_shape", (4,))
+        self.kwargs = kwargs
+        self.envs: list[RecordingParallelEnv] = []
+
+    def __call__(self) -> RecordingParallelEnv:
+        env = RecordingParallelEnv(ScriptedParallelEnv(**self.kwargs))
+        self.envs.append(env)
+        return env

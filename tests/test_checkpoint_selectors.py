@@ -30,15 +30,6 @@ KWARGS = {"obs_dim": 3, "n_actions": 4}
 EPISODE = nw.EPISODE_KEY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_fixed(root: Path, name: str, action: int, meta: dict | None = None, sidecar: str = "stem") -> Path:
     path = root / f"{name}.pt"
     torch.save(fixed_action_agent(3, 4, action).state_dict(), path)

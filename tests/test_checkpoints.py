@@ -39,15 +39,6 @@ TAG_OBS = spaces.Box(-np.inf, np.inf, (16,), np.float32)
 TAG_ACT = spaces.Discrete(5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tag_env(continuous: bool = False):
     return simple_tag_v3.parallel_env(continuous_actions=continuous, max_cycles=25)
 

@@ -11,19 +11,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.wrappers.vector import DictInfoToList, RecordEpisodeStatistics
 
 import npc_wrapper as nw
-from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
-
-
-class EnvFactory:
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("obs_shape", (4,))
-        self.kwargs = kwargs
-        self.envs: list[RecordingParallelEnv] = []
-
-    def __call__(self) -> RecordingParallelEnv:
-        env = RecordingParallelEnv(ScriptedParallelEnv(**self.kwargs))
-        self.envs.append(env)
-        return env
+from tests.envs import RecordingEnvFactory as EnvFactory
+from tests.envs import ScriptedParallelEnv
 
 
 def make(factory: Any, num_envs: int = 2, **kwargs: Any) -> nw.NPCVectorEnv:

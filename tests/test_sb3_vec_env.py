@@ -20,21 +20,8 @@ from stable_baselines3.common.vec_env import (
 )
 
 import npc_wrapper as nw
+from tests.envs import RecordingEnvFactory as EnvFactory
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
-
-
-class EnvFactory:
-    """Builds recording scripted envs and keeps them, so tests can inspect them after ``close()``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("obs_shape", (4,))
-        self.kwargs = kwargs
-        self.envs: list[RecordingParallelEnv] = []
-
-    def __call__(self) -> RecordingParallelEnv:
-        env = RecordingParallelEnv(ScriptedParallelEnv(**self.kwargs))
-        self.envs.append(env)
-        return env
 
 
 def make(factory: EnvFactory, num_envs: int = 2, **kwargs: Any) -> nw.NPCVecEnv:

@@ -40,15 +40,6 @@ CLASS = "tests.checkpoint_agents:MLPAgent"
 KWARGS = {"obs_dim": 3, "n_actions": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class StandInArtifact:
     """Mimics the attributes and ``download`` of ``wandb.Artifact`` over real local files."""
 
