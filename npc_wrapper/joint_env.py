@@ -140,6 +140,7 @@ class JointEnv:
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)
         self._alive_now = np.zeros(layout.n_agents, dtype=bool)
         self._pos_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._flags_set = False  # whether buf.terminated/truncated may hold a True from the last step
         #: The training agents' infos from the last step (or reset), one dict per training slot.
         self.train_infos: list[dict[str, Any]] = [{} for _ in layout.training]
         #: The training agents' infos from the env's last reset.
@@ -157,7 +158,9 @@ class JointEnv:
             ) from None
 
     def _train_infos(self, infos: dict[Any, Any]) -> list[dict[str, Any]]:
-        return [dict(infos.get(a) or {}) for a in self.layout.training]
+        # Copies: the wrapper adds its keys, and an env may hand one dict object to several agents.
+        get = infos.get
+        return [dict(info) if (info := get(a)) else {} for a in self.layout.training]
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         obs, infos = self.env.reset(seed=seed, options=options)
@@ -182,6 +185,7 @@ class JointEnv:
             buf.reward[...] = 0.0
             buf.terminated[...] = False
             buf.truncated[...] = False
+            self._flags_set = False
             buf.env_done[...] = False
             self.train_infos = self.reset_infos
             return
@@ -197,15 +201,17 @@ class JointEnv:
         step_infos = self._train_infos(infos)
         if not (any(terms.values()) or any(truncs.values())) and len(self.env.agents) == n_live:
             # Fast path, nearly every step: nobody left, so flags and alive masks stay as they were.
-            if buf.terminated.any() or buf.truncated.any():
+            if self._flags_set:
                 buf.terminated[...] = False
                 buf.truncated[...] = False
+                self._flags_set = False
             buf.env_done[...] = False
             self.train_infos = step_infos
             return
 
         was_alive, alive_now = self._was_alive, self._alive_now
         was_alive[...] = buf.alive
+        self._flags_set = True
         buf.terminated[...] = False
         buf.truncated[...] = False
         buf.terminated[self._positions(terms)] = list(terms.values())
