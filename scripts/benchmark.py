@@ -99,16 +99,13 @@ def _tag_env() -> Any:
 
     return simple_tag_v3.parallel_env(continuous_actions=False, max_cycles=50)
 
-
 def _battle_env() -> Any:
     from magent2.environments import battle_v4
 
     return battle_v4.parallel_env(map_size=20, max_cycles=200)
 
-
 def _uniform_actions(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
     return rng.integers(0, n, size=shape)
-
 
 def _battle_red_actions(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
     """Charge right (moves 7 and 8 are +1 and +2 in x) and attack (13..20), so agents die mid-episode.
@@ -137,7 +134,6 @@ class EnvSpec:
     trainer_actions: Callable[[np.random.Generator, int, tuple[int, ...]], np.ndarray]
     supersuit_wrap: Callable[[Any], Any]
 
-
 def _done_both_flags(env: Any) -> Any:
     """Set termination *and* truncation for every agent on the step the whole env ends.
 
@@ -158,12 +154,10 @@ def _done_both_flags(env: Any) -> Any:
 
     return DoneBothFlags(env)
 
-
 def _ss_tag(env: Any) -> Any:
     import supersuit as ss
 
     return ss.pad_action_space_v0(ss.pad_observations_v0(env))
-
 
 def _ss_battle(env: Any) -> Any:
     import supersuit as ss
@@ -287,12 +281,10 @@ class NPCModel:
                              f"its parameters are {list(params)}")
         return cls(self.npc, self.observation_space, self.action_space, device=self.device, **options)
 
-
 def adapter_supports(kind: str, option: str) -> bool:
     """Whether this version's adapter for ``kind`` NPCs takes ``option`` (e.g. ``cuda_graphs``)."""
     cls = nw.SB3Policy if kind == "mlp" else nw.TorchPolicy
     return option in inspect.signature(cls).parameters
-
 
 def build_npc(kind: str, obs_space: spaces.Space, act_space: spaces.Space, device: torch.device, seed: int) -> NPCModel:
     """An untrained NPC of ``kind`` (``"mlp"``: SB3 PPO's default MlpPolicy; ``"cnn"``: :class:`SmallCNN`).
@@ -331,7 +323,6 @@ def _split(env: Any, patterns: Sequence[str]) -> tuple[list[Any], list[Any]]:
     train, npcs = nw.split_agents(env.possible_agents, training_agents=list(patterns))
     return list(train), list(npcs)
 
-
 def _rss_mb() -> float:
     """Current resident set size in MiB (``/proc``; the peak from ``getrusage`` where that is missing)."""
     try:
@@ -339,7 +330,6 @@ def _rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return _peak_rss_mb()
-
 
 def _peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (``resource.getrusage``)."""
@@ -416,7 +406,26 @@ class FloorRunner(Runner):
             env.close()
 
 
-class WrapperRunner(Runner):
+class VecEnvRunner(Runner):
+    """A row that steps an SB3-style vector env (``self.venv``) through a table of precomputed actions."""
+
+    venv: Any
+    actions: np.ndarray
+    _t: int
+
+    def run(self, n: int) -> float:
+        venv, actions = self.venv, self.actions
+        start = time.perf_counter()
+        for i in range(self._t, self._t + n):
+            venv.step(actions[i % ACTION_TABLE])
+        self._t += n
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+class WrapperRunner(VecEnvRunner):
     """``nw.make_vec_env`` with the NPC, stepped with precomputed trainer actions.
 
     :param options: extra keyword arguments for ``make_vec_env`` (checked against its signature)
@@ -435,17 +444,6 @@ class WrapperRunner(Runner):
         n_act = int(self.venv.action_space.n)
         self.actions = spec.trainer_actions(rng, n_act, (ACTION_TABLE, self.venv.num_envs))
         self._t = 0
-
-    def run(self, n: int) -> float:
-        venv, actions = self.venv, self.actions
-        start = time.perf_counter()
-        for i in range(self._t, self._t + n):
-            venv.step(actions[i % ACTION_TABLE])
-        self._t += n
-        return time.perf_counter() - start
-
-    def close(self) -> None:
-        self.venv.close()
 
 
 class PerEnvRunner(Runner):
@@ -529,7 +527,7 @@ class PerEnvRunner(Runner):
             env.close()
 
 
-class SuperSuitRunner(Runner):
+class SuperSuitRunner(VecEnvRunner):
     """SuperSuit's Markov vector env with every agent a slot, stepped with precomputed actions.
 
     :param num_cpus: ``concat_vec_envs_v1``'s worker processes (0: in this process)
@@ -556,16 +554,6 @@ class SuperSuitRunner(Runner):
         self.actions = acts.reshape(ACTION_TABLE, -1)
         self._t = 0
 
-    def run(self, n: int) -> float:
-        venv, actions = self.venv, self.actions
-        start = time.perf_counter()
-        for i in range(self._t, self._t + n):
-            venv.step(actions[i % ACTION_TABLE])
-        self._t += n
-        return time.perf_counter() - start
-
-    def close(self) -> None:
-        self.venv.close()
 
 
 # ----------------------------------------------------------------------------------------- measuring
@@ -602,7 +590,6 @@ class BlockResult:
     #: Peak RSS of the process (``resource.getrusage``) once this block was measured, MiB.
     peak_rss_mb: float = 0.0
 
-
 def _open_runner(variant: str, spec: EnvSpec, model: NPCModel, args: argparse.Namespace,
                  options: dict[str, Any]) -> Runner:
     if variant == "floor":
@@ -615,7 +602,6 @@ def _open_runner(variant: str, spec: EnvSpec, model: NPCModel, args: argparse.Na
         return SuperSuitRunner(spec, args.num_envs, args.seed, num_cpus=args.num_workers)
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
-
 def _prewarm(spec: EnvSpec, model: NPCModel) -> None:
     """Load the libraries and lazy state every variant shares, so no row's RSS column pays for them."""
     import supersuit  # noqa: F401
@@ -627,7 +613,6 @@ def _prewarm(spec: EnvSpec, model: NPCModel) -> None:
         env.step({a: env.action_space(a).sample() for a in env.agents})
     model.make_forward(0)(np.stack([obs[a] for a in npcs]))
     env.close()
-
 
 def measure_block(spec: EnvSpec, policy: str, args: argparse.Namespace, options: dict[str, Any]) -> BlockResult:
     """Build every variant for ``spec`` x ``policy``, warm them up, and time them interleaved."""
@@ -664,10 +649,8 @@ def measure_block(spec: EnvSpec, policy: str, args: argparse.Namespace, options:
             runner.close()
     return BlockResult(spec.name, policy, rows, args.num_envs * len(npcs), _peak_rss_mb())
 
-
 def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
-
 
 def format_table(blocks: Sequence[BlockResult]) -> str:
     """The results as one Markdown table."""
@@ -689,7 +672,6 @@ def format_table(blocks: Sequence[BlockResult]) -> str:
                 f"{1e3 / row.rate:.2f} | {row.ratio:.2f} [{spread}] |"
             )
     return "\n".join(lines)
-
 
 def format_targets(blocks: Sequence[BlockResult]) -> str:
     """The issue's CPU ratios: npc_wrapper / floor and npc_wrapper / per_env, per block."""
@@ -715,14 +697,12 @@ def _pistonball_env() -> Any:
     env = pistonball_v6.parallel_env(continuous=False, max_cycles=125)
     return ss.resize_v1(ss.color_reduction_v0(env, mode="B"), 32, 32)
 
-
 def _busy_loop(n: int) -> float:
     start = time.perf_counter()
     x = 0
     for i in range(n):
         x += i
     return time.perf_counter() - start
-
 
 def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
     """How much faster two busy processes finish a fixed amount of work than one (2.0: two free cores).
@@ -743,7 +723,6 @@ def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
             pool.map(_busy_loop, [n, n])
             ratios.append(alone / (time.perf_counter() - start))
     return statistics.median(ratios)
-
 
 def workers_check(args: argparse.Namespace) -> str:
     """``num_workers=0`` vs ``2`` on pistonball (32x32 grey obs, half the pistons NPCs, CNN NPC)."""
@@ -832,7 +811,6 @@ def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
-
 def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> float:
     """Mean milliseconds per call of ``fn`` (device work included)."""
     for _ in range(3):
@@ -843,7 +821,6 @@ def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> float:
         fn()
     _sync(device)
     return 1e3 * (time.perf_counter() - start) / n
-
 
 def _captured_forward_ms(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int) -> float:
     """Mean milliseconds per replay of ``logits(x)`` captured in a CUDA graph (the bare-minimum forward)."""
@@ -859,7 +836,6 @@ def _captured_forward_ms(logits: Callable[[torch.Tensor], torch.Tensor], x: torc
         with torch.cuda.graph(graph):
             logits(static_x)
     return _time_calls(graph.replay, n, x.device)
-
 
 def _instrument_npc_time(venv: Any) -> list[float]:
     """Add every NPC policy's inference wall time to the returned cell: ``act``, or ``act_async`` plus its wait.
@@ -886,7 +862,6 @@ def _instrument_npc_time(venv: Any) -> list[float]:
             else:
                 member.act = timed(member.act)
     return total
-
 
 def inference_section(args: argparse.Namespace, device: torch.device | None = None) -> str:
     """NPC inference per step inside the wrapper vs a bare (and a CUDA-graph-captured) forward, and overlap.
@@ -981,7 +956,6 @@ def _add_timer(obj: Any, name: str, cell: list[float]) -> None:
             cell[0] += time.perf_counter() - t0
 
     setattr(obj, name, timed)
-
 
 def breakdown_section(args: argparse.Namespace) -> str:
     """Where one ``npc_wrapper`` vector step goes, in ms: env steps, per-env bookkeeping, NPC, engine.
@@ -1101,7 +1075,6 @@ def _csv(kind: Callable[[str], Any], choices: Sequence[str] | None = None) -> Ca
 
     return parse
 
-
 def _engine_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -1111,7 +1084,6 @@ def _engine_option(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         parsed = value  # a bare string such as a device name
     return key, parsed
-
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """``--engine-option`` pairs, refused early when ``make_vec_env`` has no such parameter."""
@@ -1125,10 +1097,8 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     return options
 
-
 def _npc_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(args.npc_option or [])
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (``--help`` lists it)."""
@@ -1173,7 +1143,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--workers-num-envs must be even (2 workers split the envs evenly)")
     return args
 
-
 def _source_state() -> str:
     """The commit the npc_wrapper package was measured at, and whether its files had local changes."""
     import subprocess
@@ -1188,7 +1157,6 @@ def _source_state() -> str:
         return f"version {nw.__version__} (not a git checkout)"
     return f"version {nw.__version__}, commit {commit}" + (" + uncommitted changes in npc_wrapper/" if dirty else "")
 
-
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -1199,7 +1167,6 @@ def _machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} CPUs, {gpu}; Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads)")
-
 
 def main(argv: Sequence[str] | None = None) -> list[BlockResult]:
     """Run the benchmark and print its report; returns the measured blocks (empty in memory-check mode)."""
