@@ -99,13 +99,16 @@ def _tag_env() -> Any:
 
     return simple_tag_v3.parallel_env(continuous_actions=False, max_cycles=50)
 
+
 def _battle_env() -> Any:
     from magent2.environments import battle_v4
 
     return battle_v4.parallel_env(map_size=20, max_cycles=200)
 
+
 def _uniform_actions(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
     return rng.integers(0, n, size=shape)
+
 
 def _battle_red_actions(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
     """Charge right (moves 7 and 8 are +1 and +2 in x) and attack (13..20), so agents die mid-episode.
@@ -134,6 +137,7 @@ class EnvSpec:
     trainer_actions: Callable[[np.random.Generator, int, tuple[int, ...]], np.ndarray]
     supersuit_wrap: Callable[[Any], Any]
 
+
 def _done_both_flags(env: Any) -> Any:
     """Set termination *and* truncation for every agent on the step the whole env ends.
 
@@ -154,10 +158,12 @@ def _done_both_flags(env: Any) -> Any:
 
     return DoneBothFlags(env)
 
+
 def _ss_tag(env: Any) -> Any:
     import supersuit as ss
 
     return ss.pad_action_space_v0(ss.pad_observations_v0(env))
+
 
 def _ss_battle(env: Any) -> Any:
     import supersuit as ss
@@ -281,10 +287,12 @@ class NPCModel:
                              f"its parameters are {list(params)}")
         return cls(self.npc, self.observation_space, self.action_space, device=self.device, **options)
 
+
 def adapter_supports(kind: str, option: str) -> bool:
     """Whether this version's adapter for ``kind`` NPCs takes ``option`` (e.g. ``cuda_graphs``)."""
     cls = nw.SB3Policy if kind == "mlp" else nw.TorchPolicy
     return option in inspect.signature(cls).parameters
+
 
 def build_npc(kind: str, obs_space: spaces.Space, act_space: spaces.Space, device: torch.device, seed: int) -> NPCModel:
     """An untrained NPC of ``kind`` (``"mlp"``: SB3 PPO's default MlpPolicy; ``"cnn"``: :class:`SmallCNN`).
@@ -323,6 +331,7 @@ def _split(env: Any, patterns: Sequence[str]) -> tuple[list[Any], list[Any]]:
     train, npcs = nw.split_agents(env.possible_agents, training_agents=list(patterns))
     return list(train), list(npcs)
 
+
 def _rss_mb() -> float:
     """Current resident set size in MiB (``/proc``; the peak from ``getrusage`` where that is missing)."""
     try:
@@ -330,6 +339,7 @@ def _rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return _peak_rss_mb()
+
 
 def _peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (``resource.getrusage``)."""
@@ -555,7 +565,6 @@ class SuperSuitRunner(VecEnvRunner):
         self._t = 0
 
 
-
 # ----------------------------------------------------------------------------------------- measuring
 @dataclass
 class RowResult:
@@ -590,6 +599,7 @@ class BlockResult:
     #: Peak RSS of the process (``resource.getrusage``) once this block was measured, MiB.
     peak_rss_mb: float = 0.0
 
+
 def _open_runner(variant: str, spec: EnvSpec, model: NPCModel, args: argparse.Namespace,
                  options: dict[str, Any]) -> Runner:
     if variant == "floor":
@@ -602,6 +612,7 @@ def _open_runner(variant: str, spec: EnvSpec, model: NPCModel, args: argparse.Na
         return SuperSuitRunner(spec, args.num_envs, args.seed, num_cpus=args.num_workers)
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
+
 def _prewarm(spec: EnvSpec, model: NPCModel) -> None:
     """Load the libraries and lazy state every variant shares, so no row's RSS column pays for them."""
     import supersuit  # noqa: F401
@@ -613,6 +624,7 @@ def _prewarm(spec: EnvSpec, model: NPCModel) -> None:
         env.step({a: env.action_space(a).sample() for a in env.agents})
     model.make_forward(0)(np.stack([obs[a] for a in npcs]))
     env.close()
+
 
 def measure_block(spec: EnvSpec, policy: str, args: argparse.Namespace, options: dict[str, Any]) -> BlockResult:
     """Build every variant for ``spec`` x ``policy``, warm them up, and time them interleaved."""
@@ -649,8 +661,10 @@ def measure_block(spec: EnvSpec, policy: str, args: argparse.Namespace, options:
             runner.close()
     return BlockResult(spec.name, policy, rows, args.num_envs * len(npcs), _peak_rss_mb())
 
+
 def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
 
 def format_table(blocks: Sequence[BlockResult]) -> str:
     """The results as one Markdown table."""
@@ -672,6 +686,7 @@ def format_table(blocks: Sequence[BlockResult]) -> str:
                 f"{1e3 / row.rate:.2f} | {row.ratio:.2f} [{spread}] |"
             )
     return "\n".join(lines)
+
 
 def format_targets(blocks: Sequence[BlockResult]) -> str:
     """The issue's CPU ratios: npc_wrapper / floor and npc_wrapper / per_env, per block."""
@@ -697,12 +712,14 @@ def _pistonball_env() -> Any:
     env = pistonball_v6.parallel_env(continuous=False, max_cycles=125)
     return ss.resize_v1(ss.color_reduction_v0(env, mode="B"), 32, 32)
 
+
 def _busy_loop(n: int) -> float:
     start = time.perf_counter()
     x = 0
     for i in range(n):
         x += i
     return time.perf_counter() - start
+
 
 def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
     """How much faster two busy processes finish a fixed amount of work than one (2.0: two free cores).
@@ -723,6 +740,7 @@ def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
             pool.map(_busy_loop, [n, n])
             ratios.append(alone / (time.perf_counter() - start))
     return statistics.median(ratios)
+
 
 def workers_check(args: argparse.Namespace) -> str:
     """``num_workers=0`` vs ``2`` on pistonball (32x32 grey obs, half the pistons NPCs, CNN NPC)."""
@@ -811,6 +829,7 @@ def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
+
 def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> float:
     """Mean milliseconds per call of ``fn`` (device work included)."""
     for _ in range(3):
@@ -821,6 +840,7 @@ def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> float:
         fn()
     _sync(device)
     return 1e3 * (time.perf_counter() - start) / n
+
 
 def _captured_forward_ms(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int) -> float:
     """Mean milliseconds per replay of ``logits(x)`` captured in a CUDA graph (the bare-minimum forward)."""
@@ -836,6 +856,7 @@ def _captured_forward_ms(logits: Callable[[torch.Tensor], torch.Tensor], x: torc
         with torch.cuda.graph(graph):
             logits(static_x)
     return _time_calls(graph.replay, n, x.device)
+
 
 def _instrument_npc_time(venv: Any) -> list[float]:
     """Add every NPC policy's inference wall time to the returned cell: ``act``, or ``act_async`` plus its wait.
@@ -862,6 +883,7 @@ def _instrument_npc_time(venv: Any) -> list[float]:
             else:
                 member.act = timed(member.act)
     return total
+
 
 def inference_section(args: argparse.Namespace, device: torch.device | None = None) -> str:
     """NPC inference per step inside the wrapper vs a bare (and a CUDA-graph-captured) forward, and overlap.
@@ -956,6 +978,7 @@ def _add_timer(obj: Any, name: str, cell: list[float]) -> None:
             cell[0] += time.perf_counter() - t0
 
     setattr(obj, name, timed)
+
 
 def breakdown_section(args: argparse.Namespace) -> str:
     """Where one ``npc_wrapper`` vector step goes, in ms: env steps, per-env bookkeeping, NPC, engine.
@@ -1075,6 +1098,7 @@ def _csv(kind: Callable[[str], Any], choices: Sequence[str] | None = None) -> Ca
 
     return parse
 
+
 def _engine_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -1084,6 +1108,7 @@ def _engine_option(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         parsed = value  # a bare string such as a device name
     return key, parsed
+
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """``--engine-option`` pairs, refused early when ``make_vec_env`` has no such parameter."""
@@ -1097,8 +1122,10 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     return options
 
+
 def _npc_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(args.npc_option or [])
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (``--help`` lists it)."""
@@ -1143,6 +1170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--workers-num-envs must be even (2 workers split the envs evenly)")
     return args
 
+
 def _source_state() -> str:
     """The commit the npc_wrapper package was measured at, and whether its files had local changes."""
     import subprocess
@@ -1157,6 +1185,7 @@ def _source_state() -> str:
         return f"version {nw.__version__} (not a git checkout)"
     return f"version {nw.__version__}, commit {commit}" + (" + uncommitted changes in npc_wrapper/" if dirty else "")
 
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -1167,6 +1196,7 @@ def _machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} CPUs, {gpu}; Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads)")
+
 
 def main(argv: Sequence[str] | None = None) -> list[BlockResult]:
     """Run the benchmark and print its report; returns the measured blocks (empty in memory-check mode)."""
