@@ -123,6 +123,10 @@ class NPCEngine:
         self._rows = [E * len(grp.agents) for grp in layout.groups]
         self._all_rows = [np.arange(n) for n in self._rows]
         self._episode_start = [np.ones(n, dtype=bool) for n in self._rows]
+        self._gathered = [  # live NPC rows' observations, once some NPCs are dead
+            np.zeros((n, *grp.observation_space.shape), dtype=grp.observation_space.dtype)
+            for n, grp in zip(self._rows, layout.groups)
+        ]
         self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray]]] = []
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
         self._alive = np.zeros((E, layout.n_agents), dtype=bool)
@@ -230,10 +234,14 @@ class NPCEngine:
                 pending.append((g, None, pool.members[0].act_async(obs, self._all_rows[g], start)))
             else:
                 member_of_row = np.repeat(self._member[g], len(self._group_pos[g]))
+                gathered, offset = self._gathered[g], 0
                 for m, member in enumerate(pool.members):
                     rows = np.flatnonzero(alive & (member_of_row == m))
                     if len(rows):
-                        pending.append((g, rows, member.act_async(obs[rows], rows, start[rows])))
+                        # Each member's live rows go to their own part of a preallocated buffer.
+                        part = np.take(obs, rows, axis=0, out=gathered[offset:offset + len(rows)])
+                        offset += len(rows)
+                        pending.append((g, rows, member.act_async(part, rows, start[rows])))
             start[...] = False
 
     def _collect_npc_actions(self) -> None:

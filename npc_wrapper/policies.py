@@ -67,7 +67,8 @@ class NPCPolicy(abc.ABC):
     def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         """Return one action per row.
 
-        :param obs: observations of the given rows, shape ``(len(rows), *obs_shape)``
+        :param obs: observations of the given rows, shape ``(len(rows), *obs_shape)``; a view of the
+            wrapper's reused buffers, valid during the call (copy it to keep it)
         :param rows: indices of the rows acting now (live NPC agents), ascending
         :param episode_start: for each given row, whether this is the first step of its episode
         :return: actions, shape ``(len(rows), *action_shape)``, in ``action_space``
