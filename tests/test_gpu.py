@@ -106,10 +106,10 @@ def _same_rollouts(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 def test_torch_policy_cuda_matches_cpu_in_tag(cuda_graphs: bool) -> None:
     torch.manual_seed(0)
     module = _MLP(14, 5)
-    cpu = _rollout(_tag_env, nw.TorchPolicy(_copy(module), spaces.Box(-np.inf, np.inf, (14,), np.float32),
+    cpu = _rollout(_tag_env, nw.TorchPolicy(module, spaces.Box(-np.inf, np.inf, (14,), np.float32),
                                             spaces.Discrete(5), device=CPU, deterministic=True), CPU, ["adversary_*"])
     extra = {"cuda_graphs": True} if cuda_graphs else {}
-    gpu_policy = nw.TorchPolicy(_copy(module), spaces.Box(-np.inf, np.inf, (14,), np.float32), spaces.Discrete(5),
+    gpu_policy = nw.TorchPolicy(module, spaces.Box(-np.inf, np.inf, (14,), np.float32), spaces.Discrete(5),
                                 device=CUDA, deterministic=True, **extra)
     assert next(gpu_policy.module.parameters()).device.type == "cuda"
     _same_rollouts(cpu, _rollout(_tag_env, gpu_policy, CUDA, ["adversary_*"]))
@@ -120,12 +120,12 @@ def test_torch_policy_cuda_matches_cpu_in_battle(cuda_graphs: bool) -> None:
     """Many NPCs per env (batch of all blue agents of both envs) through a CNN."""
     torch.manual_seed(0)
     module = _GridCNN((13, 13, 5), 21)
-    cpu = _rollout(_battle_env, _copy(module), CPU, ["red_*"])
+    cpu = _rollout(_battle_env, module, CPU, ["red_*"])
     if cuda_graphs:
-        npc = nw.TorchPolicy(_copy(module), spaces.Box(0.0, 2.0, (13, 13, 5), np.float32), spaces.Discrete(21),
+        npc = nw.TorchPolicy(module, spaces.Box(0.0, 2.0, (13, 13, 5), np.float32), spaces.Discrete(21),
                              device=CUDA, deterministic=True, cuda_graphs=True)
     else:
-        npc = _copy(module)  # a bare module: the wrapper wraps it in TorchPolicy on the device
+        npc = module  # a bare module: the wrapper wraps it in TorchPolicy on the device
     _same_rollouts(cpu, _rollout(_battle_env, npc, CUDA, ["red_*"]))
 
 
@@ -204,13 +204,6 @@ def test_uint8_observations_reach_the_module_as_uint8_on_the_device(cuda_graphs:
             assert "b_1" not in log[2] and "b_1" in log[1]  # dead agents get no action
     finally:
         venv.close()
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    """An independent copy (the adapters move and freeze the module they are given)."""
-    import copy
-
-    return copy.deepcopy(module)
 
 
 class _SpacesEnv(gym.Env):
