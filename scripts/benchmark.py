@@ -327,6 +327,16 @@ def build_npc(kind: str, obs_space: spaces.Space, act_space: spaces.Space, devic
 
 
 # ------------------------------------------------------------------------------------------- runners
+def _npc_model(spec: EnvSpec, policy: str, args: argparse.Namespace) -> NPCModel:
+    """The NPC network of kind ``policy`` for ``spec``'s NPC agents, on ``--device``."""
+    probe = spec.make()
+    _, npcs = _split(probe, spec.training_agents)
+    model = build_npc(policy, probe.observation_space(npcs[0]), probe.action_space(npcs[0]),
+                      torch.device(args.device), args.seed)
+    probe.close()
+    return model
+
+
 def _split(env: Any, patterns: Sequence[str]) -> tuple[list[Any], list[Any]]:
     train, npcs = nw.split_agents(env.possible_agents, training_agents=list(patterns))
     return list(train), list(npcs)
@@ -789,11 +799,7 @@ def memory_check(args: argparse.Namespace, out: Callable[[str], None] = print) -
     :return: ``(steps done, RSS MiB)`` samples, one every ``--memory-every`` vector steps
     """
     spec = ENV_SPECS[args.envs[0]]
-    probe = spec.make()
-    _, npcs = _split(probe, spec.training_agents)
-    model = build_npc(args.policies[0], probe.observation_space(npcs[0]), probe.action_space(npcs[0]),
-                      torch.device(args.device), args.seed)
-    probe.close()
+    model = _npc_model(spec, args.policies[0], args)
     runner = WrapperRunner(spec, model, args.num_envs, args.seed, args.num_workers, _engine_options(args),
                            _npc_options(args))
     samples: list[tuple[int, float]] = []
@@ -1000,11 +1006,7 @@ def breakdown_section(args: argparse.Namespace) -> str:
     for env_name in args.envs:
         spec = ENV_SPECS[env_name]
         for policy in args.policies:
-            probe = spec.make()
-            _, npcs = _split(probe, spec.training_agents)
-            model = build_npc(policy, probe.observation_space(npcs[0]), probe.action_space(npcs[0]),
-                              torch.device(args.device), args.seed)
-            probe.close()
+            model = _npc_model(spec, policy, args)
             runner = WrapperRunner(spec, model, args.num_envs, args.seed, 0, options, _npc_options(args))
             try:
                 backend = runner.venv.engine.backend
@@ -1052,11 +1054,7 @@ def profile_wrapper(args: argparse.Namespace, out_dir: Path, top: int = 15) -> s
     for env_name in args.envs:
         spec = ENV_SPECS[env_name]
         for policy in args.policies:
-            probe = spec.make()
-            _, npcs = _split(probe, spec.training_agents)
-            model = build_npc(policy, probe.observation_space(npcs[0]), probe.action_space(npcs[0]),
-                              torch.device(args.device), args.seed)
-            probe.close()
+            model = _npc_model(spec, policy, args)
             runner = WrapperRunner(spec, model, args.num_envs, args.seed, args.num_workers, _engine_options(args),
                            _npc_options(args))
             try:
