@@ -301,6 +301,8 @@ class SB3Policy(NPCPolicy):
     :param model: an SB3 ``BaseAlgorithm``, ``BasePolicy``, or an object with SB3's ``predict``
     :param device: where the policy runs (``"auto"``: CUDA when available)
     :param deterministic: passed to ``predict`` / argmax instead of sampling
+    :param cuda_graphs: replay the policy network from CUDA graphs, one per batch-size bucket (CUDA
+        only; Categorical, MultiCategorical, Bernoulli and DiagGaussian action distributions)
     """
 
     def __init__(
@@ -311,6 +313,7 @@ class SB3Policy(NPCPolicy):
         device: str | torch.device = "auto",
         deterministic: bool = False,
         name: str | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(observation_space, action_space, name or type(model).__name__)
         self.device = resolve_device(device)
@@ -326,9 +329,22 @@ class SB3Policy(NPCPolicy):
             and isinstance(self.policy, ActorCriticPolicy)
             and type(self.policy).get_distribution is ActorCriticPolicy.get_distribution
         )
+        # The network's output alone (logits or Gaussian means) is a capturable forward; sampling
+        # from it happens outside the CUDA graph. gSDE and custom distributions need the whole distribution.
+        self._split = (
+            self._direct
+            and type(self.policy)._get_action_dist_from_latent is ActorCriticPolicy._get_action_dist_from_latent
+            and isinstance(self.policy.action_dist, _SPLIT_DISTRIBUTIONS)
+        )
+        if cuda_graphs and not self._split:
+            raise ValueError(
+                f"cuda_graphs=True needs an SB3 actor-critic policy with a Categorical, MultiCategorical, Bernoulli "
+                f"or DiagGaussian action distribution; {type(self.policy).__name__} "
+                f"({type(getattr(self.policy, 'action_dist', None)).__name__}) cannot be captured: pass cuda_graphs=False"
+            )
         self._generator = torch.Generator(device=self.device)
         self._state: tuple[np.ndarray, ...] | None = None
-        self.runner = DeviceRunner(self.device)
+        self.runner = DeviceRunner(self.device, cuda_graphs)
         # SB3 trains image policies channel-first (VecTransposeImage); PettingZoo envs give HWC.
         model_shape = getattr(getattr(self.policy, "observation_space", None), "shape", None)
         self._to_chw = (
@@ -364,7 +380,10 @@ class SB3Policy(NPCPolicy):
     def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
         if not self._direct:
             return super().act_async(obs, rows, episode_start)
-        wait = self.runner.run(self._sample, obs)
+        if self._split:
+            wait = self.runner.run(self.forward, obs, self._sample)
+        else:
+            wait = self.runner.run(self._sample_distribution, obs)
         space = self.policy.action_space
 
         def actions() -> np.ndarray:
@@ -375,37 +394,49 @@ class SB3Policy(NPCPolicy):
 
         return actions
 
-    def _sample(self, obs: torch.Tensor) -> torch.Tensor:
-        """Actions from the policy's distribution, sampled with the NPC's own generator."""
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action network's output (logits, or Gaussian means) for observations already on the device.
+
+        The same computation as ``ActorCriticPolicy.get_distribution`` up to the distribution, without
+        building it: torch's distribution objects (normalisation, validation) cost more than a small
+        policy's forward, and this part has no host syncs, so it can be captured in a CUDA graph.
+        """
         if self._to_chw:
             obs = obs.permute(0, 3, 1, 2)
-        det, gen, policy = self.deterministic, self._generator, self.policy
-        if isinstance(policy.action_dist, (d.CategoricalDistribution, d.MultiCategoricalDistribution)):
-            # The logits alone: building torch's Categorical (normalisation, validation) costs more
-            # than a small policy's forward. Same computation as ActorCriticPolicy.get_distribution.
-            features = BasePolicy.extract_features(policy, obs, policy.pi_features_extractor)
-            logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
-            if isinstance(policy.action_dist, d.CategoricalDistribution):
-                return _sample_logits(logits, det, gen)
-            parts = _split_logits(logits, np.asarray(policy.action_dist.action_dims))
-            return torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
-        dist = policy.get_distribution(obs)
-        if isinstance(dist, d.CategoricalDistribution):
-            return _sample_logits(dist.distribution.logits, det, gen)
-        if isinstance(dist, d.MultiCategoricalDistribution):
-            return torch.stack([_sample_logits(c.logits, det, gen) for c in dist.distribution], dim=1)
-        if isinstance(dist, d.BernoulliDistribution):
-            probs = dist.distribution.probs
-            sample = (probs > 0.5) if det else (torch.rand(probs.shape, generator=gen, device=probs.device) < probs)
-            return sample.to(torch.int8)
-        if isinstance(dist, d.DiagGaussianDistribution):  # includes the squashed variant
-            normal = dist.distribution
-            actions = normal.mean
-            if not det:
-                actions = actions + normal.stddev * torch.randn(actions.shape, generator=gen, device=actions.device)
-            return torch.tanh(actions) if isinstance(dist, d.SquashedDiagGaussianDistribution) else actions
-        return dist.get_actions(deterministic=det)  # gSDE and custom distributions use torch's global RNG
+        policy = self.policy
+        features = BasePolicy.extract_features(policy, obs, policy.pi_features_extractor)
+        return policy.action_net(policy.mlp_extractor.forward_actor(features))
 
+    def _sample(self, params: torch.Tensor) -> torch.Tensor:
+        """Actions from :meth:`forward`'s output, sampled with the NPC's own generator."""
+        det, gen, policy = self.deterministic, self._generator, self.policy
+        dist = policy.action_dist
+        if isinstance(dist, d.CategoricalDistribution):
+            return _sample_logits(params, det, gen)
+        if isinstance(dist, d.MultiCategoricalDistribution):
+            parts = _split_logits(params, np.asarray(dist.action_dims))
+            return torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
+        if isinstance(dist, d.BernoulliDistribution):
+            if det:
+                return (params > 0).to(torch.int8)  # probability > 0.5, as SB3's round(probs)
+            return (torch.rand(params.shape, generator=gen, device=params.device) < torch.sigmoid(params)).to(torch.int8)
+        # DiagGaussian, squashed or not: mean + exp(log_std) * N(0, 1), as SB3 samples it.
+        actions = params
+        if not det:
+            noise = torch.randn(params.shape, generator=gen, device=params.device)
+            actions = params + policy.log_std.exp() * noise
+        return torch.tanh(actions) if isinstance(dist, d.SquashedDiagGaussianDistribution) else actions
+
+    def _sample_distribution(self, obs: torch.Tensor) -> torch.Tensor:
+        """gSDE and custom distributions: SB3's own sampling (torch's global RNG)."""
+        if self._to_chw:
+            obs = obs.permute(0, 3, 1, 2)
+        return self.policy.get_distribution(obs).get_actions(deterministic=self.deterministic)
+
+
+_SPLIT_DISTRIBUTIONS = (
+    d.CategoricalDistribution, d.MultiCategoricalDistribution, d.BernoulliDistribution, d.DiagGaussianDistribution,
+)
 
 _SCRIPTED = {"random": RandomPolicy, "noop": ConstantPolicy}
 

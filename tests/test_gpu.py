@@ -129,7 +129,8 @@ def test_torch_policy_cuda_matches_cpu_in_battle(cuda_graphs: bool) -> None:
     _same_rollouts(cpu, _rollout(_battle_env, npc, CUDA, ["red_*"]))
 
 
-def test_sb3_policy_cuda_matches_cpu() -> None:
+@pytest.mark.parametrize("cuda_graphs", _graph_modes(nw.SB3Policy))
+def test_sb3_policy_cuda_matches_cpu(cuda_graphs: bool) -> None:
     from stable_baselines3 import PPO
 
     obs_space, act_space = spaces.Box(-np.inf, np.inf, (14,), np.float32), spaces.Discrete(5)
@@ -140,7 +141,9 @@ def test_sb3_policy_cuda_matches_cpu() -> None:
     gpu_model.policy.load_state_dict(cpu_model.policy.state_dict())
 
     cpu = _rollout(_tag_env, cpu_model, CPU, ["adversary_*"])
-    gpu = _rollout(_tag_env, gpu_model, CUDA, ["adversary_*"])
+    gpu_npc = (nw.SB3Policy(gpu_model, obs_space, act_space, device=CUDA, deterministic=True, cuda_graphs=True)
+               if cuda_graphs else gpu_model)
+    gpu = _rollout(_tag_env, gpu_npc, CUDA, ["adversary_*"])
     assert next(gpu_model.policy.parameters()).device.type == "cuda"
     _same_rollouts(cpu, gpu)
 
@@ -150,7 +153,8 @@ def test_sb3_policy_cuda_matches_cpu() -> None:
     batch = np.stack([obs["agent_0"]] * 8) + np.linspace(-1, 1, 8, dtype=np.float32)[:, None]
     acts = []
     for model, device in ((cpu_model, CPU), (gpu_model, CUDA)):
-        policy = nw.SB3Policy(model, obs_space, act_space, device=device, deterministic=True)
+        extra = {"cuda_graphs": True} if cuda_graphs and device == CUDA else {}
+        policy = nw.SB3Policy(model, obs_space, act_space, device=device, deterministic=True, **extra)
         policy.reset(8, seed=0)
         acts.append(np.asarray(policy.act(batch, np.arange(8), np.ones(8, dtype=bool))))
     np.testing.assert_array_equal(acts[0], acts[1])

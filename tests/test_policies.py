@@ -113,3 +113,61 @@ def test_sb3_policy_greedy_actions_equal_predict(action_space: spaces.Space) -> 
     obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     expected, _ = model.predict(obs, deterministic=True)
     np.testing.assert_allclose(npc.act(obs, np.arange(16), np.zeros(16, bool)), expected, rtol=1e-6)
+
+
+def _sb3_model(action_space: spaces.Space, **kwargs: object) -> tuple[object, spaces.Space]:
+    from stable_baselines3 import PPO
+
+    from tests.envs import ScriptedParallelEnv
+
+    def make() -> ScriptedParallelEnv:
+        return ScriptedParallelEnv(action_space=action_space, obs_shape=(4,), validate_actions=False)
+
+    model = PPO("MlpPolicy", nw.make_vec_env(make, num_envs=1, training_agents_pct=1.0), seed=0, device="cpu",
+                **kwargs)
+    return model, make().observation_space("a_0")
+
+
+@pytest.mark.parametrize(
+    "action_space",
+    [spaces.Discrete(4), spaces.MultiDiscrete([2, 3]), spaces.Box(-100.0, 100.0, (2,), np.float32), spaces.MultiBinary(3)],
+    ids=["discrete", "multidiscrete", "box", "multibinary"],
+)
+def test_sb3_policy_samples_follow_the_policy_distribution(action_space: spaces.Space) -> None:
+    """Sampling from the network's output (outside any CUDA graph) matches SB3's own distribution."""
+    model, obs_space = _sb3_model(action_space)
+    policy = model.policy
+    with torch.no_grad():
+        policy.action_net.weight.mul_(100.0)  # PPO's 0.01-gain init makes every distribution near-uniform
+        if isinstance(action_space, spaces.Box):
+            policy.log_std.copy_(torch.tensor([-1.0, 0.5]))  # not the initial std of 1
+    rows = 20_000
+    obs = np.tile(np.array([[0.5, -1.0, 0.25, 2.0]], np.float32), (rows, 1))
+    npc = nw.SB3Policy(model, obs_space, action_space, device="cpu")
+    npc.reset(rows, seed=1)
+    acts = npc.act(obs, np.arange(rows), np.zeros(rows, bool))
+    assert acts.shape == (rows, *action_space.shape)
+    with torch.no_grad():
+        dist = policy.get_distribution(torch.as_tensor(obs[:1])).distribution
+    if isinstance(action_space, spaces.Discrete):
+        np.testing.assert_allclose(np.bincount(acts, minlength=4) / rows, dist.probs[0].numpy(), atol=0.015)
+    elif isinstance(action_space, spaces.MultiDiscrete):
+        for k, (part, n) in enumerate(zip(dist, action_space.nvec)):
+            np.testing.assert_allclose(np.bincount(acts[:, k], minlength=n) / rows, part.probs[0].numpy(), atol=0.015)
+    elif isinstance(action_space, spaces.MultiBinary):
+        np.testing.assert_allclose(acts.mean(axis=0), dist.probs[0].numpy(), atol=0.015)
+    else:
+        np.testing.assert_allclose(acts.mean(axis=0), dist.mean[0].numpy(), atol=0.05)
+        np.testing.assert_allclose(acts.std(axis=0), dist.stddev[0].numpy(), rtol=0.05)
+    npc.reset(rows, seed=1)
+    np.testing.assert_array_equal(npc.act(obs, np.arange(rows), np.zeros(rows, bool)), acts)  # seeded
+
+
+def test_sb3_gsde_policy_samples_through_its_distribution_and_refuses_cuda_graphs() -> None:
+    space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    model, obs_space = _sb3_model(space, use_sde=True)
+    npc = nw.SB3Policy(model, obs_space, space, device="cpu")
+    acts = _act(npc, np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    assert acts.shape == (8, 2) and space.contains(acts[0].astype(np.float32))
+    with pytest.raises(ValueError, match="StateDependentNoiseDistribution.*cannot be captured: pass cuda_graphs=False"):
+        nw.SB3Policy(model, obs_space, space, device="cpu", cuda_graphs=True)
