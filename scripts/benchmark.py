@@ -895,12 +895,12 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     """NPC inference per step inside the wrapper vs a bare (and a CUDA-graph-captured) forward, and overlap.
 
     Per (env, policy, NPC adapter options): the wrapper's NPC inference time per step (instrumented,
-    launch + wait), a bare forward of the full NPC batch already on the device, the same forward
-    captured in a CUDA graph, and a trainer-sized forward (the same kind of network on the training
-    slots' observations, copied to the device and its argmax back, as a trainer does). Overlap:
-    ``step alone + trainer alone - (trainer; step)`` as a share of the NPC time, i.e. how much NPC
-    work the trainer's forward hides. Where the adapter takes ``cuda_graphs`` the wrapper is also
-    measured with ``cuda_graphs=True``.
+    launch + wait), the per_env row's NPC time (one numpy-to-actions forward per env), a bare forward
+    of the full NPC batch already on the device, the same forward captured in a CUDA graph, and a
+    trainer-sized forward (the same kind of network on the training slots' observations, copied to
+    the device and its argmax back, as a trainer does). Overlap: ``step alone + trainer alone -
+    (trainer; step)`` as a share of the NPC time, i.e. how much NPC work the trainer's forward hides.
+    Where the adapter takes ``cuda_graphs`` the wrapper is also measured with ``cuda_graphs=True``.
 
     :param device: defaults to ``--device``; CUDA-graph figures are measured on CUDA only ("n/a" elsewhere)
     """
@@ -909,9 +909,10 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     options = _engine_options(args)
     n = args.steps
     lines = [
-        ("| env | NPC policy | NPC options | NPC batch | wrapper NPC ms/step | bare fwd ms | captured fwd ms | "
-        "wrapper / captured | trainer fwd ms | step ms | trainer+step ms | NPC time hidden |"),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| env | NPC policy | NPC options | NPC batch | wrapper NPC ms/step | per-env NPC ms/step | "
+         "per-env / wrapper | bare fwd ms | captured fwd ms | wrapper / captured | trainer fwd ms | step ms | "
+         "trainer+step ms | NPC time hidden |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ms(x: float) -> str:
@@ -932,6 +933,10 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
             x = torch.from_numpy(batch).to(device)
             with torch.inference_mode():
                 bare_ms = _time_calls(lambda model=model, x=x: model.logits(x), n, device)
+            # What the per_env row pays for NPCs: one numpy -> device -> sampled actions -> numpy round
+            # trip per env, each on that env's own NPC rows.
+            forward, chunks = model.make_forward(args.seed), np.array_split(batch, args.num_envs)
+            per_env_ms = _time_calls(lambda forward=forward, chunks=chunks: [forward(c) for c in chunks], n, device)
             captured_ms = _captured_forward_ms(model.logits, x, n) if cuda else float("nan")
             option_sets = [_npc_options(args)]
             if cuda and "cuda_graphs" not in option_sets[0] and adapter_supports(policy, "cuda_graphs"):
@@ -964,7 +969,8 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
                 hidden = (step_ms + trainer_ms - both_ms) / npc_ms if npc_ms > 0 else float("nan")
                 label = ", ".join(f"{k}={v}" for k, v in npc_options.items()) or "-"
                 lines.append(
-                    f"| {env_name} | {policy} | {label} | {len(batch)} | {npc_ms:.3f} | {bare_ms:.3f} | "
+                    f"| {env_name} | {policy} | {label} | {len(batch)} | {npc_ms:.3f} | {per_env_ms:.3f} | "
+                    f"{per_env_ms / npc_ms:.1f} | {bare_ms:.3f} | "
                     f"{ms(captured_ms)} | {ms(npc_ms / captured_ms)} | {trainer_ms:.3f} | {step_ms:.3f} | "
                     f"{both_ms:.3f} | {100 * hidden:.0f}% |"
                 )

@@ -125,7 +125,7 @@ def test_inference_section_runs_on_cpu(bench: ModuleType) -> None:
     text = bench.inference_section(args, torch.device("cpu"))
     rows = [r for r in _table_rows(text) if r[0] == "tag"]
     assert [r[1] for r in rows] == ["mlp", "cnn"]
-    assert all(r[6] == "n/a" and float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+    assert all(r[9] == "n/a" and float(r[4]) > 0 and float(r[5]) > 0 and float(r[6]) > 0 for r in rows)
 
 
 def test_unknown_options_are_refused(bench: ModuleType) -> None:
