@@ -4,14 +4,16 @@ On CUDA, :class:`DeviceRunner` copies the observation batch once through a reuse
 buffer (``non_blocking``; uint8 stays uint8 and is converted on the device), runs the forward on
 its own stream, and copies the actions back into a pinned host buffer, so the engine can launch
 the NPC forward for step ``t+1`` at the end of step ``t`` and only wait for it when the trainer's
-actions arrive. With ``cuda_graphs=True`` the forward is captured once per batch-size bucket
-(powers of two; the NPC count per step varies with deaths) and replayed. On CPU everything runs
-synchronously.
+actions arrive. With ``cuda_graphs=True`` one CUDA graph per batch-size bucket (powers of two; the
+NPC count per step varies with deaths) holds the whole step: the copy in, the forward, the sampling
+(the policy's generator is registered with the graph) and the copy out, so a step costs one
+host-side copy into pinned memory and one graph launch. On CPU everything runs synchronously.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,24 +34,44 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@dataclass
+class _Graph:
+    """One captured step for a batch-size bucket: pinned input rows in, pinned actions out."""
+
+    graph: torch.cuda.CUDAGraph
+    host_in: torch.Tensor
+    host_out: torch.Tensor
+
+
 class DeviceRunner:
-    """Runs ``forward`` (observation tensor -> action tensor) on ``device`` for numpy batches.
+    """Runs ``post(forward(obs))`` (observation tensor -> action tensor) on ``device`` for numpy batches.
 
     :param device: where the forward runs
-    :param cuda_graphs: capture the forward with CUDA graphs per batch-size bucket (CUDA only;
-        the forward must then be free of host syncs and data-dependent shapes)
+    :param cuda_graphs: capture each step (copies, forward and ``post``) in a CUDA graph per
+        batch-size bucket (CUDA only; ``forward`` and ``post`` must then be free of host syncs and
+        data-dependent shapes)
+    :param generator: the CUDA generator ``post`` samples with, registered with each graph so that
+        replays draw fresh numbers (``None``: ``post`` draws none)
     """
 
-    def __init__(self, device: torch.device, cuda_graphs: bool = False) -> None:
+    def __init__(self, device: torch.device, cuda_graphs: bool = False,
+                 generator: torch.Generator | None = None) -> None:
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got device={device}")
+        if cuda_graphs and generator is not None and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            raise RuntimeError(
+                f"cuda_graphs=True with sampling needs CUDAGraph.register_generator_state, which torch "
+                f"{torch.__version__} lacks: upgrade torch, or use deterministic NPCs or cuda_graphs=False"
+            )
         self.device = device
         self.cuda_graphs = cuda_graphs
+        self._generator = generator
         self._cuda = device.type == "cuda"
         self._stream = torch.cuda.Stream(device) if self._cuda else None
+        self._done = torch.cuda.Event() if self._cuda else None
         self._host_obs: torch.Tensor | None = None
         self._host_act: torch.Tensor | None = None
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[int, _Graph] = {}
 
     @staticmethod
     def to_model_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -58,27 +80,35 @@ class DeviceRunner:
     def run(self, forward: Forward, obs: np.ndarray, post: Forward | None = None) -> Callable[[], np.ndarray]:
         """Start ``post(forward(obs))`` on the device; return a function that waits and gives the actions.
 
-        :param forward: the network (captured in CUDA-graph mode)
-        :param post: turns the network's output into actions (sampling; never captured)
+        The actions it gives are a view of a reused buffer, valid until the next ``run``.
+
+        :param forward: the network
+        :param post: turns the network's output into actions (sampling)
         """
-        post = post or (lambda out: out)
+        post = post or _identity
         if not self._cuda:
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(obs))
                 actions = post(forward(self.to_model_dtype(x.to(self.device)))).cpu().numpy()
             return lambda: actions
         n = len(obs)
-        host_obs = self._pinned("_host_obs", obs.shape, torch.from_numpy(obs[:0]).dtype)
-        host_obs[:n].numpy()[...] = obs
-        stream = self._stream
+        stream, done = self._stream, self._done
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            x = self.to_model_dtype(host_obs[:n].to(self.device, non_blocking=True))
-            actions = post(self._graph_forward(forward, x) if self.cuda_graphs else forward(x))
-            host_act = self._pinned("_host_act", tuple(actions.shape), actions.dtype)
-            host_act[:n].copy_(actions, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(stream)
+        if self.cuda_graphs:
+            entry = self._graph(forward, post, obs)
+            entry.host_in[:n].numpy()[...] = obs
+            with torch.cuda.stream(stream):
+                entry.graph.replay()
+                done.record(stream)
+            host_act = entry.host_out
+        else:
+            host_obs = self._pinned("_host_obs", obs.shape, torch.from_numpy(obs[:0]).dtype)
+            host_obs[:n].numpy()[...] = obs
+            with torch.cuda.stream(stream), torch.inference_mode():
+                actions = post(forward(self.to_model_dtype(host_obs[:n].to(self.device, non_blocking=True))))
+                host_act = self._pinned("_host_act", tuple(actions.shape), actions.dtype)
+                host_act[:n].copy_(actions, non_blocking=True)
+                done.record(stream)
 
         def wait() -> np.ndarray:
             done.synchronize()
@@ -94,19 +124,33 @@ class DeviceRunner:
             setattr(self, name, buf)
         return buf
 
-    def _graph_forward(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        size = _bucket(n)
+    def _graph(self, forward: Forward, post: Forward, obs: np.ndarray) -> _Graph:
+        """The captured step for ``obs``'s bucket, captured on first use."""
+        size = _bucket(len(obs))
         entry = self._graphs.get(size)
-        if entry is None:
-            static_in = torch.zeros((size, *x.shape[1:]), dtype=x.dtype, device=self.device)
+        if entry is not None:
+            return entry
+        stream = self._stream
+        host_in = torch.zeros((size, *obs.shape[1:]), dtype=torch.from_numpy(obs[:0]).dtype).pin_memory()
+        dev_in = torch.zeros(host_in.shape, dtype=host_in.dtype, device=self.device)
+        # Warm-up and capture draw random numbers; rewind, so the sampled actions depend on the seed
+        # and the steps taken, not on when each bucket happened to be captured.
+        rng_state = self._generator.get_state() if self._generator is not None else None
+        with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(2):  # warm-up on the side stream, as CUDA graph capture requires
-                forward(static_in)
+                warm = post(forward(self.to_model_dtype(dev_in)))
+            host_out = torch.empty(warm.shape, dtype=warm.dtype).pin_memory()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream):
-                static_out = forward(static_in)
-            entry = self._graphs[size] = (graph, static_in, static_out)
-        graph, static_in, static_out = entry
-        static_in[:n].copy_(x)
-        graph.replay()
-        return static_out[:n]
+            if self._generator is not None:
+                graph.register_generator_state(self._generator)
+            with torch.cuda.graph(graph, stream=stream):
+                dev_in.copy_(host_in, non_blocking=True)
+                host_out.copy_(post(forward(self.to_model_dtype(dev_in))), non_blocking=True)
+        if rng_state is not None:
+            self._generator.set_state(rng_state)
+        entry = self._graphs[size] = _Graph(graph, host_in, host_out)
+        return entry
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x

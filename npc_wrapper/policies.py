@@ -241,8 +241,8 @@ class TorchPolicy(NPCPolicy):
         self.device = resolve_device(device)
         self.module = frozen_copy(module, self.device)
         self.deterministic = deterministic
-        self.runner = DeviceRunner(self.device, cuda_graphs)
         self._generator = torch.Generator(device=self.device)
+        self.runner = DeviceRunner(self.device, cuda_graphs, self._generator)
 
     def reset(self, num_rows: int, seed: int | None = None) -> None:
         super().reset(num_rows, seed)
@@ -344,7 +344,7 @@ class SB3Policy(NPCPolicy):
             )
         self._generator = torch.Generator(device=self.device)
         self._state: tuple[np.ndarray, ...] | None = None
-        self.runner = DeviceRunner(self.device, cuda_graphs)
+        self.runner = DeviceRunner(self.device, cuda_graphs, self._generator)
         # SB3 trains image policies channel-first (VecTransposeImage); PettingZoo envs give HWC.
         model_shape = getattr(getattr(self.policy, "observation_space", None), "shape", None)
         self._to_chw = (

@@ -186,15 +186,15 @@ def test_uint8_observations_reach_the_module_as_uint8_on_the_device(cuda_graphs:
                                                         action_space=spaces.Discrete(4), max_steps=5,
                                                         death_steps={"b_1": 2}))
 
-    module = _Recorder()
     extra = {"cuda_graphs": True} if cuda_graphs else {}
-    npc = nw.TorchPolicy(module, obs_space, spaces.Discrete(4), device=CUDA, deterministic=True, **extra)
+    npc = nw.TorchPolicy(_Recorder(), obs_space, spaces.Discrete(4), device=CUDA, deterministic=True, **extra)
+    module = npc.module  # the adapter runs its own frozen copy of the module it was given
     venv = nw.make_vec_env(env_fn, num_envs=2, npc=npc, training_agents=["a_*"], seed=10, device=CUDA)
     try:
         venv.reset()
-        module.seen.clear()  # the construction-time dry run used sampled observations
         for _ in range(4):  # stay inside the first (seeded) episode: it truncates at step 5
             venv.step(np.zeros(venv.num_envs, dtype=np.int64))
+        # Every call, the construction-time dry run and CUDA-graph captures included (replays call no Python).
         assert module.seen, "the NPC module was never called"
         assert set(module.seen) == {(torch.uint8, "cuda")}
         # The NPCs' actions are computed from the uint8 values they saw: obs value % 4, where the
@@ -223,3 +223,31 @@ class _SpacesEnv(gym.Env):
 
     def step(self, action: Any):
         return self.observation_space.sample(), 0.0, False, False, {}
+
+
+class _Uniform(nn.Module):
+    """Equal logits over 4 actions for every row: sampled actions are uniform."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zero = nn.Parameter(torch.zeros(4))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs[:, :1].float() * 0.0 + self.zero
+
+
+@pytest.mark.parametrize("cuda_graphs", _graph_modes(nw.TorchPolicy))
+def test_sampling_on_the_device_draws_fresh_seeded_numbers_every_step(cuda_graphs: bool) -> None:
+    """A replayed graph must not replay its random numbers: its generator is registered with it."""
+    extra = {"cuda_graphs": True} if cuda_graphs else {}
+    npc = nw.TorchPolicy(_Uniform(), spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(4), device=CUDA, **extra)
+    obs = np.zeros((50, 3), np.float32)  # bucket 64: padded rows must not matter either
+
+    def draws() -> np.ndarray:
+        npc.reset(50, seed=7)
+        return np.stack([npc.act(obs, np.arange(50), np.zeros(50, bool)).copy() for _ in range(40)])
+
+    first = draws()
+    assert len({a.tobytes() for a in first}) == len(first), "some steps drew the same actions for all 50 rows"
+    np.testing.assert_allclose(np.bincount(first.ravel(), minlength=4) / first.size, 0.25, atol=0.03)
+    np.testing.assert_array_equal(draws(), first)  # reproducible from the seed
