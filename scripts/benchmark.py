@@ -865,18 +865,20 @@ def _captured_forward_ms(logits: Callable[[torch.Tensor], torch.Tensor], x: torc
 
 
 def _instrument_npc_time(venv: Any) -> list[float]:
-    """Add every NPC policy's inference wall time to the returned cell: ``act``, or ``act_async`` plus its wait.
+    """Add every NPC policy's inference wall time to the returned cells: ``[launch s, wait s]``.
 
-    With asynchronous NPC inference the launch returns early and the engine waits later; both parts
-    are counted, so with nothing in between (a bare stepping loop) the total is the NPC latency per step.
+    ``act_async`` is the launch (host-side work: copies into pinned memory, kernel or graph launches)
+    and calling what it returns is the wait (the device work not yet done by then); a synchronous
+    ``act`` counts as launch. With nothing between launch and wait (a bare stepping loop) their sum
+    is the NPC latency per step; work in between (the trainer's forward) can only shrink the wait.
     """
-    total = [0.0]
+    cells = [0.0, 0.0]
 
-    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(fn: Callable[..., Any], k: int) -> Callable[..., Any]:
         def call(*a: Any) -> Any:
             t0 = time.perf_counter()
             out = fn(*a)
-            total[0] += time.perf_counter() - t0
+            cells[k] += time.perf_counter() - t0
             return out
 
         return call
@@ -885,10 +887,10 @@ def _instrument_npc_time(venv: Any) -> list[float]:
         for member in pool.members:
             if hasattr(member, "act_async"):
                 launch = member.act_async
-                member.act_async = timed(lambda *a, _launch=launch: timed(_launch(*a)))
+                member.act_async = timed(lambda *a, _launch=launch: timed(_launch(*a), 1), 0)
             else:
-                member.act = timed(member.act)
-    return total
+                member.act = timed(member.act, 0)
+    return cells
 
 
 def inference_section(args: argparse.Namespace, device: torch.device | None = None) -> str:
@@ -898,8 +900,9 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     launch + wait), the per_env row's NPC time (one numpy-to-actions forward per env), a bare forward
     of the full NPC batch already on the device, the same forward captured in a CUDA graph, and a
     trainer-sized forward (the same kind of network on the training slots' observations, copied to
-    the device and its argmax back, as a trainer does). Overlap: ``step alone + trainer alone -
-    (trainer; step)`` as a share of the NPC time, i.e. how much NPC work the trainer's forward hides.
+    the device and its argmax back, as a trainer does). The wrapper's NPC time is split into the
+    launch (host work in ``act_async``) and the wait for the device; overlap is the share of that
+    wait that disappears when the trainer's forward runs between launch and wait, as in training.
     Where the adapter takes ``cuda_graphs`` the wrapper is also measured with ``cuda_graphs=True``.
 
     :param device: defaults to ``--device``; CUDA-graph figures are measured on CUDA only ("n/a" elsewhere)
@@ -909,10 +912,10 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     options = _engine_options(args)
     n = args.steps
     lines = [
-        ("| env | NPC policy | NPC options | NPC batch | wrapper NPC ms/step | per-env NPC ms/step | "
-         "per-env / wrapper | bare fwd ms | captured fwd ms | wrapper / captured | trainer fwd ms | step ms | "
-         "trainer+step ms | NPC time hidden |"),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| env | NPC policy | NPC options | NPC batch | wrapper NPC ms/step | launch ms | wait ms | "
+         "per-env NPC ms/step | per-env / wrapper | bare fwd ms | captured fwd ms | wrapper / captured | "
+         "trainer fwd ms | wait ms behind trainer | wait hidden |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ms(x: float) -> str:
@@ -945,11 +948,11 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
                 runner = WrapperRunner(spec, model, args.num_envs, args.seed, args.num_workers, options, npc_options)
                 try:
                     venv = runner.venv
-                    npc_total = _instrument_npc_time(venv)
+                    cells = _instrument_npc_time(venv)
                     runner.run(args.warmup)
-                    npc_total[0] = 0.0
-                    step_ms = 1e3 * runner.run(n) / n
-                    npc_ms = 1e3 * npc_total[0] / n
+                    cells[:] = [0.0, 0.0]
+                    runner.run(n)
+                    launch_ms, wait_ms = (1e3 * c / n for c in cells)
                     obs_holder = [venv.reset()]
 
                     def trainer_forward(trainer: NPCModel = trainer, obs_holder: list = obs_holder) -> np.ndarray:
@@ -960,19 +963,19 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
                     trainer_ms = _time_calls(trainer_forward, n, device)
                     for _ in range(args.warmup):
                         obs_holder[0] = venv.step(trainer_forward())[0]
-                    start = time.perf_counter()
+                    cells[:] = [0.0, 0.0]
                     for _ in range(n):
                         obs_holder[0] = venv.step(trainer_forward())[0]
-                    both_ms = 1e3 * (time.perf_counter() - start) / n
+                    behind_ms = 1e3 * cells[1] / n
                 finally:
                     runner.close()
-                hidden = (step_ms + trainer_ms - both_ms) / npc_ms if npc_ms > 0 else float("nan")
+                npc_ms = launch_ms + wait_ms
                 label = ", ".join(f"{k}={v}" for k, v in npc_options.items()) or "-"
                 lines.append(
-                    f"| {env_name} | {policy} | {label} | {len(batch)} | {npc_ms:.3f} | {per_env_ms:.3f} | "
-                    f"{per_env_ms / npc_ms:.1f} | {bare_ms:.3f} | "
-                    f"{ms(captured_ms)} | {ms(npc_ms / captured_ms)} | {trainer_ms:.3f} | {step_ms:.3f} | "
-                    f"{both_ms:.3f} | {100 * hidden:.0f}% |"
+                    f"| {env_name} | {policy} | {label} | {len(batch)} | {npc_ms:.3f} | {launch_ms:.3f} | "
+                    f"{wait_ms:.3f} | {per_env_ms:.3f} | {per_env_ms / npc_ms:.1f} | {bare_ms:.3f} | "
+                    f"{ms(captured_ms)} | {ms(npc_ms / captured_ms)} | {trainer_ms:.3f} | {behind_ms:.3f} | "
+                    f"{ms(100 * (1 - behind_ms / wait_ms) if wait_ms > 0 else float('nan'))}% |"
                 )
     return "\n".join(lines)
 

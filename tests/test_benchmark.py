@@ -125,7 +125,10 @@ def test_inference_section_runs_on_cpu(bench: ModuleType) -> None:
     text = bench.inference_section(args, torch.device("cpu"))
     rows = [r for r in _table_rows(text) if r[0] == "tag"]
     assert [r[1] for r in rows] == ["mlp", "cnn"]
-    assert all(r[9] == "n/a" and float(r[4]) > 0 and float(r[5]) > 0 and float(r[6]) > 0 for r in rows)
+    for r in rows:
+        npc_ms, launch_ms, wait_ms = float(r[4]), float(r[5]), float(r[6])
+        assert npc_ms > 0 and npc_ms == pytest.approx(launch_ms + wait_ms, abs=2e-3)
+        assert float(r[7]) > 0 and r[10] == "n/a"
 
 
 def test_unknown_options_are_refused(bench: ModuleType) -> None:
