@@ -900,9 +900,12 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     launch + wait), the per_env row's NPC time (one numpy-to-actions forward per env), a bare forward
     of the full NPC batch already on the device, the same forward captured in a CUDA graph, and a
     trainer-sized forward (the same kind of network on the training slots' observations, copied to
-    the device and its argmax back, as a trainer does). The wrapper's NPC time is split into the
-    launch (host work in ``act_async``) and the wait for the device; overlap is the share of that
-    wait that disappears when the trainer's forward runs between launch and wait, as in training.
+    the device and its argmax back, as a trainer does). *Adapter alone* is the wrapper's NPC adapter
+    called on the full batch in a tight loop (launch + wait, no env steps in between to evict the
+    host's caches), the figure comparable to the bare and captured forwards, which are timed the
+    same way. The wrapper's NPC time is split into the launch (host work in ``act_async``) and the
+    wait for the device; overlap is the share of that wait that disappears when the trainer's
+    forward runs between launch and wait, as in training.
     Where the adapter takes ``cuda_graphs`` the wrapper is also measured with ``cuda_graphs=True``.
 
     :param device: defaults to ``--device``; CUDA-graph figures are measured on CUDA only ("n/a" elsewhere)
@@ -913,9 +916,9 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     n = args.steps
     lines = [
         ("| env | NPC policy | NPC options | NPC batch | wrapper NPC ms/step | launch ms | wait ms | "
-         "per-env NPC ms/step | per-env / wrapper | bare fwd ms | captured fwd ms | wrapper / captured | "
-         "trainer fwd ms | wait ms behind trainer | wait hidden |"),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         "adapter alone ms | per-env NPC ms/step | per-env / wrapper | bare fwd ms | captured fwd ms | "
+         "wrapper / captured | adapter alone / captured | trainer fwd ms | wait ms behind trainer | wait hidden |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ms(x: float) -> str:
@@ -948,6 +951,9 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
                 runner = WrapperRunner(spec, model, args.num_envs, args.seed, args.num_workers, options, npc_options)
                 try:
                     venv = runner.venv
+                    adapter = venv.pools[0].members[0]
+                    rows, starts = np.arange(len(batch)), np.zeros(len(batch), dtype=bool)
+                    alone_ms = _time_calls(lambda a=adapter: a.act_async(batch, rows, starts)(), n, device)
                     cells = _instrument_npc_time(venv)
                     runner.run(args.warmup)
                     cells[:] = [0.0, 0.0]
@@ -973,8 +979,9 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
                 label = ", ".join(f"{k}={v}" for k, v in npc_options.items()) or "-"
                 lines.append(
                     f"| {env_name} | {policy} | {label} | {len(batch)} | {npc_ms:.3f} | {launch_ms:.3f} | "
-                    f"{wait_ms:.3f} | {per_env_ms:.3f} | {per_env_ms / npc_ms:.1f} | {bare_ms:.3f} | "
-                    f"{ms(captured_ms)} | {ms(npc_ms / captured_ms)} | {trainer_ms:.3f} | {behind_ms:.3f} | "
+                    f"{wait_ms:.3f} | {alone_ms:.3f} | {per_env_ms:.3f} | {per_env_ms / npc_ms:.1f} | {bare_ms:.3f} | "
+                    f"{ms(captured_ms)} | {ms(npc_ms / captured_ms)} | {ms(alone_ms / captured_ms)} | "
+                    f"{trainer_ms:.3f} | {behind_ms:.3f} | "
                     f"{ms(100 * (1 - behind_ms / wait_ms) if wait_ms > 0 else float('nan'))}% |"
                 )
     return "\n".join(lines)

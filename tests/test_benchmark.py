@@ -128,7 +128,7 @@ def test_inference_section_runs_on_cpu(bench: ModuleType) -> None:
     for r in rows:
         npc_ms, launch_ms, wait_ms = float(r[4]), float(r[5]), float(r[6])
         assert npc_ms > 0 and npc_ms == pytest.approx(launch_ms + wait_ms, abs=2e-3)
-        assert float(r[7]) > 0 and r[10] == "n/a"
+        assert float(r[7]) > 0 and float(r[8]) > 0 and r[11] == "n/a" and r[13] == "n/a"
 
 
 def test_unknown_options_are_refused(bench: ModuleType) -> None:
