@@ -238,8 +238,9 @@ class NPCEngine:
                 for m, member in enumerate(pool.members):
                     rows = np.flatnonzero(alive & (member_of_row == m))
                     if len(rows):
-                        # Each member's live rows go to their own part of a preallocated buffer.
-                        part = np.take(obs, rows, axis=0, out=gathered[offset:offset + len(rows)])
+                        # Each member's live rows go to their own part of a preallocated buffer. The
+                        # rows are valid indices; mode="raise" with out= would copy through a temporary.
+                        part = np.take(obs, rows, axis=0, out=gathered[offset:offset + len(rows)], mode="clip")
                         offset += len(rows)
                         pending.append((g, rows, member.act_async(part, rows, start[rows])))
             start[...] = False
