@@ -10,6 +10,8 @@ worker process; the :class:`JointBuffers` it writes to are then shared memory.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from gymnasium import spaces
 
 from npc_wrapper.agents import AgentLayout
 
-__all__ = ["JointBuffers", "JointEnv", "buffer_spaces"]
+__all__ = ["JointBuffers", "JointEnv", "buffer_spaces", "env_actions"]
 
 
 def buffer_spaces(layout: AgentLayout) -> dict[str, spaces.Box]:
@@ -101,11 +103,31 @@ class JointBuffers:
         )
 
 
-def _as_env_actions(actions: np.ndarray, space: spaces.Space) -> list[Any]:
-    """Per-agent actions in the form PettingZoo envs expect: Python ints for Discrete, arrays otherwise."""
+def _picker(indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """``values -> tuple(values[i] for i in indices)`` in C (``itemgetter`` of one index returns the bare item)."""
+    if len(indices) > 1:
+        return operator.itemgetter(*indices)
+    return lambda values: tuple(values[i] for i in indices)
+
+
+def _as_env_actions(actions: np.ndarray, space: spaces.Space) -> list[list[Any]]:
+    """Per-env lists of per-agent actions ``(E, n, ...)`` in the form PettingZoo envs expect: Python
+    ints for Discrete, arrays otherwise."""
     if isinstance(space, spaces.Discrete):
         return actions.tolist()
-    return list(np.array(actions, dtype=space.dtype))  # a copy: envs may keep the action they were given
+    return [list(env) for env in np.array(actions, dtype=space.dtype)]  # a copy: envs may keep the action they were given
+
+
+def env_actions(layout: AgentLayout, train_actions: np.ndarray, npc_actions: Sequence[np.ndarray]) -> list[list[Any]]:
+    """Each env's actions for :meth:`JointEnv.step`, converted for a batch of envs at once.
+
+    :param train_actions: ``(E, n_train, ...)``
+    :param npc_actions: each NPC group's ``(E, n_g, ...)``
+    """
+    out = _as_env_actions(train_actions, layout.action_space)
+    for group, acts in zip(layout.groups, npc_actions):
+        out = [mine + theirs for mine, theirs in zip(out, _as_env_actions(acts, group.action_space))]
+    return out
 
 
 class JointEnv:
@@ -130,17 +152,20 @@ class JointEnv:
         self.hold_after_reset = hold_after_reset
         self._held = False
         self._pos = {a: i for i, a in enumerate(layout.possible_agents)}
+        # Position of each agent in a step's action list (layout order).
+        order = [*layout.training, *(a for group in layout.groups for a in group.agents)]
+        self._act_pos = {a: i for i, a in enumerate(order)}
+        self._act_pickers: dict[tuple[Any, ...], Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
         # agent -> its row of the obs buffers (a view): one dict lookup and one copy per agent per step.
         self._obs_view: dict[Any, np.ndarray] = {a: buffers.train_obs[i] for i, a in enumerate(layout.training)}
         for g, group in enumerate(layout.groups):
             self._obs_view.update({a: buffers.npc_obs[g][i] for i, a in enumerate(group.agents)})
         self._train_pos = layout.train_index
         self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
-        self._groups = [(group.agents, group.action_space) for group in layout.groups]
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)
         self._alive_now = np.zeros(layout.n_agents, dtype=bool)
         self._pos_cache: dict[tuple[Any, ...], np.ndarray] = {}
-        self._flags_set = False  # whether buf.terminated/truncated may hold a True from the last step
+        self._flags_set = False  # whether buf.terminated/truncated/env_done may hold a True from the last step
         #: The training agents' infos from the last step (or reset), one dict per training slot.
         self.train_infos: list[dict[str, Any]] = [{} for _ in layout.training]
         #: The training agents' infos from the env's last reset.
@@ -152,10 +177,7 @@ class JointEnv:
             for agent, value in obs.items():
                 views[agent][...] = value
         except KeyError as e:
-            raise ValueError(
-                f"the env returned an observation for agent {e.args[0]!r}, which is not in its possible_agents "
-                f"{list(self.layout.possible_agents)}"
-            ) from None
+            raise self._unknown_agent(e.args[0], "observations") from None
 
     def _train_infos(self, infos: dict[Any, Any]) -> list[dict[str, Any]]:
         # Copies: the wrapper adds its keys, and an env may hand one dict object to several agents.
@@ -174,8 +196,9 @@ class JointEnv:
         self.reset_infos = self.train_infos = self._train_infos(infos)
         self._held = False
 
-    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]) -> None:
-        """Step with the training agents' actions ``(n_train, ...)`` and each NPC group's ``(n_g, ...)``.
+    def step(self, actions: Sequence[Any]) -> None:
+        """Step with every agent's action as the env takes it: the training agents', then each NPC
+        group's, in layout order (see :func:`env_actions`).
 
         Only agents in ``env.agents`` are sent actions (PettingZoo forbids actions for dead agents).
         """
@@ -189,23 +212,22 @@ class JointEnv:
             buf.env_done[...] = False
             self.train_infos = self.reset_infos
             return
-        per_agent = dict(zip(layout.training, _as_env_actions(train_actions, layout.action_space)))
-        for (agents, space), acts in zip(self._groups, npc_actions):
-            per_agent.update(zip(agents, _as_env_actions(acts, space)))
-        live = self.env.agents
-        n_live = len(live)
-        obs, rewards, terms, truncs, infos = self.env.step({a: per_agent[a] for a in live})
-        buf.reward[...] = 0.0
-        buf.reward[self._positions(rewards)] = list(rewards.values())
+        live = tuple(self.env.agents)
+        pick = self._act_pickers.get(live) or self._act_picker(live)
+        obs, rewards, terms, truncs, infos = self.env.step(dict(zip(live, pick(actions))))
+        pos = self._positions(rewards)
+        if len(pos) != layout.n_agents:  # agents without a reward in this step get 0
+            buf.reward[...] = 0.0
+        buf.reward[pos] = list(rewards.values())
         self._write_obs(obs)
         step_infos = self._train_infos(infos)
-        if not (any(terms.values()) or any(truncs.values())) and len(self.env.agents) == n_live:
+        if not (any(terms.values()) or any(truncs.values())) and len(self.env.agents) == len(live):
             # Fast path, nearly every step: nobody left, so flags and alive masks stay as they were.
             if self._flags_set:
                 buf.terminated[...] = False
                 buf.truncated[...] = False
+                buf.env_done[...] = False
                 self._flags_set = False
-            buf.env_done[...] = False
             self.train_infos = step_infos
             return
 
@@ -244,6 +266,17 @@ class JointEnv:
             if gone.any():
                 buf.npc_obs[g][gone] = 0
 
+    def _act_picker(self, live: tuple[Any, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """The picker of ``live``'s actions out of a step's action list; cached per live tuple."""
+        try:
+            indices = [self._act_pos[a] for a in live]
+        except KeyError as e:
+            raise self._unknown_agent(e.args[0], "live agents") from None
+        if len(self._act_pickers) > 256:  # live sets change with deaths; keep the cache small
+            self._act_pickers.clear()
+        pick = self._act_pickers[live] = _picker(indices)
+        return pick
+
     def _positions(self, agents: Any) -> np.ndarray:
         """Positions in ``possible_agents`` of ``agents`` (a dict's keys or a list), cached per key tuple."""
         key = tuple(agents)
@@ -251,8 +284,17 @@ class JointEnv:
         if idx is None:
             if len(self._pos_cache) > 256:  # live sets change with deaths; keep the cache small
                 self._pos_cache.clear()
-            idx = self._pos_cache[key] = np.array([self._pos[a] for a in key], dtype=np.intp)
+            try:
+                idx = self._pos_cache[key] = np.array([self._pos[a] for a in key], dtype=np.intp)
+            except KeyError as e:
+                raise self._unknown_agent(e.args[0], "agents or step results") from None
         return idx
+
+    def _unknown_agent(self, agent: Any, where: str) -> ValueError:
+        return ValueError(
+            f"the env's {where} include agent {agent!r}, which is not in its possible_agents "
+            f"{list(self.layout.possible_agents)}"
+        )
 
     def close(self) -> None:
         self.env.close()

@@ -21,7 +21,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
 from npc_wrapper.agents import AgentLayout
-from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces
+from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
 __all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv"]
 
@@ -80,8 +80,8 @@ def _env_call(env: Any, op: str, name: str, args: tuple, kwargs: dict[str, Any])
 
 def _step_all(joints: list[JointEnv], train_actions: np.ndarray, npc_actions: list[np.ndarray]):
     step_infos, reset_infos = [], []
-    for i, joint in enumerate(joints):
-        joint.step(train_actions[i], [a[i] for a in npc_actions])
+    for joint, actions in zip(joints, env_actions(joints[0].layout, train_actions, npc_actions)):
+        joint.step(actions)
         step_infos.append(joint.train_infos)
         reset_infos.append(joint.reset_infos if joint.buf.env_done[0] else None)
     return step_infos, reset_infos
