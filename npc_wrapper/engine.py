@@ -33,6 +33,11 @@ EPISODE_KEY = "npc_wrapper/episode"
 EnvFn = Callable[[], Any]
 
 
+def _copy_info(info: dict[str, Any] | None) -> dict[str, Any]:
+    """A slot's own info dict: the backends hand over the env's dicts, which an env may share between agents."""
+    return dict(info) if info else {}
+
+
 @dataclass
 class Ended:
     """How a slot's episode ended: its terminal observation and Monitor-style statistics."""
@@ -56,8 +61,8 @@ class StepResult:
     terminated: np.ndarray
     truncated: np.ndarray
     infos: list[dict[str, Any]]
-    #: Infos of the sub-env resets that happened in this step, per slot (``{}`` where none).
-    reset_infos: list[dict[str, Any]]
+    #: Infos of the sub-env resets that happened in this step, by slot (only the reset envs' slots).
+    reset_infos: dict[int, dict[str, Any]]
     #: The slots whose episode ended at this step.
     ended: dict[int, Ended]
 
@@ -197,7 +202,7 @@ class NPCEngine:
         self._held[...] = False
         all_envs = np.ones(self.num_envs, dtype=bool)
         self._start_episodes(all_envs)
-        infos = [dict(info) for env in env_infos for info in env]
+        infos = [_copy_info(info) for env in env_infos for info in env]
         self._launch_npcs()
         return buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy(), infos
 
@@ -320,7 +325,7 @@ class NPCEngine:
         terminated = done & ~truncated
         env_done = buf.env_done.reshape(-1).copy()
 
-        infos: list[dict[str, Any]] = [info for env in step_infos for info in env]
+        infos = [dict(info) if info else {} for env in step_infos for info in env]  # _copy_info, inlined
         for i in np.flatnonzero(~train_was.reshape(-1)):
             infos[i][PADDING_KEY] = True
         final_obs = buf.final_obs.reshape(self.num_slots, *self.layout.observation_space.shape)
@@ -332,14 +337,13 @@ class NPCEngine:
         self._slot_return[done] = 0
         self._slot_length[done] = 0
 
-        slot_reset_infos: list[dict[str, Any]] = [{}] * self.num_slots
+        slot_reset_infos: dict[int, dict[str, Any]] = {}
         if env_done.any():
-            slot_reset_infos = list(slot_reset_infos)
             for e in np.flatnonzero(env_done):
                 episode = self._episode_summary(e)
                 for j in range(n_train):
                     infos[e * n_train + j][EPISODE_KEY] = dict(episode)
-                    slot_reset_infos[e * n_train + j] = reset_infos[e][j]
+                    slot_reset_infos[e * n_train + j] = _copy_info(reset_infos[e][j])
             self._team_return[env_done] = 0
             self._env_length[env_done] = 0
 

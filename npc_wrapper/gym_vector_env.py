@@ -111,10 +111,12 @@ class NPCVectorEnv(VectorEnv):
                 infos = self._add_info(infos, info, k)  # reset infos arrive with the next step
             elif ended is None:
                 # A padded slot whose env reset now returns the new episode's first obs: add its reset info.
-                infos = self._add_info(infos, {**info, **result.reset_infos[k]}, k)
+                if k in result.reset_infos:
+                    info = {**info, **result.reset_infos[k]}
+                infos = self._add_info(infos, info, k)
             else:
                 infos = self._add_info(infos, {"final_obs": ended.final_obs, "final_info": info}, k)
-                new_info = result.reset_infos[k]
+                new_info = result.reset_infos.get(k, {})
                 if EPISODE_KEY in info:  # the env's summary sits on every slot of that env, as documented
                     new_info = {**new_info, EPISODE_KEY: info[EPISODE_KEY]}
                 infos = self._add_info(infos, new_info, k)

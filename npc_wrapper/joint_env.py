@@ -166,10 +166,11 @@ class JointEnv:
         self._alive_now = np.zeros(layout.n_agents, dtype=bool)
         self._pos_cache: dict[tuple[Any, ...], np.ndarray] = {}
         self._flags_set = False  # whether buf.terminated/truncated/env_done may hold a True from the last step
-        #: The training agents' infos from the last step (or reset), one dict per training slot.
-        self.train_infos: list[dict[str, Any]] = [{} for _ in layout.training]
-        #: The training agents' infos from the env's last reset.
-        self.reset_infos: list[dict[str, Any]] = [{} for _ in layout.training]
+        #: The training agents' infos from the last step (or reset), per training slot: the env's own
+        #: dicts, not copies (callers copy before adding keys), ``None`` where the env gave none.
+        self.train_infos: list[dict[str, Any] | None] = [None] * layout.n_train
+        #: The training agents' infos from the env's last reset (the env's own dicts, as above).
+        self.reset_infos: list[dict[str, Any] | None] = [None] * layout.n_train
 
     def _write_obs(self, obs: dict[Any, Any]) -> None:
         views = self._obs_view
@@ -178,11 +179,6 @@ class JointEnv:
                 views[agent][...] = value
         except KeyError as e:
             raise self._unknown_agent(e.args[0], "observations") from None
-
-    def _train_infos(self, infos: dict[Any, Any]) -> list[dict[str, Any]]:
-        # Copies: the wrapper adds its keys, and an env may hand one dict object to several agents.
-        get = infos.get
-        return [dict(info) if (info := get(a)) else {} for a in self.layout.training]
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         obs, infos = self.env.reset(seed=seed, options=options)
@@ -193,7 +189,7 @@ class JointEnv:
         self._write_obs(obs)
         buf.alive[...] = False
         buf.alive[self._positions(self.env.agents)] = True
-        self.reset_infos = self.train_infos = self._train_infos(infos)
+        self.reset_infos = self.train_infos = list(map(infos.get, self.layout.training))
         self._held = False
 
     def step(self, actions: Sequence[Any]) -> None:
@@ -220,7 +216,7 @@ class JointEnv:
             buf.reward[...] = 0.0
         buf.reward[pos] = list(rewards.values())
         self._write_obs(obs)
-        step_infos = self._train_infos(infos)
+        step_infos = list(map(infos.get, layout.training))
         if not (any(terms.values()) or any(truncs.values())) and len(self.env.agents) == len(live):
             # Fast path, nearly every step: nobody left, so flags and alive masks stay as they were.
             if self._flags_set:
@@ -251,6 +247,8 @@ class JointEnv:
         buf.env_done[...] = done
         if done:
             buf.final_obs[...] = buf.train_obs
+            # Copies now: the reset may refill info dicts the env hands out again.
+            step_infos = [dict(info) if info else None for info in step_infos]
             self.reset()
             self.train_infos = step_infos
             self._held = self.hold_after_reset

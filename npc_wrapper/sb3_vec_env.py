@@ -89,7 +89,7 @@ class NPCVecEnv(VecEnv):
         for k, ended in result.ended.items():
             infos[k]["terminal_observation"] = ended.final_obs
             infos[k]["episode"] = {"r": ended.ret, "l": ended.length, "t": ended.time}
-        for k, info in enumerate(result.reset_infos):
+        for k, info in result.reset_infos.items():
             if info:
                 self.reset_infos[k] = info
         return result.obs, result.reward, result.terminated | result.truncated, infos

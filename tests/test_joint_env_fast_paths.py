@@ -1,5 +1,6 @@
-"""JointEnv's per-step paths: actions picked per live tuple, rewards zeroed only where an agent got
-none, flags cleared after a done, agents outside possible_agents reported clearly."""
+"""JointEnv's per-step paths and what the engine makes of them: actions picked per live tuple,
+rewards zeroed only where an agent got none, flags cleared after a done, the env's info dicts
+handed over uncopied (the engine copies them per slot)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from gymnasium import spaces
 from pettingzoo.utils import BaseParallelWrapper
 
+import npc_wrapper as nw
 from npc_wrapper.agents import build_layout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, env_actions
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv, default_reward, is_integer_action
@@ -69,6 +71,27 @@ class SomeRewards(BaseParallelWrapper):
         return obs, rew, term, trunc, infos
 
 
+class SharedInfo(BaseParallelWrapper):
+    """Hands one info dict object to every agent, and none to ``a_1``."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.shared: dict[str, Any] = {}
+
+    def _infos(self, agents: list[Any]) -> dict[Any, dict[str, Any]]:
+        self.shared.clear()
+        self.shared["t"] = self.env.num_steps
+        return {a: self.shared for a in agents if a != "a_1"}
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        obs, _ = self.env.reset(seed=seed, options=options)
+        return obs, self._infos(self.env.agents)
+
+    def step(self, actions: dict[Any, Any]) -> Any:
+        obs, rew, term, trunc, infos = self.env.step(actions)
+        return obs, rew, term, trunc, self._infos(list(infos))
+
+
 def joint(env: Any, training: list[str]) -> JointEnv:
     layout = build_layout(env, "noop", training_agents=training)
     return JointEnv(env, layout, JointBuffers.allocate(layout))
@@ -81,7 +104,7 @@ def step_joint(j: JointEnv, train: np.ndarray, npc: list[np.ndarray]) -> None:
 # ---------------------------------------------------------------------------------- reference check
 def check_against_env_output(j: JointEnv, capture: Capture) -> None:
     """The buffers after a step (no env reset) hold exactly what the env returned, in layout places."""
-    obs, rewards, terms, truncs, _ = capture.last
+    obs, rewards, terms, truncs, infos = capture.last
     buf, layout = j.buf, j.layout
     pos = {a: i for i, a in enumerate(layout.possible_agents)}
     expected_reward = np.zeros(layout.n_agents, dtype=np.float32)
@@ -105,6 +128,7 @@ def check_against_env_output(j: JointEnv, capture: Capture) -> None:
     for a, flag in truncs.items():
         assert buf.truncated[pos[a]] == flag
     assert not buf.env_done[0]
+    assert [i is infos.get(a) for i, a in zip(j.train_infos, layout.training)] == [True] * layout.n_train
 
 
 def test_battle_buffers_hold_the_envs_output_through_deaths() -> None:
@@ -204,3 +228,55 @@ def test_done_flags_and_env_done_are_cleared_the_step_after() -> None:
     # Each episode: quiet, b_0 dies, time limit and reset; every flag is cleared the step after.
     assert history == [(False, False, False), (True, False, False), (False, True, True)] * 2
     j.close()
+
+
+# -------------------------------------------------------------------------------------------- infos
+def test_infos_are_the_envs_own_dicts_in_joint_env() -> None:
+    env = SharedInfo(ScriptedParallelEnv(agents=INTERLEAVED))
+    j = joint(env, ["a_*"])
+    j.reset(seed=0)
+    assert j.train_infos == [env.shared, None] and j.train_infos[0] is env.shared
+    step_joint(j, np.zeros(2, dtype=np.int64), [np.zeros(2, dtype=np.int64)])
+    assert j.train_infos[0] is env.shared and j.train_infos[1] is None
+    j.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_sb3_infos_are_one_fresh_dict_per_slot(num_workers: int) -> None:
+    made: list[SharedInfo] = []
+
+    def make() -> SharedInfo:
+        made.append(SharedInfo(ScriptedParallelEnv(agents=["a_0", "a_1", "a_2", "b_0"], max_steps=3)))
+        return made[-1]
+
+    venv = nw.make_vec_env(make, num_envs=2, npc="noop", training_agents=["a_*"], seed=0, num_workers=num_workers)
+    venv.reset()
+    assert [dict(i) for i in venv.reset_infos] == [{"t": 0}, {}, {"t": 0}] * 2
+    assert len({id(i) for i in venv.reset_infos}) == 6
+    for t in range(1, 5):
+        _, _, done, infos = venv.step(np.zeros(6, dtype=np.int64))
+        assert len({id(i) for i in infos}) == 6
+        for k, info in enumerate(infos):
+            assert info.get("t") == (None if k % 3 == 1 else t if t < 4 else 1)
+            assert info["TimeLimit.truncated"] == (t == 3)
+    if num_workers == 0:
+        assert all(set(env.shared) == {"t"} for env in made)  # the wrapper's keys never reach the env's dict
+    venv.close()
+
+
+def test_gym_final_info_is_a_copy_of_the_envs_dict() -> None:
+    made: list[SharedInfo] = []
+
+    def make() -> SharedInfo:
+        made.append(SharedInfo(ScriptedParallelEnv(agents=["a_0", "a_1", "b_0"], max_steps=2)))
+        return made[-1]
+
+    venv = nw.make_vector_env(make, num_envs=1, npc="noop", training_agents=["a_*"])
+    venv.reset(seed=0)
+    venv.step(np.zeros(2, dtype=np.int64))
+    _, _, _, trunc, infos = venv.step(np.zeros(2, dtype=np.int64))
+    assert trunc.all()
+    env = made[-1]
+    assert infos["final_info"]["t"][0] == 2 and env.shared == {"t": 0}  # the env's dict moved on to the reset
+    assert infos["t"][0] == 0 and set(env.shared) == {"t"}
+    venv.close()
