@@ -38,6 +38,13 @@ def _copy_info(info: dict[str, Any] | None) -> dict[str, Any]:
     return dict(info) if info else {}
 
 
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """``index`` as a slice when it is one ascending run: slicing makes views, fancy indexing copies."""
+    if len(index) and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 @dataclass
 class Ended:
     """How a slot's episode ended: its terminal observation and Monitor-style statistics."""
@@ -116,9 +123,11 @@ class NPCEngine:
         layout = self.layout
         self.n_train = layout.n_train
         self.num_slots = self.num_envs * self.n_train
-        self._train_pos = layout.train_index
-        self._npc_pos = layout.npc_index
-        self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
+        self._train_pos = _as_slice(layout.train_index)
+        self._npc_pos = _as_slice(layout.npc_index)
+        self._group_pos = [_as_slice(layout.group_index(g)) for g in range(len(layout.groups))]
+        self._group_sizes = [len(grp.agents) for grp in layout.groups]
+        self._slot_obs_shape = (self.num_slots, *layout.observation_space.shape)
         E = self.num_envs
         act = layout.action_space
         self._act_shape = act.shape
@@ -204,7 +213,7 @@ class NPCEngine:
         self._start_episodes(all_envs)
         infos = [_copy_info(info) for env in env_infos for info in env]
         self._launch_npcs()
-        return buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy(), infos
+        return buf.train_obs.reshape(self._slot_obs_shape).copy(), infos
 
     def _seed_npcs(self, seed: int | None) -> None:
         self._rng = np.random.default_rng(seed)
@@ -238,10 +247,10 @@ class NPCEngine:
             if len(pool) == 1 and alive.all():
                 pending.append((g, None, pool.members[0].act_async(obs, self._all_rows[g], start)))
             else:
-                member_of_row = np.repeat(self._member[g], len(self._group_pos[g]))
+                member_of_row = np.repeat(self._member[g], self._group_sizes[g]) if len(pool) > 1 else None
                 gathered, offset = self._gathered[g], 0
                 for m, member in enumerate(pool.members):
-                    rows = np.flatnonzero(alive & (member_of_row == m))
+                    rows = np.flatnonzero(alive if member_of_row is None else alive & (member_of_row == m))
                     if len(rows):
                         # Each member's live rows go to their own part of a preallocated buffer. The
                         # rows are valid indices; mode="raise" with out= would copy through a temporary.
@@ -306,7 +315,7 @@ class NPCEngine:
         self._collect_npc_actions()
         step_infos, reset_infos = self.backend.step(a.reshape(E, n_train, *self._act_shape), self._npc_actions)
         buf = self.backend.buffers
-        was_alive = self._alive
+        was_alive = self._alive  # and train_was, a view of it where the slots are one run: read before its update
         train_was = was_alive[:, self._train_pos]  # (E, n_train)
 
         reward = buf.reward
@@ -328,14 +337,16 @@ class NPCEngine:
         infos = [dict(info) if info else {} for env in step_infos for info in env]  # _copy_info, inlined
         for i in np.flatnonzero(~train_was.reshape(-1)):
             infos[i][PADDING_KEY] = True
-        final_obs = buf.final_obs.reshape(self.num_slots, *self.layout.observation_space.shape)
-        elapsed = round(time.time() - self._t_start, 6) if done.any() else 0.0
-        ended: dict[int, Ended] = {
-            int(i): Ended(final_obs[i].copy(), float(self._slot_return[i]), int(self._slot_length[i]), elapsed)
-            for i in np.flatnonzero(done)
-        }
-        self._slot_return[done] = 0
-        self._slot_length[done] = 0
+        ended: dict[int, Ended] = {}
+        if done.any():
+            final_obs = buf.final_obs.reshape(self._slot_obs_shape)
+            elapsed = round(time.time() - self._t_start, 6)
+            ended = {
+                int(i): Ended(final_obs[i].copy(), float(self._slot_return[i]), int(self._slot_length[i]), elapsed)
+                for i in np.flatnonzero(done)
+            }
+            self._slot_return[done] = 0
+            self._slot_length[done] = 0
 
         slot_reset_infos: dict[int, dict[str, Any]] = {}
         if env_done.any():
@@ -348,7 +359,7 @@ class NPCEngine:
             self._env_length[env_done] = 0
 
         self._alive[...] = buf.alive
-        obs = buf.train_obs.reshape(self.num_slots, *self.layout.observation_space.shape).copy()
+        obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
         if self.next_step_autoreset:
             # The ended envs' slots show their terminal observations now and their reset at the
             # next step, which is padding for them (the env is not stepped) and starts the episode.
@@ -360,7 +371,7 @@ class NPCEngine:
         else:
             self._start_episodes(env_done)
         self._launch_npcs()
-        return StepResult(obs, slot_reward.astype(np.float32), terminated, truncated, infos, slot_reset_infos, ended)
+        return StepResult(obs, slot_reward, terminated, truncated, infos, slot_reset_infos, ended)
 
     def _episode_summary(self, e: int) -> dict[str, Any]:
         train_ret, npc_ret = (float(x) for x in self._team_return[e])

@@ -1,6 +1,6 @@
 """JointEnv's per-step paths and what the engine makes of them: actions picked per live tuple,
 rewards zeroed only where an agent got none, flags cleared after a done, the env's info dicts
-handed over uncopied (the engine copies them per slot)."""
+handed over uncopied (the engine copies them per slot), contiguous agent runs read as slices."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pettingzoo.utils import BaseParallelWrapper
 
 import npc_wrapper as nw
 from npc_wrapper.agents import build_layout
+from npc_wrapper.engine import _as_slice
 from npc_wrapper.joint_env import JointBuffers, JointEnv, env_actions
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv, default_reward, is_integer_action
 from tests.test_real_envs import greedy_blue
@@ -279,4 +280,41 @@ def test_gym_final_info_is_a_copy_of_the_envs_dict() -> None:
     env = made[-1]
     assert infos["final_info"]["t"][0] == 2 and env.shared == {"t": 0}  # the env's dict moved on to the reset
     assert infos["t"][0] == 0 and set(env.shared) == {"t"}
+    venv.close()
+
+
+# -------------------------------------------------------------------------------------------- engine
+def test_as_slice_only_for_one_ascending_run() -> None:
+    assert _as_slice(np.array([2, 3, 4])) == slice(2, 5)
+    assert _as_slice(np.array([5])) == slice(5, 6)
+    for index in ([0, 2], [1, 0], []):
+        result = _as_slice(np.array(index, dtype=np.intp))
+        assert isinstance(result, np.ndarray) and result.tolist() == index
+
+
+@pytest.mark.parametrize("agents", [["a_0", "a_1", "b_0", "b_1"], INTERLEAVED, ["b_0", "b_1", "a_0", "a_1"]])
+def test_slot_rewards_dones_and_team_returns_for_any_agent_placement(agents: list[str]) -> None:
+    index = {a: i for i, a in enumerate(agents)}
+    venv = nw.make_vec_env(lambda: ScriptedParallelEnv(agents=agents, max_steps=4, death_steps={"a_1": 2}),
+                           num_envs=2, npc="noop", training_agents=["a_*"], seed=0)
+    venv.reset()
+    npc_action = 0
+    for t in range(1, 5):
+        actions = np.array([1, 2, 3, 0])
+        _, rew, done, infos = venv.step(actions)
+        for e in range(2):
+            for j, a in enumerate(("a_0", "a_1")):
+                k = 2 * e + j
+                alive = a == "a_0" or t <= 2
+                expected = default_reward(a, index[a], t, actions[k]) if alive else 0.0
+                assert rew[k] == pytest.approx(expected, rel=1e-6)
+                assert done[k] == (t == 4 and alive or a == "a_1" and t == 2)
+                assert infos[k].get(nw.PADDING_KEY, False) == (not alive)
+        if t == 4:
+            summary = infos[0][nw.EPISODE_KEY]
+            train = sum(default_reward("a_0", index["a_0"], s, 1) for s in range(1, 5)) + sum(
+                default_reward("a_1", index["a_1"], s, 2) for s in range(1, 3))
+            npc = sum(default_reward(b, index[b], s, npc_action) for b in ("b_0", "b_1") for s in range(1, 5))
+            assert summary["train_return"] == pytest.approx(train, rel=1e-6)
+            assert summary["npc_return"] == pytest.approx(npc, rel=1e-6)
     venv.close()
