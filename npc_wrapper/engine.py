@@ -34,7 +34,7 @@ EnvFn = Callable[[], Any]
 
 
 def _copy_info(info: dict[str, Any] | None) -> dict[str, Any]:
-    """A slot's own info dict: the backends hand over the env's dicts, which an env may share between agents."""
+    """A slot's own info dict: backends hand over the env's dicts, which an env may share between agents."""
     return dict(info) if info else {}
 
 
@@ -254,7 +254,8 @@ class NPCEngine:
                     if len(rows):
                         # Each member's live rows go to their own part of a preallocated buffer. The
                         # rows are valid indices; mode="raise" with out= would copy through a temporary.
-                        part = np.take(obs, rows, axis=0, out=gathered[offset:offset + len(rows)], mode="clip")
+                        part = gathered[offset:offset + len(rows)]
+                        np.take(obs, rows, axis=0, out=part, mode="clip")
                         offset += len(rows)
                         pending.append((g, rows, member.act_async(part, rows, start[rows])))
             start[...] = False
@@ -315,7 +316,7 @@ class NPCEngine:
         self._collect_npc_actions()
         step_infos, reset_infos = self.backend.step(a.reshape(E, n_train, *self._act_shape), self._npc_actions)
         buf = self.backend.buffers
-        was_alive = self._alive  # and train_was, a view of it where the slots are one run: read before its update
+        was_alive = self._alive  # train_was may be a view of it (slots in one run): read before its update
         train_was = was_alive[:, self._train_pos]  # (E, n_train)
 
         reward = buf.reward
@@ -341,8 +342,9 @@ class NPCEngine:
         if done.any():
             final_obs = buf.final_obs.reshape(self._slot_obs_shape)
             elapsed = round(time.time() - self._t_start, 6)
+            ret, length = self._slot_return, self._slot_length
             ended = {
-                int(i): Ended(final_obs[i].copy(), float(self._slot_return[i]), int(self._slot_length[i]), elapsed)
+                int(i): Ended(final_obs[i].copy(), float(ret[i]), int(length[i]), elapsed)
                 for i in np.flatnonzero(done)
             }
             self._slot_return[done] = 0

@@ -104,7 +104,8 @@ class JointBuffers:
 
 
 def _picker(indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """``values -> tuple(values[i] for i in indices)`` in C (``itemgetter`` of one index returns the bare item)."""
+    """``values -> tuple(values[i] for i in indices)``, in C where it can (``itemgetter`` of one index
+    returns the bare item)."""
     if len(indices) > 1:
         return operator.itemgetter(*indices)
     return lambda values: tuple(values[i] for i in indices)
@@ -115,10 +116,13 @@ def _as_env_actions(actions: np.ndarray, space: spaces.Space) -> list[list[Any]]
     ints for Discrete, arrays otherwise."""
     if isinstance(space, spaces.Discrete):
         return actions.tolist()
-    return [list(env) for env in np.array(actions, dtype=space.dtype)]  # a copy: envs may keep the action they were given
+    # A copy: envs may keep the action they were given.
+    return [list(env) for env in np.array(actions, dtype=space.dtype)]
 
 
-def env_actions(layout: AgentLayout, train_actions: np.ndarray, npc_actions: Sequence[np.ndarray]) -> list[list[Any]]:
+def env_actions(
+    layout: AgentLayout, train_actions: np.ndarray, npc_actions: Sequence[np.ndarray]
+) -> list[list[Any]]:
     """Each env's actions for :meth:`JointEnv.step`, converted for a batch of envs at once.
 
     :param train_actions: ``(E, n_train, ...)``
@@ -165,7 +169,7 @@ class JointEnv:
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)
         self._alive_now = np.zeros(layout.n_agents, dtype=bool)
         self._pos_cache: dict[tuple[Any, ...], np.ndarray] = {}
-        self._flags_set = False  # whether buf.terminated/truncated/env_done may hold a True from the last step
+        self._flags_set = False  # whether terminated/truncated/env_done may hold a True from the last step
         #: The training agents' infos from the last step (or reset), per training slot: the env's own
         #: dicts, not copies (callers copy before adding keys), ``None`` where the env gave none.
         self.train_infos: list[dict[str, Any] | None] = [None] * layout.n_train

@@ -18,7 +18,7 @@ from npc_wrapper.joint_env import JointBuffers, JointEnv, env_actions
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv, default_reward, is_integer_action
 from tests.test_real_envs import greedy_blue
 
-INTERLEAVED = ["a_0", "b_0", "a_1", "b_1"]  # training agents a_*: the layout order is not possible_agents order
+INTERLEAVED = ["a_0", "b_0", "a_1", "b_1"]  # training agents a_*: layout order is not possible_agents order
 
 
 class Capture(BaseParallelWrapper):
@@ -164,7 +164,8 @@ def test_actions_reach_their_agents_in_any_listing_order_and_after_deaths() -> N
         step_joint(j, train, npc)
         sent = env.action_log[-1]
         # Sent in env.agents order, which loses a_1 at step 2, b_0 and b_1 at step 3 (a one-agent tuple).
-        assert list(sent) == (["b_1", "a_1", "b_0", "a_0"] if t <= 2 else ["b_1", "b_0", "a_0"] if t == 3 else ["a_0"])
+        listed = ["b_1", "a_1", "b_0", "a_0"] if t <= 2 else ["b_1", "b_0", "a_0"] if t == 3 else ["a_0"]
+        assert list(sent) == listed
         expected = {"a_0": train[0], "a_1": train[1], "b_0": npc[0][0], "b_1": npc[0][1]}
         assert sent == {a: expected[a] for a in sent}
         assert all(type(v) is int for v in sent.values())
@@ -197,7 +198,8 @@ def test_an_agent_outside_possible_agents_is_a_clear_error(where: str, seen_in: 
     j = joint(env, ["a_*"])
     j.reset(seed=0)
     env.where = where
-    with pytest.raises(ValueError, match=rf"env's {seen_in} include agent 'ghost', which is not in its possible_agents"):
+    message = rf"env's {seen_in} include agent 'ghost', which is not in its possible_agents"
+    with pytest.raises(ValueError, match=message):
         step_joint(j, np.zeros(2, dtype=np.int64), [np.zeros(2, dtype=np.int64)])
     env.where = "agents"
     with pytest.raises(ValueError, match=r"env's agents or step results include agent 'ghost'"):
@@ -250,12 +252,13 @@ def test_sb3_infos_are_one_fresh_dict_per_slot(num_workers: int) -> None:
         made.append(SharedInfo(ScriptedParallelEnv(agents=["a_0", "a_1", "a_2", "b_0"], max_steps=3)))
         return made[-1]
 
-    venv = nw.make_vec_env(make, num_envs=2, npc="noop", training_agents=["a_*"], seed=0, num_workers=num_workers)
+    venv = nw.make_vec_env(make, num_envs=2, npc="noop", training_agents=["a_*"], seed=0,
+                           num_workers=num_workers)
     venv.reset()
     assert [dict(i) for i in venv.reset_infos] == [{"t": 0}, {}, {"t": 0}] * 2
     assert len({id(i) for i in venv.reset_infos}) == 6
     for t in range(1, 5):
-        _, _, done, infos = venv.step(np.zeros(6, dtype=np.int64))
+        _, _, _, infos = venv.step(np.zeros(6, dtype=np.int64))
         assert len({id(i) for i in infos}) == 6
         for k, info in enumerate(infos):
             assert info.get("t") == (None if k % 3 == 1 else t if t < 4 else 1)
