@@ -68,6 +68,11 @@ class DeviceRunner:
         self._generator = generator
         self._cuda = device.type == "cuda"
         self._stream = torch.cuda.Stream(device) if self._cuda else None
+        if self._cuda:
+            # The policy's weights were just copied to the device on the current stream; the side stream
+            # must not read them earlier. Nothing later on the current stream feeds the NPC steps (their
+            # input comes from pinned host memory), so steps need no per-step stream wait.
+            torch.cuda.current_stream(device).synchronize()
         self._done = torch.cuda.Event() if self._cuda else None
         self._host_obs: torch.Tensor | None = None
         self._host_act: torch.Tensor | None = None
@@ -93,7 +98,6 @@ class DeviceRunner:
             return lambda: actions
         n = len(obs)
         stream, done = self._stream, self._done
-        stream.wait_stream(torch.cuda.current_stream(self.device))
         if self.cuda_graphs:
             entry = self._graph(forward, post, obs)
             entry.host_in[:n].numpy()[...] = obs
