@@ -58,10 +58,11 @@ class DeviceRunner:
                  generator: torch.Generator | None = None) -> None:
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got device={device}")
-        if cuda_graphs and generator is not None and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        graph_safe_rng = hasattr(torch.cuda.CUDAGraph, "register_generator_state")
+        if cuda_graphs and generator is not None and not graph_safe_rng:
             raise RuntimeError(
                 f"cuda_graphs=True with sampling needs CUDAGraph.register_generator_state, which torch "
-                f"{torch.__version__} lacks: upgrade torch, or use deterministic NPCs or cuda_graphs=False"
+                f"{torch.__version__} lacks: upgrade torch or pass cuda_graphs=False"
             )
         self.device = device
         self.cuda_graphs = cuda_graphs

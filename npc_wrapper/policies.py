@@ -333,14 +333,16 @@ class SB3Policy(NPCPolicy):
         # from it happens outside the CUDA graph. gSDE and custom distributions need the whole distribution.
         self._split = (
             self._direct
-            and type(self.policy)._get_action_dist_from_latent is ActorCriticPolicy._get_action_dist_from_latent
+            and type(self.policy)._get_action_dist_from_latent
+            is ActorCriticPolicy._get_action_dist_from_latent
             and isinstance(self.policy.action_dist, _SPLIT_DISTRIBUTIONS)
         )
         if cuda_graphs and not self._split:
             raise ValueError(
-                f"cuda_graphs=True needs an SB3 actor-critic policy with a Categorical, MultiCategorical, Bernoulli "
-                f"or DiagGaussian action distribution; {type(self.policy).__name__} "
-                f"({type(getattr(self.policy, 'action_dist', None)).__name__}) cannot be captured: pass cuda_graphs=False"
+                f"cuda_graphs=True needs an SB3 actor-critic policy with a Categorical, MultiCategorical, "
+                f"Bernoulli or DiagGaussian action distribution; {type(self.policy).__name__} "
+                f"({type(getattr(self.policy, 'action_dist', None)).__name__}) cannot be captured: "
+                f"pass cuda_graphs=False"
             )
         self._generator = torch.Generator(device=self.device)
         self._state: tuple[np.ndarray, ...] | None = None
@@ -419,7 +421,8 @@ class SB3Policy(NPCPolicy):
         if isinstance(dist, d.BernoulliDistribution):
             if det:
                 return (params > 0).to(torch.int8)  # probability > 0.5, as SB3's round(probs)
-            return (torch.rand(params.shape, generator=gen, device=params.device) < torch.sigmoid(params)).to(torch.int8)
+            u = torch.rand(params.shape, generator=gen, device=params.device)
+            return (u < torch.sigmoid(params)).to(torch.int8)
         # DiagGaussian, squashed or not: mean + exp(log_std) * N(0, 1), as SB3 samples it.
         actions = params
         if not det:
@@ -435,7 +438,10 @@ class SB3Policy(NPCPolicy):
 
 
 _SPLIT_DISTRIBUTIONS = (
-    d.CategoricalDistribution, d.MultiCategoricalDistribution, d.BernoulliDistribution, d.DiagGaussianDistribution,
+    d.CategoricalDistribution,
+    d.MultiCategoricalDistribution,
+    d.BernoulliDistribution,
+    d.DiagGaussianDistribution,
 )
 
 _SCRIPTED = {"random": RandomPolicy, "noop": ConstantPolicy}

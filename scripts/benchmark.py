@@ -917,7 +917,8 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
     lines = [
         ("| env | NPC policy | NPC options | NPC batch | wrapper NPC ms/step | launch ms | wait ms | "
          "adapter alone ms | per-env NPC ms/step | per-env / wrapper | bare fwd ms | captured fwd ms | "
-         "wrapper / captured | adapter alone / captured | trainer fwd ms | wait ms behind trainer | wait hidden |"),
+         "wrapper / captured | adapter alone / captured | trainer fwd ms | wait ms behind trainer | "
+         "wait hidden |"),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -942,7 +943,8 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
             # What the per_env row pays for NPCs: one numpy -> device -> sampled actions -> numpy round
             # trip per env, each on that env's own NPC rows.
             forward, chunks = model.make_forward(args.seed), np.array_split(batch, args.num_envs)
-            per_env_ms = _time_calls(lambda forward=forward, chunks=chunks: [forward(c) for c in chunks], n, device)
+            per_env_ms = _time_calls(lambda forward=forward, chunks=chunks: [forward(c) for c in chunks], n,
+                                     device)
             captured_ms = _captured_forward_ms(model.logits, x, n) if cuda else float("nan")
             option_sets = [_npc_options(args)]
             if cuda and "cuda_graphs" not in option_sets[0] and adapter_supports(policy, "cuda_graphs"):
@@ -979,7 +981,8 @@ def inference_section(args: argparse.Namespace, device: torch.device | None = No
                 label = ", ".join(f"{k}={v}" for k, v in npc_options.items()) or "-"
                 lines.append(
                     f"| {env_name} | {policy} | {label} | {len(batch)} | {npc_ms:.3f} | {launch_ms:.3f} | "
-                    f"{wait_ms:.3f} | {alone_ms:.3f} | {per_env_ms:.3f} | {per_env_ms / npc_ms:.1f} | {bare_ms:.3f} | "
+                    f"{wait_ms:.3f} | {alone_ms:.3f} | {per_env_ms:.3f} | {per_env_ms / npc_ms:.1f} | "
+                    f"{bare_ms:.3f} | "
                     f"{ms(captured_ms)} | {ms(npc_ms / captured_ms)} | {ms(alone_ms / captured_ms)} | "
                     f"{trainer_ms:.3f} | {behind_ms:.3f} | "
                     f"{ms(100 * (1 - behind_ms / wait_ms) if wait_ms > 0 else float('nan'))}% |"

@@ -141,8 +141,10 @@ def test_sb3_policy_cuda_matches_cpu(cuda_graphs: bool) -> None:
     gpu_model.policy.load_state_dict(cpu_model.policy.state_dict())
 
     cpu = _rollout(_tag_env, cpu_model, CPU, ["adversary_*"])
-    gpu_npc = (nw.SB3Policy(gpu_model, obs_space, act_space, device=CUDA, deterministic=True, cuda_graphs=True)
-               if cuda_graphs else gpu_model)
+    gpu_npc = gpu_model
+    if cuda_graphs:
+        gpu_npc = nw.SB3Policy(gpu_model, obs_space, act_space, device=CUDA, deterministic=True,
+                               cuda_graphs=True)
     gpu = _rollout(_tag_env, gpu_npc, CUDA, ["adversary_*"])
     assert next(gpu_model.policy.parameters()).device.type == "cuda"
     _same_rollouts(cpu, gpu)
@@ -240,7 +242,8 @@ class _Uniform(nn.Module):
 def test_sampling_on_the_device_draws_fresh_seeded_numbers_every_step(cuda_graphs: bool) -> None:
     """A replayed graph must not replay its random numbers: its generator is registered with it."""
     extra = {"cuda_graphs": True} if cuda_graphs else {}
-    npc = nw.TorchPolicy(_Uniform(), spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(4), device=CUDA, **extra)
+    npc = nw.TorchPolicy(_Uniform(), spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(4), device=CUDA,
+                         **extra)
     obs = np.zeros((50, 3), np.float32)  # bucket 64: padded rows must not matter either
 
     def draws() -> np.ndarray:
