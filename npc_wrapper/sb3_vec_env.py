@@ -90,8 +90,7 @@ class NPCVecEnv(VecEnv):
             infos[k]["terminal_observation"] = ended.final_obs
             infos[k]["episode"] = {"r": ended.ret, "l": ended.length, "t": ended.time}
         for k, info in result.reset_infos.items():
-            if info:
-                self.reset_infos[k] = info
+            self.reset_infos[k] = info
         return result.obs, result.reward, result.terminated | result.truncated, infos
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:

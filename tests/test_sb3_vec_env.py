@@ -102,6 +102,32 @@ def test_set_options_reach_env_reset() -> None:
     venv.close()
 
 
+class _InfosOnFirstResetOnly(BaseParallelWrapper):
+    """Reset infos at the first reset, none at later ones."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.resets = 0
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        self.resets += 1
+        return obs, infos if self.resets == 1 else {}
+
+
+def test_auto_reset_with_empty_infos_replaces_the_old_reset_infos() -> None:
+    """As DummyVecEnv does: ``reset_infos[i]`` is always the latest reset's, even when that one is empty."""
+    venv = nw.make_vec_env(lambda: _InfosOnFirstResetOnly(ScriptedParallelEnv(max_steps=2)), num_envs=2,
+                           training_agents=["a_0"], npc="noop", seed=0)
+    venv.reset()
+    assert all(info["agent"] == "a_0" for info in venv.reset_infos)
+    venv.step(np.zeros(2, dtype=np.int64))
+    _, _, done, _ = venv.step(np.zeros(2, dtype=np.int64))
+    assert done.all()
+    assert venv.reset_infos == [{}, {}]
+    venv.close()
+
+
 def test_reset_infos_after_reset_and_after_auto_reset() -> None:
     venv = make(EnvFactory(max_steps=2, death_steps={"a_1": 1}), seed=5)
     venv.reset()
