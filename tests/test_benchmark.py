@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -155,3 +156,14 @@ def test_bare_forward_matches_wrapper_adapter_deterministically(bench: ModuleTyp
         adapter = nw.as_npc_policy(model.npc, obs_space, act_space, device="cpu", deterministic=True)
         adapter.reset(32, seed=0)
         np.testing.assert_array_equal(adapter.act(obs, np.arange(32), np.zeros(32, bool)), greedy)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_to_run_without_cuda(tmp_path: Path) -> None:
+    """The GPU check must fail where CUDA is missing, not pass with every GPU test skipped."""
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPT.parent / "gpu_check.sh"), str(out)], capture_output=True,
+                            text=True, check=False, cwd=SCRIPT.parent.parent)
+    assert result.returncode == 1
+    assert "CUDA is not available" in result.stderr
+    assert not (out / "gpu_tests.log").exists()
