@@ -107,12 +107,17 @@ class DeviceRunner:
                 done.record(stream)
             host_act = entry.host_out
         else:
-            host_obs = self._pinned("_host_obs", obs.shape, torch.from_numpy(obs[:0]).dtype)
+            # The whole bucket runs, as in graph mode (rows past n hold stale rows, their actions are
+            # dropped): as deaths change n, cuDNN and cuBLAS then find their plans for a few batch
+            # shapes cached instead of choosing anew for every n.
+            size = _bucket(n)
+            host_obs = self._pinned("_host_obs", (size, *obs.shape[1:]), torch.from_numpy(obs[:0]).dtype)
             host_obs[:n].numpy()[...] = obs
             with torch.cuda.stream(stream), torch.inference_mode():
-                actions = post(forward(self.to_model_dtype(host_obs[:n].to(self.device, non_blocking=True))))
+                x = host_obs[:size].to(self.device, non_blocking=True)
+                actions = post(forward(self.to_model_dtype(x)))
                 host_act = self._pinned("_host_act", tuple(actions.shape), actions.dtype)
-                host_act[:n].copy_(actions, non_blocking=True)
+                host_act[:size].copy_(actions, non_blocking=True)
                 done.record(stream)
 
         def wait() -> np.ndarray:
@@ -125,7 +130,7 @@ class DeviceRunner:
         """A reused pinned host buffer with at least ``shape[0]`` rows (grown, never per step)."""
         buf = getattr(self, name)
         if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:] or buf.dtype != dtype:
-            buf = torch.empty((_bucket(max(shape[0], 1)), *shape[1:]), dtype=dtype).pin_memory()
+            buf = torch.zeros((_bucket(max(shape[0], 1)), *shape[1:]), dtype=dtype).pin_memory()
             setattr(self, name, buf)
         return buf
 
