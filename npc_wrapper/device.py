@@ -4,10 +4,11 @@ On CUDA, :class:`DeviceRunner` copies the observation batch once through a reuse
 buffer (``non_blocking``; uint8 stays uint8 and is converted on the device), runs the forward on
 its own stream, and copies the actions back into a pinned host buffer, so the engine can launch
 the NPC forward for step ``t+1`` at the end of step ``t`` and only wait for it when the trainer's
-actions arrive. With ``cuda_graphs=True`` one CUDA graph per batch-size bucket (powers of two; the
-NPC count per step varies with deaths) holds the whole step: the copy in, the forward, the sampling
-(the policy's generator is registered with the graph) and the copy out, so a step costs one
-host-side copy into pinned memory and one graph launch. On CPU everything runs synchronously.
+actions arrive. Batches run padded to a power-of-two bucket (the NPC count per step varies with
+deaths), so the device sees a few batch shapes. With ``cuda_graphs=True`` one CUDA graph per bucket
+holds the whole step: the copy in, the forward, the sampling (the policy's generator is registered
+with the graph) and the copy out, so a step costs one host-side copy into pinned memory and one
+graph launch. On CPU everything runs synchronously, unpadded.
 """
 
 from __future__ import annotations
