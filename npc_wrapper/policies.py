@@ -224,7 +224,9 @@ class TorchPolicy(NPCPolicy):
     :param module: the network
     :param device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
     :param deterministic: argmax instead of sampling
-    :param cuda_graphs: replay the forward from CUDA graphs, one per batch-size bucket (CUDA only)
+    :param cuda_graphs: replay each NPC step (copies, forward and sampling) from CUDA graphs, one
+        per batch-size bucket (CUDA only; the module must be free of host syncs and data-dependent
+        shapes)
     """
 
     def __init__(
@@ -301,8 +303,9 @@ class SB3Policy(NPCPolicy):
     :param model: an SB3 ``BaseAlgorithm``, ``BasePolicy``, or an object with SB3's ``predict``
     :param device: where the policy runs (``"auto"``: CUDA when available)
     :param deterministic: passed to ``predict`` / argmax instead of sampling
-    :param cuda_graphs: replay the policy network from CUDA graphs, one per batch-size bucket (CUDA
-        only; Categorical, MultiCategorical, Bernoulli and DiagGaussian action distributions)
+    :param cuda_graphs: replay each NPC step (copies, network and sampling) from CUDA graphs, one
+        per batch-size bucket (CUDA only; Categorical, MultiCategorical, Bernoulli and DiagGaussian
+        action distributions)
     """
 
     def __init__(
@@ -329,8 +332,9 @@ class SB3Policy(NPCPolicy):
             and isinstance(self.policy, ActorCriticPolicy)
             and type(self.policy).get_distribution is ActorCriticPolicy.get_distribution
         )
-        # The network's output alone (logits or Gaussian means) is a capturable forward; sampling
-        # from it happens outside the CUDA graph. gSDE and custom distributions need the whole distribution.
+        # forward() gives the network's output alone (logits or Gaussian means) and _sample() draws
+        # from it with our generator, both capturable in one CUDA graph. gSDE and custom
+        # distributions need SB3's own distribution objects.
         self._split = (
             self._direct
             and type(self.policy)._get_action_dist_from_latent
