@@ -93,28 +93,6 @@ def test_auto_device_resolves_to_cuda_only_when_available() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize(
-    "action_space",
-    [spaces.Discrete(4), spaces.MultiDiscrete([2, 3]), spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.MultiBinary(3)],
-    ids=["discrete", "multidiscrete", "box", "multibinary"],
-)
-def test_sb3_policy_greedy_actions_equal_predict(action_space: spaces.Space) -> None:
-    from stable_baselines3 import PPO
-
-    from tests.envs import ScriptedParallelEnv
-
-    def make() -> ScriptedParallelEnv:
-        return ScriptedParallelEnv(action_space=action_space, obs_shape=(4,), validate_actions=False)
-
-    model = PPO("MlpPolicy", nw.make_vec_env(make, num_envs=1, training_agents_pct=1.0), seed=0, device="cpu")
-    obs_space = make().observation_space("a_0")
-    npc = nw.SB3Policy(model, obs_space, action_space, device="cpu", deterministic=True)
-    npc.reset(16, seed=0)
-    obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
-    expected, _ = model.predict(obs, deterministic=True)
-    np.testing.assert_allclose(npc.act(obs, np.arange(16), np.zeros(16, bool)), expected, rtol=1e-6)
-
-
 def _sb3_model(action_space: spaces.Space, **kwargs: object) -> tuple[object, spaces.Space]:
     from stable_baselines3 import PPO
 
@@ -126,6 +104,20 @@ def _sb3_model(action_space: spaces.Space, **kwargs: object) -> tuple[object, sp
     model = PPO("MlpPolicy", nw.make_vec_env(make, num_envs=1, training_agents_pct=1.0), seed=0, device="cpu",
                 **kwargs)
     return model, make().observation_space("a_0")
+
+
+@pytest.mark.parametrize(
+    "action_space",
+    [spaces.Discrete(4), spaces.MultiDiscrete([2, 3]), spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.MultiBinary(3)],
+    ids=["discrete", "multidiscrete", "box", "multibinary"],
+)
+def test_sb3_policy_greedy_actions_equal_predict(action_space: spaces.Space) -> None:
+    model, obs_space = _sb3_model(action_space)
+    npc = nw.SB3Policy(model, obs_space, action_space, device="cpu", deterministic=True)
+    npc.reset(16, seed=0)
+    obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    expected, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(npc.act(obs, np.arange(16), np.zeros(16, bool)), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
