@@ -466,7 +466,7 @@ class WrapperRunner(VecEnvRunner):
         self._t = 0
 
 
-class PerEnvRunner(Runner):
+class PerEnvRunner(VecEnvRunner):
     """A per-env NPC wrapper: an SB3-VecEnv-like loop that runs one NPC forward per env per step.
 
     Per env and step it builds the action dict from the trainer's actions and that env's NPC
@@ -495,6 +495,7 @@ class PerEnvRunner(Runner):
             rng, int(probe.action_space(self.train[0]).n), (ACTION_TABLE, num_envs * n_train)
         )
         self._t = 0
+        self.venv = self  # the per-env loop is the vector env that VecEnvRunner.run steps
 
     def _write(self, e: int, obs: dict[Any, Any]) -> None:
         """Training agents' observations into the slot buffer; the env's NPC forward for next step."""
@@ -533,14 +534,6 @@ class PerEnvRunner(Runner):
             infos.extend(slot_infos)
         return (self.obs.reshape(-1, *self.obs.shape[2:]).copy(), self.rewards.reshape(-1).copy(),
                 self.dones.reshape(-1).copy(), infos)
-
-    def run(self, n: int) -> float:
-        actions = self.actions
-        start = time.perf_counter()
-        for i in range(self._t, self._t + n):
-            self.step(actions[i % ACTION_TABLE])
-        self._t += n
-        return time.perf_counter() - start
 
     def close(self) -> None:
         for env in self.envs:
