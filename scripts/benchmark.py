@@ -14,6 +14,11 @@ Rows:
   over all NPC rows of all envs, timed separately and added (called once per vector step between
   the env loops, where a wrapper calls it). It does not even gather observations out of the
   PettingZoo dicts: nothing a wrapper must do is cheaper.
+* ``dict_floor``: the floor plus the least the PettingZoo dict API forces on a wrapper that hands a
+  trainer arrays: every observation copied out of its dict into a preallocated row, rewards into an
+  array, done flags read, and per vector step a fresh array of the training agents' observations
+  and one info dict per slot. The forward reads the copied NPC rows. ``npc_wrapper`` against it is
+  the share of the wrapper's own work.
 * ``npc_wrapper``: ``nw.make_vec_env(...)`` with that NPC, stepped with precomputed trainer actions.
 * ``per_env``: a minimal SB3-VecEnv-like loop written here that calls the same bare forward once
   per env per step on that env's live NPC observations (the design ``npc_wrapper`` replaces; with
@@ -70,6 +75,7 @@ import npc_wrapper as nw
 __all__ = [
     "ENV_SPECS",
     "BlockResult",
+    "DictFloorRunner",
     "EnvSpec",
     "FloorRunner",
     "NPCModel",
@@ -88,7 +94,7 @@ __all__ = [
     "workers_check",
 ]
 
-VARIANTS = ("floor", "npc_wrapper", "per_env", "supersuit")
+VARIANTS = ("floor", "dict_floor", "npc_wrapper", "per_env", "supersuit")
 #: Distinct action tables cycled through (steps beyond it reuse them; enough to vary the dynamics).
 ACTION_TABLE = 64
 
@@ -399,8 +405,13 @@ class FloorRunner(Runner):
         self.forward = model.make_forward(seed)
         self._t = 0
 
+    #: Subclass hooks: what is done with each env's step results, and after each vector step.
+    _read_env: Callable[[int, tuple[Any, ...]], None] | None = None
+    _read_vector: Callable[[], Any] | None = None
+
     def run(self, n: int) -> float:
         envs, tables, forward, batch = self.envs, self.tables, self.forward, self.npc_batch
+        read_env, read_vector = self._read_env, self._read_vector
         clock = time.perf_counter
         env_s = fwd_s = 0.0
         for i in range(self._t, self._t + n):
@@ -408,9 +419,13 @@ class FloorRunner(Runner):
             table = tables[i % ACTION_TABLE]
             for e, env in enumerate(envs):
                 acts = table[e]
-                env.step({a: acts[a] for a in env.agents})
+                out = env.step({a: acts[a] for a in env.agents})
+                if read_env is not None:
+                    read_env(e, out)
                 if not env.agents:
                     env.reset()
+            if read_vector is not None:
+                read_vector()
             t1 = clock()
             # Timed on its own but called where a wrapper calls it, between env steps: a tight loop of
             # forwards alone ran up to 4x faster on warm caches and would flatter the floor.
@@ -424,6 +439,56 @@ class FloorRunner(Runner):
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class DictFloorRunner(FloorRunner):
+    """The floor plus what the PettingZoo dict API forces on any wrapper that hands a trainer arrays.
+
+    After each env step, every agent's observation is copied out of the dict into its row of a
+    preallocated buffer (``view[...] = value``, the cheapest copy measured), the rewards go into an
+    array and the done flags are read; after each vector step the trainer's observations are handed
+    out as a fresh array, with one info dict per training slot, as an SB3 ``VecEnv`` must. The NPC
+    forward runs on the copied NPC rows. Nothing else: no alive masks, no live-row gather, no
+    episode bookkeeping, no resets of the copied rows. ``npc_wrapper`` against this row is the cost
+    of the wrapper's own work beyond the dict API.
+    """
+
+    def __init__(self, spec: EnvSpec, model: NPCModel, num_envs: int, seed: int) -> None:
+        super().__init__(spec, model, num_envs, seed)
+        probe = self.envs[0]
+        train, npcs = _split(probe, spec.training_agents)
+        t_space, n_space = probe.observation_space(train[0]), probe.observation_space(npcs[0])
+        self.train_obs = np.zeros((num_envs, len(train), *t_space.shape), dtype=t_space.dtype)
+        self.npc_obs = np.zeros((num_envs, len(npcs), *n_space.shape), dtype=n_space.dtype)
+        self.npc_obs[...] = self.npc_batch.reshape(self.npc_obs.shape)
+        self.npc_batch = self.npc_obs.reshape(self.npc_batch.shape)  # the forward reads the copied rows
+        self.rewards = np.zeros((num_envs, len(probe.possible_agents)), dtype=np.float32)
+        self.views = [
+            {**{a: self.train_obs[e, i] for i, a in enumerate(train)},
+             **{a: self.npc_obs[e, i] for i, a in enumerate(npcs)}}
+            for e in range(num_envs)
+        ]
+        self.index = {a: i for i, a in enumerate(probe.possible_agents)}
+        self._positions: dict[tuple[Any, ...], np.ndarray] = {}
+        self.n_slots = num_envs * len(train)
+        self.any_done = False
+        self._read_env = self._read_step
+        self._read_vector = self._hand_out
+
+    def _read_step(self, e: int, out: tuple[Any, ...]) -> None:
+        obs, rewards, terms, truncs, _ = out
+        views = self.views[e]
+        for agent, value in obs.items():
+            views[agent][...] = value
+        key = tuple(rewards)
+        pos = self._positions.get(key)
+        if pos is None:
+            pos = self._positions[key] = np.array([self.index[a] for a in key], dtype=np.intp)
+        self.rewards[e][pos] = list(rewards.values())
+        self.any_done = any(terms.values()) or any(truncs.values())
+
+    def _hand_out(self) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        return self.train_obs.reshape(self.n_slots, *self.train_obs.shape[2:]).copy(), [{} for _ in range(self.n_slots)]
 
 
 class VecEnvRunner(Runner):
@@ -607,6 +672,8 @@ def _open_runner(variant: str, spec: EnvSpec, model: NPCModel, args: argparse.Na
                  options: dict[str, Any]) -> Runner:
     if variant == "floor":
         return FloorRunner(spec, model, args.num_envs, args.seed)
+    if variant == "dict_floor":
+        return DictFloorRunner(spec, model, args.num_envs, args.seed)
     if variant == "npc_wrapper":
         return WrapperRunner(spec, model, args.num_envs, args.seed, args.num_workers, options, _npc_options(args))
     if variant == "per_env":
@@ -682,6 +749,8 @@ def format_table(blocks: Sequence[BlockResult]) -> str:
             name = row.variant
             if row.variant == "floor":
                 name = f"floor (fwd {statistics.median(row.forward_ms):.2f} ms, batch {block.npc_batch})"
+            elif row.variant == "dict_floor":
+                name = "dict_floor (floor + dict API reads)"
             elif row.variant == "supersuit":
                 name = "supersuit (no NPC fwd)"
             lines.append(
@@ -699,6 +768,9 @@ def format_targets(blocks: Sequence[BlockResult]) -> str:
         if "npc_wrapper" not in rows:
             continue
         parts = [f"npc_wrapper/floor = {rows['npc_wrapper'].ratio:.2f}"]
+        if "dict_floor" in rows:
+            own = [w / d for w, d in zip(rows["npc_wrapper"].rates, rows["dict_floor"].rates)]
+            parts.append(f"npc_wrapper/dict_floor = {statistics.median(own):.2f}")
         if "per_env" in rows:
             per = [w / p for w, p in zip(rows["npc_wrapper"].rates, rows["per_env"].rates)]
             parts.append(f"npc_wrapper/per_env = {statistics.median(per):.2f}")

@@ -79,7 +79,8 @@ def test_table_has_every_row(bench: ModuleType, capsys: pytest.CaptureFixture[st
         assert all(len(row.rates) == 1 and row.rates[0] > 0 for row in block.rows.values())
     for env in ("tag", "battle"):
         for policy in ("mlp", "cnn"):
-            assert re.search(rf"- {env} / {policy}: npc_wrapper/floor = \d+\.\d\d, npc_wrapper/per_env = \d+\.\d\d", out)
+            assert re.search(rf"- {env} / {policy}: npc_wrapper/floor = \d+\.\d\d, "
+                             rf"npc_wrapper/dict_floor = \d+\.\d\d, npc_wrapper/per_env = \d+\.\d\d", out)
     assert re.search(r"peak RSS of this process: \d+ MiB", out)
     assert "machine:" in out and "npc_wrapper: version" in out
 
@@ -98,6 +99,38 @@ def test_subset_of_variants_and_profile(bench: ModuleType, capsys: pytest.Captur
     assert [r[2].split(" (")[0] for r in body] == ["floor", "npc_wrapper"]
     assert (tmp_path / "battle_cnn.prof").stat().st_size > 0
     assert "top self time in npc_wrapper/" in out and "joint_env.py" in out
+
+
+def test_dict_floor_reads_every_step_out_of_the_dicts(bench: ModuleType) -> None:
+    """The dict floor copies each step's observations and rewards, and its forward reads the copied NPC rows."""
+    spec = bench.ENV_SPECS["battle"]
+    model = bench.build_npc("mlp", bench.spaces.Box(0, 2, (13, 13, 5), np.float32), bench.spaces.Discrete(21),
+                            torch.device("cpu"), 0)
+    runner = bench.DictFloorRunner(spec, model, 2, 0)
+    last: dict[int, tuple] = {}
+    for e, env in enumerate(runner.envs):
+        def step(actions, e=e, inner=env.step):
+            last[e] = inner(actions)
+            return last[e]
+        env.step = step
+    seen: list[np.ndarray] = []
+    forward = runner.forward
+    runner.forward = lambda batch: (seen.append(batch.copy()), forward(batch))[1]
+    try:
+        runner.run(5)
+        train, npcs = bench._split(runner.envs[0], spec.training_agents)
+        for e, (obs, rewards, *_rest) in last.items():
+            np.testing.assert_array_equal(runner.train_obs[e], np.stack([obs[a] for a in train]))
+            np.testing.assert_array_equal(runner.npc_obs[e], np.stack([obs[a] for a in npcs]))
+            index = runner.index
+            np.testing.assert_array_equal(runner.rewards[e][[index[a] for a in rewards]],
+                                          np.float32(list(rewards.values())))
+        np.testing.assert_array_equal(seen[-1], runner.npc_obs.reshape(seen[-1].shape))
+        obs, infos = runner._hand_out()
+        assert obs.shape == (2 * len(train), 13, 13, 5) and not np.shares_memory(obs, runner.train_obs)
+        assert infos == [{}] * (2 * len(train))
+    finally:
+        runner.close()
 
 
 def test_memory_check_samples_rss(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
