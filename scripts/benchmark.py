@@ -832,7 +832,7 @@ def workers_check(args: argparse.Namespace) -> str:
     try:
         for runner in runners.values():
             runner.run(args.warmup)
-        for r in range(args.repeats):
+        for r in range(args.workers_repeats):
             for w in ((0, 2) if r % 2 == 0 else (2, 0)):
                 rates[w].append(args.workers_steps / runners[w].run(args.workers_steps))
     finally:
@@ -843,7 +843,7 @@ def workers_check(args: argparse.Namespace) -> str:
     lines = [
         (f"pistonball_v6 (continuous=False, color_reduction B, resize 32x32), {num_envs} envs, "
         f"{len(npcs)} CNN NPCs + {len(train)} training pistons per env, {args.workers_steps} steps x "
-        f"{args.repeats} repeats"),
+        f"{args.workers_repeats} repeats"),
         "",
         "| num_workers | vec steps/s | agent steps/s |",
         "|---:|---:|---:|",
@@ -1105,17 +1105,17 @@ def breakdown_section(args: argparse.Namespace) -> str:
                 npc_s = _instrument_npc_time(runner.venv)
                 runner.run(args.warmup)
                 env_s[0] = backend_s[0] = npc_s[0] = 0.0
-                total = runner.run(args.steps)
+                total = runner.run(args.breakdown_steps)
             finally:
                 runner.close()
             floor = FloorRunner(spec, model, args.num_envs, args.seed)
             try:
                 floor.run(args.warmup)
-                floor.run(args.steps)
+                floor.run(args.breakdown_steps)
                 bare = floor.last_forward_s
             finally:
                 floor.close()
-            n = args.steps
+            n = args.breakdown_steps
             own = total - env_s[0] - npc_s[0]
             cells = [total, env_s[0], backend_s[0] - env_s[0], npc_s[0], bare, total - backend_s[0] - npc_s[0]]
             lines.append(f"| {env_name} | {policy} | " + " | ".join(f"{1e3 * c / n:.3f}" for c in cells)
@@ -1217,8 +1217,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-envs", type=int, default=16, help="PettingZoo envs per vector env")
     p.add_argument("--num-workers", type=int, default=0,
                    help="npc_wrapper's worker processes (SuperSuit's num_cpus); floor and per_env stay in-process")
-    p.add_argument("--steps", type=int, default=100, help="vector steps per variant per repeat")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds; medians are reported")
+    # Many short rounds: two runs of 20 x 50 agreed within 0.02 on this shared machine, where 100 x 7
+    # gave battle/mlp npc_wrapper/floor anywhere from 0.76 to 0.87.
+    p.add_argument("--steps", type=int, default=20, help="vector steps per variant per repeat")
+    p.add_argument("--repeats", type=int, default=50, help="interleaved rounds; medians are reported")
     p.add_argument("--warmup", type=int, default=20, help="untimed vector steps per variant before timing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=1,
@@ -1235,6 +1237,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers-check", action="store_true", help="also time num_workers=0 vs 2 on pistonball")
     p.add_argument("--workers-num-envs", type=int, default=4, help="envs in the workers check (even)")
     p.add_argument("--workers-steps", type=int, default=30, help="vector steps per repeat in the workers check")
+    p.add_argument("--workers-repeats", type=int, default=7, help="interleaved rounds in the workers check")
+    p.add_argument("--breakdown-steps", type=int, default=100, help="vector steps timed in the step breakdown")
     p.add_argument("--memory-check", action="store_true",
                    help="only run the wrapper for --memory-steps and sample RSS (first --envs / --policies)")
     p.add_argument("--memory-steps", type=int, default=200_000, help="vector steps in the memory check")
@@ -1244,8 +1248,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
-    if min(args.num_envs, args.steps, args.repeats, args.torch_threads) < 1 or args.warmup < 0:
-        p.error("--num-envs, --steps, --repeats and --torch-threads must be >= 1, --warmup >= 0")
+    counts = ("num_envs", "steps", "repeats", "torch_threads", "workers_steps", "workers_repeats", "breakdown_steps")
+    if min(getattr(args, c) for c in counts) < 1 or args.warmup < 0:
+        p.error(", ".join("--" + c.replace("_", "-") for c in counts) + " must be >= 1, --warmup >= 0")
     if args.num_workers and args.num_envs % args.num_workers:
         p.error(f"--num-envs {args.num_envs} must be a multiple of --num-workers {args.num_workers}")
     if args.workers_num_envs % 2:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
-TINY = ["--steps", "20", "--repeats", "1", "--warmup", "2", "--num-envs", "2"]
+TINY = ["--steps", "20", "--repeats", "1", "--warmup", "2", "--num-envs", "2", "--breakdown-steps", "20"]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_memory_check_samples_rss(bench: ModuleType, capsys: pytest.CaptureFixtu
 
 
 def test_workers_check_section(bench: ModuleType) -> None:
-    args = bench.parse_args(["--workers-num-envs", "2", "--workers-steps", "3", "--warmup", "1", "--repeats", "1"])
+    args = bench.parse_args(["--workers-num-envs", "2", "--workers-steps", "3", "--warmup", "1", "--workers-repeats", "1"])
     text = bench.workers_check(args)
     rows = [r for r in _table_rows(text) if r[0].isdigit()]
     assert [r[0] for r in rows] == ["0", "2"]
@@ -174,6 +174,9 @@ def test_unknown_options_are_refused(bench: ModuleType) -> None:
         model.wrapper_npc({"no_such_option": True})
     with pytest.raises(SystemExit):  # argparse refuses an env it does not know
         bench.parse_args(["--envs", "tag,nope"])
+    for flag in ("--steps", "--repeats", "--workers-repeats", "--breakdown-steps"):
+        with pytest.raises(SystemExit):
+            bench.parse_args([flag, "0"])
 
 
 def test_bare_forward_matches_wrapper_adapter_deterministically(bench: ModuleType) -> None:
