@@ -44,6 +44,7 @@ import ast
 import cProfile
 import datetime
 import gc
+import hashlib
 import inspect
 import math
 import os
@@ -91,6 +92,7 @@ __all__ = [
     "memory_check",
     "parse_args",
     "profile_wrapper",
+    "source_digest",
     "workers_check",
 ]
 
@@ -1243,6 +1245,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="only run the wrapper for --memory-steps and sample RSS (first --envs / --policies)")
     p.add_argument("--memory-steps", type=int, default=200_000, help="vector steps in the memory check")
     p.add_argument("--memory-every", type=int, default=10_000, help="RSS sample interval in vector steps")
+    p.add_argument("--source-digest", action="store_true",
+                   help="print the digest of npc_wrapper's modules and this script (as the report's header does) and exit")
     p.add_argument("--profile", type=Path, metavar="DIR", default=None,
                    help="after the table, cProfile the npc_wrapper rows and write DIR/<env>_<policy>.prof")
     args = p.parse_args(argv)
@@ -1258,19 +1262,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def source_digest(package: Path | None = None, script: Path | None = None) -> str:
+    """A digest of the measured code: every ``.py`` file of the package and this script, names and bytes.
+
+    It names the code even where the checkout's git metadata is stale or missing (a copied tree on a
+    lent GPU machine); ``--source-digest`` prints it for any checkout, to match a log to a commit.
+    """
+    package = package or Path(nw.__file__).resolve().parent
+    script = script or Path(__file__).resolve()
+    h = hashlib.sha256()
+    files = [(f"{package.name}/{f.relative_to(package).as_posix()}", f) for f in sorted(package.rglob("*.py"))]
+    for name, path in files + [(f"scripts/{script.name}", script)]:
+        data = path.read_bytes()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:12]
+
+
 def _source_state() -> str:
-    """The commit the npc_wrapper package was measured at, and whether its files had local changes."""
+    """The commit the npc_wrapper package was measured at, whether its files had local changes, and the
+    digest of the code itself."""
     import subprocess
 
     root = Path(nw.__file__).resolve().parent.parent
+    digest = f"source digest {source_digest()}"
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "npc_wrapper"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return f"version {nw.__version__} (not a git checkout)"
-    return f"version {nw.__version__}, commit {commit}" + (" + uncommitted changes in npc_wrapper/" if dirty else "")
+        return f"version {nw.__version__} (not a git checkout), {digest}"
+    changes = " + uncommitted changes in npc_wrapper/" if dirty else ""
+    return f"version {nw.__version__}, commit {commit}{changes}, {digest}"
 
 
 def _machine() -> str:
@@ -1288,6 +1312,9 @@ def _machine() -> str:
 def main(argv: Sequence[str] | None = None) -> list[BlockResult]:
     """Run the benchmark and print its report; returns the measured blocks (empty in memory-check mode)."""
     args = parse_args(argv)
+    if args.source_digest:
+        print(source_digest())
+        return []
     options = _engine_options(args)
     torch.set_num_threads(args.torch_threads)
     print(f"# npc_wrapper benchmark, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")

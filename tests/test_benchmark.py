@@ -83,6 +83,7 @@ def test_table_has_every_row(bench: ModuleType, capsys: pytest.CaptureFixture[st
                              rf"npc_wrapper/dict_floor = \d+\.\d\d, npc_wrapper/per_env = \d+\.\d\d", out)
     assert re.search(r"peak RSS of this process: \d+ MiB", out)
     assert "machine:" in out and "npc_wrapper: version" in out
+    assert re.search(rf"source digest {bench.source_digest()}\n", out)
 
     breakdown = _table_rows(out.split("## where an npc_wrapper step goes")[1])
     assert breakdown[0][:3] == ["env", "NPC policy", "step ms"]
@@ -131,6 +132,29 @@ def test_dict_floor_reads_every_step_out_of_the_dicts(bench: ModuleType) -> None
         assert infos == [{}] * (2 * len(train))
     finally:
         runner.close()
+
+
+def test_source_digest_names_the_code(bench: ModuleType, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The digest follows every package file's name and bytes and the script's, not git metadata."""
+    pkg = tmp_path / "npc_wrapper"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    script = tmp_path / "benchmark.py"
+    script.write_text("z = 3\n")
+    seen = [bench.source_digest(pkg, script)]
+    assert re.fullmatch(r"[0-9a-f]{12}", seen[0]) and bench.source_digest(pkg, script) == seen[0]
+    (pkg / "sub" / "b.py").write_text("y = 3\n")
+    seen.append(bench.source_digest(pkg, script))
+    (pkg / "a.py").rename(pkg / "c.py")
+    seen.append(bench.source_digest(pkg, script))
+    script.write_text("z = 4\n")
+    seen.append(bench.source_digest(pkg, script))
+    assert len(set(seen)) == 4
+
+    assert bench.main(["--source-digest"]) == []
+    assert capsys.readouterr().out == bench.source_digest() + "\n"
 
 
 def test_memory_check_samples_rss(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
