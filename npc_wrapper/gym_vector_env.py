@@ -99,21 +99,25 @@ class NPCVectorEnv(VectorEnv):
         obs, slot_infos = self.engine.reset(seeds, options)
         infos: dict[str, Any] = {}
         for k, info in enumerate(slot_infos):
-            infos = self._add_info(infos, info, k)
+            if info:
+                infos = self._add_info(infos, info, k)
         return obs, infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)
         infos: dict[str, Any] = {}
+        next_step = self.autoreset_mode == AutoresetMode.NEXT_STEP
         for k, info in enumerate(result.infos):
             ended = result.ended.get(k)
-            if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-                infos = self._add_info(infos, info, k)  # reset infos arrive with the next step
+            if next_step:
+                if info:  # _add_info adds nothing for an empty dict; skipping the call saves a call per slot
+                    infos = self._add_info(infos, info, k)  # reset infos arrive with the next step
             elif ended is None:
                 # A padded slot whose env reset now returns the new episode's first obs: add its reset info.
                 if k in result.reset_infos:
                     info = {**info, **result.reset_infos[k]}
-                infos = self._add_info(infos, info, k)
+                if info:
+                    infos = self._add_info(infos, info, k)
             else:
                 infos = self._add_info(infos, {"final_obs": ended.final_obs, "final_info": info}, k)
                 new_info = result.reset_infos.get(k, {})
