@@ -487,6 +487,7 @@ class DictFloorRunner(FloorRunner):
         if pos is None:
             pos = self._positions[key] = np.array([self.index[a] for a in key], dtype=np.intp)
         self.rewards[e][pos] = list(rewards.values())
+        # A wrapper must look at the flags every step (this row does not act on them).
         self.any_done = any(terms.values()) or any(truncs.values())
 
     def _hand_out(self) -> tuple[np.ndarray, list[dict[str, Any]]]:
