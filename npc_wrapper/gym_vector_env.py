@@ -110,7 +110,7 @@ class NPCVectorEnv(VectorEnv):
         for k, info in enumerate(result.infos):
             ended = result.ended.get(k)
             if next_step:
-                if info:  # _add_info adds nothing for an empty dict; skipping the call saves a call per slot
+                if info:  # _add_info adds nothing for an empty dict: skip the call
                     infos = self._add_info(infos, info, k)  # reset infos arrive with the next step
             elif ended is None:
                 # A padded slot whose env reset now returns the new episode's first obs: add its reset info.

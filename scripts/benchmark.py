@@ -491,7 +491,8 @@ class DictFloorRunner(FloorRunner):
         self.any_done = any(terms.values()) or any(truncs.values())
 
     def _hand_out(self) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        return self.train_obs.reshape(self.n_slots, *self.train_obs.shape[2:]).copy(), [{} for _ in range(self.n_slots)]
+        obs = self.train_obs.reshape(self.n_slots, *self.train_obs.shape[2:]).copy()
+        return obs, [{} for _ in range(self.n_slots)]
 
 
 class VecEnvRunner(Runner):
@@ -1241,19 +1242,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers-num-envs", type=int, default=4, help="envs in the workers check (even)")
     p.add_argument("--workers-steps", type=int, default=30, help="vector steps per repeat in the workers check")
     p.add_argument("--workers-repeats", type=int, default=7, help="interleaved rounds in the workers check")
-    p.add_argument("--breakdown-steps", type=int, default=100, help="vector steps timed in the step breakdown")
+    p.add_argument("--breakdown-steps", type=int, default=100,
+                   help="vector steps timed in the step breakdown")
     p.add_argument("--memory-check", action="store_true",
                    help="only run the wrapper for --memory-steps and sample RSS (first --envs / --policies)")
     p.add_argument("--memory-steps", type=int, default=200_000, help="vector steps in the memory check")
     p.add_argument("--memory-every", type=int, default=10_000, help="RSS sample interval in vector steps")
     p.add_argument("--source-digest", action="store_true",
-                   help="print the digest of npc_wrapper's modules and this script (as the report's header does) and exit")
+                   help="print the digest of npc_wrapper's modules and this script (as the report's header "
+                        "does) and exit")
     p.add_argument("--profile", type=Path, metavar="DIR", default=None,
                    help="after the table, cProfile the npc_wrapper rows and write DIR/<env>_<policy>.prof")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
-    counts = ("num_envs", "steps", "repeats", "torch_threads", "workers_steps", "workers_repeats", "breakdown_steps")
+    counts = ("num_envs", "steps", "repeats", "torch_threads", "workers_steps", "workers_repeats",
+              "breakdown_steps")
     if min(getattr(args, c) for c in counts) < 1 or args.warmup < 0:
         p.error(", ".join("--" + c.replace("_", "-") for c in counts) + " must be >= 1, --warmup >= 0")
     if args.num_workers and args.num_envs % args.num_workers:
@@ -1272,7 +1276,8 @@ def source_digest(package: Path | None = None, script: Path | None = None) -> st
     package = package or Path(nw.__file__).resolve().parent
     script = script or Path(__file__).resolve()
     h = hashlib.sha256()
-    files = [(f"{package.name}/{f.relative_to(package).as_posix()}", f) for f in sorted(package.rglob("*.py"))]
+    files = [(f"{package.name}/{f.relative_to(package).as_posix()}", f)
+             for f in sorted(package.rglob("*.py"))]
     for name, path in files + [(f"scripts/{script.name}", script)]:
         data = path.read_bytes()
         h.update(f"{name}\0{len(data)}\0".encode())

@@ -18,7 +18,8 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
-python3 scripts/benchmark.py --device cuda --num-envs 64 --variants floor,dict_floor,npc_wrapper,per_env "$@" 2>&1 \
+python3 scripts/benchmark.py --device cuda --num-envs 64 \
+    --variants floor,dict_floor,npc_wrapper,per_env "$@" 2>&1 \
     | tee "$out/benchmark_cuda.log"
 bench_rc=${PIPESTATUS[0]}
 echo "gpu tests rc=$tests_rc benchmark rc=$bench_rc"

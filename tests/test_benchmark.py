@@ -103,7 +103,7 @@ def test_subset_of_variants_and_profile(bench: ModuleType, capsys: pytest.Captur
 
 
 def test_dict_floor_reads_every_step_out_of_the_dicts(bench: ModuleType) -> None:
-    """The dict floor copies each step's observations and rewards, and its forward reads the copied NPC rows."""
+    """The dict floor copies each step's observations and rewards; its forward reads the copied NPC rows."""
     spec = bench.ENV_SPECS["battle"]
     model = bench.build_npc("mlp", bench.spaces.Box(0, 2, (13, 13, 5), np.float32), bench.spaces.Discrete(21),
                             torch.device("cpu"), 0)
@@ -169,7 +169,8 @@ def test_memory_check_samples_rss(bench: ModuleType, capsys: pytest.CaptureFixtu
 
 
 def test_workers_check_section(bench: ModuleType) -> None:
-    args = bench.parse_args(["--workers-num-envs", "2", "--workers-steps", "3", "--warmup", "1", "--workers-repeats", "1"])
+    args = bench.parse_args(["--workers-num-envs", "2", "--workers-steps", "3", "--warmup", "1",
+                             "--workers-repeats", "1"])
     text = bench.workers_check(args)
     rows = [r for r in _table_rows(text) if r[0].isdigit()]
     assert [r[0] for r in rows] == ["0", "2"]
