@@ -418,8 +418,17 @@ class NPCEngine:
         """Whether each slot's agent is alive now (``False``: its observation is padding)."""
         return self._alive[:, self._train_pos].reshape(-1).copy()
 
-    def render(self) -> Any:
-        return self.backend.call(0, "render", (), {})
+    def for_envs(self, envs: Sequence[int], fn: Callable[[int], Any]) -> list[Any]:
+        """``fn(e)`` once per distinct sub-env ``e`` of ``envs``, its result given to every entry that
+        names ``e`` (a sub-env's slots share the env: calling it once per slot would repeat the call)."""
+        self._assert_open()
+        results = {e: fn(e) for e in dict.fromkeys(envs)}
+        return [results[e] for e in envs]
+
+    def render(self, env: int = 0) -> Any:
+        """Sub-env ``env``'s ``render()``."""
+        self._assert_open()
+        return self.backend.call(env, "render", (), {})
 
     def close(self) -> None:
         if self.closed:

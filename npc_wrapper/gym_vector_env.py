@@ -15,6 +15,16 @@ from npc_wrapper.policies import NPCPolicy
 __all__ = ["NPCVectorEnv"]
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` as one bool (arrays compared by value)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # == of arrays is elementwise
+        return bool(np.array_equal(a, b))
+
+
 class NPCVectorEnv(VectorEnv):
     """PettingZoo parallel envs with NPCs, as a Gymnasium ``VectorEnv`` over the training agents.
 
@@ -60,6 +70,7 @@ class NPCVectorEnv(VectorEnv):
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = engine.render_mode
         self.closed = False
+        self._slot_envs = [k // engine.n_train for k in range(engine.num_slots)]  # the sub-env of each slot
 
     @property
     def training_agents(self) -> list[Any]:
@@ -126,32 +137,50 @@ class NPCVectorEnv(VectorEnv):
                 infos = self._add_info(infos, new_info, k)
         return result.obs, result.reward, result.terminated, result.truncated, infos
 
-    def render(self) -> Any:
-        """Render sub-env 0 (``rgb_array`` where the env supports it)."""
-        return self.engine.render()
+    def render(self) -> tuple[Any, ...]:
+        """One frame per slot, as Gymnasium's vector envs return: each sub-env is rendered once and its
+        frame given to each of its slots."""
+        return tuple(self.engine.for_envs(self._slot_envs, self.engine.render))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """Call ``name`` on the PettingZoo env behind each slot."""
-        n_train = self.engine.n_train
-        return tuple(self.engine.backend.call(k // n_train, name, args, kwargs) for k in range(self.num_envs))
+        """Call ``name`` on the PettingZoo env behind each slot (found through its wrappers), once per
+        sub-env, its result given to each of its slots. A ``name`` that is not callable is returned
+        as it is, as in Gymnasium."""
+        backend = self.engine.backend
+        return tuple(
+            self.engine.for_envs(self._slot_envs, lambda e: backend.call(e, name, args, kwargs, or_get=True))
+        )
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        """Attribute ``name`` of the PettingZoo env behind each slot."""
-        n_train = self.engine.n_train
-        return tuple(self.engine.backend.get_attr(k // n_train, name) for k in range(self.num_envs))
+        """Attribute ``name`` of the PettingZoo env behind each slot, from the outermost of its wrappers
+        that has it (as ``get_wrapper_attr``); each sub-env is read once."""
+        backend = self.engine.backend
+        return tuple(self.engine.for_envs(self._slot_envs, lambda e: backend.get_attr(e, name)))
 
     def set_attr(self, name: str, values: Any) -> None:
-        """Set ``name`` on each sub-env; ``values`` is one value, or one per slot (the sub-env's
-        first slot's value is used)."""
-        n_train = self.engine.n_train
+        """Set ``name`` on each sub-env, on the wrapper that owns it (as ``set_wrapper_attr``), or on
+        the outermost if none does.
+
+        :param values: one value for all, or a list/tuple of one per slot; a sub-env has one
+            attribute, so its slots' values must be equal
+        """
+        E, n_train = self.engine.num_envs, self.engine.n_train
         if isinstance(values, (list, tuple)):
             if len(values) != self.num_envs:
                 raise ValueError(f"set_attr needs one value per slot ({self.num_envs}), got {len(values)}")
+            for e in range(E):
+                mine = values[e * n_train:(e + 1) * n_train]
+                if not all(_equal(mine[0], v) for v in mine[1:]):
+                    raise ValueError(
+                        f"set_attr({name!r}) gives slots {e * n_train}-{(e + 1) * n_train - 1} different "
+                        f"values {list(mine)}; they are the training agents of one PettingZoo env (env {e}), "
+                        "which has one attribute: give them equal values"
+                    )
             per_env = values[::n_train]
         else:
-            per_env = [values] * self.engine.num_envs
-        for e, value in enumerate(per_env):
-            self.engine.backend.set_attr(e, name, value)
+            per_env = [values] * E
+        backend = self.engine.backend
+        self.engine.for_envs(range(E), lambda e: backend.set_attr(e, name, per_env[e]))
 
     def close_extras(self, **kwargs: Any) -> None:
         self.engine.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn, tile_images
 
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.policies import NPCPolicy
@@ -104,36 +105,65 @@ class NPCVecEnv(VecEnv):
         self.engine.close()
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [self.engine.render()]
+        """One image per slot: each sub-env is rendered once and its image given to each of its slots."""
+        if self.render_mode != "rgb_array":
+            warnings.warn(
+                f"The render mode is {self.render_mode}, but this method assumes it is `rgb_array` "
+                "to obtain images."
+            )
+            return [None] * self.num_envs
+        return self.engine.for_envs(self._sub_envs(None), self.engine.render)
 
     def render(self, mode: str | None = None) -> np.ndarray | None:
-        """``rgb_array`` of sub-env 0 when its ``render_mode`` is ``"rgb_array"``."""
+        """With ``render_mode="rgb_array"``, ``render("rgb_array")`` tiles one image per sub-env (not
+        one per slot: a sub-env's slots share its image) with SB3's ``tile_images``; other modes go
+        through SB3's ``VecEnv.render``."""
         if (mode or self.render_mode) == "rgb_array" and self.render_mode == "rgb_array":
-            return self.engine.render()
+            return tile_images(self.engine.for_envs(range(self.engine.num_envs), self.engine.render))
         return super().render(mode)
 
     def _sub_envs(self, indices: VecEnvIndices) -> list[int]:
-        return [k // self.engine.n_train for k in self._get_indices(indices)]
+        """The sub-env behind each slot of ``indices``; negative slots count from the end, as in a list."""
+        n = self.num_envs
+        envs = []
+        for k in self._get_indices(indices):
+            if not -n <= k < n:
+                raise IndexError(
+                    f"slot index {k} is out of range: there are {n} slots, so use {-n} <= index < {n}"
+                )
+            envs.append(int(k) % n // self.engine.n_train)
+        return envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """Attribute of the PettingZoo env behind each slot."""
-        return [self.engine.backend.get_attr(e, attr_name) for e in self._sub_envs(indices)]
+        """Attribute of the PettingZoo env behind each slot, from the outermost of its wrappers that has
+        it (as ``get_wrapper_attr``); each sub-env is read once."""
+        backend = self.engine.backend
+        return self.engine.for_envs(self._sub_envs(indices), lambda e: backend.get_attr(e, attr_name))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        """Set an attribute on the PettingZoo env behind each slot (each env once)."""
-        for e in dict.fromkeys(self._sub_envs(indices)):
-            self.engine.backend.set_attr(e, attr_name, value)
+        """Set an attribute on the PettingZoo env behind each slot (each sub-env once), on the wrapper
+        that owns it (as ``set_wrapper_attr``), or on the outermost if none does."""
+        backend = self.engine.backend
+        self.engine.for_envs(self._sub_envs(indices), lambda e: backend.set_attr(e, attr_name, value))
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
-        """Call a method of the PettingZoo env behind each slot (one result per slot)."""
-        return [self.engine.backend.call(e, method_name, method_args, method_kwargs) for e in self._sub_envs(indices)]
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        """Call a method of the PettingZoo env behind each slot: once per sub-env, its result given to
+        each of the sub-env's slots."""
+        backend = self.engine.backend
+        return self.engine.for_envs(
+            self._sub_envs(indices), lambda e: backend.call(e, method_name, method_args, method_kwargs)
+        )
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        """Whether the env behind each slot is wrapped in ``wrapper_class``.
+        """Whether the env behind each slot, or an env it wraps, is a ``wrapper_class``.
 
-        SB3's ``Monitor`` counts as present: every slot already reports Monitor's
-        ``info["episode"]``, so ``evaluate_policy`` can rely on it.
+        SB3's ``Monitor`` (and its subclasses) count as present: every slot already reports
+        Monitor's ``info["episode"]``, so ``evaluate_policy`` can rely on it.
         """
-        if issubclass(Monitor, wrapper_class):
-            return [True for _ in self._get_indices(indices)]
-        return [self.engine.backend.is_wrapped(e, wrapper_class) for e in self._sub_envs(indices)]
+        envs = self._sub_envs(indices)
+        if issubclass(wrapper_class, Monitor):
+            return [True] * len(envs)
+        backend = self.engine.backend
+        return self.engine.for_envs(envs, lambda e: backend.is_wrapped(e, wrapper_class))

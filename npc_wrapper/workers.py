@@ -11,9 +11,12 @@ from shared memory with no copy. Autoreset happens inside :class:`JointEnv`, so 
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
+import pickle
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
@@ -45,37 +48,91 @@ class Backend:
         reset, their reset infos (``None`` elsewhere)."""
         raise NotImplementedError
 
-    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
-        """Call method ``name`` of sub-env ``index``'s PettingZoo env."""
-        raise NotImplementedError
+    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any], or_get: bool = False) -> Any:
+        """Call method ``name`` of sub-env ``index``'s PettingZoo env (found through its wrappers).
+
+        :param or_get: return ``name`` as it is when it is not callable, as Gymnasium's ``call`` does
+        """
+        return self._sub_env_op(index, "call_or_get" if or_get else "call", name, args, kwargs)
 
     def is_wrapped(self, index: int, wrapper_class: type) -> bool:
         """Whether sub-env ``index``'s env, or an env it wraps, is a ``wrapper_class``."""
-        raise NotImplementedError
+        return self._sub_env_op(index, "wrapped", "", (wrapper_class,), {})
 
     def get_attr(self, index: int, name: str) -> Any:
-        raise NotImplementedError
+        """Attribute ``name`` of sub-env ``index``'s PettingZoo env, found through its wrappers."""
+        return self._sub_env_op(index, "get", name, (), {})
 
     def set_attr(self, index: int, name: str, value: Any) -> None:
+        """Set ``name`` on the wrapper of sub-env ``index``'s PettingZoo env that owns it."""
+        self._sub_env_op(index, "set", name, (value,), {})
+
+    def _sub_env_op(self, index: int, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Run :func:`_env_op` ``op`` on sub-env ``index``'s PettingZoo env, raising what it raises."""
         raise NotImplementedError
+
+    def _index(self, index: int) -> int:
+        """Sub-env ``index`` read as a list reads it (negative counts from the end)."""
+        if not -self.num_envs <= index < self.num_envs:
+            raise IndexError(
+                f"sub-env index {index} is out of range: there are {self.num_envs} sub-envs, "
+                f"so use {-self.num_envs} <= index < {self.num_envs}"
+            )
+        return index % self.num_envs
 
     def close(self) -> None:
         raise NotImplementedError
 
 
-def _env_call(env: Any, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
-    if op == "get":
-        return getattr(env, name)
+_MISSING = object()
+
+
+def _env_chain(env: Any) -> list[Any]:
+    """``env`` and the envs it wraps, outermost first, down to ``env.unwrapped``.
+
+    PettingZoo wrappers keep the env they wrap in ``.env``; ``aec_to_parallel`` (what most
+    ``parallel_env()`` constructors return) keeps it in ``.aec_env``.
+    """
+    chain, bottom = [env], getattr(env, "unwrapped", None)
+    while chain[-1] is not bottom:
+        inner = getattr(chain[-1], "env", None)
+        if inner is None:
+            inner = getattr(chain[-1], "aec_env", None)
+        if inner is None or any(inner is e for e in chain):
+            break
+        chain.append(inner)
+    return chain
+
+
+def _env_op(env: Any, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Run ``op`` on a PettingZoo env, resolving ``name`` through its wrappers as Gymnasium's
+    ``get_wrapper_attr`` / ``set_wrapper_attr`` do.
+
+    ``get``, ``call`` and ``call_or_get`` take ``name`` from the outermost env of the chain that has
+    it; ``call_or_get`` (Gymnasium's ``call``) returns it as it is when it is not callable. ``set``
+    sets it on the outermost env that owns it (defines it itself, not through a ``__getattr__``
+    forwarding to the env it wraps, which would leave the wrapped env unchanged), or on ``env`` if
+    none does. ``wrapped``: is any env of the chain an instance of ``args[0]``?
+    """
+    chain = _env_chain(env)
+    if op == "wrapped":
+        return any(isinstance(e, args[0]) for e in chain)
     if op == "set":
-        setattr(env, name, args[0])
+        owner = next((e for e in chain if inspect.getattr_static(e, name, _MISSING) is not _MISSING), env)
+        setattr(owner, name, args[0])
         return None
-    if op == "wrapped":  # is the env, or any env it wraps, an instance of args[0]?
-        while env is not None:
-            if isinstance(env, args[0]):
-                return True
-            env = getattr(env, "env", None)
-        return False
-    return getattr(env, name)(*args, **kwargs)
+    for e in chain:
+        value = getattr(e, name, _MISSING)
+        if value is not _MISSING:
+            break
+    else:
+        wrapped = ", ".join(type(e).__name__ for e in chain[1:]) or "none"
+        raise AttributeError(
+            f"{type(env).__name__} has no attribute {name!r}, nor has any env it wraps ({wrapped})"
+        )
+    if op == "get" or (op == "call_or_get" and not callable(value)):
+        return value
+    return value(*args, **kwargs)
 
 
 def _step_all(joints: list[JointEnv], train_actions: np.ndarray, npc_actions: list[np.ndarray]):
@@ -108,17 +165,8 @@ class InProcessBackend(Backend):
     def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
         return _step_all(self.joints, train_actions, npc_actions)
 
-    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
-        return _env_call(self.joints[index].env, "call", name, args, kwargs)
-
-    def is_wrapped(self, index: int, wrapper_class: type) -> bool:
-        return _env_call(self.joints[index].env, "wrapped", "", (wrapper_class,), {})
-
-    def get_attr(self, index: int, name: str) -> Any:
-        return getattr(self.joints[index].env, name)
-
-    def set_attr(self, index: int, name: str, value: Any) -> None:
-        setattr(self.joints[index].env, name, value)
+    def _sub_env_op(self, index: int, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return _env_op(self.joints[self._index(index)].env, op, name, args, kwargs)
 
     def close(self) -> None:
         for joint in self.joints:
@@ -176,11 +224,16 @@ class JointBatchEnv(gym.Env):
         return self.buffers.as_arrays(), 0.0, False, False, {"infos": step_infos, "reset_infos": reset_infos}
 
     def npc_env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
-        """Run ``op`` on sub-env ``index`` if this worker holds it; ``_NOT_HERE`` otherwise."""
+        """Run :func:`_env_op` ``op`` on sub-env ``index`` if this worker holds it (``_NOT_HERE``
+        otherwise). What it raises comes back as an :class:`_EnvOpError`: raised here, it would end
+        ``AsyncVectorEnv``'s worker loop, and every later call would fail."""
         local = index - self.first
         if not 0 <= local < len(self.env_fns):
             return _NOT_HERE
-        return _env_call(self._build()[local].env, op, name, args, kwargs or {})
+        try:
+            return _env_op(self._build()[local].env, op, name, args, kwargs or {})
+        except Exception as e:  # noqa: BLE001 - re-raised in the main process
+            return _EnvOpError(e)
 
     def close(self) -> None:
         for joint in self.joints or []:
@@ -188,6 +241,42 @@ class JointBatchEnv(gym.Env):
 
 
 _NOT_HERE = "__npc_wrapper_not_here__"
+
+
+class _WorkerTraceback(Exception):
+    """Shown as the cause of an exception re-raised from a worker: the traceback it had there."""
+
+    def __str__(self) -> str:
+        return f"\n{self.args[0]}"
+
+
+class _EnvOpError:
+    """An exception a sub-env raised in a worker, as a value the pipe can carry.
+
+    The exception travels pickled inside, so one that does not pickle, or does not unpickle in the
+    main process, still arrives: as a ``RuntimeError`` naming it.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.summary = f"{type(error).__name__}: {error}"
+        self.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        try:
+            self.pickled: bytes | None = pickle.dumps(error)
+        except Exception:  # noqa: BLE001 - e.g. it holds a lock, or its class is local to a function
+            self.pickled = None
+
+    def reraise(self) -> NoReturn:
+        """Raise the original exception (its type kept where it unpickles), caused by its traceback."""
+        try:
+            error = pickle.loads(self.pickled) if self.pickled is not None else None
+        except Exception:  # noqa: BLE001 - e.g. its __init__ takes other arguments than its args
+            error = None
+        if not isinstance(error, BaseException):
+            error = RuntimeError(
+                f"a sub-env raised {self.summary} in a worker process, and that exception cannot be sent "
+                "to this process (num_workers=0 runs the envs in-process)"
+            )
+        raise error from _WorkerTraceback(self.traceback)
 
 
 def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
@@ -276,21 +365,13 @@ class WorkerBackend(Backend):
         reset_infos = [i for worker in infos["reset_infos"] for i in worker]
         return step_infos, reset_infos
 
-    def _env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
-        results = self._guard(lambda: self.vec.call("npc_env_call", index, op, name, args, kwargs or {}))
-        return next(r for r in results if not (isinstance(r, str) and r == _NOT_HERE))
-
-    def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
-        return self._env_call(index, "call", name, args, kwargs)
-
-    def is_wrapped(self, index: int, wrapper_class: type) -> bool:
-        return self._env_call(index, "wrapped", "", (wrapper_class,))
-
-    def get_attr(self, index: int, name: str) -> Any:
-        return self._env_call(index, "get", name)
-
-    def set_attr(self, index: int, name: str, value: Any) -> None:
-        self._env_call(index, "set", name, (value,))
+    def _sub_env_op(self, index: int, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        index = self._index(index)
+        results = self._guard(lambda: self.vec.call("npc_env_call", index, op, name, args, kwargs))
+        (result,) = [r for r in results if not (isinstance(r, str) and r == _NOT_HERE)]  # its one worker's
+        if isinstance(result, _EnvOpError):
+            result.reraise()
+        return result
 
     def close(self) -> None:
         self.buffers = None

@@ -102,8 +102,9 @@ def test_render_and_close() -> None:
     envs = make(factory)
     assert envs.render_mode == "rgb_array"
     envs.reset(seed=9)
-    img = envs.render()
-    assert img.shape == (16, 16, 3) and (img == 9).all()
+    frames = envs.render()  # one per slot, each sub-env's frame repeated for its slots
+    assert len(frames) == 4 and all(f.shape == (16, 16, 3) for f in frames)
+    assert [int(f[0, 0, 0]) for f in frames] == [9, 9, 10, 10]
     envs.close()
     envs.close()
     assert envs.closed and [e.close_count for e in factory.envs] == [1, 1]

@@ -155,8 +155,7 @@ def test_get_attr_set_attr_env_method_are_routed_by_slot() -> None:
     assert venv.env_method("agent_index", agent="a_1") == [1] * 6
     venv.close()
 
-    # set_attr changes only the env behind the given slot (once, though two slots share it). Like
-    # SB3's DummyVecEnv it sets the attribute on the outermost env object, so use a bare env here.
+    # set_attr changes only the env behind the given slot (once, though two slots share it).
     venv = nw.make_vec_env(lambda: ScriptedParallelEnv(obs_shape=(4,)), num_envs=3, npc="noop",
                            training_agents_pct=0.67, seed=20)
     venv.reset()
@@ -184,15 +183,15 @@ def test_env_is_wrapped() -> None:
     bare.close()
 
 
-def test_render_rgb_array_of_env_0() -> None:
+def test_render_rgb_array_tiles_one_image_per_sub_env() -> None:
     venv = make(EnvFactory(render_mode="rgb_array"), seed=3)
     assert venv.render_mode == "rgb_array"
     venv.reset()
     venv.step(np.zeros(4, dtype=np.int64))
     img = venv.render()
-    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
-    assert (img == (1 * 7 + 3) % 256).all()  # env 0 (episode 3), not env 1 (episode 4)
-    assert len(venv.get_images()) == 1
+    assert img.shape == (32, 16, 3) and img.dtype == np.uint8  # 2 sub-envs' 16x16 images, not 4 slots'
+    assert (img[:16] == (1 * 7 + 3) % 256).all() and (img[16:] == (1 * 7 + 4) % 256).all()  # episodes 3, 4
+    assert [int(i[0, 0, 0]) for i in venv.get_images()] == [10, 10, 11, 11]  # one per slot
     venv.close()
 
 
