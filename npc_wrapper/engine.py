@@ -65,6 +65,7 @@ class StepResult:
 
     obs: np.ndarray
     reward: np.ndarray
+    #: The env's flags for the agents alive at the step's start (both may be set).
     terminated: np.ndarray
     truncated: np.ndarray
     infos: list[dict[str, Any]]
@@ -328,11 +329,9 @@ class NPCEngine:
         held = self._held.copy()
         self._env_length += ~held
 
-        term = buf.terminated[:, self._train_pos] & train_was
-        trunc = buf.truncated[:, self._train_pos] & train_was
-        done = (term | trunc).reshape(-1)
-        truncated = (trunc & ~term).reshape(-1)
-        terminated = done & ~truncated
+        terminated = (buf.terminated[:, self._train_pos] & train_was).reshape(-1)
+        truncated = (buf.truncated[:, self._train_pos] & train_was).reshape(-1)
+        done = terminated | truncated
         env_done = buf.env_done.reshape(-1).copy()
 
         infos = [dict(info) if info else {} for env in step_infos for info in env]  # _copy_info, inlined
@@ -363,8 +362,10 @@ class NPCEngine:
         self._alive[...] = buf.alive
         obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
         if self.next_step_autoreset:
-            # The ended envs' slots show their terminal observations now and their reset at the
-            # next step, which is padding for them (the env is not stepped) and starts the episode.
+            # The ended envs' slots show their terminal observations now (slots dead before: padding)
+            # and their reset at the next step, which is padding for them (the env is not stepped)
+            # and starts the episode.
+            obs.reshape(E, n_train, -1)[env_done] = 0
             for i, e in ended.items():
                 obs[i] = e.final_obs
             self._alive[env_done] = False

@@ -34,7 +34,7 @@ def buffer_spaces(layout: AgentLayout) -> dict[str, spaces.Box]:
     out = {
         "train_obs": box((layout.n_train, *obs.shape), obs.dtype),
         "final_obs": box((layout.n_train, *obs.shape), obs.dtype),
-        "reward": box((layout.n_agents,), np.float32),
+        "reward": box((layout.n_agents,), np.float64),
         "terminated": box((layout.n_agents,), np.int8),
         "truncated": box((layout.n_agents,), np.int8),
         "alive": box((layout.n_agents,), np.int8),

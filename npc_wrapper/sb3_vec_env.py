@@ -85,14 +85,15 @@ class NPCVecEnv(VecEnv):
         result = self.engine.step(self._actions, validated=True)
         self._actions = None
         infos = result.infos
-        for info, truncated in zip(infos, result.truncated.tolist()):
+        # SB3's rule: a time-limit truncation only where the agent did not also terminate.
+        for info, truncated in zip(infos, (result.truncated & ~result.terminated).tolist()):
             info["TimeLimit.truncated"] = truncated
         for k, ended in result.ended.items():
             infos[k]["terminal_observation"] = ended.final_obs
             infos[k]["episode"] = {"r": ended.ret, "l": ended.length, "t": ended.time}
         for k, info in result.reset_infos.items():
             self.reset_infos[k] = info
-        return result.obs, result.reward, result.terminated | result.truncated, infos
+        return result.obs, result.reward.astype(np.float32), result.terminated | result.truncated, infos
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seed sub-env ``i`` with ``seed + i`` (and the NPCs with ``seed``) at the next ``reset()``."""

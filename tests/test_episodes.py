@@ -68,9 +68,6 @@ def unbatch_infos(infos: dict[str, Any], n: int) -> list[dict[str, Any]]:
             slots[k][key] = value[k]
     return slots
 
-    def close(self) -> None:
-        self.venv.close()
-
 
 def scripted(**kwargs: Any):
     kwargs.setdefault("obs_shape", (4,))
@@ -120,12 +117,24 @@ def test_termination_is_not_a_truncation(kind: str) -> None:
     r.close()
 
 
-def test_termination_and_truncation_at_the_same_step_count_as_termination(kind: str) -> None:
+def test_termination_and_truncation_at_the_same_step(kind: str) -> None:
+    """SB3 counts it as a termination (``TimeLimit.truncated`` is False); Gymnasium passes both of the
+    env's flags on, as its own vector envs do."""
     r = Runner(kind, scripted(max_steps=3, terminate_all_at=3), num_envs=1)
     r.reset()
     for _ in range(3):
         _, _, term, trunc, _infos, _ = r.step([0, 0])
-    assert term.all() and not trunc.any()
+    assert term.all() and (trunc.all() if kind == "gym" else not trunc.any())
+    r.close()
+
+
+def test_reward_dtype_is_the_front_ends_own(kind: str) -> None:
+    """float32 as SB3's DummyVecEnv gives, float64 as Gymnasium's vector envs give (no precision lost)."""
+    r = Runner(kind, scripted(max_steps=10, reward_fn=lambda *_: 1 + 2.0**-40), num_envs=1)
+    r.reset()
+    rew = r.step([0, 0])[1]
+    assert rew.dtype == (np.float32 if kind == "sb3" else np.float64)
+    assert (rew == np.array(1 + 2.0**-40, dtype=rew.dtype)).all() and (kind == "sb3" or (rew != 1).all())
     r.close()
 
 

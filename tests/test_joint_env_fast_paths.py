@@ -108,7 +108,7 @@ def check_against_env_output(j: JointEnv, capture: Capture) -> None:
     obs, rewards, terms, truncs, infos = capture.last
     buf, layout = j.buf, j.layout
     pos = {a: i for i, a in enumerate(layout.possible_agents)}
-    expected_reward = np.zeros(layout.n_agents, dtype=np.float32)
+    expected_reward = np.zeros(layout.n_agents, dtype=np.float64)
     for a, r in rewards.items():
         expected_reward[pos[a]] = r
     np.testing.assert_array_equal(buf.reward, expected_reward)
@@ -214,7 +214,7 @@ def test_rewards_are_zero_where_the_env_gave_none() -> None:
         step_joint(j, np.ones(2, dtype=np.int64), [np.ones(2, dtype=np.int64)])
         check_against_env_output(j, env)
         a_0 = j.buf.reward[0]
-        assert a_0 == (0.0 if t % 2 == 0 else np.float32(default_reward("a_0", 0, t, 1)))
+        assert a_0 == (0.0 if t % 2 == 0 else default_reward("a_0", 0, t, 1))
         if t > 3:
             assert j.buf.reward[3] == 0.0  # b_1 died at step 3
     j.close()

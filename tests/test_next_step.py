@@ -74,6 +74,22 @@ def test_dead_agent_shows_terminal_obs_then_padding() -> None:
     envs.close()
 
 
+def test_dead_slot_stays_padding_on_the_step_its_env_ends() -> None:
+    """The env is reset inside that step, but its reset is delivered one step later, to every slot."""
+    envs, _ = _envs(num_envs=1, max_steps=4, death_steps={"a_0": 2})
+    envs.reset(seed=0)
+    for _ in range(3):
+        envs.step(np.zeros(2, dtype=np.int64))
+    obs, rew, term, trunc, infos = envs.step(np.zeros(2, dtype=np.int64))  # t=4: a_1 truncated
+    assert trunc.tolist() == [False, True] and infos[nw.PADDING_KEY].tolist() == [True, False]
+    np.testing.assert_array_equal(obs[0], 0)  # still padding, not the next episode's first obs
+    np.testing.assert_array_equal(obs[1][:2], [4, 1])  # a_1's terminal observation
+    obs, rew, term, trunc, infos = envs.step(np.zeros(2, dtype=np.int64))  # the reset, for both slots
+    np.testing.assert_array_equal(obs[:, :3], [[0, 0, -1], [0, 1, -1]])
+    assert not (term | trunc).any() and rew.tolist() == [0, 0]
+    envs.close()
+
+
 def test_normalize_observation_and_episode_statistics_work() -> None:
     envs, _ = _envs(max_steps=3)
     wrapped = RecordEpisodeStatistics(NormalizeObservation(envs))
