@@ -193,27 +193,57 @@ class NPCEngine:
                     )
 
     # ------------------------------------------------------------------ reset / step
-    def reset(self, seeds: Sequence[int | None], options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Reset every sub-env (sub-env ``i`` with ``seeds[i]``) and return the training slots' obs and infos."""
+    def reset(
+        self,
+        seeds: Sequence[int | None],
+        options: Sequence[Mapping[str, Any] | None] | None = None,
+        mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Reset the sub-envs and return every training slot's obs and the reset slots' infos.
+
+        :param seeds: one per sub-env; sub-env ``i`` is reset with ``seeds[i]``. The NPCs are seeded
+            from the first seed given (NPC sampling is batched over all envs, so it has one stream)
+        :param options: one ``options`` dict (or ``None``) per sub-env, passed to its ``reset``
+        :param mask: which sub-envs to reset (default: all). The others keep their episode; their
+            slots' obs are returned as they are and their infos are empty. The NPCs are reseeded
+            only by a reset of every sub-env.
+        """
         self._assert_open()
-        self._collect_npc_actions()  # finish forwards launched for the step that will not come
-        if seeds[0] is not None:
-            self._seed_npcs(int(seeds[0]))
-        elif self._needs_reset:
-            self._seed_npcs(None)
-        env_infos = self.backend.reset(seeds, dict(options) if options else None)
+        E = self.num_envs
+        if len(seeds) != E or (options is not None and len(options) != E):
+            raise ValueError(f"reset needs one seed and one options entry per sub-env ({E})")
+        envs = np.ones(E, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(E)
+        partial = not envs.all()
+        if partial and self._needs_reset:
+            raise RuntimeError(
+                "the first reset() must reset every sub-env; pass no reset_mask (or an all-True one) the first time"
+            )
+        # Finish forwards launched for the step that will not come: a full reset starts every row
+        # anew, a partial one keeps the actions of the envs that play on.
+        self._collect_npc_actions()
+        if not partial:
+            given = [s for s in seeds if s is not None]
+            if given:
+                self._seed_npcs(int(given[0]))
+            elif self._needs_reset:
+                self._seed_npcs(None)
+        env_infos = self.backend.reset(
+            [s if r else None for s, r in zip(seeds, envs)],
+            [dict(o) if o else None for o in options] if options is not None else [None] * E,
+            None if not partial else envs,
+        )
         self._needs_reset = False
         buf = self.backend.buffers
-        self._alive[...] = buf.alive
-        self._slot_return[...] = 0
-        self._slot_length[...] = 0
-        self._team_return[...] = 0
-        self._env_length[...] = 0
-        self._held[...] = False
-        all_envs = np.ones(self.num_envs, dtype=bool)
-        self._start_episodes(all_envs)
-        infos = [_copy_info(info) for env in env_infos for info in env]
-        self._launch_npcs()
+        self._alive[envs] = buf.alive[envs]
+        slots = np.repeat(envs, self.n_train)
+        self._slot_return[slots] = 0
+        self._slot_length[slots] = 0
+        self._team_return[envs] = 0
+        self._env_length[envs] = 0
+        self._held[envs] = False
+        self._start_episodes(envs)
+        infos = [_copy_info(info) if r else {} for env, r in zip(env_infos, envs) for info in env]
+        self._launch_npcs(envs if partial else None)
         return buf.train_obs.reshape(self._slot_obs_shape).copy(), infos
 
     def _seed_npcs(self, seed: int | None) -> None:
@@ -233,17 +263,22 @@ class NPCEngine:
             start = self._episode_start[g].reshape(self.num_envs, -1)
             start[envs] = True
 
-    def _launch_npcs(self) -> None:
+    def _launch_npcs(self, envs: np.ndarray | None = None) -> None:
         """Start one forward per NPC policy over the live rows it drives, for the coming step.
 
         The forwards run while the trainer picks its actions (asynchronously on CUDA);
         :meth:`_collect_npc_actions` waits for them.
+
+        :param envs: only the rows of these sub-envs (a partial reset); the others keep their actions
         """
         buf = self.backend.buffers
         pending = self._pending
         for g, pool in enumerate(self.pools):
             obs = buf.npc_obs[g].reshape(self._rows[g], *buf.npc_obs[g].shape[2:])
-            alive = self._alive[:, self._group_pos[g]].reshape(-1)
+            alive = self._alive[:, self._group_pos[g]]
+            if envs is not None:
+                alive = alive & envs[:, None]
+            alive = alive.reshape(-1)
             start = self._episode_start[g]
             if len(pool) == 1 and alive.all():
                 pending.append((g, None, pool.members[0].act_async(obs, self._all_rows[g], start)))

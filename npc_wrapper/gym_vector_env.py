@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -13,6 +14,26 @@ from npc_wrapper.engine import EPISODE_KEY, NPCEngine
 from npc_wrapper.policies import NPCPolicy
 
 __all__ = ["NPCVectorEnv"]
+
+
+def _per_env(values: list[Any], num_envs: int, n_train: int, what: str) -> list[Any]:
+    """One value per PettingZoo env, from one per env or one per slot (equal within each env's slots)."""
+    if len(values) == num_envs:
+        return values
+    if len(values) == num_envs * n_train:
+        per_env = values[::n_train]
+        for e, first in enumerate(per_env):
+            if any(v != first for v in values[e * n_train:(e + 1) * n_train]):
+                raise ValueError(
+                    f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values "
+                    f"{values[e * n_train:(e + 1) * n_train]}; they are the training agents of one "
+                    f"PettingZoo env, which takes one: give one per env ({num_envs}) or equal ones per env"
+                )
+        return per_env
+    raise ValueError(
+        f"{what} needs one value per PettingZoo env ({num_envs}) or per slot ({num_envs * n_train}), "
+        f"got {len(values)}"
+    )
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -98,21 +119,54 @@ class NPCVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Reset every sub-env. An int ``seed`` seeds sub-env ``i`` with ``seed + i`` and the NPCs
-        with ``seed``; a list gives one seed per sub-env (``num_envs // n_train`` of them)."""
-        E = self.engine.num_envs
+        """Reset the sub-envs (all of them, or those ``options["reset_mask"]`` selects).
+
+        :param seed: an int seeds PettingZoo env ``i`` with ``seed + i`` and the NPCs with ``seed``; a
+            list gives one seed per PettingZoo env (``num_envs // n_train``), or one per slot with
+            equal seeds within each env's slots
+        :param options: passed to every reset env's ``reset``; ``"reset_mask"`` (bool array, one per
+            slot, equal within each env's slots) resets only those envs, as in Gymnasium
+        """
+        engine = self.engine
+        E, n = engine.num_envs, engine.n_train
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(E)]
         else:
-            seeds = list(seed)
-            if len(seeds) != E:
-                raise ValueError(f"reset(seed=[...]) needs one seed per sub-env ({E}), got {len(seeds)}")
-        obs, slot_infos = self.engine.reset(seeds, options)
+            seeds = _per_env(list(seed), E, n, "reset(seed=[...])")
+        options = dict(options) if options else {}
+        mask = options.pop("reset_mask", None)
+        if mask is not None:
+            mask = self._env_mask(mask)
+        if isinstance(seed, (int, np.integer)) and mask is None:
+            self._np_random, self._np_random_seed = seeding.np_random(int(seed))
+        obs, slot_infos = engine.reset(seeds, [options or None] * E, mask)
         infos: dict[str, Any] = {}
         for k, info in enumerate(slot_infos):
             if info:
                 infos = self._add_info(infos, info, k)
         return obs, infos
+
+    def _env_mask(self, mask: Any) -> np.ndarray:
+        """``options["reset_mask"]`` (one bool per slot) as one bool per PettingZoo env, checked as
+        Gymnasium checks it."""
+        if not isinstance(mask, np.ndarray):
+            raise TypeError(f"options['reset_mask'] must be a numpy array, got {type(mask)}")
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}")
+        if mask.dtype != np.bool_:
+            raise TypeError(f"options['reset_mask'] must have dtype=np.bool_, got {mask.dtype}")
+        if not mask.any():
+            raise ValueError(f"options['reset_mask'] must contain at least one True value, got {mask}")
+        per_env = mask.reshape(self.engine.num_envs, self.engine.n_train)
+        mixed = np.flatnonzero(per_env.any(axis=1) & ~per_env.all(axis=1))
+        if len(mixed):
+            e, n = int(mixed[0]), self.engine.n_train
+            raise ValueError(
+                f"options['reset_mask'] resets slots {e * n}-{e * n + n - 1} together: they are the training "
+                f"agents of one PettingZoo env (env {e}), which can only be reset whole; got "
+                f"{per_env[e].tolist()} for them"
+            )
+        return per_env[:, 0].copy()
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)

@@ -68,8 +68,18 @@ class NPCVecEnv(VecEnv):
         return self.engine.slot_alive()
 
     def reset(self) -> np.ndarray:
-        seeds = [self._seeds[k * self.engine.n_train] for k in range(self.engine.num_envs)]
-        options = self._options[0] or None
+        """Reset every sub-env, with the seeds of :meth:`seed` and the options of ``set_options``
+        (each sub-env takes its first slot's; they must be equal within a sub-env's slots)."""
+        n = self.engine.n_train
+        seeds = [self._seeds[k * n] for k in range(self.engine.num_envs)]
+        options = [self._options[k * n] or None for k in range(self.engine.num_envs)]
+        for k, opts in enumerate(self._options):
+            if not _same_options(opts or None, options[k // n]):
+                e = k // n
+                raise ValueError(
+                    f"set_options gave slots {e * n}-{e * n + n - 1} different options; they are the training "
+                    f"agents of one PettingZoo env (env {e}), which takes one options dict: give them equal ones"
+                )
         obs, infos = self.engine.reset(seeds, options)
         self.reset_infos = infos
         self._reset_seeds()
@@ -168,3 +178,15 @@ class NPCVecEnv(VecEnv):
             return [True] * len(envs)
         backend = self.engine.backend
         return self.engine.for_envs(envs, lambda e: backend.is_wrapped(e, wrapper_class))
+
+
+def _same_options(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two slots' options are equal (arrays compared by value)."""
+    if a is b:
+        return True
+    if a is None or b is None or a.keys() != b.keys():
+        return False
+    try:
+        return all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else bool(a[k] == b[k]) for k in a)
+    except (TypeError, ValueError):  # values whose == is not a plain bool
+        return False

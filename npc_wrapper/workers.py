@@ -37,8 +37,11 @@ class Backend:
     buffers: JointBuffers
     num_envs: int
 
-    def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
-        """Reset every env; return each env's training-agent infos."""
+    def reset(
+        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Reset env ``i`` with ``seeds[i]`` and ``options[i]``, only where ``mask`` is set (default:
+        all); return each env's training-agent infos (of its last reset)."""
         raise NotImplementedError
 
     def step(
@@ -144,6 +147,15 @@ def _step_all(joints: list[JointEnv], train_actions: np.ndarray, npc_actions: li
     return step_infos, reset_infos
 
 
+def _reset_all(
+    joints: list[JointEnv], seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None],
+    mask: Sequence[bool] | None,
+) -> None:
+    for i, joint in enumerate(joints):
+        if mask is None or mask[i]:
+            joint.reset(seed=seeds[i], options=options[i])
+
+
 class InProcessBackend(Backend):
     """All sub-envs in the main process, writing straight into the wrapper's buffers.
 
@@ -157,9 +169,10 @@ class InProcessBackend(Backend):
             JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset) for i, env in enumerate(envs)
         ]
 
-    def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
-        for joint, seed in zip(self.joints, seeds):
-            joint.reset(seed=seed, options=options)
+    def reset(
+        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None
+    ) -> list[list[dict[str, Any]]]:
+        _reset_all(self.joints, seeds, options, mask)
         return [joint.train_infos for joint in self.joints]
 
     def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
@@ -213,9 +226,11 @@ class JointBatchEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         joints = self._build()
         options = options or {}
-        seeds = options.get("seeds") or [None] * (self.first + len(joints))
-        for i, joint in enumerate(joints):
-            joint.reset(seed=seeds[self.first + i], options=options.get("env_options"))
+        mine = slice(self.first, self.first + len(joints))  # the whole vector's lists, this worker's part
+        seeds = options.get("seeds") or [None] * mine.stop
+        env_options = options.get("env_options") or [None] * mine.stop
+        mask = options.get("mask")
+        _reset_all(joints, seeds[mine], env_options[mine], None if mask is None else mask[mine])
         return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
 
     def step(self, action: dict[str, np.ndarray]):
@@ -348,10 +363,13 @@ class WorkerBackend(Backend):
                 "(the worker's traceback is logged above; num_workers=0 runs the envs in-process)"
             ) from e
 
-    def reset(self, seeds: Sequence[int | None], options: dict[str, Any] | None) -> list[list[dict[str, Any]]]:
-        obs, infos = self._guard(
-            lambda: self.vec.reset(options={"seeds": list(seeds), "env_options": options})
-        )
+    def reset(
+        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None
+    ) -> list[list[dict[str, Any]]]:
+        request = {
+            "seeds": list(seeds), "env_options": list(options), "mask": None if mask is None else mask.tolist()
+        }
+        obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:
             self.buffers = self._views(obs)
         return [i for worker in infos["infos"] for i in worker]

@@ -118,8 +118,32 @@ def test_gym_seed_list_and_per_env_seeds() -> None:
     np.testing.assert_array_equal(obs[:, 3], [7, 7, 3, 3, 5, 5])
     # A list seeds only the envs; the same list twice still gives the same trajectory.
     assert_same(rollout(envs, gym=True, seed=[7, 3, 5]), rollout(envs, gym=True, seed=[7, 3, 5]))
-    with pytest.raises(ValueError, match=r"one seed per sub-env \(3\)"):
+    with pytest.raises(ValueError, match=r"one value per PettingZoo env \(3\) or per slot \(6\), got 2"):
         envs.reset(seed=[1, 2])
+    # Gymnasium's own form, one seed per vector index, works when each env's slots agree...
+    envs.reset(seed=[7, 7, 3, 3, 5, 5])
+    assert [s[-1] for s in envs.get_attr("reset_seeds")[::2]] == [7, 3, 5]
+    # ...and is refused when they do not: one PettingZoo env takes one seed.
+    with pytest.raises(ValueError, match=r"slots 2-3 different values \[3, 4\]"):
+        envs.reset(seed=[7, 7, 3, 4, 5, 5])
+    envs.close()
+
+
+def test_gym_int_seed_sets_np_random() -> None:
+    envs = nw.make_vector_env(env_fn, num_envs=2, npc="random", training_agents_pct=0.34)
+    envs.reset(seed=3)
+    first = envs.np_random_seed, envs.np_random.integers(1 << 30)
+    envs.reset(seed=3)
+    assert (envs.np_random_seed, envs.np_random.integers(1 << 30)) == first == (3, first[1])
+    envs.close()
+
+
+def test_npcs_are_seeded_from_the_first_seed_given() -> None:
+    """A list whose first entry is None still seeds the NPCs (from its first seed)."""
+    envs = nw.make_vector_env(env_fn, num_envs=2, npc="random", training_agents_pct=0.34)
+    first, again = rollout(envs, gym=True, seed=[None, 4]), rollout(envs, gym=True, seed=[None, 4])
+    assert first["npc_actions"] == again["npc_actions"]
+    assert first["npc_actions"] != rollout(envs, gym=True, seed=[None, 5])["npc_actions"]
     envs.close()
 
 
