@@ -127,10 +127,18 @@ class NPCVecEnv(VecEnv):
 
     def render(self, mode: str | None = None) -> np.ndarray | None:
         """With ``render_mode="rgb_array"``, ``render("rgb_array")`` tiles one image per sub-env (not
-        one per slot: a sub-env's slots share its image) with SB3's ``tile_images``; other modes go
-        through SB3's ``VecEnv.render``."""
-        if (mode or self.render_mode) == "rgb_array" and self.render_mode == "rgb_array":
-            return tile_images(self.engine.for_envs(range(self.engine.num_envs), self.engine.render))
+        one per slot: a sub-env's slots share its image) with SB3's ``tile_images``, and
+        ``render("human")`` shows that tiling with OpenCV, as SB3 does; other modes go through SB3's
+        ``VecEnv.render``."""
+        if self.render_mode == "rgb_array" and (mode or self.render_mode) in ("rgb_array", "human"):
+            image = tile_images(self.engine.for_envs(range(self.engine.num_envs), self.engine.render))
+            if mode != "human":
+                return image
+            import cv2  # SB3's own choice for showing rgb_array frames; only needed here
+
+            cv2.imshow("vecenv", image[:, :, ::-1])
+            cv2.waitKey(1)
+            return None
         return super().render(mode)
 
     def _sub_envs(self, indices: VecEnvIndices) -> list[int]:

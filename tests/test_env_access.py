@@ -323,6 +323,20 @@ def test_gym_human_rendering_wrapper_accepts_our_frames(workers: int, make: Any,
     envs.close()
 
 
+@WORKERS
+def test_sb3_human_render_of_rgb_array_envs_shows_one_tile_per_sub_env(
+    workers: int, make: Any, monkeypatch: Any
+) -> None:
+    shown: list[np.ndarray] = []
+    cv2 = types.SimpleNamespace(imshow=lambda _name, image: shown.append(image), waitKey=lambda _ms: None)
+    monkeypatch.setitem(sys.modules, "cv2", cv2)  # OpenCV is not installed here
+    venv = make("sb3", pistonball, workers)
+    frames = venv.get_images()
+    assert venv.render("human") is None
+    np.testing.assert_array_equal(shown[0], tile_images([frames[0], frames[2]])[:, :, ::-1])
+    venv.close()
+
+
 def test_sb3_get_images_without_rgb_array_warns_and_renders_nothing(make: Any) -> None:
     venv = make("sb3", scripted(), 0)
     assert venv.render_mode is None
