@@ -218,6 +218,9 @@ class TorchPolicy(NPCPolicy):
     * ``MultiBinary(n)``: float ``(B, n)`` are Bernoulli logits; integer are actions.
     * ``Box``: ``(B, *shape)`` are actions, clipped to the bounds as SB3 does.
 
+    Any other output (a float output of another width, say) is a ``ValueError`` naming its shape
+    and dtype, raised by the dry run when the NPC is built.
+
     The module is moved to ``device``, put in eval mode and frozen. uint8 observations reach it
     as uint8 tensors (convert inside the module); others as float32.
 
@@ -267,28 +270,45 @@ class TorchPolicy(NPCPolicy):
     def _to_actions(self, out: torch.Tensor) -> torch.Tensor:
         space = self.action_space
         floating = out.is_floating_point()
+        integer = not floating and not out.is_complex() and out.dtype != torch.bool
         if isinstance(space, spaces.Discrete):
             if floating and out.ndim == 2 and out.shape[1] == space.n:
                 return _sample_logits(out, self.deterministic, self._generator) + space.start
-            return out.reshape(-1).long()
+            if integer and (out.ndim == 1 or out.ndim == 2 and out.shape[1] == 1):
+                return out.reshape(-1).long()
+            raise self._bad_output(out, f"float logits (B, {space.n}) or integer actions (B,)")
         if isinstance(space, spaces.MultiDiscrete):
-            if floating and out.ndim == 2 and out.shape[1] == int(space.nvec.sum()):
+            n_logits = int(space.nvec.sum())
+            if floating and out.ndim == 2 and out.shape[1] == n_logits:
                 parts = _split_logits(out, space.nvec)
                 acts = torch.stack([_sample_logits(p, self.deterministic, self._generator) for p in parts], dim=-1)
                 return acts.reshape(-1, *space.shape) + torch.as_tensor(space.start, device=out.device)
-            return out.reshape(-1, *space.shape).long()
+            if integer and tuple(out.shape[1:]) == space.shape:
+                return out.long()
+            shape = ", ".join(map(str, space.shape))
+            raise self._bad_output(out, f"float logits (B, {n_logits}) or integer actions (B, {shape})")
         if isinstance(space, spaces.MultiBinary):
-            if floating:
-                if self.deterministic:
-                    return (out > 0).to(torch.int8)
-                u = torch.rand(out.shape, generator=self._generator, device=out.device)
-                return (u < torch.sigmoid(out)).to(torch.int8)
-            return out.to(torch.int8)
+            if tuple(out.shape[1:]) != space.shape or out.is_complex():
+                shape = ", ".join(map(str, space.shape))
+                raise self._bad_output(out, f"float logits or integer/bool actions, both (B, {shape})")
+            if not floating:
+                return out.to(torch.int8)
+            if self.deterministic:
+                return (out > 0).to(torch.int8)
+            u = torch.rand(out.shape, generator=self._generator, device=out.device)
+            return (u < torch.sigmoid(out)).to(torch.int8)
         if isinstance(space, spaces.Box):
             low = torch.as_tensor(space.low, device=out.device, dtype=out.dtype)
             high = torch.as_tensor(space.high, device=out.device, dtype=out.dtype)
             return torch.clamp(out.reshape(-1, *space.shape), low, high)
         raise TypeError(f"TorchPolicy does not support the action space {space}; wrap the module in an NPCPolicy")
+
+    def _bad_output(self, out: torch.Tensor, expected: str) -> ValueError:
+        # A float output of another width must not be truncated to integer actions.
+        return ValueError(
+            f"the module's output has shape {tuple(out.shape)} and dtype {out.dtype}, but action space "
+            f"{self.action_space} needs {expected}"
+        )
 
 
 class SB3Policy(NPCPolicy):
@@ -471,7 +491,7 @@ def as_npc_policy(
     :param action_space: the NPC agents' action space
     :param device: where torch policies run
     :param deterministic: greedy actions instead of sampling
-    :param trusted: allow checkpoint formats that unpickle code (see :func:`npc_wrapper.load_npc`)
+    :param trusted: allow checkpoint formats that run code (see :func:`npc_wrapper.load_npc`)
     """
     from npc_wrapper.config import CheckpointConfig
 
@@ -497,11 +517,15 @@ def as_npc_policy(
     )
 
 
-def check_npc_policy(policy: NPCPolicy, agents: list[Any], observation_space: spaces.Space,
+def check_npc_policy(policy: NPCPolicy, agents: list[Any] | None, observation_space: spaces.Space,
                      action_space: spaces.Space) -> None:
-    """Dry-run ``policy`` on two sampled observations; raise ``ValueError`` naming both spaces on failure."""
+    """Dry-run ``policy`` on two sampled observations; raise ``ValueError`` naming both spaces on failure.
+
+    :param agents: the agents it drives, for the message (``None``: not known yet, as in ``load_npc``)
+    """
+    for_agents = "" if agents is None else f" for agents {agents}"
     where = (
-        f"NPC policy {policy!r} for agents {agents} (observation space {observation_space}, "
+        f"NPC policy {policy!r}{for_agents} (observation space {observation_space}, "
         f"action space {action_space})"
     )
     if policy.observation_space != observation_space or policy.action_space != action_space:

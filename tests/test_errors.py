@@ -50,6 +50,15 @@ def test_npc_torch_module_with_wrong_input_size_names_both_spaces(make) -> None:
     assert len(factory.built) == 1 and factory.built[0].closed  # the probe env only, closed again
 
 
+@pytest.mark.parametrize("make", FRONT_ENDS)
+def test_npc_torch_module_with_one_float_output_is_rejected_at_construction(make) -> None:
+    # A float (B, 1) for Discrete(4) is neither logits nor actions; it must not be cast to actions.
+    with pytest.raises(ValueError) as err:
+        make(lambda: ScriptedParallelEnv(), npc=torch.nn.Linear(3, 1), device="cpu")
+    msg = str(err.value)
+    assert "dry-run" in msg and "shape (2, 1) and dtype torch.float32" in msg and "(B, 4)" in msg
+
+
 def test_npc_returning_actions_outside_its_space_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"not in the action space.*values \[7, 7\]"):
         nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=lambda obs: np.full(len(obs), 7))

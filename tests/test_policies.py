@@ -44,6 +44,33 @@ def test_torch_outputs_decode_per_action_space(space: spaces.Space, out: torch.T
     assert all(space.contains(np.asarray(a, dtype=space.dtype) if a.ndim else int(a)) for a in decoded)
 
 
+@pytest.mark.parametrize(
+    ("space", "out", "expected"),
+    [
+        (spaces.Discrete(5), torch.tensor([[3.7], [0.2]]), r"shape \(2, 1\) and dtype torch.float32.*\(B, 5"),
+        (spaces.Discrete(5), torch.tensor([3.7, 0.2]), r"shape \(2,\) and dtype torch.float32"),
+        (spaces.Discrete(5), torch.tensor([[1, 2], [3, 4]]), r"shape \(2, 2\) and dtype torch.int64"),
+        (spaces.MultiDiscrete([2, 3]), torch.zeros(2, 2), r"shape \(2, 2\).*float logits \(B, 5\)"),
+        (spaces.MultiDiscrete([2, 3]), torch.zeros(2, 5, dtype=torch.int64), r"integer actions \(B, 2\)"),
+        (spaces.MultiBinary(3), torch.zeros(2, 1), r"shape \(2, 1\) and dtype torch.float32.*\(B, 3\)"),
+    ],
+    ids=["discrete-1-float", "discrete-flat-float", "discrete-int-2", "md-float", "md-int", "mb-float"],
+)
+def test_torch_outputs_of_the_wrong_shape_are_an_error(
+    space: spaces.Space, out: torch.Tensor, expected: str
+) -> None:
+    # Truncating (B, 1) floats to integer actions would give a valid-looking but meaningless NPC.
+    policy = nw.TorchPolicy(torch.nn.Identity(), OBS, space, device="cpu")
+    policy.reset(2, seed=0)
+    with pytest.raises(ValueError, match=expected):
+        policy._to_actions(out)
+
+
+def test_integer_column_is_accepted_as_discrete_actions() -> None:
+    policy = nw.TorchPolicy(torch.nn.Identity(), OBS, spaces.Discrete(5), device="cpu")
+    np.testing.assert_array_equal(policy._to_actions(torch.tensor([[3], [0]])).numpy(), [3, 0])
+
+
 def test_sampling_follows_the_policy_seed() -> None:
     logits = torch.nn.Linear(3, 6)
     policy = nw.TorchPolicy(logits, OBS, spaces.Discrete(6), device="cpu")
