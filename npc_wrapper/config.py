@@ -28,10 +28,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["IMPORT_SPEC", "SELECTOR_TYPES", "CheckpointConfig", "DualPolicyConfig"]
+__all__ = ["DEFAULT_METRIC", "IMPORT_SPEC", "SELECTOR_TYPES", "CheckpointConfig", "DualPolicyConfig"]
 
 #: The checkpoint selectors ``CheckpointConfig.type`` accepts.
 SELECTOR_TYPES = ("specific", "latest", "top", "rand", "all")
+
+#: The metadata key ``top`` sorts by unless ``metric`` names another.
+DEFAULT_METRIC = "epoch"
 
 #: ``"pkg.module:attr"`` (an importable object); ``attr`` may be dotted (``Outer.Inner``).
 IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -74,12 +77,13 @@ class CheckpointConfig:
         random, seeded by ``seed``) or ``all``
     :param range: how many checkpoints ``latest``/``top``/``rand`` select; more than one makes an
         NPC pool (one member drawn per env per episode)
-    :param metric: metadata key ``top`` sorts by, descending
+    :param metric: metadata key ``top`` sorts by, descending (another type with another metric than
+        the default is an error: it would be ignored)
     :param weights: pool sampling weights, one per selected checkpoint (uniform when ``None``)
     :param policy_class: ``"pkg.module:Class"`` of the network for ``state_dict`` checkpoints
     :param policy_kwargs: keyword arguments for ``policy_class``
-    :param trusted: allow formats that unpickle code (full pickled modules, SB3 zips with custom
-        classes); only for checkpoints you trust
+    :param trusted: allow formats that run code (full pickled modules, SB3 zips with custom
+        classes, TorchScript); only for checkpoints you trust
     :param deterministic: NPCs take their most likely action instead of sampling
     :param noop_action: the action of ``"noop"`` NPCs (default: the action space's zero)
     :param cache_dir: where ``wandb://`` artifacts are downloaded (default
@@ -90,7 +94,7 @@ class CheckpointConfig:
     uri: str | None = None
     type: str = "specific"
     range: int = 1
-    metric: str = "epoch"
+    metric: str = DEFAULT_METRIC
     weights: list[float] | None = None
     policy_class: str | None = None
     policy_kwargs: dict = field(default_factory=dict)
@@ -126,6 +130,13 @@ class CheckpointConfig:
             )
         if not isinstance(self.metric, str) or not self.metric:
             raise ValueError(f"{where}.metric must be a metadata key such as 'epoch', got {self.metric!r}")
+        # The seed's example spells out the default (metric: epoch) with type specific, so only
+        # another metric means the user expected it to be used.
+        if self.type != "top" and self.metric != DEFAULT_METRIC:
+            raise ValueError(
+                f"{where}.metric={self.metric!r} is only used by type 'top' (the best by "
+                f"metadata[metric]), but type is {self.type!r}; set type: top, or drop metric"
+            )
         if self.weights is not None:
             w = list(self.weights)
             if not w or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in w):
@@ -204,6 +215,11 @@ class DualPolicyConfig:
             raise ValueError(
                 f"{where}.training_agents_pct must be a fraction in [0, 1] (0.75 means 75% of each env's "
                 f"agents train), got {pct!r}"
+            )
+        if float(pct) == 0.0 and self.training_agents is None:
+            raise ValueError(
+                f"{where}.training_agents_pct is 0, so no agent would train; give a fraction above 0 "
+                f"(0.75 means 75% of each env's agents train), or name them with {where}.training_agents"
             )
         if self.training_agents is not None:
             names = [self.training_agents] if isinstance(self.training_agents, str) else self.training_agents

@@ -43,6 +43,7 @@ def test_defaults_are_valid_and_disabled() -> None:
         ({"training_agents_pct": True}, r"training_agents_pct must be a fraction"),
         ({"training_agents": []}, r"training_agents must be a non-empty list"),
         ({"enabled": "yes"}, r"enabled must be true or false"),
+        ({"training_agents_pct": 0}, r"dual_policy.training_agents_pct is 0, so no agent would train"),
     ],
 )
 def test_dual_policy_validation_messages(kwargs: dict, match: str) -> None:
@@ -75,11 +76,27 @@ def test_dual_policy_validation_messages(kwargs: dict, match: str) -> None:
         ({"trusted": "yes"}, r"checkpoint_npc.trusted must be true or false"),
         ({"uri": ""}, r"checkpoint_npc.uri must be a non-empty string"),
         ({"seed": "x"}, r"seed must be an integer or null"),
+        (
+            {"type": "latest", "metric": "score"},
+            r"checkpoint_npc.metric='score' is only used by type 'top'.*set type: top, or drop metric",
+        ),
+        ({"metric": "score"}, r"metric='score' is only used by type 'top'.*but type is 'specific'"),
     ],
 )
 def test_checkpoint_validation_messages(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CheckpointConfig(**kwargs).validate()
+
+
+def test_metric_is_the_default_or_used() -> None:
+    # The seed's example spells out metric: epoch (the default) with type specific.
+    CheckpointConfig(type="specific", metric="epoch").validate()
+    CheckpointConfig(type="top", metric="score").validate()
+    assert CheckpointConfig(type="top").metric == "epoch"
+
+
+def test_zero_training_agents_pct_is_fine_when_agents_are_named() -> None:
+    DualPolicyConfig(training_agents_pct=0, training_agents=["a_0"]).validate()
 
 
 def test_nested_validation_names_the_full_path() -> None:
