@@ -13,12 +13,12 @@ File metadata comes from a sidecar JSON (``<file>.json`` or ``<stem>.json``) or,
 from the model itself (``num_timesteps``); wandb metadata is the artifact's metadata.
 
 Formats, detected from the file's content: Stable-Baselines3 ``.zip`` (any algorithm whose policy
-class comes with SB3 or sb3-contrib), TorchScript, and ``torch.save`` state_dicts with
-``policy_class``. Nothing is unpickled from a checkpoint unless ``trusted``: state_dicts load with
-``torch.load(weights_only=True)``, and an SB3 model's pickled entries (policy class, its keyword
-arguments, spaces) are decoded by an allow-list unpickler that only rebuilds gymnasium spaces and
-numpy arrays and only *names* SB3/sb3-contrib/``torch.nn``/``torch.optim`` classes. Anything else
-is refused with an error saying how to opt in.
+class comes with SB3 or sb3-contrib), TorchScript (``trusted`` only: it is code), and ``torch.save``
+state_dicts with ``policy_class``. Nothing is unpickled from a checkpoint unless ``trusted``:
+state_dicts load with ``torch.load(weights_only=True)``, and an SB3 model's pickled entries (policy
+class, its keyword arguments, spaces) are decoded by an allow-list unpickler that only rebuilds
+gymnasium spaces and numpy arrays and only *names* SB3/sb3-contrib/``torch.nn``/``torch.optim``
+classes. Anything else is refused with an error saying how to opt in.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -55,6 +56,7 @@ from npc_wrapper.policies import (
     RandomPolicy,
     SB3Policy,
     TorchPolicy,
+    check_npc_policy,
 )
 from npc_wrapper.pool import NPCPool
 
@@ -93,7 +95,7 @@ class CheckpointError(ValueError):
 
 
 class TrustRequiredError(CheckpointError):
-    """Loading this checkpoint would unpickle code; it needs ``trusted=True``."""
+    """Loading this checkpoint would run code stored in it; it needs ``trusted=True``."""
 
 
 def _corrupt(label: str | os.PathLike[str], e: BaseException) -> CheckpointError:
@@ -130,8 +132,8 @@ def parse_uri(uri: str | os.PathLike[str]) -> ParsedURI:
         from npc_wrapper.wandb_source import parse_wandb_uri
 
         return ParsedURI("wandb", parse_wandb_uri(text), text)
-    if text.startswith("file://"):
-        return ParsedURI("file", Path(unquote(text[len("file://") :])).expanduser(), text)
+    if text.startswith("file:/"):
+        return ParsedURI("file", _file_uri_path(text), text)
     scheme = re.match(r"^([A-Za-z][\w+.-]*)://", text)
     if scheme:
         raise CheckpointError(
@@ -142,6 +144,20 @@ def parse_uri(uri: str | os.PathLike[str]) -> ParsedURI:
     if not path.exists() and IMPORT_SPEC.match(text):
         return ParsedURI("import", text, text)
     return ParsedURI("file", path, text)
+
+
+def _file_uri_path(text: str) -> Path:
+    """The path of ``file:///abs``, ``file://localhost/abs``, ``file:/abs`` (RFC 8089) or ``file://rel``."""
+    rest = text.removeprefix("file://") if text.startswith("file://") else text.removeprefix("file:")
+    if rest == "localhost" or rest.startswith("localhost/"):
+        rest = rest.removeprefix("localhost")
+    if not rest:
+        # An empty path would otherwise be the current directory.
+        raise CheckpointError(
+            f"{text!r} names no file; give file:///abs/path (or file://localhost/abs/path, file:/abs/path) "
+            "or file://rel/path"
+        )
+    return Path(unquote(rest)).expanduser()
 
 
 def _import_object(spec: str, what: str) -> Any:
@@ -298,16 +314,27 @@ def _wandb_candidates(parsed: ParsedURI, cfg: CheckpointConfig) -> list[Candidat
 
 
 # ------------------------------------------------------------------------------------ selectors
-def _recency(cands: list[Candidate]) -> tuple[list[Candidate], str]:
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_finite(cands: list[Candidate], key: str, where: str) -> None:
+    """NaN compares false with everything (a NaN metric would sort first), so it cannot rank."""
+    bad = {c.name: c.metadata[key] for c in cands if not math.isfinite(c.metadata[key])}
+    if bad:
+        raise CheckpointError(
+            f"metadata[{key!r}] is not a finite number for {list(bad)} in {where} ({bad}), so they cannot be "
+            f"ordered; fix {key!r} in their sidecar JSON (<checkpoint>.json) or artifact metadata"
+        )
+
+
+def _recency(cands: list[Candidate], where: str) -> tuple[list[Candidate], str]:
     """``cands`` oldest to newest, and what the order is based on."""
-
-    def num(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
     if all(c.version is not None for c in cands):
         return sorted(cands, key=lambda c: (c.version, c.name)), "artifact version"
     for key in _STEP_KEYS:
-        if all(num(c.metadata.get(key)) for c in cands):
+        if all(_is_number(c.metadata.get(key)) for c in cands):
+            _check_finite(cands, key, where)
             return sorted(cands, key=lambda c: (c.metadata[key], c.name)), f"metadata {key!r}"
     if all(c.number is not None for c in cands):
         return sorted(cands, key=lambda c: (c.number, c.name)), "the number in the file name"
@@ -329,7 +356,7 @@ def _select(cands: list[Candidate], cfg: CheckpointConfig, where: str) -> list[C
             f"type {kind!r} with range={k} needs {k} checkpoints, but {where} holds {n}: {names}"
         )
     if kind == "latest":
-        ordered, basis = _recency(cands)
+        ordered, basis = _recency(cands, where)
         logger.info("NPC checkpoints in %s ordered by %s", where, basis)
         return ordered[::-1][:k]
     if kind == "top":
@@ -342,21 +369,18 @@ def _select(cands: list[Candidate], cfg: CheckpointConfig, where: str) -> list[C
                 f"available metadata keys: {keys or 'none'}. Set metric to one of them, or add {metric!r} to "
                 "each checkpoint's sidecar JSON (<checkpoint>.json) or artifact metadata"
             )
-        bad = [
-            c.name
-            for c in cands
-            if not isinstance(c.metadata[metric], (int, float)) or isinstance(c.metadata[metric], bool)
-        ]
+        bad = [c.name for c in cands if not _is_number(c.metadata[metric])]
         if bad:
             raise CheckpointError(
                 f"type 'top' needs numeric metadata[{metric!r}], but it is not a number for {bad} in {where}"
             )
+        _check_finite(cands, metric, where)
         return sorted(cands, key=lambda c: (-float(c.metadata[metric]), c.name))[:k]
     if kind == "rand":
         rng = np.random.default_rng(cfg.seed)
         picked = rng.choice(n, size=k, replace=False)
         return [cands[i] for i in picked]
-    ordered, _ = _recency(cands)  # "all": every checkpoint, oldest first
+    ordered, _ = _recency(cands, where)  # "all": every checkpoint, oldest first
     return ordered
 
 
@@ -623,6 +647,61 @@ def _check_spaces(path: Path, stored_obs: Any, stored_act: Any, obs: spaces.Spac
         )
 
 
+def _check_weight_shapes(
+    policy_class: type,
+    obs: spaces.Space,
+    act: spaces.Space,
+    kwargs: dict[str, Any],
+    state: Any,
+    path: Path,
+    data_kwargs: dict[str, Any],
+) -> None:
+    """Compare the weights with the network the data describes before building it for real.
+
+    An untrusted ``policy_kwargs`` (``net_arch=[60000, 60000]``) would otherwise allocate and
+    initialise a huge network before the weights show it is wrong. The skeleton is built on the
+    meta device, which allocates nothing.
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"the weights in {path} (policy.pth) are a {type(state).__name__}, not a state_dict"
+        )
+    # SB3 moves sub-networks to ``self.device`` (the first parameter's, else the CPU): keep them on meta.
+    on_meta = type(
+        policy_class.__name__, (policy_class,), {"device": property(lambda _: torch.device("meta"))}
+    )
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)  # gSDE validates its noise with .item()
+    try:
+        with torch.device("meta"):
+            skeleton = on_meta(obs, act, **kwargs)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot rebuild the {policy_class.__name__} of SB3 model {path} with policy_kwargs "
+            f"{data_kwargs}: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+    problems = [
+        f"{k}: {found[k]} in the file, {shape} in the network"
+        for k, shape in expected.items()
+        if k in found and found[k] != shape
+    ]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        problems.append(f"missing {missing[:5]}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:5]}")
+    if problems:
+        raise CheckpointError(
+            f"the weights in {path} (policy.pth) do not fit the {policy_class.__name__} its data describes "
+            f"(policy_kwargs {data_kwargs}): {'; '.join(problems[:5])}"
+        )
+
+
 def _load_sb3(
     path: Path,
     obs: spaces.Space,
@@ -641,6 +720,16 @@ def _load_sb3(
         try:
             data, params, _ = load_from_zip_file(path, device="cpu", print_system_info=False)
         except Exception as e:  # corrupt members, missing classes in a trusted pickle
+            refused = _refused_global(e) if isinstance(e, pickle.UnpicklingError) else None
+            if refused:
+                name, blocked = refused
+                what = f"module {blocked}" if blocked else "it"
+                raise CheckpointError(
+                    f"SB3 model {path}: its weights hold pickled code (they refer to {name}), and torch "
+                    f"refuses {what} even for trusted models (Stable-Baselines3 loads weights with "
+                    "weights_only=True). A model saved with model.save() holds no such objects: re-save it "
+                    "from the model, or do not use this file"
+                ) from e
             raise CheckpointError(f"cannot load SB3 model {path} (trusted): {type(e).__name__}: {e}") from e
         data = data or {}
         if "policy" not in params:
@@ -677,6 +766,8 @@ def _load_sb3(
         kwargs.setdefault("use_sde", use_sde)
     if "lr_schedule" in params:
         kwargs["lr_schedule"] = _frozen_lr
+    if not trusted:
+        _check_weight_shapes(policy_class, stored_obs, stored_act, kwargs, state, path, data_kwargs)
     try:
         policy = policy_class(stored_obs, stored_act, **kwargs)
     except Exception as e:
@@ -698,20 +789,31 @@ def _load_sb3(
 
 
 # ------------------------------------------------------------------------------- torch formats
+def _refused_global(e: BaseException) -> tuple[str, str | None] | None:
+    """What ``torch.load(weights_only=True)`` refused to unpickle: the global, and the module when torch
+    blocks that module outright (``os``, ``posix``, ``sys``...)."""
+    blocked = re.search(r"unsupported GLOBAL ([\w.]+) whose module ([\w.]+) is blocked", str(e))
+    if blocked:
+        return blocked.group(1), blocked.group(2)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    return (found.group(1), None) if found else None
+
+
 def _torch_load(source: Any, label: str, trusted: bool) -> Any:
     """``torch.load(weights_only=True)``; a pickled object needs ``trusted`` (then the full unpickler)."""
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if not found:
+        refused = _refused_global(e)
+        if not refused:
             raise _corrupt(label, e) from e
         if not trusted:
+            name, blocked = refused
+            why = f" from module {blocked}, which torch's safe loader blocks outright" if blocked else ""
             raise TrustRequiredError(
-                f"{label} holds pickled Python objects (it refers to {found.group(1)}), and loading it would "
-                "run code stored in the file. Save a state_dict instead (torch.save(model.state_dict(), "
-                "path) and name the class with policy_class), or, if you trust this checkpoint, "
-                f"{_TRUST_HINT}"
+                f"{label} holds pickled code (it refers to {name}{why}), and loading it would run code "
+                "stored in the file. Save a state_dict instead (torch.save(model.state_dict(), path) and "
+                f"name the class with policy_class), or, if you trust this checkpoint, {_TRUST_HINT}"
             ) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... for damaged files
         raise _corrupt(label, e) from e
@@ -849,6 +951,13 @@ def _load_torch(
     name: str,
 ) -> NPCPolicy:
     if fmt == "torchscript":
+        if not trusted:
+            raise TrustRequiredError(
+                f"{path} is a TorchScript module, and TorchScript is code: it runs when the module is loaded "
+                "and at every forward, and can read and write files (torch.ops.aten.save). Save a state_dict "
+                "instead (torch.save(model.state_dict(), path) and name the class with policy_class), or, if "
+                f"you trust this checkpoint, {_TRUST_HINT}"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter(
@@ -864,7 +973,12 @@ def _load_torch(
         else:
             module = _build_module(cfg, _find_state_dict(obj, path), path, obs, act)
         module = _forward_module(module, path, deterministic)
-    return TorchPolicy(module, obs, act, device=device, deterministic=deterministic, name=name)
+    policy = TorchPolicy(module, obs, act, device=device, deterministic=deterministic, name=name)
+    try:
+        check_npc_policy(policy, None, obs, act)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the NPC agents: {e}") from e
+    return policy
 
 
 def _checkpoint_in_dir(root: Path, source: str) -> Path:
@@ -964,11 +1078,11 @@ def load_npc(
     :param action_space: the NPC agents' action space
     :param device: where the network runs (``"auto"``: CUDA when available)
     :param deterministic: greedy actions (or set ``CheckpointConfig.deterministic``)
-    :param trusted: allow formats that unpickle code (or set ``CheckpointConfig.trusted``)
+    :param trusted: allow formats that run code: pickles, TorchScript (or set ``CheckpointConfig.trusted``)
     :return: an :class:`NPCPolicy` for one checkpoint; an :class:`NPCPool` whose members are named
         after their checkpoints when the selector picks several
     :raises CheckpointError: missing/corrupt files, formats needing ``trusted``, selector problems,
-        spaces that do not fit (the message shows both)
+        spaces that do not fit (the message shows both; torch networks are dry-run on them)
     """
     cfg = _as_config(spec)
     deterministic = deterministic or cfg.deterministic

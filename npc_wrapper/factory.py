@@ -86,7 +86,8 @@ def make_vec_env(
     :param device: where torch NPCs run; ``"auto"`` is CUDA when available
     :param reset_when_training_agents_dead: reset an env as soon as none of its training agents is alive
     :param deterministic_npc: NPCs take their most likely action instead of sampling
-    :param trusted: allow checkpoint formats that unpickle code (only for checkpoints you trust)
+    :param trusted: allow checkpoint formats that run code, pickles and TorchScript (only for checkpoints
+        you trust)
     :param start_method: multiprocessing start method for the workers (platform default if ``None``)
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 

@@ -871,7 +871,7 @@ def round_robin(
     :param reset_when_training_agents_dead: end an episode once the first player's agents are all dead
     :param device: where the policies run
     :param deterministic: players take their most likely action
-    :param trusted: allow checkpoint formats that unpickle code
+    :param trusted: allow checkpoint formats that run code (pickles, TorchScript)
     :param seed: seed of the first pairing (pairing ``k`` uses ``seed + 1000 * k``)
     :param initial_elo: the rating scale's anchor
     :param load: ``load(spec, observation_space, action_space) -> NPCPolicy`` (default:

@@ -10,7 +10,7 @@ transitions) are masked out of the loss.
     python scripts/cleanrl_ppo_npc.py --help
 
 The trained actor is saved as TorchScript (observations -> logits), which npc-wrapper loads as an
-NPC: ``npc="file://runs/<run>/actor.pt"``.
+NPC: ``npc="file://runs/<run>/actor.pt"`` with ``trusted=True`` (TorchScript is code).
 """
 
 from __future__ import annotations
@@ -428,7 +428,7 @@ def train(args: Args) -> dict[str, Any]:
     torch.jit.script(agent.actor.cpu().eval()).save(str(actor_path))
     print(
         f"saved the actor (TorchScript, observations -> logits) to {actor_path}; use it as an NPC with "
-        f"npc='file://{actor_path}'"
+        f"npc='file://{actor_path}', trusted=True"
     )
     writer.close()
     if args.track:

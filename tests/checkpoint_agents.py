@@ -7,6 +7,8 @@ strings use).
 from __future__ import annotations
 
 import copy
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,10 +27,12 @@ __all__ = [
     "CleanRLAgent",
     "CountingPolicy",
     "MLPAgent",
+    "MarkerOnForward",
     "ObsRecordingEnv",
     "TinyExtractor",
     "always_one",
     "fixed_action_agent",
+    "save_marker_torchscript",
 ]
 
 
@@ -174,3 +178,23 @@ class ObsRecordingEnv(RecordingParallelEnv):
         out = super().step(actions)
         self._last = {a: np.array(o, copy=True) for a, o in out[0].items()}
         return out
+
+
+class MarkerOnForward(nn.Module):
+    """TorchScript that writes a file when it runs, as an untrusted module could (torch.ops.aten.save)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.ops.aten.save([x], self.marker)
+        return torch.zeros(x.shape[0], 5)
+
+
+def save_marker_torchscript(path: Path, marker: Path) -> Path:
+    """Save a :class:`MarkerOnForward` writing ``marker`` as TorchScript at ``path``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(MarkerOnForward(str(marker))), path)
+    return path

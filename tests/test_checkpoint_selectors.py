@@ -129,6 +129,17 @@ def test_top_with_a_missing_metric_names_it_and_the_keys(ckpt_dir: Path) -> None
     assert "metadata['elo']" in msg and "['epoch', 'score']" in msg and "fixed_0" in msg
 
 
+def test_non_finite_metric_or_step_is_an_error_naming_the_checkpoint(ckpt_dir: Path) -> None:
+    # JSON allows NaN, and NaN compares false with everything: sorted() would rank it anywhere.
+    (ckpt_dir / "fixed_2.json").write_text('{"epoch": 3, "score": NaN}')
+    with pytest.raises(CheckpointError, match=r"metadata\['score'\] is not a finite number for \['fixed_2'"):
+        select_checkpoints(cfg(ckpt_dir, type="top", metric="score"))
+    (ckpt_dir / "fixed_2.json").write_text('{"epoch": Infinity, "score": 0.1}')
+    for kind in ("latest", "all"):
+        with pytest.raises(CheckpointError, match=r"metadata\['epoch'\] is not a finite number for \['fixed"):
+            select_checkpoints(cfg(ckpt_dir, type=kind))
+
+
 def test_rand_is_seeded(ckpt_dir: Path) -> None:
     a = names(select_checkpoints(cfg(ckpt_dir, type="rand", range=2, seed=5)))
     assert a == names(select_checkpoints(cfg(ckpt_dir, type="rand", range=2, seed=5)))

@@ -7,11 +7,20 @@ so the recorded NPC actions can be compared with the model's own deterministic `
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
+import os
+import pickle
+import shlex
+import shutil
+import time
 import warnings
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -31,10 +40,12 @@ from tests.checkpoint_agents import (
     NoForward,
     ObsRecordingEnv,
     TinyExtractor,
+    save_marker_torchscript,
 )
 from tests.envs import ScriptedParallelEnv
 
 ADVERSARIES = ["adversary_0", "adversary_1", "adversary_2"]
+SHIPPED = Path(nw.__file__).parent / "data" / "simple_tag_npc.zip"
 TAG_OBS = spaces.Box(-np.inf, np.inf, (16,), np.float32)
 TAG_ACT = spaces.Discrete(5)
 
@@ -295,7 +306,7 @@ def test_torchscript_module(tmp_path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(agent), tmp_path / "scripted.pt")
     assert detect_format(tmp_path / "scripted.pt") == "torchscript"
-    envs = run_as_npc(str(tmp_path / "scripted.pt"))
+    envs = run_as_npc(str(tmp_path / "scripted.pt"), trusted=True)
     obs, acts = recorded(envs)
     with torch.no_grad():
         np.testing.assert_array_equal(acts, agent(torch.as_tensor(obs)).argmax(-1).numpy())
@@ -383,6 +394,119 @@ def test_sb3_zip_with_custom_class_needs_trusted(tmp_path: Path) -> None:
     envs = run_as_npc(nw.CheckpointConfig(uri=str(tmp_path / "custom.zip"), trusted=True), steps=10)
     obs, acts = recorded(envs)
     np.testing.assert_array_equal(acts, model.predict(obs, deterministic=True)[0])
+
+
+def test_torchscript_needs_trusted_on_every_path(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    ts = save_marker_torchscript(ckpts / "b_2.pt", marker)
+    torch.save(MLPAgent(16, 5).state_dict(), ckpts / "a_1.pt")
+    sd_cfg = {
+        "policy_class": "tests.checkpoint_agents:MLPAgent",
+        "policy_kwargs": {"obs_dim": 16, "n_actions": 5},
+    }
+    attempts = {
+        "load_npc": lambda: load_npc(f"file://{ts}", TAG_OBS, TAG_ACT),
+        "make_vec_env": lambda: run_as_npc(str(ts), steps=1),
+        "directory": lambda: load_npc(nw.CheckpointConfig(uri=str(ckpts), type="latest"), TAG_OBS, TAG_ACT),
+        "pool": lambda: run_as_npc(nw.CheckpointConfig(uri=str(ckpts), type="all", **sd_cfg), steps=1),
+    }
+    for how, attempt in attempts.items():
+        with pytest.raises(TrustRequiredError) as err:
+            attempt()
+        msg = str(err.value)
+        assert str(ts) in msg and "TorchScript is code" in msg, how
+        assert "trusted=True" in msg and "trusted: true" in msg, how
+        assert not marker.exists(), how
+    # The payload is real: with trusted=True the module runs (in the dry run) and writes the file.
+    load_npc(str(ts), TAG_OBS, TAG_ACT, trusted=True, device="cpu")
+    assert marker.exists()
+
+
+class RunsOnUnpickle:
+    """A pickle payload: ``os.system`` is module ``posix``, which torch blocks outright."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_pickle_referring_to_a_blocked_module_is_not_called_corrupt(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    torch.save(
+        {"state_dict": MLPAgent(16, 5).state_dict(), "meta": RunsOnUnpickle(marker)}, tmp_path / "sd.pt"
+    )
+    with pytest.raises(TrustRequiredError) as err:
+        load_npc(str(tmp_path / "sd.pt"), TAG_OBS, TAG_ACT)
+    msg = str(err.value)
+    assert "holds pickled code" in msg and "posix.system" in msg and "module posix" in msg
+    assert "corrupt" not in msg and "trusted=True" in msg and not marker.exists()
+
+    # An SB3 zip whose policy.pth holds it: SB3's own (trusted) loader reads weights with weights_only=True.
+    buf = io.BytesIO()
+    torch.save({"x": RunsOnUnpickle(marker)}, buf)
+    with zipfile.ZipFile(SHIPPED) as src, zipfile.ZipFile(tmp_path / "evil.zip", "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, buf.getvalue() if name == "policy.pth" else src.read(name))
+    with pytest.raises(TrustRequiredError, match="refers to posix.system from module posix"):
+        load_npc(str(tmp_path / "evil.zip"), TAG_OBS, TAG_ACT)
+    with pytest.raises(CheckpointError, match="torch refuses module posix even for trusted models") as err:
+        load_npc(str(tmp_path / "evil.zip"), TAG_OBS, TAG_ACT, trusted=True)
+    assert "corrupt" not in str(err.value) and not marker.exists()
+
+
+def test_sb3_weights_are_compared_with_the_architecture_before_it_is_built(tmp_path: Path) -> None:
+    # policy_kwargs asking for ~10^12 parameters: building it for real would try to allocate terabytes.
+    with zipfile.ZipFile(SHIPPED) as src:
+        data = json.loads(src.read("data"))
+        data["policy_kwargs"] = {
+            ":type:": "<class 'dict'>",
+            ":serialized:": base64.b64encode(pickle.dumps({"net_arch": [1_000_000, 1_000_000]})).decode(),
+        }
+        with zipfile.ZipFile(tmp_path / "huge.zip", "w") as dst:
+            for name in src.namelist():
+                dst.writestr(name, json.dumps(data) if name == "data" else src.read(name))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"policy.pth\) do not fit the ActorCriticPolicy") as err:
+        load_npc(str(tmp_path / "huge.zip"), TAG_OBS, TAG_ACT)
+    assert "1000000" in str(err.value) and "in the file" in str(err.value)
+    assert time.perf_counter() - start < 30
+
+
+def test_load_npc_dry_runs_torch_checkpoints_against_the_spaces(tmp_path: Path) -> None:
+    torch.save(MLPAgent(16, 1).state_dict(), tmp_path / "one_logit.pt")
+    cfg = nw.CheckpointConfig(
+        uri=str(tmp_path / "one_logit.pt"),
+        policy_class="tests.checkpoint_agents:MLPAgent",
+        policy_kwargs={"obs_dim": 16, "n_actions": 1},
+    )
+    with pytest.raises(CheckpointError, match="does not fit the NPC agents") as err:
+        load_npc(cfg, TAG_OBS, TAG_ACT)
+    msg = str(err.value)
+    assert "shape (2, 1) and dtype torch.float32" in msg and "float logits (B, 5)" in msg
+    assert str(tmp_path / "one_logit.pt") in msg
+
+
+# -------------------------------------------------------------------------------- file URIs
+@pytest.mark.parametrize(
+    "form", ["file://{path}", "file://localhost{path}", "file:{path}", "{path}"], ids=str
+)
+def test_file_uri_forms(tmp_path: Path, form: str) -> None:
+    shutil.copy(SHIPPED, tmp_path / "n p c.zip")
+    path = str(tmp_path / "n p c.zip")
+    uri = form.format(path=path if form == "{path}" else quote(path))
+    assert load_npc(uri, TAG_OBS, TAG_ACT, device="cpu").name == "n p c"
+
+
+@pytest.mark.parametrize("uri", ["file://", "file://localhost"])
+def test_file_uri_without_a_path_is_an_error(tmp_path: Path, uri: str, monkeypatch) -> None:
+    shutil.copy(SHIPPED, tmp_path / "npc.zip")
+    monkeypatch.chdir(tmp_path)  # a checkpoint in the current directory must not be picked up
+    with pytest.raises(CheckpointError, match="names no file; give file:///abs/path"):
+        load_npc(uri, TAG_OBS, TAG_ACT)
 
 
 # ------------------------------------------------------------------------- damaged and missing

@@ -71,7 +71,7 @@ def test_script_trains_a_few_iterations_against_the_shipped_npc(tmp_path: Path) 
     [actor] = list(tmp_path.glob("simple_tag_v3__cleanrl_ppo_npc__3__*/actor.pt"))
     assert list(actor.parent.glob("events.out.tfevents.*"))
 
-    # The saved actor is itself an NPC (TorchScript): the predators now play against a random prey.
+    # The saved actor is itself an NPC (TorchScript: trusted): the predators now play a random prey.
     script = load_script()
     venv = nw.make_vector_env(
         lambda: script.make_env("simple_tag_v3", 25),
@@ -79,6 +79,7 @@ def test_script_trains_a_few_iterations_against_the_shipped_npc(tmp_path: Path) 
         npc=f"file://{actor}",
         training_agents=["agent_*"],
         device="cpu",
+        trusted=True,
     )
     try:
         assert venv.npc_agents == ["adversary_0", "adversary_1", "adversary_2"]
