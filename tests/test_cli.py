@@ -23,11 +23,12 @@ import npc_wrapper as nw
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import plot as plot_cli
 from npc_wrapper.cli.algos import ActionMaskVecEnv
-from npc_wrapper.cli.common import DATA_DIR, config_dir
+from npc_wrapper.cli.common import DATA_DIR, CLIError, config_dir
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
 from npc_wrapper.cli.metrics import EpisodeStats, wilson_interval
 from npc_wrapper.cli.train import compose_config, dual_policy_config, train
 from npc_wrapper.config import DualPolicyConfig
+from tests.checkpoint_agents import save_marker_torchscript
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -291,6 +292,20 @@ def test_resume_when_already_done_trains_nothing(trained_run: dict[str, Any], tm
     assert result["step"] == trained_run["step"]
 
 
+def test_resume_with_another_algorithm_is_refused(trained_run: dict[str, Any], tmp_path: Path) -> None:
+    run_dir = tmp_path / "other_algo"
+    shutil.copytree(trained_run["dir"], run_dir)
+    before = (run_dir / "config.yaml").read_bytes()
+    cfg = compose_config(
+        [*SMALL[:3], *SMALL[6:], "trainer=a2c", "run=test", f"run_dir={run_dir}", "trainer.resume=true"]
+    )
+    with pytest.raises(CLIError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "was trained with trainer.algorithm=PPO" in msg and "A2C" in msg and "original trainer=" in msg
+    assert (run_dir / "config.yaml").read_bytes() == before  # the run's record is left as it was
+
+
 # --------------------------------------------------------------------------- eval and plot
 def test_wilson_interval_known_values() -> None:
     lo, hi = wilson_interval(5, 10)
@@ -341,6 +356,23 @@ def test_npc_eval_baseline_and_other_npc(
     )
     text = capsys.readouterr().out
     assert "random (adversary_0) vs NPC" in text and "over 4 episodes" in text
+
+
+def test_npc_eval_takes_trust_only_from_the_command_line(
+    trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run directory whose config.yaml grants itself trust for an NPC that runs code.
+    run_dir = tmp_path / "untrusted_run"
+    shutil.copytree(trained_run["dir"], run_dir)
+    marker = tmp_path / "PWNED"
+    payload = save_marker_torchscript(tmp_path / "npc.pt", marker)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["trainer"]["dual_policy"]["checkpoint_npc"].update({"uri": f"file://{payload}", "trusted": True})
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CLIError, match="TorchScript is code"):
+        eval_cli.evaluate(str(run_dir), episodes=2, num_envs=1)
+    assert not marker.exists()
+    assert "ignoring trainer.dual_policy.checkpoint_npc.trusted=true" in capsys.readouterr().err
 
 
 def test_plot_draws_learning_curve(trained_run: dict[str, Any], tmp_path: Path) -> None:

@@ -7,19 +7,24 @@ non-zero exit status; Ctrl-C must save a checkpoint that a resumed run continues
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
 from npc_wrapper.cli.callbacks import atomic_save, checkpoint_path, latest_checkpoint
+from npc_wrapper.cli.common import DATA_DIR, CLIError
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.train import main, train
+from npc_wrapper.cli.train import _check_npc_uri, main, train
+from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from tests.test_cli import SMALL, run_cfg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +77,18 @@ BAD_INPUT = {
         "trainer.policy='MlpLstmPolicy' is not a policy of PPO",
     ),
     "resume with no checkpoint": (["trainer.resume=true"], "trainer.resume=true but"),
+    "no training agents": (
+        ["trainer.dual_policy.training_agents_pct=0"],
+        "trainer.dual_policy.training_agents_pct is 0, so no agent would train",
+    ),
+    "NPC file URI without a path": (
+        ["trainer.dual_policy.checkpoint_npc.uri=file://"],
+        "trainer.dual_policy.checkpoint_npc.uri: 'file://' names no file",
+    ),
+    "metric without type top": (
+        ["trainer.dual_policy.checkpoint_npc.metric=score"],
+        "trainer.dual_policy.checkpoint_npc.metric='score' is only used by type 'top'",
+    ),
     "NPC that does not fit": (
         ["trainer.dual_policy.training_agents_pct=0.25", "env.wrappers=[]"],
         "cannot build env 'simple_tag'",
@@ -90,6 +107,19 @@ def test_bad_input_stops_before_training_with_one_line(
     assert len(err) == 1, err
     assert err[0].startswith("npc-train: error: ") and expected in err[0], err[0]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "final.zip").exists()
+
+
+def test_npc_uri_is_checked_as_the_loader_parses_it(tmp_path: Path) -> None:
+    (tmp_path / "sp ace").mkdir()
+    shutil.copy(DATA_DIR / "simple_tag_npc.zip", tmp_path / "sp ace" / "ck.zip")
+
+    def check(uri: str) -> None:
+        _check_npc_uri(DualPolicyConfig(enabled=True, checkpoint_npc=CheckpointConfig(uri=uri)))
+
+    for form in ("file://{}", "file://localhost{}", "file:{}"):
+        check(form.format(quote(str(tmp_path / "sp ace" / "ck.zip"))))  # the loader reads these
+    with pytest.raises(CLIError, match=re.escape(f"no checkpoint at '{tmp_path / 'sp ace' / 'nope.zip'}'")):
+        check(f"file://{quote(str(tmp_path / 'sp ace' / 'nope.zip'))}")
 
 
 def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,9 +8,12 @@ Usage::
     npc-eval runs/my_run env.factory.max_cycles=50 trainer.dual_policy.training_agents_pct=0.5
     npc-eval runs/my_battle_run --round-robin --episodes 10   # every checkpoint of the run vs every other
 
-The policy is loaded with the same safe loader as NPC checkpoints (no unpickling unless
-``--trusted``), so anything that can be an NPC can be evaluated: SB3 ``.zip``, TorchScript,
-``wandb://`` artifacts, ``random``, ``noop``.
+The policy is loaded with the same safe loader as NPC checkpoints (nothing that runs code from a
+checkpoint unless ``--trusted``), so anything that can be an NPC can be evaluated: SB3 ``.zip``,
+TorchScript (with ``--trusted``), ``wandb://`` artifacts, ``random``, ``noop``. Only ``--trusted``
+grants trust: a ``checkpoint_npc.trusted`` in the run's ``config.yaml`` or an override is ignored.
+A run directory's ``config.yaml`` is still code-equivalent (its ``_target_``s are called), so only
+evaluate run directories you trust.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.checkpoints import CheckpointError, parse_uri
 from npc_wrapper.cli.common import CLIError, TrainConfig, die, one_line, register_configs
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
@@ -37,9 +41,20 @@ PROG = "npc-eval"
 _GROUPS = ("env", "trainer", "user")
 
 
+def _local_path(policy: str) -> Path | None:
+    """The local file or directory ``policy`` names, parsed as the loader parses it; else ``None``."""
+    try:
+        parsed = parse_uri(policy)
+    except CheckpointError:
+        return None  # not a local path; loading the policy reports what is wrong with it
+    return parsed.value if parsed.kind == "file" else None
+
+
 def find_run_config(policy: str) -> Path | None:
     """The ``config.yaml`` of the run a policy path belongs to (run dir, its final.zip or a checkpoint)."""
-    path = Path(policy.removeprefix("file://"))
+    path = _local_path(policy)
+    if path is None:
+        return None
     for candidate in (path, path.parent, path.parent.parent):
         if (candidate / "config.yaml").is_file() and candidate.is_dir():
             return candidate / "config.yaml"
@@ -48,8 +63,8 @@ def find_run_config(policy: str) -> Path | None:
 
 def resolve_policy_path(policy: str) -> str:
     """A run directory stands for its ``final.zip``, else its latest checkpoint."""
-    path = Path(policy.removeprefix("file://"))
-    if path.is_dir() and (path / "config.yaml").is_file():
+    path = _local_path(policy)
+    if path is not None and path.is_dir() and (path / "config.yaml").is_file():
         from npc_wrapper.cli.callbacks import latest_checkpoint
 
         if (path / "final.zip").is_file():
@@ -103,7 +118,8 @@ def evaluate(
     :param num_envs: parallel envs
     :param seed: seed of the envs and both policies
     :param deterministic: the evaluated policy acts greedily
-    :param trusted: allow checkpoint formats that unpickle code (for the policy and the NPC)
+    :param trusted: allow checkpoint formats that run code (for the policy and the NPC); the only
+        source of trust: the config's ``checkpoint_npc.trusted`` is ignored
     :param device: where the policies run (default: the config's ``device``)
     """
     from npc_wrapper.cli.train import build_vec_env, dual_policy_config
@@ -115,8 +131,16 @@ def evaluate(
     if npc is not None:
         cfg.trainer.dual_policy.enabled = True
         cfg.trainer.dual_policy.checkpoint_npc.uri = npc
-    if trusted:
-        cfg.trainer.dual_policy.checkpoint_npc.trusted = True
+    npc_cfg = cfg.trainer.dual_policy.checkpoint_npc
+    if npc_cfg.trusted is True and not trusted:
+        # A run's config.yaml (or an override) must not grant trust the command line did not.
+        print(
+            f"{PROG}: note: ignoring trainer.dual_policy.checkpoint_npc.trusted=true from the config; only "
+            "--trusted lets npc-eval load checkpoints that run code",
+            file=sys.stderr,
+            flush=True,
+        )
+    npc_cfg.trusted = trusted
     if device is not None:
         cfg.device = device
     dp = dual_policy_config(cfg)
@@ -221,7 +245,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=8, help="parallel envs (default 8)")
     p.add_argument("--seed", type=int, default=12345, help="seed of envs and policies (default 12345)")
     p.add_argument("--deterministic", action="store_true", help="the evaluated policy acts greedily")
-    p.add_argument("--trusted", action="store_true", help="allow checkpoint formats that unpickle code")
+    p.add_argument(
+        "--trusted",
+        action="store_true",
+        help="allow checkpoint formats that run code (pickles, TorchScript); the config cannot grant this",
+    )
     p.add_argument("--device", help="where policies run (default: the config's device)")
     p.add_argument("--json", type=Path, help="also write the summary to this JSON file")
     p.add_argument(

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.checkpoints import CheckpointError, parse_uri
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.callbacks import (
     CheckpointCallback,
@@ -43,7 +44,7 @@ from npc_wrapper.cli.callbacks import (
 from npc_wrapper.cli.common import CLIError, TrainConfig, config_dir, die, one_line, register_configs
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
-from npc_wrapper.config import IMPORT_SPEC, DualPolicyConfig
+from npc_wrapper.config import DualPolicyConfig
 from npc_wrapper.league import LeagueCallback, LeagueConfig, check_league_venv
 
 __all__ = [
@@ -180,18 +181,35 @@ def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:
 
 
 def _check_npc_uri(dp: DualPolicyConfig) -> None:
-    """A local NPC checkpoint must exist before anything is built."""
+    """A local NPC checkpoint must exist before anything is built (the URI parsed as the loader does)."""
     if not dp.enabled:
         return
-    uri = str(dp.checkpoint_npc.uri)
-    if uri in ("random", "noop") or "://" in uri and not uri.startswith("file://") or IMPORT_SPEC.match(uri):
-        return
-    path = Path(uri.removeprefix("file://")).expanduser()
-    if not path.exists():
+    try:
+        parsed = parse_uri(str(dp.checkpoint_npc.uri))
+    except CheckpointError as e:
+        raise CLIError(f"trainer.dual_policy.checkpoint_npc.uri: {one_line(e)}") from e
+    if parsed.kind == "file" and not parsed.value.exists():
         raise CLIError(
-            f"trainer.dual_policy.checkpoint_npc.uri: no checkpoint at {str(path)!r}; give an existing checkpoint file "
-            "or directory (file://PATH), a wandb:// URI, 'random' or 'noop'"
+            f"trainer.dual_policy.checkpoint_npc.uri: no checkpoint at {str(parsed.value)!r}; give an "
+            "existing checkpoint file or directory (file://PATH), a wandb:// URI, 'random' or 'noop'"
         )
+
+
+def _check_resumed_algorithm(cfg: DictConfig, paths: RunPaths) -> None:
+    """A checkpoint continues only with the algorithm that wrote it (A2C would load a PPO zip as its own)."""
+    if not paths.config.is_file():
+        return
+    try:
+        stored = OmegaConf.select(OmegaConf.load(paths.config), "trainer.algorithm")
+    except Exception as e:
+        raise CLIError(f"trainer.resume=true: cannot read {paths.config}: {one_line(e)}") from e
+    if stored is None or resolve_algorithm(str(stored)) is resolve_algorithm(cfg.trainer.algorithm):
+        return
+    raise CLIError(
+        f"trainer.resume=true: {paths.root} was trained with trainer.algorithm={stored} ({paths.config}), "
+        f"but this session's is {cfg.trainer.algorithm}; resume with the original trainer= (and its "
+        "overrides), or start a new run=NAME"
+    )
 
 
 def _check_numbers(cfg: DictConfig) -> None:
@@ -442,6 +460,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise CLIError(
             f"{paths.root} already holds a run; pass trainer.resume=true to continue it, or choose another run=NAME"
         )
+    if resume:
+        _check_resumed_algorithm(cfg, paths)
 
     env_fn = EnvFactory(
         OmegaConf.to_container(cfg.env.factory, resolve=True),
