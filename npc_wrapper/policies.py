@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import copy
 import io
+import math
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -298,6 +299,9 @@ class TorchPolicy(NPCPolicy):
             u = torch.rand(out.shape, generator=self._generator, device=out.device)
             return (u < torch.sigmoid(out)).to(torch.int8)
         if isinstance(space, spaces.Box):
+            if out.ndim == 0 or math.prod(out.shape[1:]) != math.prod(space.shape):
+                shape = ", ".join(map(str, space.shape))
+                raise self._bad_output(out, f"actions (B, {shape})")
             low = torch.as_tensor(space.low, device=out.device, dtype=out.dtype)
             high = torch.as_tensor(space.high, device=out.device, dtype=out.dtype)
             return torch.clamp(out.reshape(-1, *space.shape), low, high)

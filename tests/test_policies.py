@@ -53,8 +53,11 @@ def test_torch_outputs_decode_per_action_space(space: spaces.Space, out: torch.T
         (spaces.MultiDiscrete([2, 3]), torch.zeros(2, 2), r"shape \(2, 2\).*float logits \(B, 5\)"),
         (spaces.MultiDiscrete([2, 3]), torch.zeros(2, 5, dtype=torch.int64), r"integer actions \(B, 2\)"),
         (spaces.MultiBinary(3), torch.zeros(2, 1), r"shape \(2, 1\) and dtype torch.float32.*\(B, 3\)"),
+        (spaces.Box(-1.0, 1.0, (2,)), torch.zeros(2, 4), r"shape \(2, 4\).*actions \(B, 2\)"),
+        (spaces.Box(-1.0, 1.0, (2,)), torch.zeros(()), r"shape \(\).*actions \(B, 2\)"),
     ],
-    ids=["discrete-1-float", "discrete-flat-float", "discrete-int-2", "md-float", "md-int", "mb-float"],
+    ids=["discrete-1-float", "discrete-flat-float", "discrete-int-2", "md-float", "md-int", "mb-float", "box-4",
+         "box-scalar"],
 )
 def test_torch_outputs_of_the_wrong_shape_are_an_error(
     space: spaces.Space, out: torch.Tensor, expected: str
