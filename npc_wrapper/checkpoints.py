@@ -647,6 +647,13 @@ def _check_spaces(path: Path, stored_obs: Any, stored_act: Any, obs: spaces.Spac
         )
 
 
+def _rebuild_error(policy_class: type, path: Any, data_kwargs: Any, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot rebuild the {policy_class.__name__} of SB3 model {path} with policy_kwargs "
+        f"{data_kwargs}: {type(e).__name__}: {e}"
+    )
+
+
 def _check_weight_shapes(
     policy_class: type,
     obs: spaces.Space,
@@ -676,10 +683,7 @@ def _check_weight_shapes(
         with torch.device("meta"):
             skeleton = on_meta(obs, act, **kwargs)
     except Exception as e:
-        raise CheckpointError(
-            f"cannot rebuild the {policy_class.__name__} of SB3 model {path} with policy_kwargs "
-            f"{data_kwargs}: {type(e).__name__}: {e}"
-        ) from e
+        raise _rebuild_error(policy_class, path, data_kwargs, e) from e
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
@@ -771,10 +775,7 @@ def _load_sb3(
     try:
         policy = policy_class(stored_obs, stored_act, **kwargs)
     except Exception as e:
-        raise CheckpointError(
-            f"cannot rebuild the {policy_class.__name__} of SB3 model {path} with policy_kwargs "
-            f"{data_kwargs}: {type(e).__name__}: {e}"
-        ) from e
+        raise _rebuild_error(policy_class, path, data_kwargs, e) from e
     try:
         policy.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as e:

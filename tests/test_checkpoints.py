@@ -15,7 +15,6 @@ import os
 import pickle
 import shlex
 import shutil
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -469,11 +468,10 @@ def test_sb3_weights_are_compared_with_the_architecture_before_it_is_built(tmp_p
         with zipfile.ZipFile(tmp_path / "huge.zip", "w") as dst:
             for name in src.namelist():
                 dst.writestr(name, json.dumps(data) if name == "data" else src.read(name))
-    start = time.perf_counter()
+    # Built for real, the policy's ~4 TB allocation would fail and be reported as "cannot rebuild".
     with pytest.raises(CheckpointError, match=r"policy.pth\) do not fit the ActorCriticPolicy") as err:
         load_npc(str(tmp_path / "huge.zip"), TAG_OBS, TAG_ACT)
     assert "1000000" in str(err.value) and "in the file" in str(err.value)
-    assert time.perf_counter() - start < 30
 
 
 def test_load_npc_dry_runs_torch_checkpoints_against_the_spaces(tmp_path: Path) -> None:
