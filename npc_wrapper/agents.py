@@ -43,6 +43,11 @@ def split_agents(
     if training_agents is not None:
         if isinstance(training_agents, (str, bytes)):
             training_agents = [training_agents]
+        if len(training_agents) == 0:
+            raise ValueError(
+                f"training_agents is empty: name at least one of the env's possible_agents {agents} "
+                "(names or glob patterns such as 'red_*'), or pass training_agents=None to use training_agents_pct"
+            )
         unmatched = [p for p in training_agents if not any(_matches(a, p) for a in agents)]
         if unmatched:
             raise ValueError(
@@ -167,6 +172,14 @@ def build_layout(
                 f"NPC agents {unmatched} match no key of the npc mapping {list(npc)}; add a pattern such as '*'"
             )
         spec_key = {a: next(p for p in npc if _matches(a, p)) for a in npcs}
+        unused = [p for p in npc if p not in spec_key.values()]
+        if unused:
+            on_train = [p for p in unused if any(_matches(a, p) for a in train)]
+            raise ValueError(
+                f"npc mapping keys {unused} drive no NPC agent"
+                + (f" ({on_train} match training agents {train}, which the trainer drives)" if on_train else "")
+                + f"; the NPC agents are {npcs}: remove those keys or fix the patterns"
+            )
     else:
         spec_key = {a: None for a in npcs}
 

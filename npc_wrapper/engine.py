@@ -333,9 +333,13 @@ class NPCEngine:
             bad = bad | (a != np.floor(a)).reshape(self.num_slots, -1).any(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
+            hint = (
+                "; clip actions to the bounds first (SB3 does; with Gymnasium, wrap the vector env in "
+                "gymnasium.wrappers.vector.ClipAction)" if isinstance(space, spaces.Box) else ""
+            )
             raise ValueError(
                 f"action {a[i].tolist()!r} for slot {i} (env {i // self.n_train}, agent "
-                f"{self.layout.training[i % self.n_train]!r}) is outside the action space {space}"
+                f"{self.layout.training[i % self.n_train]!r}) is outside the action space {space}{hint}"
             )
         return a.astype(space.dtype) if float_ints else a
 

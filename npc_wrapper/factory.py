@@ -31,12 +31,28 @@ def _engine(
     start_method: str | None,
     next_step_autoreset: bool = False,
 ) -> NPCEngine:
+    if _is_env(env_fn):
+        raise TypeError(
+            f"env_fn must be a function that builds a PettingZoo ParallelEnv, not an env ({type(env_fn).__name__}): "
+            "each sub-env needs its own instance; pass e.g. lambda: simple_tag_v3.parallel_env()"
+        )
     if callable(env_fn):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         env_fns = [env_fn] * num_envs
     else:
         env_fns = list(env_fn)
+        bad = [i for i, fn in enumerate(env_fns) if _is_env(fn) or not callable(fn)]
+        if bad:
+            raise TypeError(
+                f"env_fn[{bad[0]}] is a {type(env_fns[bad[0]]).__name__}, not a function that builds a PettingZoo "
+                "ParallelEnv: pass one factory per sub-env, e.g. [lambda: simple_tag_v3.parallel_env()] * 4"
+            )
+        if num_envs not in (1, len(env_fns)):
+            raise ValueError(
+                f"num_envs={num_envs} but env_fn is a list of {len(env_fns)} factories (one sub-env each): "
+                "leave num_envs out or make them agree"
+            )
     return NPCEngine(
         env_fns,
         npc=npc,
@@ -50,6 +66,11 @@ def _engine(
         start_method=start_method,
         next_step_autoreset=next_step_autoreset,
     )
+
+
+def _is_env(obj: Any) -> bool:
+    """An env instance, where a factory was expected (a ParallelEnv is not callable; look at its API)."""
+    return not isinstance(obj, type) and hasattr(obj, "possible_agents") and hasattr(obj, "step")
 
 
 def make_vec_env(

@@ -134,6 +134,25 @@ def env_actions(
     return out
 
 
+def _check_same_env(env: Any, layout: AgentLayout) -> None:
+    """Every sub-env must be the kind of env the layout was built from (the first one)."""
+    where = "an env built by env_fn differs from the first env, from which the agent split was made"
+    if tuple(env.possible_agents) != layout.possible_agents:
+        raise ValueError(
+            f"{where}: its possible_agents are {list(env.possible_agents)}, the first env's "
+            f"{list(layout.possible_agents)}; every env_fn must build the same kind of env"
+        )
+    expected = [(a, layout.observation_space, layout.action_space) for a in layout.training]
+    expected += [(a, g.observation_space, g.action_space) for g in layout.groups for a in g.agents]
+    for agent, obs_space, act_space in expected:
+        if env.observation_space(agent) != obs_space or env.action_space(agent) != act_space:
+            raise ValueError(
+                f"{where}: agent {agent!r} has observation space {env.observation_space(agent)} and action "
+                f"space {env.action_space(agent)} there, {obs_space} and {act_space} in the first env; "
+                "every env_fn must build the same kind of env"
+            )
+
+
 class JointEnv:
     """A PettingZoo ``ParallelEnv`` stepped with arrays.
 
@@ -149,6 +168,7 @@ class JointEnv:
         self, env: Any, layout: AgentLayout, buffers: JointBuffers, early_reset: bool = True,
         hold_after_reset: bool = False,
     ) -> None:
+        _check_same_env(env, layout)
         self.env = env
         self.layout = layout
         self.buf = buffers
@@ -161,9 +181,12 @@ class JointEnv:
         self._act_pos = {a: i for i, a in enumerate(order)}
         self._act_pickers: dict[tuple[Any, ...], Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
         # agent -> its row of the obs buffers (a view): one dict lookup and one copy per agent per step.
-        self._obs_view: dict[Any, np.ndarray] = {a: buffers.train_obs[i] for i, a in enumerate(layout.training)}
+        # [i, ...] rather than [i]: a view even for scalar (Discrete) observations.
+        self._obs_view: dict[Any, np.ndarray] = {
+            a: buffers.train_obs[i, ...] for i, a in enumerate(layout.training)
+        }
         for g, group in enumerate(layout.groups):
-            self._obs_view.update({a: buffers.npc_obs[g][i] for i, a in enumerate(group.agents)})
+            self._obs_view.update({a: buffers.npc_obs[g][i, ...] for i, a in enumerate(group.agents)})
         self._train_pos = layout.train_index
         self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)

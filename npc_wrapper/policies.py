@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import abc
 import copy
+import difflib
 import io
 import math
+import os
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -349,6 +351,7 @@ class SB3Policy(NPCPolicy):
         if isinstance(self.policy, torch.nn.Module):
             self.policy = frozen_copy(self.policy, self.device)
         self.predictor = self.policy if hasattr(self.policy, "predict") else model
+        _check_model_spaces(self.policy, observation_space, action_space)
         self.recurrent = hasattr(self.policy, "lstm_actor")
         # Plain actor-critic policies are sampled from their distribution with our own generator.
         self._direct = (
@@ -465,6 +468,28 @@ class SB3Policy(NPCPolicy):
         return self.policy.get_distribution(obs).get_actions(deterministic=self.deterministic)
 
 
+def _check_model_spaces(policy: Any, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+    """Refuse an SB3 model trained on other spaces than the NPC agents', naming both (a dry run
+    would fail deep inside the network, with only the layer sizes to go on)."""
+    model_obs = getattr(policy, "observation_space", None)
+    model_act = getattr(policy, "action_space", None)
+    obs_shape = observation_space.shape
+    chw = len(obs_shape) == 3 and (obs_shape[2], *obs_shape[:2])  # SB3 trains images channel-first
+    obs_ok = not isinstance(model_obs, spaces.Space) or model_obs.shape in (obs_shape, chw)
+    act_ok = not isinstance(model_act, spaces.Space) or (
+        type(model_act) is type(action_space)
+        and model_act.shape == action_space.shape
+        and getattr(model_act, "n", None) == getattr(action_space, "n", None)
+        and np.array_equal(getattr(model_act, "nvec", 0), getattr(action_space, "nvec", 0))
+    )
+    if not (obs_ok and act_ok):
+        raise ValueError(
+            f"this SB3 model was trained on observation space {model_obs} and action space {model_act}, but "
+            f"the NPC agents it would drive have {observation_space} and {action_space}: pass a model trained "
+            "on those agents' spaces (or give these agents another NPC with a mapping npc={pattern: spec})"
+        )
+
+
 _SPLIT_DISTRIBUTIONS = (
     d.CategoricalDistribution,
     d.MultiCategoricalDistribution,
@@ -504,6 +529,13 @@ def as_npc_policy(
     if isinstance(npc, (str, CheckpointConfig)):
         if isinstance(npc, str) and npc in _SCRIPTED:
             return _SCRIPTED[npc](observation_space, action_space)
+        if isinstance(npc, str) and not any(c in npc for c in "/:.") and not os.path.exists(npc):
+            close = difflib.get_close_matches(npc.lower(), list(_SCRIPTED), n=1, cutoff=0.6)
+            if close:  # a typo of a built-in name would otherwise read as a missing checkpoint
+                raise ValueError(
+                    f"npc={npc!r} is no built-in NPC and no checkpoint file: did you mean {close[0]!r}? "
+                    f"(built-in NPCs: {list(_SCRIPTED)})"
+                )
         from npc_wrapper.checkpoints import load_npc
 
         return load_npc(

@@ -165,9 +165,14 @@ class InProcessBackend(Backend):
     def __init__(self, envs: list[Any], layout: AgentLayout, early_reset: bool, hold_after_reset: bool = False) -> None:
         self.num_envs = len(envs)
         self.buffers = JointBuffers.allocate(layout, (self.num_envs,))
-        self.joints = [
-            JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset) for i, env in enumerate(envs)
-        ]
+        try:
+            self.joints = [
+                JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset) for i, env in enumerate(envs)
+            ]
+        except BaseException:  # an env that does not fit the layout: close them all, not just that one
+            for env in envs:
+                env.close()
+            raise
 
     def reset(
         self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None

@@ -69,9 +69,54 @@ def test_npc_returning_actions_outside_its_space_is_rejected() -> None:
 def test_sb3_npc_for_another_observation_space_is_rejected() -> None:
     wide = nw.make_vec_env(lambda: ScriptedParallelEnv(obs_shape=(6,)))
     model = PPO("MlpPolicy", wide, device="cpu")
-    with pytest.raises(ValueError, match=r"NPC policy .*\(3,\)"):
+    # Both sides named: the model's (6,) and the NPC agents' (3,), not a layer-size error from the dry run.
+    with pytest.raises(ValueError, match=r"trained on observation space Box\(.*\(6,\).*NPC agents .*\(3,\)"):
         nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=model, device="cpu")
     wide.close()
+
+
+def test_sb3_npc_for_another_action_space_is_rejected() -> None:
+    other = nw.make_vec_env(lambda: ScriptedParallelEnv(action_space=spaces.Discrete(3)))
+    model = PPO("MlpPolicy", other, device="cpu")
+    with pytest.raises(ValueError, match=r"action space Discrete\(3\), but .* Discrete\(4\)"):
+        nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=model, device="cpu")
+    other.close()
+
+
+def test_env_instances_and_mismatched_factories_are_refused() -> None:
+    from functools import partial
+
+    with pytest.raises(TypeError, match="not an env .*lambda: simple_tag_v3.parallel_env"):
+        nw.make_vec_env(ScriptedParallelEnv(), 2)
+    with pytest.raises(TypeError, match=r"env_fn\[1\] is a ScriptedParallelEnv"):
+        nw.make_vec_env([ScriptedParallelEnv, ScriptedParallelEnv()])
+    with pytest.raises(ValueError, match="num_envs=8 but env_fn is a list of 2"):
+        nw.make_vec_env([ScriptedParallelEnv, ScriptedParallelEnv], 8)
+    built: list[ScriptedParallelEnv] = []
+
+    def tracked(**kwargs: object):
+        def make() -> ScriptedParallelEnv:
+            built.append(ScriptedParallelEnv(**kwargs))
+            return built[-1]
+        return make
+
+    with pytest.raises(ValueError, match=r"possible_agents are \['a_0', 'b_0'\], the first env's \['a_0', 'a_1', 'b_0'\]"):
+        nw.make_vec_env([tracked(), tracked(agents=["a_0", "b_0"])])
+    with pytest.raises(ValueError, match=r"agent 'a_0' has observation space Box\(.*\(5,\)"):
+        nw.make_vec_env([tracked(), partial(tracked(obs_shape=(5,)))])
+    assert all(env.closed for env in built)  # nothing left open
+
+
+def test_empty_training_agents_and_stray_npc_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="training_agents is empty"):
+        nw.make_vec_env(ScriptedParallelEnv, training_agents=[])
+    with pytest.raises(ValueError, match=r"keys \['a_\*'\] drive no NPC agent .*match training agents"):
+        nw.make_vec_env(ScriptedParallelEnv, training_agents_pct=0.67, npc={"b_*": "noop", "a_*": "random"})
+
+
+def test_a_typo_of_a_builtin_npc_says_which_was_meant() -> None:
+    with pytest.raises(ValueError, match="did you mean 'random'"):
+        nw.make_vec_env(ScriptedParallelEnv, npc="rando")
 
 
 def test_npc_policy_built_for_other_spaces_is_rejected() -> None:
@@ -161,7 +206,7 @@ def test_box_actions_out_of_bounds_or_nan() -> None:
     box = spaces.Box(-1.0, 1.0, (2,), np.float32)
     venv = nw.make_vector_env(lambda: ScriptedParallelEnv(action_space=box), num_envs=2, training_agents_pct=0.67)
     venv.reset(seed=0)
-    with pytest.raises(ValueError, match=r"slot 2 \(env 1, agent 'a_0'\) is outside the action space Box"):
+    with pytest.raises(ValueError, match=r"slot 2 \(env 1, agent 'a_0'\) is outside the action space Box.*ClipAction"):
         venv.step(np.array([[0, 0], [0, 0], [0, 1.5], [0, 0]], dtype=np.float32))
     with pytest.raises(ValueError, match="slot 1"):
         venv.step(np.array([[0, 0], [np.nan, 0], [0, 0], [0, 0]], dtype=np.float32))

@@ -266,3 +266,19 @@ def test_mettagrid_arena_int_agents_and_unaliased_observations() -> None:
     for got, copy in kept + terminal:
         np.testing.assert_array_equal(got, copy)
     venv.close()
+
+
+# ---------------------------------------------------------------------------------------- classic
+def test_discrete_observations_rock_paper_scissors() -> None:
+    """rps_v2's observations are Discrete(4) (shape ()): each agent's buffer row is a 0-d view."""
+    from pettingzoo.classic import rps_v2
+
+    for gym in (False, True):
+        make = nw.make_vector_env if gym else nw.make_vec_env
+        venv = make(lambda: rps_v2.parallel_env(max_cycles=3), num_envs=2, npc="noop", training_agents_pct=0.5)
+        obs = venv.reset(seed=0)[0] if gym else venv.reset()
+        np.testing.assert_array_equal(obs, [3, 3])  # "no move yet"
+        out = venv.step(np.array([1, 2]))  # paper, scissors against the NPC's rock (noop = 0)
+        np.testing.assert_array_equal(out[0], [0, 0])  # each sees the opponent's rock
+        np.testing.assert_array_equal(out[1], [1, -1])
+        venv.close()
