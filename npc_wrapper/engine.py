@@ -145,6 +145,7 @@ class NPCEngine:
         self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray]]] = []
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
         self._alive = np.zeros((E, layout.n_agents), dtype=bool)
+        self._joined = np.zeros((E, layout.n_agents), dtype=bool)
         self._slot_return = np.zeros(self.num_slots, dtype=np.float64)
         self._slot_length = np.zeros(self.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
@@ -398,6 +399,11 @@ class NPCEngine:
             self._team_return[env_done] = 0
             self._env_length[env_done] = 0
 
+        # NPCs that entered their env this step (late or respawned) start an episode of their own.
+        joined = np.greater(buf.alive, self._alive, out=self._joined)
+        if joined.any():
+            for g, pos in enumerate(self._group_pos):
+                self._episode_start[g] |= joined[:, pos].reshape(-1)
         self._alive[...] = buf.alive
         obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
         if self.next_step_autoreset:

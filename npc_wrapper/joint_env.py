@@ -191,6 +191,9 @@ class JointEnv:
         self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)
         self._alive_now = np.zeros(layout.n_agents, dtype=bool)
+        self._in_env = np.zeros(layout.n_agents, dtype=bool)
+        # Agents done in this episode that the env still lists in env.agents: dead to us until they leave.
+        self._lingering = np.zeros(layout.n_agents, dtype=bool)
         self._pos_cache: dict[tuple[Any, ...], np.ndarray] = {}
         self._flags_set = False  # whether terminated/truncated/env_done may hold a True from the last step
         #: The training agents' infos from the last step (or reset), per training slot: the env's own
@@ -216,6 +219,7 @@ class JointEnv:
         self._write_obs(obs)
         buf.alive[...] = False
         buf.alive[self._positions(self.env.agents)] = True
+        self._lingering[...] = False
         self.reset_infos = self.train_infos = list(map(infos.get, self.layout.training))
         self._held = False
 
@@ -261,13 +265,17 @@ class JointEnv:
         buf.truncated[...] = False
         buf.terminated[self._positions(terms)] = list(terms.values())
         buf.truncated[self._positions(truncs)] = list(truncs.values())
-        alive_now[...] = False
-        alive_now[self._positions(self.env.agents)] = True
+        in_env = self._in_env
+        in_env[...] = False
+        in_env[self._positions(self.env.agents)] = True
         # An agent that vanished without a done flag is treated as terminated.
-        vanished = was_alive & ~alive_now & ~buf.terminated & ~buf.truncated
+        vanished = was_alive & ~in_env & ~buf.terminated & ~buf.truncated
         buf.terminated |= vanished
-        # Agents that report done but linger in env.agents are dead to us.
-        alive_now &= was_alive & ~buf.terminated & ~buf.truncated
+        # Agents that report done but linger in env.agents are dead to us until they leave it; an
+        # agent that enters env.agents (late, or again after leaving it) starts a life of its own.
+        self._lingering |= was_alive & (buf.terminated | buf.truncated)
+        self._lingering &= in_env
+        np.logical_and(in_env, ~(self._lingering | buf.terminated | buf.truncated), out=alive_now)
 
         train_alive = alive_now[self._train_pos]
         done = not alive_now.any() or (self.early_reset and not train_alive.any())

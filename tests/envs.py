@@ -97,6 +97,9 @@ class ScriptedParallelEnv(ParallelEnv):
     Rewards: ``reward_fn(agent, agent_index, t, action)``; default
     :func:`default_reward` = ``t + 0.01 * i`` plus ``0.001 * action`` for integer actions.
 
+    Late agents: an agent in ``join_steps`` is not in ``agents`` at reset; it joins at the end of
+    step ``join_steps[agent]`` (its observation and info come with that step, no reward or flags).
+
     Episode end: at step ``t == max_steps`` every live agent gets ``truncation=True``;
     an agent in ``death_steps`` gets ``termination=True`` at step ``death_steps[agent]``;
     at step ``terminate_all_at`` every live agent gets ``termination=True``. Flags are
@@ -132,6 +135,7 @@ class ScriptedParallelEnv(ParallelEnv):
         per_agent_spaces: Mapping[AgentID, tuple[spaces.Space, spaces.Space]] | None = None,
         max_steps: int = 10,
         death_steps: Mapping[AgentID, int] | None = None,
+        join_steps: Mapping[AgentID, int] | None = None,
         terminate_all_at: int | None = None,
         reward_fn: Callable[[AgentID, int, int, Any], float] | None = None,
         render_mode: str | None = None,
@@ -155,6 +159,10 @@ class ScriptedParallelEnv(ParallelEnv):
         unknown = set(self.death_steps) - set(possible)
         if unknown:
             raise ValueError(f"death_steps names unknown agents: {sorted(map(str, unknown))}")
+        self.join_steps: dict[AgentID, int] = dict(join_steps or {})
+        unknown = set(self.join_steps) - set(possible)
+        if unknown:
+            raise ValueError(f"join_steps names unknown agents: {sorted(map(str, unknown))}")
         self.terminate_all_at = terminate_all_at
         self.reward_fn = reward_fn if reward_fn is not None else default_reward
         self.render_mode = render_mode
@@ -280,7 +288,7 @@ class ScriptedParallelEnv(ParallelEnv):
             self.episode_id = int(self._rng.integers(0, EPISODE_ID_HIGH))
         self.num_resets += 1
         self.num_steps = 0
-        self.agents = list(self.possible_agents)
+        self.agents = [a for a in self.possible_agents if a not in self.join_steps]
         self._last_action = {}
         obs = self._observe(self.agents)
         infos = {a: self._info(a) for a in self.agents}
@@ -324,9 +332,11 @@ class ScriptedParallelEnv(ParallelEnv):
         all_dead = self.terminate_all_at is not None and t >= self.terminate_all_at
         terminations = {a: bool(all_dead or self.death_steps.get(a, math.inf) <= t) for a in stepping}
         truncations = {a: t >= self.max_steps for a in stepping}
-        obs = self._observe(stepping)
-        infos = {a: self._info(a) for a in stepping}
-        self.agents = [a for a in stepping if not (terminations[a] or truncations[a])]
+        joining = [a for a in self.possible_agents if self.join_steps.get(a) == t and t < self.max_steps]
+        obs = self._observe(stepping + joining)
+        infos = {a: self._info(a) for a in stepping + joining}
+        alive = {a for a in stepping if not (terminations[a] or truncations[a])} | set(joining)
+        self.agents = [a for a in self.possible_agents if a in alive]
         return obs, rewards, terminations, truncations, infos
 
     def render(self) -> np.ndarray | None:

@@ -412,3 +412,68 @@ def test_reset_mid_episode_restarts_statistics_and_padding(kind: str) -> None:
     assert infos[1][EPISODE]["train_return"] == pytest.approx(1.0 + 10.04)  # a_0 lived 1 step, a_1 four
     if kind == "sb3":
         assert infos[1]["episode"]["l"] == 4 and infos[1]["episode"]["r"] == pytest.approx(10.04)
+
+
+class StartLog(nw.NPCPolicy):
+    """Stands still and records each call's rows and episode-start flags."""
+
+    def __init__(self) -> None:
+        space = ScriptedParallelEnv(obs_shape=(4,))
+        super().__init__(space.observation_space("b_0"), space.action_space("b_0"), "startlog")
+        self.calls: list[tuple[list[int], list[bool]]] = []
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        self.calls.append((rows.tolist(), episode_start.tolist()))
+        return np.zeros(len(rows), dtype=np.int64)
+
+
+def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str) -> None:
+    """a_1 (training) joins env.agents at step 2 and b_0 (NPC) at step 3: padding until then, then
+    their own rewards, dones and episode statistics; the NPC's first act is an episode start."""
+    npc = StartLog()
+    r = Runner(kind, scripted(max_steps=6, join_steps={"a_1": 2, "b_0": 3}), num_envs=1, npc=npc)
+    npc.calls.clear()  # the construction's dry run
+    obs = r.reset()
+    np.testing.assert_array_equal(obs[1], 0)
+    assert r.venv.slot_alive().tolist() == [True, False] and npc.calls == []
+    seen = []
+    for t in range(1, 7):
+        obs, rew, term, trunc, infos, final = r.step([1, 1])
+        seen.append((obs[1][:3].tolist(), float(rew[1]), bool(PAD in infos[1]), bool(trunc[1])))
+    assert seen == [
+        ([0, 0, 0], 0.0, True, False),  # not there yet: padding
+        ([2, 1, -1], 0.0, True, False),  # joins: its first observation (the step itself is padding)
+        ([3, 1, 1], pytest.approx(3.011), False, False),  # acts and is rewarded from then on
+        ([4, 1, 1], pytest.approx(4.011), False, False),
+        ([5, 1, 1], pytest.approx(5.011), False, False),
+        ([0, 0, 0], pytest.approx(6.011), False, True),  # truncated; absent again in the next episode
+    ]
+    assert [c for c in npc.calls if c[0]][0] == ([0], [True])  # b_0's first forward starts its episode
+    assert [c for c in npc.calls if c[0]][1] == ([0], [False])
+    if kind == "sb3":
+        assert infos[1]["episode"]["l"] == 4 and infos[0]["episode"]["l"] == 6
+    r.close()
+
+
+def test_agents_done_but_still_listed_stay_dead_until_they_leave() -> None:
+    """An env that keeps a done agent in env.agents (PettingZoo asks to remove it) does not revive it."""
+
+    class Lingering(ScriptedParallelEnv):
+        def step(self, actions: dict) -> tuple:
+            out = super().step(actions)
+            if self.num_steps < self.max_steps and "a_1" not in self.agents:
+                self.agents = sorted({*self.agents, "a_1"}, key=self.possible_agents.index)
+            return out
+
+    venv = nw.make_vec_env(lambda: Lingering(obs_shape=(4,), death_steps={"a_1": 2}), num_envs=1,
+                           npc="noop", training_agents_pct=0.67, seed=0)
+    venv.reset()
+    alive = []
+    for _ in range(4):
+        try:
+            venv.step(np.zeros(2, dtype=np.int64))
+        except ValueError:  # the env refuses the action the wrapper must not send to a dead a_1
+            raise AssertionError("an action was sent to the lingering dead agent") from None
+        alive.append(venv.slot_alive().tolist())
+    assert alive == [[True, True], [True, False], [True, False], [True, False]]
+    venv.close()
