@@ -268,6 +268,23 @@ def test_mettagrid_arena_int_agents_and_unaliased_observations() -> None:
     venv.close()
 
 
+def test_mettagrid_time_limit_is_a_truncation_in_the_shipped_factory() -> None:
+    """MettaGrid itself reports its max_steps cut as a termination; the CLI's factory makes it a truncation."""
+    from npc_wrapper.cli.envs import mettagrid_arena as shipped
+
+    raw = mettagrid_arena(max_steps=3)
+    raw.reset(seed=0)
+    for _ in range(3):
+        _, _, terms, truncs, _ = raw.step({a: 0 for a in raw.agents})
+    assert all(terms.values()) and not any(truncs.values())  # the env's own flags
+    venv = nw.make_vec_env(lambda: shipped(max_steps=3), num_envs=1, npc="random", training_agents_pct=0.5, seed=0)
+    venv.reset()
+    for t in range(1, 4):
+        _, _, done, infos = venv.step(np.zeros(12, dtype=np.int64))
+        assert done.all() == (t == 3) and all(i["TimeLimit.truncated"] == (t == 3) for i in infos)
+    venv.close()
+
+
 # ---------------------------------------------------------------------------------------- classic
 def test_discrete_observations_rock_paper_scissors() -> None:
     """rps_v2's observations are Discrete(4) (shape ()): each agent's buffer row is a 0-d view."""

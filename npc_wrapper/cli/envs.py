@@ -179,6 +179,35 @@ class ReseedOnReset(BaseParallelWrapper):
         return self.env.reset(seed=seed, options=options)
 
 
+class TimeLimitIsTruncation(BaseParallelWrapper):
+    """Reports the end of an episode at ``max_steps`` as a truncation, not a termination.
+
+    MettaGrid's PettingZoo env ends every episode at ``max_steps`` with ``terminations`` set and
+    ``truncations`` clear, although the cut is a time limit; read as a termination, a learner would
+    not bootstrap there (SB3's ``TimeLimit.truncated`` would stay False).
+
+    :param max_steps: the episode length the env cuts at
+    """
+
+    def __init__(self, env: Any, max_steps: int) -> None:
+        super().__init__(env)
+        self.metadata = getattr(env, "metadata", {})
+        self.max_steps = max_steps
+        self._t = 0
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        self._t = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        self._t += 1
+        if self._t >= self.max_steps:
+            truncs = {a: truncs.get(a, False) or terms[a] for a in terms}
+            terms = dict.fromkeys(terms, False)
+        return obs, rewards, terms, truncs, infos
+
+
 def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 1000) -> Any:
     """MettaGrid's arena as a PettingZoo parallel env (``pip install 'npc-wrapper[mettagrid]'``).
 
@@ -196,4 +225,4 @@ def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 
         ) from e
     cfg = make_arena(num_agents=num_agents, combat=combat)
     cfg.game.max_steps = max_steps
-    return ReseedOnReset(MettaGridPettingZooEnv(Simulator(), cfg))
+    return TimeLimitIsTruncation(ReseedOnReset(MettaGridPettingZooEnv(Simulator(), cfg)), max_steps)
