@@ -172,7 +172,13 @@ def build_layout(
                 f"NPC agents {unmatched} match no key of the npc mapping {list(npc)}; add a pattern such as '*'"
             )
         spec_key = {a: next(p for p in npc if _matches(a, p)) for a in npcs}
-        unused = [p for p in npc if p not in spec_key.values()]
+        # A key that drives no NPC is a mistake (a typo, or agents that train), unless it is a final
+        # catch-all such as "*" (it matches every agent), which may find no NPC left to drive.
+        keys = list(npc)
+        unused = [
+            p for p in keys
+            if p not in spec_key.values() and (p != keys[-1] or not all(_matches(a, p) for a in possible))
+        ]
         if unused:
             on_train = [p for p in unused if any(_matches(a, p) for a in train)]
             raise ValueError(

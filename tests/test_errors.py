@@ -110,8 +110,13 @@ def test_env_instances_and_mismatched_factories_are_refused() -> None:
 def test_empty_training_agents_and_stray_npc_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="training_agents is empty"):
         nw.make_vec_env(ScriptedParallelEnv, training_agents=[])
-    with pytest.raises(ValueError, match=r"keys \['a_\*'\] drive no NPC agent .*match training agents"):
-        nw.make_vec_env(ScriptedParallelEnv, training_agents_pct=0.67, npc={"b_*": "noop", "a_*": "random"})
+    for mapping in ({"b_*": "noop", "a_*": "random"}, {"a_*": "noop", "b_*": "random"}):
+        with pytest.raises(ValueError, match=r"keys \['a_\*'\] drive no NPC agent .*match training agents"):
+            nw.make_vec_env(ScriptedParallelEnv, training_agents_pct=0.67, npc=mapping)
+    with pytest.raises(ValueError, match=r"keys \['c_\*'\] drive no NPC agent; the NPC agents are \['b_0'\]"):
+        nw.make_vec_env(ScriptedParallelEnv, training_agents_pct=0.67, npc={"b_*": "noop", "c_*": "random"})
+    # A final catch-all may find every NPC taken by the keys before it.
+    nw.make_vec_env(ScriptedParallelEnv, training_agents_pct=0.67, npc={"b_*": "noop", "*": "random"}).close()
 
 
 def test_a_typo_of_a_builtin_npc_says_which_was_meant() -> None:
