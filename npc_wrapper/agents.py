@@ -38,6 +38,14 @@ def split_agents(
     :param training_agents_pct: fraction of agents that train, in ``[0, 1]``
     :param training_agents: names or glob patterns (``"red_*"``) of the training agents;
         overrides ``training_agents_pct``
+
+    Example::
+
+        >>> from npc_wrapper import split_agents
+        >>> split_agents(["red_0", "red_1", "blue_0", "blue_1"], training_agents_pct=0.75)
+        (['red_0', 'red_1', 'blue_0'], ['blue_1'])
+        >>> split_agents(["red_0", "red_1", "blue_0", "blue_1"], training_agents=["blue_*"])
+        (['blue_0', 'blue_1'], ['red_0', 'red_1'])
     """
     agents = list(possible_agents)
     if training_agents is not None:

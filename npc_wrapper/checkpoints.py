@@ -1084,6 +1084,15 @@ def load_npc(
         after their checkpoints when the selector picks several
     :raises CheckpointError: missing/corrupt files, formats needing ``trusted``, selector problems,
         spaces that do not fit (the message shows both; torch networks are dry-run on them)
+
+    Example (from a clone of the repository; the shipped prey of mpe2 simple_tag, whose observations
+    ``npc-train`` pads to 16 values)::
+
+        >>> from gymnasium import spaces
+        >>> import npc_wrapper as nw
+        >>> prey_obs = spaces.Box(-float("inf"), float("inf"), (16,), "float32")
+        >>> nw.load_npc("file://npc_wrapper/data/simple_tag_npc.zip", prey_obs, spaces.Discrete(5), device="cpu")
+        SB3Policy(name='simple_tag_npc', obs=Box(-inf, inf, (16,), float32), act=Discrete(5))
     """
     cfg = _as_config(spec)
     deterministic = deterministic or cfg.deterministic

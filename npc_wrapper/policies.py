@@ -152,6 +152,16 @@ class CallablePolicy(NPCPolicy):
 
     :param fn: called with the observations of the live rows, shape ``(n, *obs_shape)``;
         returns ``n`` actions
+
+    Example::
+
+        >>> import numpy as np
+        >>> from gymnasium import spaces
+        >>> from npc_wrapper import CallablePolicy
+        >>> toward = CallablePolicy(lambda obs: (obs[:, 0] > 0).astype(np.int64),
+        ...                         spaces.Box(-1.0, 1.0, (2,)), spaces.Discrete(2), name="toward")
+        >>> toward.act(np.array([[0.5, 0.0], [-0.5, 0.0]]), rows=np.arange(2), episode_start=np.ones(2, bool))
+        array([1, 0])
     """
 
     def __init__(
@@ -233,6 +243,20 @@ class TorchPolicy(NPCPolicy):
     :param cuda_graphs: replay each NPC step (copies, forward and sampling) from CUDA graphs, one
         per batch-size bucket (CUDA only; the module must be free of host syncs and data-dependent
         shapes)
+
+    Example::
+
+        >>> import numpy as np
+        >>> import torch
+        >>> from gymnasium import spaces
+        >>> from npc_wrapper import TorchPolicy
+        >>> net = torch.nn.Linear(4, 3)  # an observation -> 3 action logits
+        >>> npc = TorchPolicy(net, spaces.Box(-1.0, 1.0, (4,)), spaces.Discrete(3), device="cpu")
+        >>> npc.reset(num_rows=8, seed=0)  # 8 NPC rows (e.g. 4 envs x 2 NPCs), seeded sampling
+        >>> actions = npc.act(np.zeros((3, 4), np.float32), rows=np.array([0, 5, 7]),
+        ...                   episode_start=np.zeros(3, bool))  # the 3 live rows only
+        >>> actions.shape, actions.dtype, bool(((actions >= 0) & (actions < 3)).all())
+        ((3,), dtype('int64'), True)
     """
 
     def __init__(

@@ -18,6 +18,18 @@ class NPCPool:
 
     :param members: the policies (same observation and action spaces)
     :param weights: sampling weights (uniform when omitted); normalised
+
+    Example::
+
+        >>> import numpy as np
+        >>> from gymnasium import spaces
+        >>> from npc_wrapper import ConstantPolicy, NPCPool, RandomPolicy
+        >>> obs, act = spaces.Box(-1.0, 1.0, (2,)), spaces.Discrete(5)
+        >>> pool = NPCPool([RandomPolicy(obs, act), ConstantPolicy(obs, act)], weights=[3, 1])
+        >>> pool, pool.weights
+        (NPCPool(['random', 'noop']), array([0.75, 0.25]))
+        >>> pool.draw(np.random.default_rng(0), 6)  # one member per env starting an episode
+        array([0, 0, 0, 0, 1, 1])
     """
 
     def __init__(self, members: Sequence[NPCPolicy], weights: Sequence[float] | None = None) -> None:

@@ -28,6 +28,21 @@ class NPCVecEnv(VecEnv):
 
     Build it with :func:`npc_wrapper.make_vec_env`.
 
+    Example::
+
+        >>> import numpy as np
+        >>> import npc_wrapper as nw
+        >>> from mpe2 import simple_tag_v3
+        >>> venv = nw.make_vec_env(lambda: simple_tag_v3.parallel_env(max_cycles=25), num_envs=2,
+        ...                        npc="random", training_agents_pct=0.75, seed=0)
+        >>> venv.num_envs, venv.num_sub_envs  # 2 PettingZoo envs x 3 training predators
+        (6, 2)
+        >>> obs = venv.reset()
+        >>> obs, rewards, dones, infos = venv.step(np.zeros(6, dtype=np.int64))
+        >>> rewards.dtype, dones.any(), infos[0]
+        (dtype('float32'), np.False_, {'TimeLimit.truncated': False})
+        >>> venv.close()
+
     :param engine: the shared engine that steps the sub-envs and runs the NPCs
     """
 

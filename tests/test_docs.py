@@ -1,0 +1,28 @@
+"""The docstring examples of the public API run as written (doctest)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+MODULES = [
+    "npc_wrapper.agents",
+    "npc_wrapper.checkpoints",
+    "npc_wrapper.factory",
+    "npc_wrapper.gym_vector_env",
+    "npc_wrapper.policies",
+    "npc_wrapper.pool",
+    "npc_wrapper.sb3_vec_env",
+]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # examples name files of the repository (the shipped checkpoint)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no docstring examples"
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (output above)"
