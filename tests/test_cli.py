@@ -545,6 +545,19 @@ def test_wandb_offline_logs_metrics_and_the_model_artifact(
     assert [f.path for f in artifact.manifest.contents] == ["final.zip"]
 
 
+def test_wandb_disabled_logs_no_artifact_and_prints_the_npc_plot_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("wandb")
+    run_dir = tmp_path / "wbd"
+    result = train(run_cfg(run_dir, "wandb.enabled=true", "wandb.mode=disabled", "trainer.total_timesteps=256",
+                           "trainer.eval_episodes=2"))
+    out = capsys.readouterr().out
+    assert result["artifact"] is None and not (run_dir / "wandb_artifact.json").exists()
+    assert "wandb://" not in out and "wandb model artifact" not in out
+    assert f"learning curve: npc-plot {run_dir} " in out
+
+
 def test_env_workers(tmp_path: Path) -> None:
     """trainer.num_workers steps the envs in worker processes (the EnvFactory is pickled to them)."""
     run_dir = tmp_path / "workers"

@@ -91,8 +91,37 @@ BAD_INPUT = {
     ),
     "NPC that does not fit": (
         ["trainer.dual_policy.training_agents_pct=0.25", "env.wrappers=[]"],
-        "cannot build env 'simple_tag'",
+        "cannot build env 'simple_tag' with the NPC ",
     ),
+    "AEC env through pad_observations": (
+        ["env.factory._target_=mpe2.simple_tag_v3.env"],
+        "cannot build env 'simple_tag': TypeError: env_fn must return a PettingZoo ParallelEnv, got an AEC env",
+    ),
+    "factory returning a non-env": (
+        ["env.factory._target_=builtins.dict"],
+        "env.factory._target_=builtins.dict returned dict, not a PettingZoo ParallelEnv",
+    ),
+    "hyperparameter without +": (
+        ["trainer.hyperparameters.target_kl=0.02"],
+        "add it with '+trainer.hyperparameters.target_kl=VALUE'",
+    ),
+    "factory argument without +": (["env.factory.foo=1"], "add it with '+env.factory.foo=VALUE'"),
+}
+
+#: Bad input refused before Hydra creates the run directory (and so before any file or wandb run).
+EARLY = {
+    "run name with a slash": (["run=a/b"], "run must be a non-empty name without '/', got 'a/b'"),
+    "unknown log format": (["trainer.log_formats=[csv]"], "trainer.log_formats: unknown format(s) ['csv']"),
+    "unknown wandb mode": (
+        ["wandb.enabled=true", "wandb.mode=bogus"],
+        "wandb.mode='bogus' is not one of online, offline, disabled",
+    ),
+    "num_envs not a multiple of num_workers": (
+        ["trainer.num_envs=3", "trainer.num_workers=2"],
+        "trainer.num_envs=3 must be a multiple of trainer.num_workers=2",
+    ),
+    "cuda without CUDA": (["device=cuda"], "device=cuda but CUDA is not available"),
+    "cuda:N without CUDA": (["device=cuda:1"], "device=cuda:1 but CUDA is not available"),
 }
 
 
@@ -107,6 +136,22 @@ def test_bad_input_stops_before_training_with_one_line(
     assert len(err) == 1, err
     assert err[0].startswith("npc-train: error: ") and expected in err[0], err[0]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "final.zip").exists()
+
+
+@pytest.mark.parametrize("case", sorted(EARLY))
+def test_bad_input_stops_before_the_run_directory_exists(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "CUDA" in EARLY[case][1]:
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # also on a machine with a GPU
+    monkeypatch.chdir(tmp_path)  # run=a/b would land in runs/a/b
+    overrides, expected = EARLY[case]
+    run_dir = tmp_path / "run"
+    run_dir_arg = [] if case == "run name with a slash" else [f"run_dir={run_dir}"]
+    code, err = run_main([*SMALL, *run_dir_arg, *overrides], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("npc-train: error: ") and expected in err[0], err[0]
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
 def test_npc_uri_is_checked_as_the_loader_parses_it(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from npc_wrapper.league import LeagueConfig
 __all__ = [
     "CLIError",
     "EnvConfig",
+    "check_device",
     "TrainerConfig",
     "WandbConfig",
     "TrainConfig",
@@ -52,6 +53,28 @@ def die(prog: str, msg: Any, code: int = 2) -> NoReturn:
     """Print ``prog: error: msg`` as one line on stderr and exit with ``code``."""
     print(f"{prog}: error: {one_line(msg)}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def check_device(device: str, option: str = "device") -> None:
+    """Refuse a CUDA device this machine lacks, before anything is built (torch would fall back or fail late).
+
+    :param option: how the user set it (``device``, ``--device``), for the message
+    """
+    if not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CLIError(
+            f"{option}={device} but CUDA is not available (torch {torch.__version__}, "
+            f"torch.cuda.is_available() is False); use {option}=cpu or {option}=auto"
+        )
+    index = str(device).partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise CLIError(
+            f"{option}={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+            f"use {option}=cuda:0..{torch.cuda.device_count() - 1}"
+        )
 
 
 def config_dir() -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from pettingzoo import AECEnv
 from pettingzoo.utils import BaseParallelWrapper
 
 from npc_wrapper.cli.common import CLIError, one_line
@@ -99,6 +100,10 @@ class EnvFactory:
     def __call__(self) -> Any:
         target, kwargs = self.factory
         env = _locate(target, "env.factory")(**kwargs)
+        if not all(hasattr(env, m) for m in ("possible_agents", "reset", "step")):
+            raise CLIError(
+                f"env.factory._target_={target} returned {type(env).__name__}, not a PettingZoo ParallelEnv"
+            )
         for i, (wtarget, wkwargs) in enumerate(self.wrappers):
             env = _locate(wtarget, f"env.wrappers[{i}]")(env, **wkwargs)
         return env
@@ -117,6 +122,11 @@ class PadObservations(BaseParallelWrapper):
     """
 
     def __init__(self, env: Any) -> None:
+        if isinstance(env, AECEnv):  # the same refusal the engine gives an unwrapped AEC env
+            raise TypeError(
+                "env_fn must return a PettingZoo ParallelEnv, got an AEC env; "
+                "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
+            )
         super().__init__(env)
         self.metadata = getattr(env, "metadata", {})
         boxes = [env.observation_space(a) for a in env.possible_agents]

@@ -16,6 +16,7 @@ after training), ``logs/progress*.csv`` and ``tb/`` (TensorBoard), and ``wandb/`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -41,7 +42,15 @@ from npc_wrapper.cli.callbacks import (
     latest_checkpoint,
     list_checkpoints,
 )
-from npc_wrapper.cli.common import CLIError, TrainConfig, config_dir, die, one_line, register_configs
+from npc_wrapper.cli.common import (
+    CLIError,
+    TrainConfig,
+    check_device,
+    config_dir,
+    die,
+    one_line,
+    register_configs,
+)
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.config import DualPolicyConfig
@@ -140,6 +149,12 @@ def explain_config_error(e: BaseException) -> str:
     full_key = getattr(cause, "full_key", None)
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        if _in_free_mapping(str(full_key)):
+            dotted = str(full_key).replace("[", ".").replace("]", "")  # the override grammar's form
+            return (
+                f"config key '{full_key}' is not set yet: add it with '+{dotted}=VALUE' "
+                "(keys of free-form mappings such as hyperparameters or factory arguments need the '+')"
+            )
         return (
             f"unknown config key '{full_key}': check its spelling ('npc-train --cfg job' prints every key "
             "and the README describes them)"
@@ -159,6 +174,24 @@ def explain_config_error(e: BaseException) -> str:
         ]
         return one_line(" ".join(keep))
     return one_line(text)
+
+
+def _in_free_mapping(full_key: str) -> bool:
+    """Whether ``full_key`` lies under a schema node that takes any key (``trainer.hyperparameters``,
+    ``env.factory``...), where a new key needs ``+``, rather than under a fixed schema."""
+    from omegaconf import DictConfig as _Dict
+
+    node: Any = OmegaConf.structured(TrainConfig)
+    for part in full_key.split(".")[:-1]:
+        name = part.split("[")[0]
+        if not (isinstance(node, _Dict) and dataclasses.is_dataclass(node._metadata.object_type)):
+            return True  # below a dict, a list or an Any node
+        if name not in node.keys():  # keys(), since `in` is False for a MISSING value such as env.factory
+            return False  # a misspelt parent
+        node = node._get_node(name)
+        if "[" in part:
+            return True
+    return not (isinstance(node, _Dict) and dataclasses.is_dataclass(node._metadata.object_type))
 
 
 def league_config(cfg: DictConfig) -> LeagueConfig:
@@ -229,6 +262,30 @@ def _check_numbers(cfg: DictConfig) -> None:
         raise CLIError(
             f"run must be a non-empty name without '/', got {cfg.run!r} (use run_dir=PATH to place it)"
         )
+    n, w = t.num_envs, t.num_workers
+    if w and n % w:
+        raise CLIError(
+            f"trainer.num_envs={n} must be a multiple of trainer.num_workers={w} (each worker steps the same "
+            f"number of envs); use trainer.num_envs={n - n % w or w} or a trainer.num_workers that divides {n}"
+        )
+
+
+#: SB3 logger outputs that ``trainer.log_formats`` may add (CSV and TensorBoard are always on).
+_LOG_FORMATS = ("stdout", "log", "json")
+_WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _check_options(cfg: DictConfig) -> None:
+    """Values with a fixed set of choices, and the device, checked before anything is built or written."""
+    bad = [f for f in cfg.trainer.log_formats if f not in _LOG_FORMATS]
+    if bad:
+        raise CLIError(f"trainer.log_formats: unknown format(s) {bad}; use any of {list(_LOG_FORMATS)}")
+    if cfg.wandb.mode is not None and cfg.wandb.mode not in _WANDB_MODES:
+        raise CLIError(
+            f"wandb.mode={cfg.wandb.mode!r} is not one of {', '.join(_WANDB_MODES)} (or null: online with an "
+            "API key, else offline)"
+        )
+    check_device(cfg.device)
 
 
 # --------------------------------------------------------------------------- envs and evaluation
@@ -257,10 +314,9 @@ def build_vec_env(
     except CLIError:
         raise
     except Exception as e:
-        what = f"the NPC {dp.checkpoint_npc.uri!r}" if dp.enabled else "the env"
-        raise CLIError(
-            f"cannot build env {cfg.env.name!r} with {what}: {type(e).__name__}: {one_line(e)}"
-        ) from e
+        # Only a failure to load or fit the NPC (a CheckpointError) is the NPC's fault.
+        npc = f" with the NPC {dp.checkpoint_npc.uri!r}" if isinstance(e, CheckpointError) else ""
+        raise CLIError(f"cannot build env {cfg.env.name!r}{npc}: {type(e).__name__}: {one_line(e)}") from e
 
 
 def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = False) -> dict[str, Any]:
@@ -374,9 +430,7 @@ def _make_logger(cfg: DictConfig, paths: RunPaths, start_step: int) -> Any:
     # SB3's CSV output truncates its file, so a resumed session writes its own.
     csv_name = "progress.csv" if start_step == 0 else f"progress_from_{start_step}.csv"
     formats = [CSVOutputFormat(str(paths.logs / csv_name)), TensorBoardOutputFormat(str(paths.tensorboard))]
-    for fmt in cfg.trainer.log_formats:
-        if fmt not in ("stdout", "log", "json"):
-            raise CLIError(f"trainer.log_formats: unknown format {fmt!r}; use stdout, log or json")
+    for fmt in cfg.trainer.log_formats:  # checked by _check_options
         formats.append(make_output_format(fmt, str(paths.logs)))
     return Logger(str(paths.logs), formats)
 
@@ -448,6 +502,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
     check_schema(cfg)
     _check_numbers(cfg)
+    _check_options(cfg)
     paths = RunPaths(cfg.run_dir)
     resume = bool(cfg.trainer.resume)
     latest = latest_checkpoint(paths.checkpoints)
@@ -663,7 +718,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             atomic_save(model, paths.final, final_meta)
         artifact = (
             _log_wandb_model(wandb_run, cfg, paths, final_meta)
-            if wandb_run is not None and cfg.wandb.log_model
+            if wandb_run is not None and cfg.wandb.log_model and wandb_mode(cfg) != "disabled"
             else None
         )
         logger.close()
@@ -684,7 +739,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 + (" (offline: 'wandb sync' the run first)" if artifact["mode"] == "offline" else "")
             )
         lines.append(
-            f"  learning curve: python scripts/plot.py {paths.root}   TensorBoard: tensorboard --logdir {paths.tensorboard}"
+            f"  learning curve: npc-plot {paths.root}   TensorBoard: tensorboard --logdir {paths.tensorboard}"
         )
         print("\n".join(lines), flush=True)
         return {
@@ -756,6 +811,9 @@ def _precheck(argv: Sequence[str]) -> None:
         else:
             overrides.append(arg)
     cfg = compose_config(overrides, config_name=config_name, extra_dirs=extra_dirs)
+    # Before Hydra creates the output directory and anything is built.
+    _check_numbers(cfg)
+    _check_options(cfg)
     dual_policy_config(cfg)
     league_config(cfg)
 
