@@ -247,6 +247,8 @@ def check_league_layout(
     layout: AgentLayout,
     metadata: Mapping[str, Any] | None = None,
     raw_env: Any = None,
+    *,
+    round_robin: bool = False,
 ) -> None:
     """Raise ``ValueError`` unless the NPC agents can play the learner's snapshots as its opponents.
 
@@ -255,20 +257,35 @@ def check_league_layout(
         cooperative or role-asymmetric
     :param raw_env: the innermost PettingZoo env (``env.unwrapped``), to compare the agents' spaces
         before padding wrappers
+    :param round_robin: word the errors for :func:`round_robin` (which plays checkpoints against each
+        other), not for the training league
     """
     train = list(layout.training)
-    why = "the league plays the learner's own snapshots as the NPC agents, so"
+    if round_robin:
+        why = "a round robin plays one checkpoint as the training agents and another as the NPC agents, so"
+        off = "or rate the checkpoints against a fixed NPC instead (npc-eval CHECKPOINT --npc URI)"
+        not_for = (
+            "A round robin cannot rate checkpoints of this env; evaluate each against a fixed NPC (npc-eval "
+            "CHECKPOINT --npc URI) instead. A round robin is for"
+        )
+    else:
+        why = "the league plays the learner's own snapshots as the NPC agents, so"
+        off = "or turn trainer.league.enabled off"
+        not_for = (
+            "Turn trainer.league.enabled off for this env (train against a fixed NPC instead); "
+            "the league is for"
+        )
     if not layout.groups:
         raise ValueError(
             f"{why} it needs NPC agents, but every agent trains ({train}); lower training_agents_pct or name the "
-            "training agents with training_agents=[...], or turn trainer.league.enabled off"
+            f"training agents with training_agents=[...], {off}"
         )
     if len(layout.groups) > 1:
         desc = "; ".join(f"{list(g.agents)} ({g.observation_space}, {g.action_space})" for g in layout.groups)
         raise ValueError(
             f"{why} the NPC agents must form one group with the learner's spaces, but they form {len(layout.groups)} "
             f"groups: {desc}; use one npc spec for all NPC agents and choose training_agents so that the NPCs are "
-            "the opposing team, or turn trainer.league.enabled off"
+            f"the opposing team, {off}"
         )
     group = layout.groups[0]
     if group.observation_space != layout.observation_space or group.action_space != layout.action_space:
@@ -276,15 +293,14 @@ def check_league_layout(
             f"{why} the NPC agents must share the training agents' spaces, but they differ: training agents {train} "
             f"observe {layout.observation_space} and act in {layout.action_space}; NPC agents {list(group.agents)} "
             f"observe {group.observation_space} and act in {group.action_space}. This is not a symmetric game "
-            "(e.g. simple_tag's predators vs prey): turn trainer.league.enabled off, or choose training_agents so "
-            "that both teams share spaces"
+            "(e.g. simple_tag's predators vs prey): choose training_agents so that both teams share spaces, "
+            f"{off}"
         )
     base = _env_base_name(metadata)
     if base in _NOT_SYMMETRIC:
         raise ValueError(
             f"{why} the NPC agents must be the learner's opponents in a symmetric game, but {metadata['name']}: "
-            f"{_NOT_SYMMETRIC[base]}. Turn trainer.league.enabled off for this env (train against a fixed NPC "
-            "instead); the league is for games like magent2 battle or MettaGrid arena"
+            f"{_NOT_SYMMETRIC[base]}. {not_for} games like magent2 battle or MettaGrid arena"
         )
     if raw_env is not None:
         try:
@@ -297,8 +313,8 @@ def check_league_layout(
                 f"{why} the NPC agents must play the same role as the training agents, but before the env's "
                 f"wrappers NPC agents {odd} have spaces ({raw_env.observation_space(odd[0])}, "
                 f"{raw_env.action_space(odd[0])}) while training agent {train[0]!r} has {t}; padding made the "
-                "spaces equal but the roles differ. Turn trainer.league.enabled off, or choose training_agents so "
-                "that the NPCs are the opposing team of the same kind"
+                "spaces equal but the roles differ. Choose training_agents so that the NPCs are the opposing "
+                f"team of the same kind, {off}"
             )
 
 
@@ -887,7 +903,9 @@ def round_robin(
     probe = env_fn()
     try:
         layout = build_layout(probe, "random", training_agents_pct, training_agents)
-        check_league_layout(layout, getattr(probe, "metadata", None), getattr(probe, "unwrapped", probe))
+        check_league_layout(
+            layout, getattr(probe, "metadata", None), getattr(probe, "unwrapped", probe), round_robin=True
+        )
     finally:
         probe.close()
     obs_space, act_space = layout.observation_space, layout.action_space

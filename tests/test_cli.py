@@ -369,10 +369,48 @@ def test_npc_eval_takes_trust_only_from_the_command_line(
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     config["trainer"]["dual_policy"]["checkpoint_npc"].update({"uri": f"file://{payload}", "trusted": True})
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(CLIError, match="TorchScript is code"):
+    with pytest.raises(CLIError, match="TorchScript is code") as exc:
         eval_cli.evaluate(str(run_dir), episodes=2, num_envs=1)
+    assert "pass --trusted" in str(exc.value) and "checkpoint_npc.trusted" not in str(exc.value)
     assert not marker.exists()
     assert "ignoring trainer.dual_policy.checkpoint_npc.trusted=true" in capsys.readouterr().err
+
+
+def _eval_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        eval_cli.main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("npc-eval: error: ")
+    return err[0]
+
+
+def test_npc_eval_errors_name_the_option_or_override_to_fix(
+    trained_run: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = str(trained_run["dir"])
+    assert "npc-eval: error: --npc: no checkpoint at '/no/such.zip'" in _eval_error(
+        [run, "--npc", "/no/such.zip"], capsys
+    )
+    err = _eval_error([run, "trainer.total_timestep=1"], capsys)
+    assert "command-line override: unknown config key 'trainer.total_timestep'" in err
+    assert "config.yaml" not in err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert "--device=cuda but CUDA is not available" in _eval_error([run, "--device", "cuda"], capsys)
+    err = _eval_error([run, "--round-robin", "--episodes", "1"], capsys)
+    assert "a round robin" in err and "npc-eval CHECKPOINT --npc URI" in err and "trainer.league" not in err
+
+
+def test_npc_eval_takes_overrides_after_options_and_a_plain_help(
+    trained_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = str(trained_run["dir"])
+    eval_cli.main([run, "--episodes", "2", "--num-envs", "1", "env.factory.max_cycles=5"])
+    assert "over 2 episodes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "95% Wilson" in out and "%%" not in out
 
 
 def test_plot_draws_learning_curve(trained_run: dict[str, Any], tmp_path: Path) -> None:

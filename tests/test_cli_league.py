@@ -54,6 +54,12 @@ def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(tmp_path:
     eval_cli.main([str(run_dir), "--round-robin", "--episodes", "1", "--num-envs", "2", "--json", str(out)])
     table = json.loads(out.read_text())
     assert set(table["players"]) == {"final", "checkpoints/step_192", "league/snapshot_64", "league/snapshot_128"}
+    # Every column of the printed table, best rated first.
+    rows = table["table"]
+    assert [r["player"] for r in rows] == sorted(table["players"], key=lambda n: -table["ratings"][n])
+    for r in rows:
+        assert r["games"] == r["wins"] + r["draws"] + r["losses"] > 0
+        assert r["score"] == pytest.approx((r["wins"] + 0.5 * r["draws"]) / r["games"])
     # Each player's virtual draw against a 1200 reference anchors the fit: at the optimum the players'
     # expected scores against that reference sum to the virtual draws' 0.5 each.
     ratings = np.array(list(table["ratings"].values()))

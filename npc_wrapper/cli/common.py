@@ -24,6 +24,8 @@ __all__ = [
     "CLIError",
     "EnvConfig",
     "check_device",
+    "choose_wandb_mode",
+    "with_trust_flag",
     "TrainerConfig",
     "WandbConfig",
     "TrainConfig",
@@ -75,6 +77,32 @@ def check_device(device: str, option: str = "device") -> None:
             f"{option}={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
             f"use {option}=cuda:0..{torch.cuda.device_count() - 1}"
         )
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def choose_wandb_mode(configured: str | None = None) -> str:
+    """``configured``, else ``WANDB_MODE``, else online with an API key and offline without one."""
+    return configured or os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
+
+
+def with_trust_flag(text: str, flag: str) -> str:
+    """A loader message whose trust advice (written for code and configs) names the program's own ``flag``."""
+    from npc_wrapper.checkpoints import _TRUST_HINT
+
+    return text.replace(
+        _TRUST_HINT, f"pass {flag} (only for checkpoints you trust: loading then runs code stored in the file)"
+    )
 
 
 def config_dir() -> Path:

@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import CheckpointError, parse_uri
-from npc_wrapper.cli.common import CLIError, TrainConfig, die, one_line, register_configs
+from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError, parse_uri
+from npc_wrapper.cli.common import (
+    CLIError,
+    TrainConfig,
+    check_device,
+    die,
+    one_line,
+    register_configs,
+    with_trust_flag,
+)
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
 
@@ -86,16 +94,24 @@ def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
         from npc_wrapper.cli.train import compose_config
 
         return compose_config(list(overrides) + ["run=eval", "run_dir=."])
+    from npc_wrapper.cli.train import explain_config_error
+
     register_configs()
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_config))
+    except Exception as e:
+        raise CLIError(f"{run_config}: {explain_config_error(e)}") from e
+    try:
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:
-        from npc_wrapper.cli.train import explain_config_error
-
-        raise CLIError(f"{run_config}: {explain_config_error(e)}") from e
+        raise CLIError(f"command-line override: {explain_config_error(e)}") from e
     return cfg  # type: ignore[return-value]
+
+
+def _trust_advice(msg: str, cause: BaseException | None) -> str:
+    """The loader's trust advice names config keys that npc-eval ignores: name ``--trusted`` instead."""
+    return with_trust_flag(msg, "--trusted") if isinstance(cause, TrustRequiredError) else msg
 
 
 def evaluate(
@@ -143,6 +159,7 @@ def evaluate(
     npc_cfg.trusted = trusted
     if device is not None:
         cfg.device = device
+    check_device(cfg.device, "device" if device is None else "--device")
     dp = dual_policy_config(cfg)
     if not dp.enabled:
         raise CLIError(
@@ -150,13 +167,16 @@ def evaluate(
         )
     from npc_wrapper.cli.train import _check_npc_uri
 
-    _check_npc_uri(dp)
+    _check_npc_uri(dp, "trainer.dual_policy.checkpoint_npc.uri" if npc is None else "--npc")
     env_fn = EnvFactory(
         OmegaConf.to_container(cfg.env.factory, resolve=True),
         OmegaConf.to_container(cfg.env.wrappers, resolve=True),
     )
     env_fn.check()
-    venv = build_vec_env(cfg, env_fn, dp, num_envs, seed, num_workers=0)
+    try:
+        venv = build_vec_env(cfg, env_fn, dp, num_envs, seed, num_workers=0)
+    except CLIError as e:
+        raise CLIError(_trust_advice(str(e), e.__cause__)) from e.__cause__
     try:
         target = resolve_policy_path(policy)
         try:
@@ -169,7 +189,8 @@ def evaluate(
                 trusted=trusted,
             )
         except Exception as e:
-            raise CLIError(f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}") from e
+            msg = f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}"
+            raise CLIError(_trust_advice(msg, e)) from e
         learner.reset(venv.num_envs, seed=seed)
         rows = np.arange(venv.num_envs)
 
@@ -216,6 +237,7 @@ def round_robin_run(
         OmegaConf.to_container(cfg.env.wrappers, resolve=True),
     )
     env_fn.check()
+    check_device(device or cfg.device, "device" if device is None else "--device")
     dp = cfg.trainer.dual_policy
     try:
         result = round_robin(
@@ -226,14 +248,28 @@ def round_robin_run(
             device=device or cfg.device, deterministic=deterministic, trusted=trusted, seed=seed,
         )
     except ValueError as e:
-        raise CLIError(f"round robin over {run}: {one_line(e)}") from e
-    return {"ratings": result.ratings, "players": result.names}
+        raise CLIError(_trust_advice(f"round robin over {run}: {one_line(e)}", e)) from e
+    # Every column of the printed table, per player in rating order.
+    rows = []
+    for name in sorted(result.names, key=lambda n: -result.ratings[n]):
+        i = result.names.index(name)
+        games = int(result.games[i].sum())
+        rows.append({
+            "player": name,
+            "elo": result.ratings[name],
+            "games": games,
+            "wins": int(result.wins[i].sum()),
+            "draws": int(result.draws[i].sum()),
+            "losses": int(result.losses[i].sum()),
+            "score": float(result.score[i].sum()) / games if games else None,
+        })
+    return {"ratings": result.ratings, "players": result.names, "table": rows}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Play a trained policy against an NPC for N episodes; print the win rate with a 95%% Wilson "
+        description="Play a trained policy against an NPC for N episodes; print the win rate with a 95% Wilson "
         "confidence interval, and the training-team and NPC-team returns.",
     )
     p.add_argument("policy", help="run directory (its final.zip), checkpoint path or URI, 'random' or 'noop'")
@@ -262,7 +298,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``npc-eval``."""
-    args = _parser().parse_args(argv)
+    # Intermixed: overrides may follow options (npc-eval runs/x --episodes 2 env.factory.max_cycles=50).
+    args = _parser().parse_intermixed_args(argv)
     if args.round_robin:
         try:
             table = round_robin_run(

@@ -46,6 +46,7 @@ from npc_wrapper.cli.common import (
     CLIError,
     TrainConfig,
     check_device,
+    choose_wandb_mode,
     config_dir,
     die,
     one_line,
@@ -213,17 +214,20 @@ def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:
         raise CLIError(str(e)) from e
 
 
-def _check_npc_uri(dp: DualPolicyConfig) -> None:
-    """A local NPC checkpoint must exist before anything is built (the URI parsed as the loader does)."""
+def _check_npc_uri(dp: DualPolicyConfig, where: str = "trainer.dual_policy.checkpoint_npc.uri") -> None:
+    """A local NPC checkpoint must exist before anything is built (the URI parsed as the loader does).
+
+    :param where: how the user gave the URI (a config key, ``--npc``), for the message
+    """
     if not dp.enabled:
         return
     try:
         parsed = parse_uri(str(dp.checkpoint_npc.uri))
     except CheckpointError as e:
-        raise CLIError(f"trainer.dual_policy.checkpoint_npc.uri: {one_line(e)}") from e
+        raise CLIError(f"{where}: {one_line(e)}") from e
     if parsed.kind == "file" and not parsed.value.exists():
         raise CLIError(
-            f"trainer.dual_policy.checkpoint_npc.uri: no checkpoint at {str(parsed.value)!r}; give an "
+            f"{where}: no checkpoint at {str(parsed.value)!r}; give an "
             "existing checkpoint file or directory (file://PATH), a wandb:// URI, 'random' or 'noop'"
         )
 
@@ -340,21 +344,9 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
 
 
 # --------------------------------------------------------------------------- logging
-def _has_wandb_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def wandb_mode(cfg: DictConfig) -> str:
     """``wandb.mode``, else ``WANDB_MODE``, else online with an API key and offline without one."""
-    return cfg.wandb.mode or os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
+    return choose_wandb_mode(cfg.wandb.mode)
 
 
 def _artifact_name(run: str) -> str:
