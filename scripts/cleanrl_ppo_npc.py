@@ -22,6 +22,7 @@ import functools
 import importlib
 import inspect
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,14 @@ import torch.optim as optim
 from torch.distributions.categorical import Categorical
 
 import npc_wrapper as nw
-from npc_wrapper.cli.common import data_path
+from npc_wrapper.checkpoints import CheckpointError
+from npc_wrapper.cli.common import CLIError, choose_wandb_mode, data_path, one_line, with_trust_flag
 from npc_wrapper.cli.envs import pad_observations
 
-__all__ = ["Args", "Agent", "make_env", "parse_args", "train"]
+__all__ = ["Args", "Agent", "make_env", "parse_args", "train", "main"]
+
+#: The environment the shipped NPC (``--npc default``) was trained on.
+DEFAULT_NPC_ENV = "simple_tag_v3"
 
 
 @dataclass
@@ -64,11 +69,11 @@ class Args:
     max_cycles: int = 25
     """episode length of the mpe2 scenario"""
     npc: str = "default"
-    """the NPC: 'default' (the prey checkpoint shipped for simple_tag), 'random', 'noop', or a checkpoint URI/path"""
+    """the NPC: 'default' (the simple_tag_v3 prey shipped with the package), 'random', 'noop', or a checkpoint"""
     training_agents_pct: float = 0.75
     """fraction of each env's agents that train (0.75 of simple_tag: the three predators)"""
     npc_trusted: bool = False
-    """allow NPC checkpoint formats that unpickle code (only for checkpoints you trust)"""
+    """allow NPC checkpoint formats that run code: pickles, TorchScript (only for checkpoints you trust)"""
 
     total_timesteps: int = 200_000
     """total training-agent steps of the experiment"""
@@ -215,6 +220,11 @@ def _ended_episodes(infos: dict[str, Any], n_train: int) -> list[dict[str, Any]]
 
 def train(args: Args) -> dict[str, Any]:
     """Run PPO as configured; return the run directory, the saved actor and the last win rates."""
+    if args.npc == "default" and args.env_id != DEFAULT_NPC_ENV:
+        raise CLIError(
+            f"--npc default is the prey shipped for {DEFAULT_NPC_ENV}, which does not fit --env-id {args.env_id}: "
+            f"pass --npc random (or noop) or a checkpoint trained on {args.env_id}"
+        )
     npc = data_path("simple_tag_npc.zip") if args.npc == "default" else args.npc
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.output_dir) / run_name
@@ -256,6 +266,7 @@ def train(args: Args) -> dict[str, Any]:
             name=run_name,
             dir=str(Path(args.output_dir)),
             save_code=True,
+            mode=choose_wandb_mode(),  # as npc-train: WANDB_MODE, else online with an API key, else offline
         )
     writer = SummaryWriter(str(run_dir))
     writer.add_text(
@@ -438,5 +449,14 @@ def train(args: Args) -> dict[str, Any]:
     return {"run_dir": run_dir, "actor": actor_path, "history": history}
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Train as the command line says; bad input (or an NPC that cannot be loaded) is one line on stderr."""
+    try:
+        train(parse_args(argv))
+    except (CLIError, CheckpointError) as e:
+        print(f"{Path(__file__).name}: error: {with_trust_flag(one_line(e), '--npc-trusted')}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    train(parse_args())
+    main()

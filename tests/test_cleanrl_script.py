@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 
 import npc_wrapper as nw
 
@@ -88,3 +90,36 @@ def test_script_trains_a_few_iterations_against_the_shipped_npc(tmp_path: Path) 
             venv.step(np.zeros(venv.num_envs, dtype=np.int64))
     finally:
         venv.close()
+
+
+def _run_script(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-cuda", *argv], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_bad_npc_input_is_one_line_naming_the_scripts_own_flags(tmp_path: Path) -> None:
+    from tests.checkpoint_agents import save_marker_torchscript
+
+    proc = _run_script("--env-id", "simple_spread_v3")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--npc default is the prey shipped for simple_tag_v3" in proc.stderr and "--npc random" in proc.stderr
+
+    marker = tmp_path / "PWNED"
+    payload = save_marker_torchscript(tmp_path / "npc.pt", marker)
+    proc = _run_script("--npc", f"file://{payload}", "--output-dir", str(tmp_path))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("cleanrl_ppo_npc.py: error: ") and "pass --npc-trusted" in proc.stderr
+    assert "checkpoint_npc.trusted" not in proc.stderr and not marker.exists()
+
+
+def test_track_without_an_api_key_runs_offline(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no_netrc"))
+    proc = _run_script(
+        "--track", "--total-timesteps", "768", "--num-envs", "2", "--num-steps", "128",
+        "--update-epochs", "1", "--output-dir", str(tmp_path), env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
