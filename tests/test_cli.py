@@ -425,6 +425,17 @@ def test_plot_draws_learning_curve(trained_run: dict[str, Any], tmp_path: Path) 
     assert [step for step, _ in evals] == [0, trained_run["step"]]
 
 
+def test_plot_refuses_an_unsupported_output_suffix_in_one_line(
+    trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        plot_cli.main([str(trained_run["dir"]), "-o", str(tmp_path / "x.bogus")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert "unsupported file type 'bogus'" in err[0] and ".png" in err[0] and ".pdf" in err[0]
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- variants
 def test_self_play_trains_every_agent_with_one_policy(tmp_path: Path) -> None:
     run_dir = tmp_path / "selfplay"

@@ -118,6 +118,19 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     return out
 
 
+def _check_suffix(out: str | Path) -> None:
+    """An output name matplotlib cannot write fails here in one line, before any plotting."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(out).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise CLIError(
+            f"-o {out}: unsupported file type {suffix or '(none)'!r}; end the name with one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``npc-plot``."""
     p = argparse.ArgumentParser(
@@ -134,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         Path(args.runs[0]) / "learning_curve.png" if len(args.runs) == 1 else Path("learning_curve.png")
     )
     try:
+        _check_suffix(out)
         path = plot_runs(args.runs, out)
     except CLIError as e:
         die(PROG, e)
