@@ -12,7 +12,7 @@
 # Examples:
 #   scripts/dual_policy_sky.sh my_experiment_name
 #   scripts/dual_policy_sky.sh my_experiment_name "wandb://my_entity/my_project/model/my_npc_policy:v1"
-#   scripts/dual_policy_sky.sh my_experiment_name "wandb://my_uri" 5000000000 8
+#   scripts/dual_policy_sky.sh my_experiment_name "wandb://my_entity/my_project/model/my_npc:v3" 5000000000 8
 #
 # Environment: SKY_DRY_RUN=1 (or --dry-run as the first argument) prints the launch command
 # instead of running it; SKY_CLUSTER names the cluster (default npc-<EXPERIMENT>); SKY_ARGS adds
@@ -43,6 +43,21 @@ for override in "$@"; do
   [[ "$override" == *=* ]] || die "extra arguments must be npc-train overrides key=value, got '$override'"
 done
 
+# The URI as the job will parse it, so a malformed one fails here and not on the cluster (when the
+# package is importable locally; a local path is only checked on the cluster, where it is read).
+if python3 -c "import npc_wrapper" 2>/dev/null; then
+  uri_error="$(python3 - "$NPC_URI" <<'PY'
+import sys
+from npc_wrapper.checkpoints import CheckpointError, parse_uri
+try:
+    parse_uri(sys.argv[1])
+except CheckpointError as e:
+    print(" ".join(str(e).split()))
+PY
+)" || die "cannot check NPC_URI with npc_wrapper (python3 failed)"
+  [[ -z "$uri_error" ]] || die "NPC_URI: $uri_error"
+fi
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 OVERRIDES=""
@@ -59,6 +74,11 @@ cmd=(sky launch --yes --detach-run --cluster "$CLUSTER"
 if [[ -n "${SKY_ARGS:-}" ]]; then read -r -a extra <<< "$SKY_ARGS"; cmd+=("${extra[@]}"); fi
 cmd+=("$REPO/scripts/sky/train.yaml")
 
+if [[ "$DRY_RUN" != 1 ]]; then
+  command -v sky >/dev/null || die "SkyPilot is not installed: pip install 'skypilot[aws]' (or [gcp], [azure], ...) and run 'sky check'"
+  [[ -n "${WANDB_API_KEY:-}" ]] || die "WANDB_API_KEY is not set: export it (https://wandb.ai/authorize); the job logs its metrics and final model to wandb"
+fi
+
 echo "Starting dual-policy training with a checkpoint NPC using SkyPilot"
 echo "Run name: $RUN_NAME"
 echo "NPC checkpoint URI: $NPC_URI"
@@ -70,8 +90,6 @@ if [[ "$DRY_RUN" == 1 ]]; then
   printf 'dry run, would run:'; printf ' %q' "${cmd[@]}"; printf '\n'
   exit 0
 fi
-command -v sky >/dev/null || die "SkyPilot is not installed: pip install 'skypilot[aws]' (or [gcp], [azure], ...) and run 'sky check'"
-[[ -n "${WANDB_API_KEY:-}" ]] || die "WANDB_API_KEY is not set: export it (https://wandb.ai/authorize); the job logs its metrics and final model to wandb"
 
 cd "$REPO"
 "${cmd[@]}"

@@ -8,8 +8,10 @@ overrides it would pass are composed against the real configs.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,7 +71,7 @@ def test_defaults_are_the_seeds() -> None:
 def test_positional_arguments_and_extra_overrides() -> None:
     proc = dry_run(
         "my_experiment_name",
-        "wandb://my_uri",
+        "wandb://my_entity/my_project/model/my_npc:v3",
         "5000000000",
         "8",
         "env=battle",
@@ -80,7 +82,7 @@ def test_positional_arguments_and_extra_overrides() -> None:
     assert "Run name: my_experiment_name" in proc.stdout
     cmd = launch_command(proc)
     envs = env_flags(cmd)
-    assert envs["RUN"] == "my_experiment_name" and envs["NPC_URI"] == "wandb://my_uri"
+    assert envs["RUN"] == "my_experiment_name" and envs["NPC_URI"] == "wandb://my_entity/my_project/model/my_npc:v3"
     assert envs["TOTAL_TIMESTEPS"] == "5000000000" and envs["NUM_WORKERS"] == "8"
     assert shlex.split(envs["OVERRIDES"]) == ["env=battle", "trainer.dual_policy.training_agents_pct=0.6"]
     assert (
@@ -114,6 +116,24 @@ def test_real_launch_needs_skypilot_and_a_wandb_key(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(SCRIPT), "exp"], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2
     assert ("SkyPilot is not installed" in proc.stderr) or ("WANDB_API_KEY is not set" in proc.stderr)
+    assert "Starting" not in proc.stdout  # the banner only once every check passed
+
+
+def test_a_malformed_npc_uri_is_refused_before_launch() -> None:
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # a python3 that imports npc_wrapper
+    proc = dry_run("exp", "wandb://my_uri", PATH=path)
+    assert proc.returncode == 2 and "would run" not in proc.stdout and "Starting" not in proc.stdout
+    assert proc.stderr.strip() == (
+        "dual_policy_sky.sh: error: NPC_URI: cannot parse 'wandb://my_uri': expected "
+        "wandb://entity/project/type/name:version or wandb://entity/project/name[:version] "
+        "(version is vN, an alias such as latest, or absent)"
+    )
+
+
+def test_task_installs_every_env_extra() -> None:
+    setup = yaml.safe_load(TASK.read_text())["setup"]
+    for extra in ("mpe", "magent", "butterfly", "sisl", "mettagrid"):
+        assert re.search(rf"[\[,]{extra}[,\]]", setup), extra
 
 
 def test_help() -> None:
