@@ -283,6 +283,10 @@ def test_resume_continues_with_the_same_step_count(trained_run: dict[str, Any], 
         trained_run["dir"] / "logs/progress.csv"
     ).read_text()
     assert json.loads((run_dir / "final.json").read_text())["step"] == result["step"]
+    # npc/episodes counts on from the checkpoint's episodes.
+    before = json.loads((trained_run["dir"] / f"checkpoints/step_{last_step}.json").read_text())["total_episodes"]
+    episodes = [int(float(r["npc/episodes"])) for r in rows if r.get("npc/episodes")]
+    assert before > 0 and episodes and min(episodes) > before
 
 
 def test_resume_when_already_done_trains_nothing(trained_run: dict[str, Any], tmp_path: Path) -> None:

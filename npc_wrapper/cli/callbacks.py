@@ -140,6 +140,7 @@ class NPCMetricsCallback(BaseCallback):
     :param n_train: training agents per sub-env
     :param has_npc: whether the env has NPC agents (without them only returns and length are logged)
     :param window: episodes the means are taken over
+    :param start_episodes: episodes ended before this session (``npc/episodes`` counts on from there)
     :param report: called with the step and the summary after each rollout (for log lines)
     """
 
@@ -149,12 +150,13 @@ class NPCMetricsCallback(BaseCallback):
         has_npc: bool = True,
         window: int = 100,
         report: Callable[[int, dict[str, Any]], None] | None = None,
+        start_episodes: int = 0,
     ) -> None:
         super().__init__()
         self.n_train = n_train
         self.has_npc = has_npc
         self.stats = EpisodeStats(window=window)
-        self.total_episodes = 0
+        self.total_episodes = start_episodes  # a resumed run continues its count
         self.report = report
         self.last_summary: dict[str, Any] = {"episodes": 0}
 

@@ -609,8 +609,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 fps,
             )
 
+        start_episodes = 0
+        if resume and latest is not None and latest[1].with_suffix(".json").is_file():
+            # Checkpoints written before total_episodes was recorded lack it: the count restarts at 0.
+            start_episodes = int(json.loads(latest[1].with_suffix(".json").read_text()).get("total_episodes", 0))
         metrics_cb = NPCMetricsCallback(
-            n_train, has_npc, window=getattr(model, "_stats_window_size", 100), report=report
+            n_train,
+            has_npc,
+            window=getattr(model, "_stats_window_size", 100),
+            report=report,
+            start_episodes=start_episodes,
         )
 
         def metadata(m: Any) -> dict[str, Any]:
@@ -622,6 +630,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "env": str(cfg.env.name),
                 "algorithm": algo.__name__,
                 "npc": str(dp.checkpoint_npc.uri) if has_npc else None,
+                "total_episodes": metrics_cb.total_episodes,
             }
             if s.get("episodes"):
                 keys = ["train_return", "episode_length"]
