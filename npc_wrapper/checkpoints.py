@@ -84,7 +84,8 @@ _FORMAT_NAMES = {
     "torch": "torch.save archive",
     "torch-legacy": "torch.save file (legacy pickle format)",
 }
-_TRUST_HINT = (
+#: How loader errors say to opt in to trust; command-line front ends replace it with their own flag.
+TRUST_HINT = (
     "pass trusted=True (in code) or set trusted: true (checkpoint_npc.trusted in config); only do this for "
     "checkpoints you trust, because loading then runs code stored in the file"
 )
@@ -600,12 +601,12 @@ def _decode_sb3_entry(data: Mapping[str, Any], key: str, path: Path) -> Any:
         raise TrustRequiredError(
             f"SB3 model {path}: its {key!r} refers to {e.name}, which cannot be rebuilt without running code "
             "stored in the file (only Stable-Baselines3, sb3-contrib, torch.nn/torch.optim and gymnasium "
-            f"space classes are rebuilt safely). If you trust this checkpoint, {_TRUST_HINT}"
+            f"space classes are rebuilt safely). If you trust this checkpoint, {TRUST_HINT}"
         ) from e
     except Exception as e:  # anything beyond naming classes and rebuilding spaces needs the real unpickler
         raise TrustRequiredError(
             f"SB3 model {path}: its {key!r} entry cannot be decoded safely ({type(e).__name__}: {e}). If you "
-            f"trust this checkpoint, {_TRUST_HINT}"
+            f"trust this checkpoint, {TRUST_HINT}"
         ) from e
 
 
@@ -814,7 +815,7 @@ def _torch_load(source: Any, label: str, trusted: bool) -> Any:
             raise TrustRequiredError(
                 f"{label} holds pickled code (it refers to {name}{why}), and loading it would run code "
                 "stored in the file. Save a state_dict instead (torch.save(model.state_dict(), path) and "
-                f"name the class with policy_class), or, if you trust this checkpoint, {_TRUST_HINT}"
+                f"name the class with policy_class), or, if you trust this checkpoint, {TRUST_HINT}"
             ) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... for damaged files
         raise _corrupt(label, e) from e
@@ -957,7 +958,7 @@ def _load_torch(
                 f"{path} is a TorchScript module, and TorchScript is code: it runs when the module is loaded "
                 "and at every forward, and can read and write files (torch.ops.aten.save). Save a state_dict "
                 "instead (torch.save(model.state_dict(), path) and name the class with policy_class), or, if "
-                f"you trust this checkpoint, {_TRUST_HINT}"
+                f"you trust this checkpoint, {TRUST_HINT}"
             )
         try:
             with warnings.catch_warnings():

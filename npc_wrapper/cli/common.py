@@ -98,10 +98,10 @@ def choose_wandb_mode(configured: str | None = None) -> str:
 
 def with_trust_flag(text: str, flag: str) -> str:
     """A loader message whose trust advice (written for code and configs) names the program's own ``flag``."""
-    from npc_wrapper.checkpoints import _TRUST_HINT
+    from npc_wrapper.checkpoints import TRUST_HINT
 
     return text.replace(
-        _TRUST_HINT, f"pass {flag} (only for checkpoints you trust: loading then runs code stored in the file)"
+        TRUST_HINT, f"pass {flag} (only for checkpoints you trust: loading then runs code stored in the file)"
     )
 
 
