@@ -340,13 +340,18 @@ def test_state_dict_needs_policy_class(tmp_path: Path) -> None:
     assert str(tmp_path / "sd.pt") in str(err.value)
 
 
-def test_state_dict_that_does_not_fit_the_class(tmp_path: Path) -> None:
-    torch.save(MLPAgent(16, 5, hidden=8).state_dict(), tmp_path / "sd.pt")
-    cfg = nw.CheckpointConfig(
-        uri=str(tmp_path / "sd.pt"),
+def mlp_state_dict(path: Path, saved: MLPAgent, n_actions: int) -> nw.CheckpointConfig:
+    """``saved``'s state_dict at ``path``, named for loading into an ``MLPAgent(16, n_actions)``."""
+    torch.save(saved.state_dict(), path)
+    return nw.CheckpointConfig(
+        uri=str(path),
         policy_class="tests.checkpoint_agents:MLPAgent",
-        policy_kwargs={"obs_dim": 16, "n_actions": 5},
+        policy_kwargs={"obs_dim": 16, "n_actions": n_actions},
     )
+
+
+def test_state_dict_that_does_not_fit_the_class(tmp_path: Path) -> None:
+    cfg = mlp_state_dict(tmp_path / "sd.pt", MLPAgent(16, 5, hidden=8), n_actions=5)
     with pytest.raises(CheckpointError, match="does not fit tests.checkpoint_agents:MLPAgent") as err:
         load_npc(cfg, TAG_OBS, TAG_ACT)
     assert "size mismatch" in str(err.value) and str(tmp_path / "sd.pt") in str(err.value)
@@ -475,12 +480,7 @@ def test_sb3_weights_are_compared_with_the_architecture_before_it_is_built(tmp_p
 
 
 def test_load_npc_dry_runs_torch_checkpoints_against_the_spaces(tmp_path: Path) -> None:
-    torch.save(MLPAgent(16, 1).state_dict(), tmp_path / "one_logit.pt")
-    cfg = nw.CheckpointConfig(
-        uri=str(tmp_path / "one_logit.pt"),
-        policy_class="tests.checkpoint_agents:MLPAgent",
-        policy_kwargs={"obs_dim": 16, "n_actions": 1},
-    )
+    cfg = mlp_state_dict(tmp_path / "one_logit.pt", MLPAgent(16, 1), n_actions=1)
     with pytest.raises(CheckpointError, match="does not fit the NPC agents") as err:
         load_npc(cfg, TAG_OBS, TAG_ACT)
     msg = str(err.value)
