@@ -23,7 +23,7 @@ from npc_wrapper.policies import NPCPolicy, as_npc_policy, check_npc_policy
 from npc_wrapper.pool import NPCPool
 from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
 
-__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value"]
 
 #: Info key set on a slot whose agent was dead at the start of the step (its transition is padding).
 PADDING_KEY = "npc_wrapper/padding"
@@ -36,6 +36,48 @@ EnvFn = Callable[[], Any]
 def _copy_info(info: dict[str, Any] | None) -> dict[str, Any]:
     """A slot's own info dict: backends hand over the env's dicts, which an env may share between agents."""
     return dict(info) if info else {}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two values are equal, arrays compared by value, through dicts, lists and tuples."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # an == that is not one bool
+        return False
+
+
+def one_per_env(
+    values: Sequence[Any], num_envs: int, n_train: int, what: str, per_env_ok: bool = False
+) -> list[Any]:
+    """One value per PettingZoo env from one per slot, which must agree within each env's slots (a
+    PettingZoo env takes one seed, options dict or attribute value), or, with ``per_env_ok``, from
+    one per env.
+
+    :param what: names the argument in errors
+    """
+    slots = num_envs * n_train
+    if per_env_ok and len(values) == num_envs:
+        return list(values)
+    if len(values) != slots:
+        per_env = f"one value per PettingZoo env ({num_envs}) or " if per_env_ok else "one value "
+        expected = f"{per_env}per slot ({slots})"
+        raise ValueError(f"{what} needs {expected}, got {len(values)}")
+    for e in range(num_envs):
+        mine = list(values[e * n_train:(e + 1) * n_train])
+        if not all(same_value(mine[0], v) for v in mine[1:]):
+            raise ValueError(
+                f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values {mine}; they are the "
+                f"training agents of one PettingZoo env (env {e}), which takes one: give them equal values"
+            )
+    return list(values[::n_train])
 
 
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:

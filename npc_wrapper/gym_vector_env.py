@@ -10,40 +10,10 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from npc_wrapper.engine import EPISODE_KEY, NPCEngine
+from npc_wrapper.engine import EPISODE_KEY, NPCEngine, one_per_env
 from npc_wrapper.policies import NPCPolicy
 
 __all__ = ["NPCVectorEnv"]
-
-
-def _per_env(values: list[Any], num_envs: int, n_train: int, what: str) -> list[Any]:
-    """One value per PettingZoo env, from one per env or one per slot (equal within each env's slots)."""
-    if len(values) == num_envs:
-        return values
-    if len(values) == num_envs * n_train:
-        per_env = values[::n_train]
-        for e, first in enumerate(per_env):
-            if any(v != first for v in values[e * n_train:(e + 1) * n_train]):
-                raise ValueError(
-                    f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values "
-                    f"{values[e * n_train:(e + 1) * n_train]}; they are the training agents of one "
-                    f"PettingZoo env, which takes one: give one per env ({num_envs}) or equal ones per env"
-                )
-        return per_env
-    raise ValueError(
-        f"{what} needs one value per PettingZoo env ({num_envs}) or per slot ({num_envs * n_train}), "
-        f"got {len(values)}"
-    )
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """``a == b`` as one bool (arrays compared by value)."""
-    if a is b:
-        return True
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):  # == of arrays is elementwise
-        return bool(np.array_equal(a, b))
 
 
 class NPCVectorEnv(VectorEnv):
@@ -132,7 +102,7 @@ class NPCVectorEnv(VectorEnv):
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(E)]
         else:
-            seeds = _per_env(list(seed), E, n, "reset(seed=[...])")
+            seeds = one_per_env(list(seed), E, n, "reset(seed=[...])", per_env_ok=True)
         options = dict(options) if options else {}
         mask = options.pop("reset_mask", None)
         if mask is not None:
@@ -157,16 +127,9 @@ class NPCVectorEnv(VectorEnv):
             raise TypeError(f"options['reset_mask'] must have dtype=np.bool_, got {mask.dtype}")
         if not mask.any():
             raise ValueError(f"options['reset_mask'] must contain at least one True value, got {mask}")
-        per_env = mask.reshape(self.engine.num_envs, self.engine.n_train)
-        mixed = np.flatnonzero(per_env.any(axis=1) & ~per_env.all(axis=1))
-        if len(mixed):
-            e, n = int(mixed[0]), self.engine.n_train
-            raise ValueError(
-                f"options['reset_mask'] resets slots {e * n}-{e * n + n - 1} together: they are the training "
-                f"agents of one PettingZoo env (env {e}), which can only be reset whole; got "
-                f"{per_env[e].tolist()} for them"
-            )
-        return per_env[:, 0].copy()
+        # A PettingZoo env is reset whole: its slots' entries must agree.
+        return np.array(one_per_env(mask.tolist(), self.engine.num_envs, self.engine.n_train,
+                                    "options['reset_mask']"), dtype=bool)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)
@@ -220,17 +183,7 @@ class NPCVectorEnv(VectorEnv):
         """
         E, n_train = self.engine.num_envs, self.engine.n_train
         if isinstance(values, (list, tuple)):
-            if len(values) != self.num_envs:
-                raise ValueError(f"set_attr needs one value per slot ({self.num_envs}), got {len(values)}")
-            for e in range(E):
-                mine = values[e * n_train:(e + 1) * n_train]
-                if not all(_equal(mine[0], v) for v in mine[1:]):
-                    raise ValueError(
-                        f"set_attr({name!r}) gives slots {e * n_train}-{(e + 1) * n_train - 1} different "
-                        f"values {list(mine)}; they are the training agents of one PettingZoo env (env {e}), "
-                        "which has one attribute: give them equal values"
-                    )
-            per_env = values[::n_train]
+            per_env = one_per_env(values, E, n_train, f"set_attr({name!r})")
         else:
             per_env = [values] * E
         backend = self.engine.backend

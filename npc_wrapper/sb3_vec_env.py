@@ -11,7 +11,7 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn, tile_images
 
-from npc_wrapper.engine import NPCEngine
+from npc_wrapper.engine import NPCEngine, one_per_env
 from npc_wrapper.policies import NPCPolicy
 
 __all__ = ["NPCVecEnv"]
@@ -87,14 +87,7 @@ class NPCVecEnv(VecEnv):
         (each sub-env takes its first slot's; they must be equal within a sub-env's slots)."""
         n = self.engine.n_train
         seeds = [self._seeds[k * n] for k in range(self.engine.num_envs)]
-        options = [self._options[k * n] or None for k in range(self.engine.num_envs)]
-        for k, opts in enumerate(self._options):
-            if not _same_options(opts or None, options[k // n]):
-                e = k // n
-                raise ValueError(
-                    f"set_options gave slots {e * n}-{e * n + n - 1} different options; they are the training "
-                    f"agents of one PettingZoo env (env {e}), which takes one options dict: give them equal ones"
-                )
+        options = one_per_env([o or None for o in self._options], self.engine.num_envs, n, "set_options")
         obs, infos = self.engine.reset(seeds, options)
         self.reset_infos = infos
         self._reset_seeds()
@@ -201,15 +194,3 @@ class NPCVecEnv(VecEnv):
             return [True] * len(envs)
         backend = self.engine.backend
         return self.engine.for_envs(envs, lambda e: backend.is_wrapped(e, wrapper_class))
-
-
-def _same_options(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """Whether two slots' options are equal (arrays compared by value)."""
-    if a is b:
-        return True
-    if a is None or b is None or a.keys() != b.keys():
-        return False
-    try:
-        return all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else bool(a[k] == b[k]) for k in a)
-    except (TypeError, ValueError):  # values whose == is not a plain bool
-        return False

@@ -21,6 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
 import npc_wrapper as nw
+from npc_wrapper.engine import same_value
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
 
 pytestmark = pytest.mark.timeout(120)
@@ -285,6 +286,11 @@ def test_gym_set_attr_refuses_different_values_within_a_sub_env(workers: int, ma
     assert [w.tolist() for w in envs.get_attr("weights")] == [[1, 2], [1, 2], [3, 4], [3, 4]]
     with pytest.raises(ValueError, match="slots 0-1 different values"):
         envs.set_attr("weights", [a, b, b, b])
+    cfgs = [{"goal": a.copy(), "path": [b.copy()]} for _ in range(4)]  # arrays nested in dicts and lists
+    envs.set_attr("cfg", cfgs)
+    assert all(same_value(c, cfgs[0]) for c in envs.get_attr("cfg"))
+    with pytest.raises(ValueError, match="slots 2-3 different values"):
+        envs.set_attr("cfg", cfgs[:3] + [{"goal": a, "path": [a]}])
 
 
 # ------------------------------------------------------------------------------------ rendering
