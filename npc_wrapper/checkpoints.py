@@ -220,7 +220,7 @@ def _read_json(path: Path, what: str) -> Any:
         ) from e
 
 
-def _sidecar_metadata(path: Path) -> dict[str, Any]:
+def sidecar_metadata(path: Path) -> dict[str, Any]:
     """Metadata from ``<file>.json`` or ``<stem>.json`` next to the checkpoint (the first that exists)."""
     for side in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
         if side.is_file():
@@ -250,7 +250,7 @@ def _embedded_metadata(path: Path) -> dict[str, Any]:
 
 
 def _file_candidate(path: Path) -> Candidate:
-    meta = _sidecar_metadata(path)
+    meta = sidecar_metadata(path)
     for key, value in _embedded_metadata(path).items():
         meta.setdefault(key, value)
     numbers = re.findall(r"\d+", path.stem)

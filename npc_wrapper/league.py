@@ -750,17 +750,32 @@ class RoundRobinResult:
     draws: np.ndarray
     losses: np.ndarray
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One record per player, ranked by rating: elo, games, wins, draws, losses and mean score
+        (``None`` without games)."""
+        out = []
+        for i in sorted(range(len(self.names)), key=lambda i: -self.ratings[self.names[i]]):
+            games = int(self.games[i].sum())
+            out.append({
+                "player": self.names[i],
+                "elo": self.ratings[self.names[i]],
+                "games": games,
+                "wins": int(self.wins[i].sum()),
+                "draws": int(self.draws[i].sum()),
+                "losses": int(self.losses[i].sum()),
+                "score": float(self.score[i].sum()) / games if games else None,
+            })
+        return out
+
     def table(self) -> str:
         """The players ranked by rating, as a text table."""
-        order = sorted(range(len(self.names)), key=lambda i: -self.ratings[self.names[i]])
         width = max([len("player")] + [len(n) for n in self.names])
         lines = [f"{'rank':>4}  {'player':<{width}}  {'elo':>7}  {'games':>5}  {'W':>4}  {'D':>4}  {'L':>4}  {'score':>5}"]
-        for rank, i in enumerate(order, 1):
-            g = int(self.games[i].sum())
-            s = float(self.score[i].sum()) / g if g else float("nan")
+        for rank, r in enumerate(self.rows(), 1):
+            score = float("nan") if r["score"] is None else r["score"]
             lines.append(
-                f"{rank:>4}  {self.names[i]:<{width}}  {self.ratings[self.names[i]]:>7.1f}  {g:>5}  "
-                f"{int(self.wins[i].sum()):>4}  {int(self.draws[i].sum()):>4}  {int(self.losses[i].sum()):>4}  {s:>5.2f}"
+                f"{rank:>4}  {r['player']:<{width}}  {r['elo']:>7.1f}  {r['games']:>5}  "
+                f"{r['wins']:>4}  {r['draws']:>4}  {r['losses']:>4}  {score:>5.2f}"
             )
         return "\n".join(lines)
 

@@ -289,6 +289,22 @@ def test_resume_continues_with_the_same_step_count(trained_run: dict[str, Any], 
     assert before > 0 and episodes and min(episodes) > before
 
 
+@pytest.mark.parametrize(("metadata", "expected"), [
+    ("[1]", "must hold a JSON object, got list"),
+    ('{"total_episodes": "many"}', "total_episodes must be a count, got 'many'"),
+])
+def test_resume_refuses_unreadable_checkpoint_metadata(
+    trained_run: dict[str, Any], tmp_path: Path, metadata: str, expected: str
+) -> None:
+    run_dir = tmp_path / "bad_meta"
+    shutil.copytree(trained_run["dir"], run_dir)
+    (run_dir / "final.zip").unlink()
+    (run_dir / f"checkpoints/step_{trained_run['step']}.json").write_text(metadata)
+    with pytest.raises(CLIError, match=f"cannot resume from .*step_{trained_run['step']}.zip: .*{expected}"):
+        train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=1024"))
+    assert not (run_dir / f"logs/progress_from_{trained_run['step']}.csv").exists()  # refused before training
+
+
 def test_resume_when_already_done_trains_nothing(trained_run: dict[str, Any], tmp_path: Path) -> None:
     run_dir = tmp_path / "done"
     shutil.copytree(trained_run["dir"], run_dir)
@@ -607,6 +623,7 @@ def test_wandb_disabled_logs_no_artifact_and_prints_the_npc_plot_command(
                            "trainer.eval_episodes=2"))
     out = capsys.readouterr().out
     assert result["artifact"] is None and not (run_dir / "wandb_artifact.json").exists()
+    assert not (run_dir / "wandb_run_id").exists() and not (run_dir / "wandb").exists()  # no run at all
     assert "wandb://" not in out and "wandb model artifact" not in out
     assert f"learning curve: npc-plot {run_dir} " in out
 

@@ -249,21 +249,7 @@ def round_robin_run(
         )
     except ValueError as e:
         raise CLIError(_trust_advice(f"round robin over {run}: {one_line(e)}", e)) from e
-    # Every column of the printed table, per player in rating order.
-    rows = []
-    for name in sorted(result.names, key=lambda n: -result.ratings[n]):
-        i = result.names.index(name)
-        games = int(result.games[i].sum())
-        rows.append({
-            "player": name,
-            "elo": result.ratings[name],
-            "games": games,
-            "wins": int(result.wins[i].sum()),
-            "draws": int(result.draws[i].sum()),
-            "losses": int(result.losses[i].sum()),
-            "score": float(result.score[i].sum()) / games if games else None,
-        })
-    return {"ratings": result.ratings, "players": result.names, "table": rows}
+    return {"ratings": result.ratings, "players": result.names, "table": result.rows()}
 
 
 def _parser() -> argparse.ArgumentParser:

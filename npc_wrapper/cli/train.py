@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import CheckpointError, parse_uri
+from npc_wrapper.checkpoints import CheckpointError, parse_uri, sidecar_metadata
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.callbacks import (
     CheckpointCallback,
@@ -507,8 +507,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise CLIError(
             f"{paths.root} already holds a run; pass trainer.resume=true to continue it, or choose another run=NAME"
         )
+    start_episodes = 0
     if resume:
         _check_resumed_algorithm(cfg, paths)
+        try:
+            resumed_meta = sidecar_metadata(latest[1])
+        except CheckpointError as e:
+            raise CLIError(f"cannot resume from {latest[1]}: {one_line(e)}") from e
+        # Checkpoints written before total_episodes was recorded lack it: the count restarts at 0.
+        start_episodes = resumed_meta.get("total_episodes", 0)
+        if not isinstance(start_episodes, int) or isinstance(start_episodes, bool) or start_episodes < 0:
+            raise CLIError(
+                f"cannot resume from {latest[1]}: its metadata's total_episodes must be a count, "
+                f"got {start_episodes!r}"
+            )
 
     env_fn = EnvFactory(
         OmegaConf.to_container(cfg.env.factory, resolve=True),
@@ -566,7 +578,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         paths.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(paths.config, OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.wandb.enabled:
+        if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":  # disabled: no run, id, callback or artifact
             wandb_run = _init_wandb(cfg, paths)
         start_step = int(model.num_timesteps)
         logger = _make_logger(cfg, paths, start_step)
@@ -609,10 +621,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 fps,
             )
 
-        start_episodes = 0
-        if resume and latest is not None and latest[1].with_suffix(".json").is_file():
-            # Checkpoints written before total_episodes was recorded lack it: the count restarts at 0.
-            start_episodes = int(json.loads(latest[1].with_suffix(".json").read_text()).get("total_episodes", 0))
         metrics_cb = NPCMetricsCallback(
             n_train,
             has_npc,
@@ -719,7 +727,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             atomic_save(model, paths.final, final_meta)
         artifact = (
             _log_wandb_model(wandb_run, cfg, paths, final_meta)
-            if wandb_run is not None and cfg.wandb.log_model and wandb_mode(cfg) != "disabled"
+            if wandb_run is not None and cfg.wandb.log_model
             else None
         )
         logger.close()
