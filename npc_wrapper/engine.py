@@ -23,7 +23,8 @@ from npc_wrapper.policies import NPCPolicy, as_npc_policy, check_npc_policy
 from npc_wrapper.pool import NPCPool
 from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
 
-__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value"]
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value",
+           "check_parallel_env"]
 
 #: Info key set on a slot whose agent was dead at the start of the step (its transition is padding).
 PADDING_KEY = "npc_wrapper/padding"
@@ -74,10 +75,24 @@ def one_per_env(
         mine = list(values[e * n_train:(e + 1) * n_train])
         if not all(same_value(mine[0], v) for v in mine[1:]):
             raise ValueError(
-                f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values {mine}; they are the "
-                f"training agents of one PettingZoo env (env {e}), which takes one: give them equal values"
+                f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values {mine}; they are "
+                f"the training agents of one PettingZoo env (env {e}), which takes one: give them equal values"
             )
     return list(values[::n_train])
+
+
+def check_parallel_env(env: Any, what: str = "env_fn") -> None:
+    """Raise ``TypeError`` unless ``env`` is a PettingZoo ``ParallelEnv``; ``what`` names its maker."""
+    api = ("possible_agents", "reset", "step", "observation_space", "action_space")
+    missing = [m for m in api if not hasattr(env, m)]
+    # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
+    aec = isinstance(env, AECEnv)
+    if missing or aec:
+        kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
+        raise TypeError(
+            f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
+            "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
+        )
 
 
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:
@@ -144,7 +159,7 @@ class NPCEngine:
         self.num_envs = len(env_fns)
         probe = env_fns[0]()
         try:
-            self._check_parallel_env(probe)
+            check_parallel_env(probe)
             self.layout: AgentLayout = build_layout(probe, npc, training_agents_pct, training_agents)
             self.metadata = dict(getattr(probe, "metadata", {}) or {})
             self.render_mode = getattr(probe, "render_mode", None)
@@ -201,18 +216,6 @@ class NPCEngine:
         self.closed = False
 
     # ------------------------------------------------------------------ construction
-    @staticmethod
-    def _check_parallel_env(env: Any) -> None:
-        missing = [m for m in ("possible_agents", "reset", "step", "observation_space", "action_space") if not hasattr(env, m)]
-        # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
-        aec = isinstance(env, AECEnv)
-        if missing or aec:
-            kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
-            raise TypeError(
-                f"env_fn must return a PettingZoo ParallelEnv, got {kind}; "
-                "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
-            )
-
     def _make_pool(self, g: int, device: Any, deterministic: bool, trusted: bool) -> NPCPool:
         group = self.layout.groups[g]
         spec = group.spec

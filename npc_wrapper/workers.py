@@ -26,7 +26,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
-__all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv"]
+__all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split"]
 
 EnvFn = Callable[[], Any]
 
@@ -314,6 +314,17 @@ def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
     return out
 
 
+def check_worker_split(num_envs: int, num_workers: int, prefix: str = "") -> None:
+    """Raise ``ValueError`` unless the envs split evenly over the workers; ``prefix`` qualifies the
+    names in the message (``"trainer."`` for the CLI's keys)."""
+    if num_workers and num_envs % num_workers:
+        raise ValueError(
+            f"{prefix}num_envs={num_envs} must be a multiple of {prefix}num_workers={num_workers} (each worker "
+            f"steps the same number of envs); use {prefix}num_envs={num_envs - num_envs % num_workers or num_workers} "
+            f"or a {prefix}num_workers that divides {num_envs}"
+        )
+
+
 class WorkerBackend(Backend):
     """Sub-envs split evenly over ``num_workers`` processes.
 
@@ -332,11 +343,7 @@ class WorkerBackend(Backend):
         hold_after_reset: bool = False,
     ) -> None:
         n = len(env_fns)
-        if n % num_workers:
-            raise ValueError(
-                f"num_envs={n} must be a multiple of num_workers={num_workers} (each worker steps the same number "
-                f"of envs); use num_envs={n - n % num_workers or num_workers} or num_workers that divides {n}"
-            )
+        check_worker_split(n, num_workers)
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
         batch_fns = [

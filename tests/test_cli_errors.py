@@ -95,11 +95,11 @@ BAD_INPUT = {
     ),
     "AEC env through pad_observations": (
         ["env.factory._target_=mpe2.simple_tag_v3.env"],
-        "cannot build env 'simple_tag': TypeError: env_fn must return a PettingZoo ParallelEnv, got an AEC env",
+        "env.factory._target_=mpe2.simple_tag_v3.env must return a PettingZoo ParallelEnv, got an AEC env",
     ),
     "factory returning a non-env": (
         ["env.factory._target_=builtins.dict"],
-        "env.factory._target_=builtins.dict returned dict, not a PettingZoo ParallelEnv",
+        "env.factory._target_=builtins.dict must return a PettingZoo ParallelEnv, got dict (missing",
     ),
     "hyperparameter without +": (
         ["trainer.hyperparameters.target_kl=0.02"],
@@ -299,3 +299,13 @@ def test_checkpoint_metadata_is_written_before_the_checkpoint(
     finally:
         venv.close()
     assert seen == [True]
+
+
+def test_pad_observations_refuses_an_aec_env() -> None:
+    """Wrapped in a parallel wrapper, an AEC env would pass the engine's own check and crash at reset."""
+    from mpe2 import simple_tag_v3
+
+    from npc_wrapper.cli.envs import pad_observations
+
+    with pytest.raises(TypeError, match="must return a PettingZoo ParallelEnv, got an AEC env"):
+        pad_observations(simple_tag_v3.env())

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo import AECEnv
 from pettingzoo.utils import BaseParallelWrapper
 
 from npc_wrapper.cli.common import CLIError, one_line
+from npc_wrapper.engine import check_parallel_env
 
 __all__ = ["EnvFactory", "PadObservations", "pad_observations", "mettagrid_arena", "ReseedOnReset"]
 
@@ -100,10 +100,10 @@ class EnvFactory:
     def __call__(self) -> Any:
         target, kwargs = self.factory
         env = _locate(target, "env.factory")(**kwargs)
-        if not all(hasattr(env, m) for m in ("possible_agents", "reset", "step")):
-            raise CLIError(
-                f"env.factory._target_={target} returned {type(env).__name__}, not a PettingZoo ParallelEnv"
-            )
+        try:
+            check_parallel_env(env, f"env.factory._target_={target}")
+        except TypeError as e:
+            raise CLIError(str(e)) from e
         for i, (wtarget, wkwargs) in enumerate(self.wrappers):
             env = _locate(wtarget, f"env.wrappers[{i}]")(env, **wkwargs)
         return env
@@ -122,11 +122,7 @@ class PadObservations(BaseParallelWrapper):
     """
 
     def __init__(self, env: Any) -> None:
-        if isinstance(env, AECEnv):  # the same refusal the engine gives an unwrapped AEC env
-            raise TypeError(
-                "env_fn must return a PettingZoo ParallelEnv, got an AEC env; "
-                "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
-            )
+        check_parallel_env(env)  # wrapped, an AEC env would pass the engine's own check
         super().__init__(env)
         self.metadata = getattr(env, "metadata", {})
         boxes = [env.observation_space(a) for a in env.possible_agents]

@@ -56,6 +56,7 @@ from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.config import DualPolicyConfig
 from npc_wrapper.league import LeagueCallback, LeagueConfig, check_league_venv
+from npc_wrapper.workers import check_worker_split
 
 __all__ = [
     "RunPaths",
@@ -266,12 +267,10 @@ def _check_numbers(cfg: DictConfig) -> None:
         raise CLIError(
             f"run must be a non-empty name without '/', got {cfg.run!r} (use run_dir=PATH to place it)"
         )
-    n, w = t.num_envs, t.num_workers
-    if w and n % w:
-        raise CLIError(
-            f"trainer.num_envs={n} must be a multiple of trainer.num_workers={w} (each worker steps the same "
-            f"number of envs); use trainer.num_envs={n - n % w or w} or a trainer.num_workers that divides {n}"
-        )
+    try:
+        check_worker_split(t.num_envs, t.num_workers, prefix="trainer.")
+    except ValueError as e:
+        raise CLIError(str(e)) from e
 
 
 #: SB3 logger outputs that ``trainer.log_formats`` may add (CSV and TensorBoard are always on).
