@@ -54,7 +54,8 @@ def split_agents(
         if len(training_agents) == 0:
             raise ValueError(
                 f"training_agents is empty: name at least one of the env's possible_agents {agents} "
-                "(names or glob patterns such as 'red_*'), or pass training_agents=None to use training_agents_pct"
+                "(names or glob patterns such as 'red_*'), or pass training_agents=None to use "
+                "training_agents_pct"
             )
         unmatched = [p for p in training_agents if not any(_matches(a, p) for a in agents)]
         if unmatched:
@@ -191,7 +192,11 @@ def build_layout(
             on_train = [p for p in unused if any(_matches(a, p) for a in train)]
             raise ValueError(
                 f"npc mapping keys {unused} drive no NPC agent"
-                + (f" ({on_train} match training agents {train}, which the trainer drives)" if on_train else "")
+                + (
+                    f" ({on_train} match training agents {train}, which the trainer drives)"
+                    if on_train
+                    else ""
+                )
                 + f"; the NPC agents are {npcs}: remove those keys or fix the patterns"
             )
     else:

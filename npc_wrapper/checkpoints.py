@@ -1092,7 +1092,9 @@ def load_npc(
         >>> from gymnasium import spaces
         >>> import npc_wrapper as nw
         >>> prey_obs = spaces.Box(-float("inf"), float("inf"), (16,), "float32")
-        >>> nw.load_npc("file://npc_wrapper/data/simple_tag_npc.zip", prey_obs, spaces.Discrete(5), device="cpu")
+        >>> nw.load_npc(
+        ...     "file://npc_wrapper/data/simple_tag_npc.zip", prey_obs, spaces.Discrete(5), device="cpu"
+        ... )
         SB3Policy(name='simple_tag_npc', obs=Box(-inf, inf, (16,), float32), act=Discrete(5))
     """
     cfg = _as_config(spec)

@@ -76,7 +76,8 @@ def one_per_env(
         if not all(same_value(mine[0], v) for v in mine[1:]):
             raise ValueError(
                 f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values {mine}; they are "
-                f"the training agents of one PettingZoo env (env {e}), which takes one: give them equal values"
+                f"the training agents of one PettingZoo env (env {e}), which takes one: give them equal "
+                "values"
             )
     return list(values[::n_train])
 
@@ -262,7 +263,8 @@ class NPCEngine:
         partial = not envs.all()
         if partial and self._needs_reset:
             raise RuntimeError(
-                "the first reset() must reset every sub-env; pass no reset_mask (or an all-True one) the first time"
+                "the first reset() must reset every sub-env; pass no reset_mask (or an all-True one) "
+                "the first time"
             )
         # Finish forwards launched for the step that will not come: a full reset starts every row
         # anew, a partial one keeps the actions of the envs that play on.

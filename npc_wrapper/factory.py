@@ -33,7 +33,8 @@ def _engine(
 ) -> NPCEngine:
     if _is_env(env_fn):
         raise TypeError(
-            f"env_fn must be a function that builds a PettingZoo ParallelEnv, not an env ({type(env_fn).__name__}): "
+            "env_fn must be a function that builds a PettingZoo ParallelEnv, not an env "
+            f"({type(env_fn).__name__}): "
             "each sub-env needs its own instance; pass e.g. lambda: simple_tag_v3.parallel_env()"
         )
     if callable(env_fn):
@@ -45,7 +46,8 @@ def _engine(
         bad = [i for i, fn in enumerate(env_fns) if _is_env(fn) or not callable(fn)]
         if bad:
             raise TypeError(
-                f"env_fn[{bad[0]}] is a {type(env_fns[bad[0]]).__name__}, not a function that builds a PettingZoo "
+                f"env_fn[{bad[0]}] is a {type(env_fns[bad[0]]).__name__}, not a function that builds a "
+                "PettingZoo "
                 "ParallelEnv: pass one factory per sub-env, e.g. [lambda: simple_tag_v3.parallel_env()] * 4"
             )
         if num_envs not in (1, len(env_fns)):

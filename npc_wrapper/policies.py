@@ -509,7 +509,8 @@ def _check_model_spaces(policy: Any, observation_space: spaces.Space, action_spa
     if not (obs_ok and act_ok):
         raise ValueError(
             f"this SB3 model was trained on observation space {model_obs} and action space {model_act}, but "
-            f"the NPC agents it would drive have {observation_space} and {action_space}: pass a model trained "
+            f"the NPC agents it would drive have {observation_space} and {action_space}: pass a model "
+            "trained "
             "on those agents' spaces (or give these agents another NPC with a mapping npc={pattern: spec})"
         )
 

@@ -38,7 +38,10 @@ class Backend:
     num_envs: int
 
     def reset(
-        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None
+        self,
+        seeds: Sequence[int | None],
+        options: Sequence[dict[str, Any] | None],
+        mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Reset env ``i`` with ``seeds[i]`` and ``options[i]``, only where ``mask`` is set (default:
         all); return each env's training-agent infos (of its last reset)."""
@@ -167,7 +170,8 @@ class InProcessBackend(Backend):
         self.buffers = JointBuffers.allocate(layout, (self.num_envs,))
         try:
             self.joints = [
-                JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset) for i, env in enumerate(envs)
+                JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset)
+                for i, env in enumerate(envs)
             ]
         except BaseException:  # an env that does not fit the layout: close them all, not just that one
             for env in envs:
@@ -175,7 +179,10 @@ class InProcessBackend(Backend):
             raise
 
     def reset(
-        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None
+        self,
+        seeds: Sequence[int | None],
+        options: Sequence[dict[str, Any] | None],
+        mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
         _reset_all(self.joints, seeds, options, mask)
         return [joint.train_infos for joint in self.joints]
@@ -319,8 +326,9 @@ def check_worker_split(num_envs: int, num_workers: int, prefix: str = "") -> Non
     names in the message (``"trainer."`` for the CLI's keys)."""
     if num_workers and num_envs % num_workers:
         raise ValueError(
-            f"{prefix}num_envs={num_envs} must be a multiple of {prefix}num_workers={num_workers} (each worker "
-            f"steps the same number of envs); use {prefix}num_envs={num_envs - num_envs % num_workers or num_workers} "
+            f"{prefix}num_envs={num_envs} must be a multiple of {prefix}num_workers={num_workers} "
+            "(each worker steps the same number of envs); use "
+            f"{prefix}num_envs={num_envs - num_envs % num_workers or num_workers} "
             f"or a {prefix}num_workers that divides {num_envs}"
         )
 
@@ -376,10 +384,15 @@ class WorkerBackend(Backend):
             ) from e
 
     def reset(
-        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None = None
+        self,
+        seeds: Sequence[int | None],
+        options: Sequence[dict[str, Any] | None],
+        mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
         request = {
-            "seeds": list(seeds), "env_options": list(options), "mask": None if mask is None else mask.tolist()
+            "seeds": list(seeds),
+            "env_options": list(options),
+            "mask": None if mask is None else mask.tolist(),
         }
         obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:

@@ -69,7 +69,10 @@ class Args:
     max_cycles: int = 25
     """episode length of the mpe2 scenario"""
     npc: str = "default"
-    """the NPC: 'default' (the simple_tag_v3 prey shipped with the package), 'random', 'noop', or a checkpoint"""
+    (
+        "the NPC: 'default' (the simple_tag_v3 prey shipped with the package), 'random', 'noop', "
+        "or a checkpoint"
+    )
     training_agents_pct: float = 0.75
     """fraction of each env's agents that train (0.75 of simple_tag: the three predators)"""
     npc_trusted: bool = False
@@ -222,7 +225,8 @@ def train(args: Args) -> dict[str, Any]:
     """Run PPO as configured; return the run directory, the saved actor and the last win rates."""
     if args.npc == "default" and args.env_id != DEFAULT_NPC_ENV:
         raise CLIError(
-            f"--npc default is the prey shipped for {DEFAULT_NPC_ENV}, which does not fit --env-id {args.env_id}: "
+            f"--npc default is the prey shipped for {DEFAULT_NPC_ENV}, which does not fit "
+            f"--env-id {args.env_id}: "
             f"pass --npc random (or noop) or a checkpoint trained on {args.env_id}"
         )
     npc = data_path("simple_tag_npc.zip") if args.npc == "default" else args.npc
@@ -454,7 +458,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(parse_args(argv))
     except (CLIError, CheckpointError) as e:
-        print(f"{Path(__file__).name}: error: {with_trust_flag(one_line(e), '--npc-trusted')}", file=sys.stderr)
+        print(
+            f"{Path(__file__).name}: error: {with_trust_flag(one_line(e), '--npc-trusted')}",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
 
 

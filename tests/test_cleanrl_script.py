@@ -94,7 +94,11 @@ def test_script_trains_a_few_iterations_against_the_shipped_npc(tmp_path: Path) 
 
 def _run_script(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--no-cuda", *argv], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, str(SCRIPT), "--no-cuda", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
 
 
@@ -103,7 +107,10 @@ def test_bad_npc_input_is_one_line_naming_the_scripts_own_flags(tmp_path: Path) 
 
     proc = _run_script("--env-id", "simple_spread_v3")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "--npc default is the prey shipped for simple_tag_v3" in proc.stderr and "--npc random" in proc.stderr
+    assert (
+        "--npc default is the prey shipped for simple_tag_v3" in proc.stderr
+        and "--npc random" in proc.stderr
+    )
 
     marker = tmp_path / "PWNED"
     payload = save_marker_torchscript(tmp_path / "npc.pt", marker)

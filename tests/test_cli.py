@@ -284,7 +284,9 @@ def test_resume_continues_with_the_same_step_count(trained_run: dict[str, Any], 
     ).read_text()
     assert json.loads((run_dir / "final.json").read_text())["step"] == result["step"]
     # npc/episodes counts on from the checkpoint's episodes.
-    before = json.loads((trained_run["dir"] / f"checkpoints/step_{last_step}.json").read_text())["total_episodes"]
+    before = json.loads(
+        (trained_run["dir"] / f"checkpoints/step_{last_step}.json").read_text()
+    )["total_episodes"]
     episodes = [int(float(r["npc/episodes"])) for r in rows if r.get("npc/episodes")]
     assert before > 0 and episodes and min(episodes) > before
 
@@ -619,8 +621,8 @@ def test_wandb_disabled_logs_no_artifact_and_prints_the_npc_plot_command(
 ) -> None:
     pytest.importorskip("wandb")
     run_dir = tmp_path / "wbd"
-    result = train(run_cfg(run_dir, "wandb.enabled=true", "wandb.mode=disabled", "trainer.total_timesteps=256",
-                           "trainer.eval_episodes=2"))
+    result = train(run_cfg(run_dir, "wandb.enabled=true", "wandb.mode=disabled",
+                           "trainer.total_timesteps=256", "trainer.eval_episodes=2"))
     out = capsys.readouterr().out
     assert result["artifact"] is None and not (run_dir / "wandb_artifact.json").exists()
     assert not (run_dir / "wandb_run_id").exists() and not (run_dir / "wandb").exists()  # no run at all

@@ -25,4 +25,6 @@ def test_docstring_examples_run(name: str, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.chdir(REPO)  # examples name files of the repository (the shipped checkpoint)
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{name} has no docstring examples"
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (output above)"
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples in {name} failed (output above)"
+    )

@@ -100,7 +100,9 @@ def test_env_instances_and_mismatched_factories_are_refused() -> None:
             return built[-1]
         return make
 
-    with pytest.raises(ValueError, match=r"possible_agents are \['a_0', 'b_0'\], the first env's \['a_0', 'a_1', 'b_0'\]"):
+    with pytest.raises(
+        ValueError, match=r"possible_agents are \['a_0', 'b_0'\], the first env's \['a_0', 'a_1', 'b_0'\]"
+    ):
         nw.make_vec_env([tracked(), tracked(agents=["a_0", "b_0"])])
     with pytest.raises(ValueError, match=r"agent 'a_0' has observation space Box\(.*\(5,\)"):
         nw.make_vec_env([tracked(), partial(tracked(obs_shape=(5,)))])
@@ -211,7 +213,9 @@ def test_box_actions_out_of_bounds_or_nan() -> None:
     box = spaces.Box(-1.0, 1.0, (2,), np.float32)
     venv = nw.make_vector_env(lambda: ScriptedParallelEnv(action_space=box), num_envs=2, training_agents_pct=0.67)
     venv.reset(seed=0)
-    with pytest.raises(ValueError, match=r"slot 2 \(env 1, agent 'a_0'\) is outside the action space Box.*ClipAction"):
+    with pytest.raises(
+        ValueError, match=r"slot 2 \(env 1, agent 'a_0'\) is outside the action space Box.*ClipAction"
+    ):
         venv.step(np.array([[0, 0], [0, 0], [0, 1.5], [0, 0]], dtype=np.float32))
     with pytest.raises(ValueError, match="slot 1"):
         venv.step(np.array([[0, 0], [np.nan, 0], [0, 0], [0, 0]], dtype=np.float32))

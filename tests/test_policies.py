@@ -56,8 +56,8 @@ def test_torch_outputs_decode_per_action_space(space: spaces.Space, out: torch.T
         (spaces.Box(-1.0, 1.0, (2,)), torch.zeros(2, 4), r"shape \(2, 4\).*actions \(B, 2\)"),
         (spaces.Box(-1.0, 1.0, (2,)), torch.zeros(()), r"shape \(\).*actions \(B, 2\)"),
     ],
-    ids=["discrete-1-float", "discrete-flat-float", "discrete-int-2", "md-float", "md-int", "mb-float", "box-4",
-         "box-scalar"],
+    ids=["discrete-1-float", "discrete-flat-float", "discrete-int-2", "md-float", "md-int", "mb-float",
+         "box-4", "box-scalar"],
 )
 def test_torch_outputs_of_the_wrong_shape_are_an_error(
     space: spaces.Space, out: torch.Tensor, expected: str

@@ -269,7 +269,8 @@ def test_mettagrid_arena_int_agents_and_unaliased_observations() -> None:
 
 
 def test_mettagrid_time_limit_is_a_truncation_in_the_shipped_factory() -> None:
-    """MettaGrid itself reports its max_steps cut as a termination; the CLI's factory makes it a truncation."""
+    """MettaGrid itself reports its max_steps cut as a termination; the CLI's factory makes it a
+    truncation."""
     from npc_wrapper.cli.envs import mettagrid_arena as shipped
 
     raw = mettagrid_arena(max_steps=3)
@@ -277,7 +278,9 @@ def test_mettagrid_time_limit_is_a_truncation_in_the_shipped_factory() -> None:
     for _ in range(3):
         _, _, terms, truncs, _ = raw.step({a: 0 for a in raw.agents})
     assert all(terms.values()) and not any(truncs.values())  # the env's own flags
-    venv = nw.make_vec_env(lambda: shipped(max_steps=3), num_envs=1, npc="random", training_agents_pct=0.5, seed=0)
+    venv = nw.make_vec_env(
+        lambda: shipped(max_steps=3), num_envs=1, npc="random", training_agents_pct=0.5, seed=0
+    )
     venv.reset()
     for t in range(1, 4):
         _, _, done, infos = venv.step(np.zeros(12, dtype=np.int64))
@@ -292,7 +295,9 @@ def test_discrete_observations_rock_paper_scissors() -> None:
 
     for gym in (False, True):
         make = nw.make_vector_env if gym else nw.make_vec_env
-        venv = make(lambda: rps_v2.parallel_env(max_cycles=3), num_envs=2, npc="noop", training_agents_pct=0.5)
+        venv = make(
+            lambda: rps_v2.parallel_env(max_cycles=3), num_envs=2, npc="noop", training_agents_pct=0.5
+        )
         obs = venv.reset(seed=0)[0] if gym else venv.reset()
         np.testing.assert_array_equal(obs, [3, 3])  # "no move yet"
         out = venv.step(np.array([1, 2]))  # paper, scissors against the NPC's rock (noop = 0)

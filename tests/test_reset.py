@@ -116,8 +116,8 @@ def test_reset_mask_is_checked() -> None:
 
 @pytest.mark.parametrize("num_workers", WORKERS)
 def test_sb3_set_options_gives_each_env_its_own(num_workers: int) -> None:
-    venv = nw.make_vec_env(RecordingEnvFactory(max_steps=10), num_envs=2, npc="noop", training_agents_pct=0.67,
-                           num_workers=num_workers)
+    venv = nw.make_vec_env(RecordingEnvFactory(max_steps=10), num_envs=2, npc="noop",
+                           training_agents_pct=0.67, num_workers=num_workers)
     try:
         venv.set_options([{"level": 0}, {"level": 0}, {"level": 1}, {"level": 1}])
         venv.reset()

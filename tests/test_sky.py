@@ -82,7 +82,10 @@ def test_positional_arguments_and_extra_overrides() -> None:
     assert "Run name: my_experiment_name" in proc.stdout
     cmd = launch_command(proc)
     envs = env_flags(cmd)
-    assert envs["RUN"] == "my_experiment_name" and envs["NPC_URI"] == "wandb://my_entity/my_project/model/my_npc:v3"
+    assert (
+        envs["RUN"] == "my_experiment_name"
+        and envs["NPC_URI"] == "wandb://my_entity/my_project/model/my_npc:v3"
+    )
     assert envs["TOTAL_TIMESTEPS"] == "5000000000" and envs["NUM_WORKERS"] == "8"
     assert shlex.split(envs["OVERRIDES"]) == ["env=battle", "trainer.dual_policy.training_agents_pct=0.6"]
     assert (

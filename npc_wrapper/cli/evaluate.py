@@ -255,8 +255,8 @@ def round_robin_run(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Play a trained policy against an NPC for N episodes; print the win rate with a 95% Wilson "
-        "confidence interval, and the training-team and NPC-team returns.",
+        description="Play a trained policy against an NPC for N episodes; print the win rate with a 95% "
+        "Wilson confidence interval, and the training-team and NPC-team returns.",
     )
     p.add_argument("policy", help="run directory (its final.zip), checkpoint path or URI, 'random' or 'noop'")
     p.add_argument(
