@@ -57,6 +57,7 @@ from npc_wrapper.policies import (
     SB3Policy,
     TorchPolicy,
     check_npc_policy,
+    observation_fits,
 )
 from npc_wrapper.pool import NPCPool
 
@@ -615,30 +616,10 @@ def _frozen_lr(progress_remaining: float) -> float:
     return 0.0
 
 
-def _obs_fits(stored: spaces.Space, env: spaces.Space) -> bool:
-    """Whether a model trained on ``stored`` reads the NPC agents' ``env`` observations.
-
-    SB3 trains on channel-first images (``VecTransposeImage``) and its ``obs_to_tensor``
-    transposes channel-last observations back, so an HWC env space fits a CHW stored one.
-    """
-    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-    from stable_baselines3.common.vec_env import VecTransposeImage
-
-    if stored == env:
-        return True
-    if isinstance(stored, spaces.Dict) and isinstance(env, spaces.Dict):
-        return stored.spaces.keys() == env.spaces.keys() and all(
-            _obs_fits(stored[k], env[k]) for k in env.spaces
-        )
-    if isinstance(env, spaces.Box) and is_image_space(env) and not is_image_space_channels_first(env):
-        return stored == VecTransposeImage.transpose_space(env)
-    return False
-
-
 def _check_spaces(path: Path, stored_obs: Any, stored_act: Any, obs: spaces.Space, act: spaces.Space) -> None:
     if not isinstance(stored_obs, spaces.Space) or not isinstance(stored_act, spaces.Space):
         raise CheckpointError(f"SB3 model {path} does not record its observation and action spaces")
-    if not (_obs_fits(stored_obs, obs) and stored_act == act):
+    if not (observation_fits(stored_obs, obs) and stored_act == act):
         raise CheckpointError(
             f"checkpoint {path} does not fit the NPC agents. It was trained on\n  observation space "
             f"{stored_obs}\n  action space      {stored_act}\nbut the NPC agents it should drive have\n  "

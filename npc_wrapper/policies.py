@@ -41,6 +41,7 @@ __all__ = [
     "as_npc_policy",
     "frozen_copy",
     "check_npc_policy",
+    "observation_fits",
     "resolve_device",
 ]
 
@@ -492,20 +493,33 @@ class SB3Policy(NPCPolicy):
         return self.policy.get_distribution(obs).get_actions(deterministic=self.deterministic)
 
 
+def observation_fits(stored: spaces.Space, env: spaces.Space) -> bool:
+    """Whether a model trained on ``stored`` reads the NPC agents' ``env`` observations.
+
+    SB3 trains on channel-first images (``VecTransposeImage``) and its ``obs_to_tensor``
+    transposes channel-last observations back, so an HWC env space fits a CHW stored one.
+    """
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    if stored == env:
+        return True
+    if isinstance(stored, spaces.Dict) and isinstance(env, spaces.Dict):
+        return stored.spaces.keys() == env.spaces.keys() and all(
+            observation_fits(stored[k], env[k]) for k in env.spaces
+        )
+    if isinstance(env, spaces.Box) and is_image_space(env) and not is_image_space_channels_first(env):
+        return stored == VecTransposeImage.transpose_space(env)
+    return False
+
+
 def _check_model_spaces(policy: Any, observation_space: spaces.Space, action_space: spaces.Space) -> None:
     """Refuse an SB3 model trained on other spaces than the NPC agents', naming both (a dry run
     would fail deep inside the network, with only the layer sizes to go on)."""
     model_obs = getattr(policy, "observation_space", None)
     model_act = getattr(policy, "action_space", None)
-    obs_shape = observation_space.shape
-    chw = len(obs_shape) == 3 and (obs_shape[2], *obs_shape[:2])  # SB3 trains images channel-first
-    obs_ok = not isinstance(model_obs, spaces.Space) or model_obs.shape in (obs_shape, chw)
-    act_ok = not isinstance(model_act, spaces.Space) or (
-        type(model_act) is type(action_space)
-        and model_act.shape == action_space.shape
-        and getattr(model_act, "n", None) == getattr(action_space, "n", None)
-        and np.array_equal(getattr(model_act, "nvec", 0), getattr(action_space, "nvec", 0))
-    )
+    obs_ok = not isinstance(model_obs, spaces.Space) or observation_fits(model_obs, observation_space)
+    act_ok = not isinstance(model_act, spaces.Space) or model_act == action_space
     if not (obs_ok and act_ok):
         raise ValueError(
             f"this SB3 model was trained on observation space {model_obs} and action space {model_act}, but "
