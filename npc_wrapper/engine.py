@@ -19,12 +19,16 @@ from gymnasium import spaces
 from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout, build_layout
-from npc_wrapper.policies import NPCPolicy, as_npc_policy, check_npc_policy
+from npc_wrapper.policies import ConstantPolicy, NPCPolicy, RandomPolicy, as_npc_policy, check_npc_policy
 from npc_wrapper.pool import NPCPool
 from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
 
 __all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value",
            "check_parallel_env"]
+
+#: NPC policies whose actions are in their space by construction (sampled from it, or from a network
+#: output that was checked): the others' actions are checked at every step.
+_IN_SPACE_BY_CONSTRUCTION = (RandomPolicy, ConstantPolicy)
 
 #: Info key set on a slot whose agent was dead at the start of the step (its transition is padding).
 PADDING_KEY = "npc_wrapper/padding"
@@ -94,6 +98,29 @@ def check_parallel_env(env: Any, what: str = "env_fn") -> None:
             f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
             "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
         )
+
+
+def _integer_space(space: spaces.Space) -> bool:
+    return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+
+
+def _outside(space: spaces.Space, a: np.ndarray) -> np.ndarray:
+    """Per row of ``a`` (``(n, *space.shape)``), whether the action is not in ``space``."""
+    n = len(a)
+    if isinstance(space, spaces.Discrete):
+        bad = (a < space.start) | (a >= space.start + space.n)
+    elif isinstance(space, spaces.MultiDiscrete):
+        bad = ((a < space.start) | (a >= space.start + space.nvec)).reshape(n, -1).any(axis=1)
+    elif isinstance(space, spaces.MultiBinary):
+        bad = ((a != 0) & (a != 1)).reshape(n, -1).any(axis=1)
+    elif isinstance(space, spaces.Box):
+        bad = ~((a >= space.low) & (a <= space.high)).reshape(n, -1).all(axis=1)  # NaN is outside too
+    else:
+        bad = np.array([not space.contains(x) for x in a], dtype=bool)
+    # Whole numbers from a float tensor are fine for integer spaces (sent as ints); fractions are not.
+    if a.dtype.kind == "f" and _integer_space(space):
+        bad = bad | (a != np.floor(a)).reshape(n, -1).any(axis=1)
+    return bad
 
 
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:
@@ -200,7 +227,7 @@ class NPCEngine:
             np.zeros((n, *grp.observation_space.shape), dtype=grp.observation_space.dtype)
             for n, grp in zip(self._rows, layout.groups)
         ]
-        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray]]] = []
+        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy]] = []
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
         self._alive = np.zeros((E, layout.n_agents), dtype=bool)
         self._joined = np.zeros((E, layout.n_agents), dtype=bool)
@@ -329,7 +356,8 @@ class NPCEngine:
             alive = alive.reshape(-1)
             start = self._episode_start[g]
             if len(pool) == 1 and alive.all():
-                pending.append((g, None, pool.members[0].act_async(obs, self._all_rows[g], start)))
+                member = pool.members[0]
+                pending.append((g, None, member.act_async(obs, self._all_rows[g], start), member))
             else:
                 member_of_row = np.repeat(self._member[g], self._group_sizes[g]) if len(pool) > 1 else None
                 gathered, offset = self._gathered[g], 0
@@ -341,18 +369,43 @@ class NPCEngine:
                         part = gathered[offset:offset + len(rows)]
                         np.take(obs, rows, axis=0, out=part, mode="clip")
                         offset += len(rows)
-                        pending.append((g, rows, member.act_async(part, rows, start[rows])))
+                        pending.append((g, rows, member.act_async(part, rows, start[rows]), member))
             start[...] = False
 
     def _collect_npc_actions(self) -> None:
         """Wait for the launched NPC forwards and scatter their actions into the action buffers."""
-        for g, rows, wait in self._pending:
+        for g, rows, wait, member in self._pending:
             out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
+            actions = wait()
+            if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
+                n = self._rows[g] if rows is None else len(rows)
+                actions = self._check_npc_actions(g, member, actions, n)
             if rows is None:
-                out[...] = wait()
+                out[...] = actions
             else:
-                out[rows] = wait()
+                out[rows] = actions
         self._pending.clear()
+
+    def _check_npc_actions(self, g: int, member: NPCPolicy, actions: Any, n: int) -> np.ndarray:
+        """``member``'s actions for ``n`` rows, or a ``ValueError`` naming it: numpy would otherwise
+        broadcast, truncate or cast them silently into the env's actions."""
+        space = self.layout.groups[g].action_space
+        a = np.asarray(actions)
+        if a.shape == (n, 1) and isinstance(space, spaces.Discrete):
+            a = a.reshape(n)
+        where = f"NPC policy {member!r} (agents {list(self.layout.groups[g].agents)})"
+        if a.shape != (n, *space.shape):
+            raise ValueError(
+                f"{where} returned actions of shape {a.shape} for {n} live rows; it must return one action "
+                f"per row it is given, shape {(n, *space.shape)}"
+            )
+        bad = _outside(space, a)
+        if bad.any():
+            raise ValueError(
+                f"{where} returned action {a[int(np.flatnonzero(bad)[0])].tolist()!r}, which is outside its "
+                f"action space {space}"
+            )
+        return a
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
@@ -365,20 +418,7 @@ class NPCEngine:
                 f"env-major, each in {space}), got shape {a.shape}"
             )
         a = a.reshape(expected)
-        if isinstance(space, spaces.Discrete):
-            bad = (a < space.start) | (a >= space.start + space.n)
-        elif isinstance(space, spaces.MultiDiscrete):
-            bad = ((a < space.start) | (a >= space.start + space.nvec)).reshape(self.num_slots, -1).any(axis=1)
-        elif isinstance(space, spaces.MultiBinary):
-            bad = ((a != 0) & (a != 1)).reshape(self.num_slots, -1).any(axis=1)
-        elif isinstance(space, spaces.Box):
-            bad = ~((a >= space.low) & (a <= space.high)).reshape(self.num_slots, -1).all(axis=1)
-        else:
-            bad = np.array([not space.contains(x) for x in a])
-        # Whole numbers from a float tensor are fine for integer spaces (sent as ints); fractions are not.
-        float_ints = a.dtype.kind == "f" and isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
-        if float_ints:
-            bad = bad | (a != np.floor(a)).reshape(self.num_slots, -1).any(axis=1)
+        bad = _outside(space, a)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             hint = (
@@ -389,7 +429,7 @@ class NPCEngine:
                 f"action {a[i].tolist()!r} for slot {i} (env {i // self.n_train}, agent "
                 f"{self.layout.training[i % self.n_train]!r}) is outside the action space {space}{hint}"
             )
-        return a.astype(space.dtype) if float_ints else a
+        return a.astype(space.dtype) if a.dtype.kind == "f" and _integer_space(space) else a
 
     def step(self, actions: Any, validated: bool = False) -> StepResult:
         """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -12,7 +13,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
-from tests.envs import ScriptedParallelEnv
+from tests.envs import RecordingEnvFactory, ScriptedParallelEnv
 
 FRONT_ENDS = [nw.make_vec_env, nw.make_vector_env]
 
@@ -229,3 +230,48 @@ def test_step_after_close(venv) -> None:
     venv.close()
     with pytest.raises(RuntimeError, match="closed"):
         venv.step(np.zeros(4, dtype=np.int64))
+
+
+class _Scripted(nw.NPCPolicy):
+    """Acts with ``fn(n)`` after the construction's dry run (which gets valid zeros)."""
+
+    def __init__(self, fn: Any) -> None:
+        env = ScriptedParallelEnv()
+        super().__init__(env.observation_space("b_0"), env.action_space("b_0"), "scripted")
+        self.fn, self.calls = fn, 0
+
+    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Any:
+        self.calls += 1
+        return np.zeros(len(rows), dtype=np.int64) if self.calls == 1 else self.fn(len(rows))
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (lambda n: np.zeros(1, dtype=np.int64),
+         r"returned actions of shape \(1,\) for 2 live rows; .* \(2,\)"),
+        (lambda n: np.zeros(2 * n, dtype=np.int64), r"returned actions of shape \(4,\) for 2 live rows"),
+        (lambda n: np.full(n, 2.7), r"returned action 2.7, which is outside its action space Discrete\(4\)"),
+        (lambda n: np.full(n, 7), r"returned action 7, which is outside"),
+        (lambda n: np.full(n, -1), r"returned action -1, which is outside"),
+        (lambda n: np.full(n, np.nan), r"returned action nan, which is outside"),
+    ],
+    ids=["too-few", "too-many", "fraction", "above", "negative", "nan"],
+)
+def test_bad_npc_actions_at_run_time_are_an_error_naming_the_policy(fn: Any, expected: str) -> None:
+    """The dry run at construction passed; numpy would broadcast, truncate or cast these into the env."""
+    venv = nw.make_vec_env(ScriptedParallelEnv, num_envs=2, training_agents_pct=0.67, npc=_Scripted(fn))
+    policy = r"NPC policy _Scripted\(name='scripted'.*\(agents \['b_0'\]\) "
+    with pytest.raises(ValueError, match=policy + expected):
+        venv.reset()  # launches the first forward; its actions are checked when the step collects them
+        venv.step(np.zeros(4, dtype=np.int64))
+    venv.close()
+
+
+def test_npc_actions_as_a_column_and_whole_floats_are_accepted() -> None:
+    venv = nw.make_vec_env(RecordingEnvFactory(obs_shape=(3,)), num_envs=2, training_agents_pct=0.67,
+                           npc=_Scripted(lambda n: np.full((n, 1), 3.0)))
+    venv.reset()
+    venv.step(np.zeros(4, dtype=np.int64))
+    assert [log[-1]["b_0"] for log in venv.get_attr("action_log")[::2]] == [3, 3]
+    venv.close()
