@@ -537,6 +537,7 @@ class NPCEngine:
     def remove_npc(self, index: int, group: int = 0) -> NPCPolicy:
         """Remove pool member ``index`` of NPC group ``group``; refused while an env is playing it."""
         playing = self._member[group]
+        index = self.pools[group].index(index)  # -1 would pass the check below and shift every env
         if (playing == index).any():
             raise ValueError(
                 f"NPC pool member {index} ({self.pools[group].members[index].name}) is playing in envs "

@@ -53,10 +53,18 @@ class NPCPool:
         self.weights = self._check_weights(weights)
 
     def add(self, policy: NPCPolicy, weight: float | None = None) -> int:
-        """Add a member (it plays from the next episode starts on); returns its index."""
+        """Add a member (it plays from the next episode starts on); returns its index.
+
+        :param weight: its sampling weight on the pool's normalised scale (the current weights sum
+            to 1; ``0`` never draws it); default: the mean of the current weights
+        """
+        if weight is not None and not weight >= 0:
+            raise ValueError(f"a pool member's weight must be a non-negative number, got {weight!r}")
+        n = len(self.members)
+        current = self.weights if self.weights is not None else np.full(n, 1 / n)
         self.members.append(policy)
-        if self.weights is not None:
-            w = np.append(self.weights, self.weights.mean() if weight is None else weight)
+        if weight is not None or self.weights is not None:
+            w = np.append(current, current.mean() if weight is None else weight)
             self.weights = w / w.sum()
         return len(self.members) - 1
 
@@ -67,11 +75,19 @@ class NPCPool:
         """
         if len(self.members) == 1:
             raise ValueError("cannot remove the last member of an NPC pool")
+        index = self.index(index)
         member = self.members.pop(index)
         if self.weights is not None:
             w = np.delete(self.weights, index)
             self.weights = w / w.sum() if w.sum() > 0 else None
         return member
+
+    def index(self, index: int) -> int:
+        """Member ``index`` read as a list reads it (negative counts from the end), range-checked."""
+        n = len(self.members)
+        if not -n <= index < n:
+            raise IndexError(f"NPC pool member {index} does not exist: the pool has {n} members")
+        return index % n
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Indices of ``n`` members drawn independently."""

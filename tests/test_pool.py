@@ -47,3 +47,30 @@ def test_members_are_drawn_per_env_and_removed_only_when_not_playing() -> None:
     index = venv.add_npc(_const(3), weight=1.0)
     assert index == 1 and pool.weights is not None
     venv.close()
+
+
+def test_added_weight_counts_in_a_uniform_pool_too() -> None:
+    pool = nw.NPCPool([_const(0), _const(1)])
+    pool.add(_const(2), weight=0.0)  # a weight-0 member is never drawn, uniform pool or not
+    np.testing.assert_allclose(pool.weights, [0.5, 0.5, 0.0])
+    assert 2 not in pool.draw(np.random.default_rng(0), 1000)
+    pool.add(_const(3))  # no weight: the mean of the current ones
+    np.testing.assert_allclose(pool.weights, [0.375, 0.375, 0.0, 0.25])
+    uniform = nw.NPCPool([_const(0), _const(1)])
+    uniform.add(_const(2))
+    assert uniform.weights is None  # stays uniform
+    with pytest.raises(ValueError, match="non-negative number, got -1"):
+        uniform.add(_const(3), weight=-1)
+
+
+def test_negative_member_indices_read_like_a_list_and_keep_the_playing_check() -> None:
+    pool = nw.NPCPool([_const(0), _const(1)])
+    venv = nw.make_vec_env(lambda: ScriptedParallelEnv(max_steps=2), num_envs=8, npc=pool,
+                           training_agents_pct=0.67, seed=0)
+    venv.reset()
+    with pytest.raises(ValueError, match="NPC pool member 1 .* is playing in envs"):
+        venv.engine.remove_npc(-1)  # -1 is member 1, which plays: refused, nothing shifted
+    assert set(venv.engine.npc_playing().tolist()) == {0, 1}
+    with pytest.raises(IndexError, match="member 2 does not exist: the pool has 2 members"):
+        venv.engine.remove_npc(2)
+    venv.close()
