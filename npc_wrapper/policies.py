@@ -402,6 +402,7 @@ class SB3Policy(NPCPolicy):
             )
         self._generator = torch.Generator(device=self.device)
         self._state: tuple[np.ndarray, ...] | None = None
+        self._predict_seeds = np.random.default_rng()  # seeds SB3 predict calls (see _predict)
         self.runner = DeviceRunner(self.device, cuda_graphs, self._generator)
         # SB3 trains image policies channel-first (VecTransposeImage); PettingZoo envs give HWC.
         model_shape = getattr(getattr(self.policy, "observation_space", None), "shape", None)
@@ -416,19 +417,31 @@ class SB3Policy(NPCPolicy):
     def reset(self, num_rows: int, seed: int | None = None) -> None:
         super().reset(num_rows, seed)
         self._state = None
+        self._predict_seeds = np.random.default_rng(seed)
         if seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(seed)
 
+    def _predict(self, obs: np.ndarray, state: Any, episode_start: np.ndarray) -> tuple[Any, Any]:
+        """SB3's ``predict``, which samples with torch's global RNG: run it under a seed drawn from this
+        NPC's own stream, so its actions follow ``reset(seed=...)`` and the caller's RNG is untouched."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            seed = int(self._predict_seeds.integers(2**63 - 1))
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            return self.predictor.predict(obs, state, episode_start, self.deterministic)
+
     def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         if self._direct:
             return self.act_async(obs, rows, episode_start)()
         if not self.recurrent:
-            actions, _ = self.predictor.predict(obs, None, episode_start, self.deterministic)
+            actions, _ = self._predict(obs, None, episode_start)
             return np.asarray(actions)
         state = None if self._state is None else tuple(s[:, rows] for s in self._state)
-        actions, new_state = self.predictor.predict(obs, state, episode_start, self.deterministic)
+        actions, new_state = self._predict(obs, state, episode_start)
         if self._state is None:
             self._state = tuple(np.zeros((s.shape[0], self.num_rows, *s.shape[2:]), s.dtype) for s in new_state)
         for full, new in zip(self._state, new_state):

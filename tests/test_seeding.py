@@ -189,3 +189,23 @@ def test_ppo_seed_gives_identical_learned_parameters() -> None:
     for k in first:
         torch.testing.assert_close(first[k], second[k], rtol=0, atol=0, msg=k)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("algo", ["RecurrentPPO", "MaskablePPO"])
+def test_npcs_sampled_through_sb3_predict_follow_the_seed(algo: str) -> None:
+    """RecurrentPPO and MaskablePPO NPCs sample inside SB3's predict, with torch's global RNG: the
+    wrapper seeds each call from the NPC's own stream, so the vector's seed alone decides them."""
+    sb3_contrib = pytest.importorskip("sb3_contrib")
+    policy = "MlpLstmPolicy" if algo == "RecurrentPPO" else "MlpPolicy"
+    model = getattr(sb3_contrib, algo)(policy, nw.make_vec_env(lambda: ScriptedParallelEnv(obs_shape=(4,))),
+                                       n_steps=16, batch_size=16, seed=0, device="cpu")
+    envs = nw.make_vector_env(env_fn, num_envs=2, npc={"*": model}, training_agents_pct=0.34, device="cpu")
+    torch.manual_seed(1)
+    first = rollout(envs, gym=True, seed=5)
+    torch.manual_seed(2)  # the global RNG differs between the runs; the NPCs must not notice
+    assert_same(first, rollout(envs, gym=True, seed=5))
+    assert npc_action_series(first, "b_0") != npc_action_series(rollout(envs, gym=True, seed=6), "b_0")
+    state = torch.random.get_rng_state()
+    rollout(envs, gym=True, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # and the caller's RNG is left as it was
+    envs.close()
