@@ -11,6 +11,7 @@ from shared memory with no copy. Autoreset happens inside :class:`JointEnv`, so 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import multiprocessing
 import pickle
@@ -22,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode
+from gymnasium.vector.async_vector_env import AsyncState
 
 from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
@@ -236,8 +238,20 @@ class JointBatchEnv(gym.Env):
         return self.joints
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        try:
+            return self._reset(options or {})
+        except Exception as e:  # noqa: BLE001 - re-raised in the main process (see _EnvOpError)
+            return self._obs_now(), {"error": _EnvOpError(e)}
+
+    def _obs_now(self) -> dict[str, np.ndarray]:
+        """The buffers, or zeros where the envs could not even be built: AsyncVectorEnv's worker
+        writes an observation to shared memory whatever happened."""
+        if self.buffers is not None:
+            return self.buffers.as_arrays()
+        return {k: np.zeros(s.shape, s.dtype) for k, s in self.observation_space.spaces.items()}
+
+    def _reset(self, options: dict[str, Any]):
         joints = self._build()
-        options = options or {}
         mine = slice(self.first, self.first + len(joints))  # the whole vector's lists, this worker's part
         seeds = options.get("seeds") or [None] * mine.stop
         env_options = options.get("env_options") or [None] * mine.stop
@@ -247,7 +261,10 @@ class JointBatchEnv(gym.Env):
 
     def step(self, action: dict[str, np.ndarray]):
         npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
-        step_infos, reset_infos = _step_all(self._build(), action["train"], npc)
+        try:
+            step_infos, reset_infos = _step_all(self._build(), action["train"], npc)
+        except Exception as e:  # noqa: BLE001 - as a value, the worker loop (and its process) lives on
+            return self._obs_now(), 0.0, False, False, {"error": _EnvOpError(e)}
         return self.buffers.as_arrays(), 0.0, False, False, {"infos": step_infos, "reset_infos": reset_infos}
 
     def npc_env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -354,34 +371,60 @@ class WorkerBackend(Backend):
         check_worker_split(n, num_workers)
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
+        # Workers step envs only: the NPC specs (models, callables) stay here, unpickled and unsent.
+        env_layout = dataclasses.replace(
+            layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups)
+        )
         batch_fns = [
-            _batch_fn(env_fns[w * per:(w + 1) * per], w * per, layout, early_reset, hold_after_reset)
+            _batch_fn(env_fns[w * per:(w + 1) * per], w * per, env_layout, early_reset, hold_after_reset)
             for w in range(num_workers)
         ]
-        self.vec = AsyncVectorEnv(
-            batch_fns, shared_memory=True, copy=False, context=start_method,
-            autoreset_mode=AutoresetMode.DISABLED,
-        )
+        try:
+            self.vec = AsyncVectorEnv(
+                batch_fns, shared_memory=True, copy=False, context=start_method,
+                autoreset_mode=AutoresetMode.DISABLED,
+            )
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            if "pickle" not in str(e).lower():
+                raise
+            raise ValueError(
+                f"the env factory cannot be sent to the worker processes ({type(e).__name__}: {e}): with "
+                f"start_method={start_method or multiprocessing.get_start_method()!r} it must pickle, with "
+                "all it captures; use a module-level function (or functools.partial of one), or "
+                "start_method='fork'"
+            ) from e
         self.buffers: JointBuffers | None = None  # views into shared memory, set at the first reset
+        self._broken: str | None = None  # why the workers cannot go on, once they cannot
 
     def _views(self, obs: dict[str, np.ndarray]) -> JointBuffers:
         flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
         return JointBuffers.from_arrays(flat, len(self.layout.groups))
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
+        """Run a call to the workers; re-raise a sub-env's error as itself. Any other failure (a worker
+        died, an interrupt mid-call) leaves the workers unusable, which later calls then say."""
+        if self._broken is not None:
+            raise RuntimeError(
+                f"the worker processes cannot go on after an earlier failure ({self._broken}); close() this "
+                "vector env and make a new one"
+            )
         try:
-            return fn()
+            result = fn()
         except (EOFError, BrokenPipeError, ConnectionError) as e:
-            codes = [p.exitcode for p in self.vec.processes]
+            codes = [None if p.is_alive() else p.exitcode for p in self.vec.processes]  # is_alive() reaps
+            self._broken = f"a worker process died, exit codes {codes}"
             raise RuntimeError(
-                f"a worker process stepping the sub-envs died (exit codes {codes}); "
-                "the env or its factory crashed the process: run with num_workers=0 to see the error in-process"
+                f"a worker process stepping the sub-envs died (exit codes {codes}); the env or its factory "
+                "crashed the process: run with num_workers=0 to see the error in-process"
             ) from e
-        except Exception as e:
-            raise RuntimeError(
-                f"a sub-env raised in a worker process: {type(e).__name__}: {e} "
-                "(the worker's traceback is logged above; num_workers=0 runs the envs in-process)"
-            ) from e
+        except BaseException as e:
+            self._broken = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise
+        info = result[-1] if isinstance(result, tuple) else None
+        errors = info.get("error") if isinstance(info, dict) else None
+        if errors is not None:  # a sub-env raised in a worker: the same exception as in-process
+            next(err for err, raised in zip(errors, info["_error"]) if raised).reraise()
+        return result
 
     def reset(
         self,
@@ -418,11 +461,26 @@ class WorkerBackend(Backend):
 
     def close(self) -> None:
         self.buffers = None
-        if not self.vec.closed:
-            try:
-                self.vec.close()
-            except (EOFError, BrokenPipeError, ConnectionError, multiprocessing.TimeoutError):
-                self.vec.close(terminate=True)
+        vec = self.vec
+        if vec.closed:
+            return
+        healthy = (
+            self._broken is None
+            and vec._state == AsyncState.DEFAULT
+            and all(p.is_alive() for p in vec.processes)
+        )
+        if not healthy:
+            # Gymnasium's close would first wait for the call left pending (forever, if its worker is gone,
+            # or re-raising that worker's error): there is nothing to wait for, so terminate instead.
+            vec._state = AsyncState.DEFAULT
+        try:
+            vec.close(terminate=not healthy)
+        except Exception:  # noqa: BLE001 - a pipe that broke while closing: still end every worker
+            for process in vec.processes:
+                if process.is_alive():
+                    process.terminate()
+                process.join(5)
+            vec.closed = True
 
 
 def _batch_fn(

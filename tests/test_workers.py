@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
@@ -27,6 +28,29 @@ class ExplodingEnv(ScriptedParallelEnv):
     def step(self, actions: dict) -> Any:
         if self.num_resets == 1 and self.num_steps + 1 == self.explode_at:
             raise ZeroDivisionError(f"boom at step {self.explode_at}")
+        return super().step(actions)
+
+
+class DyingEnv(ScriptedParallelEnv):
+    """The env seeded 1 ends its worker process at its second step (module level: it pickles)."""
+
+    def step(self, actions: dict) -> Any:
+        if self.episode_id == 1 and self.num_steps == 1:
+            os._exit(1)
+        return super().step(actions)
+
+
+class UnpicklableError(Exception):
+    """Carries a lock, so it cannot travel back from a worker as it is."""
+
+    def __init__(self) -> None:
+        super().__init__("physics failed", threading.Lock())
+
+
+class RaisesUnpicklable(ScriptedParallelEnv):
+    def step(self, actions: dict) -> Any:
+        if self.num_steps == 1:
+            raise UnpicklableError()
         return super().step(actions)
 
 
@@ -115,16 +139,52 @@ def test_num_envs_must_be_a_multiple_of_num_workers() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.filterwarnings("ignore:.*(Received the following error|Raising the last exception|Traceback):UserWarning")
-def test_sub_env_raising_in_a_worker_is_a_runtime_error_in_main() -> None:
+def test_sub_env_raising_in_a_worker_raises_the_same_exception_in_main() -> None:
+    """As with num_workers=0: the env's own exception type, its worker traceback as the cause; the
+    workers live on (the error came back as a value) and close normally."""
     venv = nw.make_vec_env(lambda: ExplodingEnv(explode_at=3), num_envs=2, npc="random",
                            training_agents_pct=0.67, num_workers=2, seed=0)
     venv.reset()
     for _ in range(2):
         venv.step(np.zeros(4, dtype=np.int64))
-    with pytest.raises(RuntimeError, match=r"ZeroDivisionError: boom at step 3"):
+    with pytest.raises(ZeroDivisionError, match=r"boom at step 3") as err:
+        venv.step(np.zeros(4, dtype=np.int64))
+    assert "in step" in str(err.value.__cause__) and "ExplodingEnv" not in str(err.value)
+    procs = list(venv.engine.backend.vec.processes)
+    assert all(p.is_alive() for p in procs)
+    assert venv.get_attr("explode_at") == [3] * 4  # still answering
+    venv.close()
+    venv.close()
+    for p in procs:
+        p.join(10)
+        assert not p.is_alive()
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_that_cannot_travel_back_is_named_not_a_hang() -> None:
+    venv = nw.make_vec_env(RaisesUnpicklable, num_envs=2, npc="random", training_agents_pct=0.67,
+                           num_workers=2)
+    venv.reset()
+    venv.step(np.zeros(4, dtype=np.int64))
+    with pytest.raises(RuntimeError, match=r"UnpicklableError: \('physics failed', <unlocked _thread.lock"):
         venv.step(np.zeros(4, dtype=np.int64))
     venv.close()
-    venv.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_dying_mid_step_is_an_error_then_close_ends_every_worker() -> None:
+    venv = nw.make_vec_env(DyingEnv, num_envs=2, npc="random", training_agents_pct=0.67, num_workers=2, seed=0)
+    venv.reset()
+    venv.step(np.zeros(4, dtype=np.int64))
+    procs = list(venv.engine.backend.vec.processes)
+    with pytest.raises(RuntimeError, match=r"worker process stepping the sub-envs died \(exit codes \[None, 1\]\)"):
+        venv.step(np.zeros(4, dtype=np.int64))
+    with pytest.raises(RuntimeError, match="cannot go on after an earlier failure .*close\(\) this vector env"):
+        venv.step(np.zeros(4, dtype=np.int64))
+    venv.close()  # worker 0's step result was read already: gymnasium's close would wait for it forever
+    for p in procs:
+        p.join(10)
+        assert not p.is_alive()
 
 
 @pytest.mark.timeout(60)
@@ -184,3 +244,20 @@ def test_workers_with_spawn_start_method() -> None:
     obs, *_ = venv.step(np.array([1, 2, 3, 0]))
     np.testing.assert_array_equal(obs[:, 2], [1, 2, 3, 0])
     venv.close()
+
+
+@pytest.mark.timeout(120)
+def test_spawned_workers_get_no_npc_and_an_unpicklable_factory_is_named() -> None:
+    lock = threading.Lock()  # neither picklable nor needed by the workers
+
+    def npc(obs: np.ndarray) -> np.ndarray:
+        with lock:
+            return np.zeros(len(obs), dtype=np.int64)
+
+    venv = nw.make_vec_env(env_fn, num_envs=2, npc=npc, training_agents_pct=0.5, num_workers=2,
+                           start_method="spawn")
+    venv.reset()
+    venv.step(np.zeros(4, dtype=np.int64))
+    venv.close()
+    with pytest.raises(ValueError, match="cannot be sent to the worker processes .*start_method='spawn'"):
+        nw.make_vec_env(lambda: (lock, env_fn())[1], num_envs=2, num_workers=2, start_method="spawn")
