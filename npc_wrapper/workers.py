@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import multiprocessing
 import pickle
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -411,6 +412,10 @@ class WorkerBackend(Backend):
         try:
             result = fn()
         except (EOFError, BrokenPipeError, ConnectionError) as e:
+            # A pipe's end closes a moment before its process can be reaped: give it that moment.
+            deadline = time.monotonic() + 2.0
+            while all(p.is_alive() for p in self.vec.processes) and time.monotonic() < deadline:
+                time.sleep(0.01)
             codes = [None if p.is_alive() else p.exitcode for p in self.vec.processes]  # is_alive() reaps
             self._broken = f"a worker process died, exit codes {codes}"
             raise RuntimeError(
