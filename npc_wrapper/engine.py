@@ -26,8 +26,8 @@ from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
 __all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value",
            "check_parallel_env"]
 
-#: NPC policies whose actions are in their space by construction (sampled from it, or from a network
-#: output that was checked): the others' actions are checked at every step.
+#: NPC policies whose actions are in their space by construction (sampled from it, or one action checked
+#: once): every other policy's actions are checked at every step.
 _IN_SPACE_BY_CONSTRUCTION = (RandomPolicy, ConstantPolicy)
 
 #: Info key set on a slot whose agent was dead at the start of the step (its transition is padding).

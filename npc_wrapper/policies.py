@@ -439,14 +439,20 @@ class SB3Policy(NPCPolicy):
             return self.act_async(obs, rows, episode_start)()
         if not self.recurrent:
             actions, _ = self._predict(obs, None, episode_start)
-            return np.asarray(actions)
+            return self._in_bounds(np.asarray(actions))
         state = None if self._state is None else tuple(s[:, rows] for s in self._state)
         actions, new_state = self._predict(obs, state, episode_start)
         if self._state is None:
             self._state = tuple(np.zeros((s.shape[0], self.num_rows, *s.shape[2:]), s.dtype) for s in new_state)
         for full, new in zip(self._state, new_state):
             full[:, rows] = new
-        return np.asarray(actions)
+        return self._in_bounds(np.asarray(actions))
+
+    def _in_bounds(self, actions: np.ndarray) -> np.ndarray:
+        """Box actions clipped to the bounds: SB3's unscaling of squashed (tanh) actions can land one
+        float32 step past them (a SAC actor at saturation), which the env, and the engine, refuse."""
+        space = self.action_space
+        return np.clip(actions, space.low, space.high) if isinstance(space, spaces.Box) else actions
 
     def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
         if not self._direct:
@@ -459,9 +465,9 @@ class SB3Policy(NPCPolicy):
 
         def actions() -> np.ndarray:
             a = wait().reshape((-1, *space.shape))
-            if isinstance(space, spaces.Box):
-                return self.policy.unscale_action(a) if self.policy.squash_output else np.clip(a, space.low, space.high)
-            return a
+            if isinstance(space, spaces.Box) and self.policy.squash_output:
+                a = self.policy.unscale_action(a)
+            return self._in_bounds(a)
 
         return actions
 

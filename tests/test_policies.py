@@ -195,3 +195,25 @@ def test_sb3_gsde_policy_samples_through_its_distribution_and_refuses_cuda_graph
     assert acts.shape == (8, 2) and space.contains(acts[0].astype(np.float32))
     with pytest.raises(ValueError, match="StateDependentNoiseDistribution.*cannot be captured"):
         nw.SB3Policy(model, obs_space, space, device="cpu", cuda_graphs=True)
+
+
+def test_sb3_squashed_box_actions_stay_inside_the_bounds() -> None:
+    """SB3 unscales a saturated tanh action one float32 step past the bound (here 0.70000005 for 0.7);
+    the env and the engine's per-step check refuse that, so the NPC clips to the bounds."""
+    from stable_baselines3 import SAC
+
+    from tests.envs import ScriptedParallelEnv
+
+    box = spaces.Box(np.float32(-3.3), np.float32(0.7), (2,), np.float32)
+    make = lambda: ScriptedParallelEnv(action_space=box)  # noqa: E731
+    model = SAC("MlpPolicy", nw.make_vec_env(make, training_agents_pct=0.67), seed=0, device="cpu")
+    with torch.no_grad():
+        for p in model.policy.actor.mu.parameters():
+            p.mul_(500)  # saturate the tanh
+    venv = nw.make_vec_env(make, num_envs=4, training_agents_pct=0.67, npc=model, device="cpu", seed=0)
+    venv.reset()
+    for _ in range(5):  # the engine checks every NPC action against the space
+        venv.step(np.zeros((8, 2), dtype=np.float32))
+    actions = venv.engine._npc_actions[0]
+    assert (actions >= box.low).all() and (actions <= box.high).all() and (actions == box.high).any()
+    venv.close()
