@@ -123,6 +123,17 @@ def _outside(space: spaces.Space, a: np.ndarray) -> np.ndarray:
     return bad
 
 
+def _rounding_bounds(space: spaces.Box) -> tuple[np.ndarray, np.ndarray]:
+    """``space``'s bounds widened by 4 float32 steps at each bound's magnitude (0 where unbounded).
+
+    SB3 unscales squashed (tanh) actions as ``low + 0.5 * (a + 1) * (high - low)`` in float32 without
+    clipping (SAC, TD3): a saturated actor lands up to one float32 step past a bound (0.70000005 for 0.7).
+    """
+    step = np.spacing(np.maximum(np.abs(space.low), np.abs(space.high)).astype(np.float32))
+    step = np.where(np.isfinite(step), 4 * step, 0).astype(np.float64)
+    return space.low - step, space.high + step
+
+
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     """``index`` as a slice when it is one ascending run: slicing makes views, fancy indexing copies."""
     if len(index) and (np.diff(index) == 1).all():
@@ -217,6 +228,8 @@ class NPCEngine:
         E = self.num_envs
         act = layout.action_space
         self._act_shape = act.shape
+        floating_box = isinstance(act, spaces.Box) and np.issubdtype(act.dtype, np.floating)
+        self._act_rounding = _rounding_bounds(act) if floating_box else None
         self._npc_actions = [
             np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype) for grp in layout.groups
         ]
@@ -419,6 +432,10 @@ class NPCEngine:
             )
         a = a.reshape(expected)
         bad = _outside(space, a)
+        if bad.any() and self._act_rounding is not None:
+            low, high = self._act_rounding
+            if ((a >= low) & (a <= high)).all():  # only rounding past a bound (SB3's SAC/TD3): snap to it
+                return np.clip(a, space.low, space.high)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             hint = (

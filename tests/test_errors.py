@@ -225,6 +225,35 @@ def test_box_actions_out_of_bounds_or_nan() -> None:
     venv.close()
 
 
+def test_box_actions_rounded_past_a_bound_by_sb3_are_snapped_to_it() -> None:
+    """SB3 unscales a saturated SAC/TD3 actor's tanh output without clipping, in float32: for the bound
+    0.7 of Box(-3.3, 0.7) it gives 0.70000005. That is rounding, not a wrong action: it is clipped to
+    the bound (the env checks what it gets), while anything further out is still refused."""
+    from stable_baselines3 import SAC
+
+    box = spaces.Box(-3.3, 0.7, (1,), np.float32)
+    factory = lambda: ScriptedParallelEnv(action_space=box)  # noqa: E731
+    venv = nw.make_vec_env(factory, num_envs=2, training_agents_pct=0.67, npc="random")
+    model = SAC("MlpPolicy", venv, learning_starts=0, device="cpu", seed=0)
+    with torch.no_grad():  # saturate the actor: tanh(100) == 1.0 in float32
+        model.actor.mu.weight.zero_()
+        model.actor.mu.bias.fill_(100.0)
+    obs = venv.reset()
+    actions, _ = model.predict(obs, deterministic=True)
+    assert (actions > box.high).all(), actions  # the overshoot this test is about really happens
+    obs, *_ = venv.step(actions)
+    np.testing.assert_array_equal(obs[:, 2], np.float32(0.7))  # the env got the bound itself
+    venv.close()
+
+    gym_venv = nw.make_vector_env(factory, num_envs=2, training_agents_pct=0.67, npc="random")
+    gym_venv.reset(seed=0)
+    obs, *_ = gym_venv.step(actions)
+    np.testing.assert_array_equal(obs[:, 2], np.float32(0.7))
+    with pytest.raises(ValueError, match="outside the action space"):  # more than rounding: refused
+        gym_venv.step(np.full((4, 1), np.nextafter(np.float32(0.7), np.float32(1), dtype=np.float32) + 1e-5))
+    gym_venv.close()
+
+
 def test_step_after_close(venv) -> None:
     venv.reset()
     venv.close()
