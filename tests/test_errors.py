@@ -232,7 +232,10 @@ def test_box_actions_rounded_past_a_bound_by_sb3_are_snapped_to_it() -> None:
     from stable_baselines3 import SAC
 
     box = spaces.Box(-3.3, 0.7, (1,), np.float32)
-    factory = lambda: ScriptedParallelEnv(action_space=box)  # noqa: E731
+
+    def factory() -> ScriptedParallelEnv:
+        return ScriptedParallelEnv(action_space=box)
+
     venv = nw.make_vec_env(factory, num_envs=2, training_agents_pct=0.67, npc="random")
     model = SAC("MlpPolicy", venv, learning_starts=0, device="cpu", seed=0)
     with torch.no_grad():  # saturate the actor: tanh(100) == 1.0 in float32
