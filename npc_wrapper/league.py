@@ -437,6 +437,7 @@ class LeagueCallback(BaseCallback):
 
     def _init_callback(self) -> None:
         if self.engine is not None:  # a second learn() call continues the same league
+            self._schedule()
             return
         venv = self.venv
         if venv is None:
@@ -454,13 +455,21 @@ class LeagueCallback(BaseCallback):
         self.initial = names
         for n in names:
             self.records[n] = self._record(n, float(self.config.initial_elo))
-        every = self.config.snapshot_every
-        if every:
-            self._next_step_snapshot = (self.model.num_timesteps // every + 1) * every
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             if self.resume:
                 self._restore()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Set the step of the next scheduled snapshot from the model's step count."""
+        every = self.config.snapshot_every
+        if not every:
+            return
+        nxt = (self.model.num_timesteps // every + 1) * every
+        # A later one means the count went back (learn() with reset_num_timesteps=True): start over.
+        if self._next_step_snapshot is None or self._next_step_snapshot > nxt:
+            self._next_step_snapshot = nxt
 
     def _restore(self) -> None:
         """Continue the league saved in ``save_dir/league.json``: ratings, counts and the window's snapshots."""

@@ -123,6 +123,18 @@ def test_snapshots_enter_the_pool_every_snapshot_every_steps_between_rollouts() 
     venv.close()
 
 
+def test_later_learn_calls_keep_the_snapshot_schedule() -> None:
+    venv = scripted_venv()  # a rollout is 16 steps
+    model = ppo(venv)
+    league = LeagueCallback(LeagueConfig(enabled=True, snapshot_every=32), device="cpu")
+    model.learn(64, callback=league)  # ends at 64: the snapshot due there waits for the next rollout
+    model.learn(16, callback=league, reset_num_timesteps=False)
+    assert league.window == ["snapshot@32", "snapshot@64"]
+    model.learn(64, callback=league)  # SB3's default reset_num_timesteps=True: the count restarts at 0
+    assert league.window == ["snapshot@32", "snapshot@64", "snapshot@32#2"]
+    venv.close()
+
+
 def test_snapshot_when_win_rate_passes_the_threshold_over_the_last_k_episodes() -> None:
     # Every episode lasts 4 steps in both envs: a rollout (8 steps per env) holds 4 episodes, all won.
     venv = scripted_venv(reward_fn=learner_wins)
