@@ -382,7 +382,8 @@ class LeagueCallback(BaseCallback):
 
     :param config: a :class:`LeagueConfig` or a mapping of its keys
     :param venv: the :class:`~npc_wrapper.NPCVecEnv` (default: found under the model's env wrappers)
-    :param save_dir: where snapshots (``snapshot_<steps>.zip`` + ``.json``) and ``league.json``
+    :param save_dir: where snapshots (``snapshot_<steps>.zip`` + ``.json``; ``snapshot_<steps>_2.zip``
+        for a second one at the same step) and ``league.json``
         are written (``None``: nothing is written)
     :param device: where the snapshots run (``"auto"``: CUDA when available)
     :param deterministic: snapshots take their most likely action instead of sampling
@@ -701,7 +702,9 @@ class LeagueCallback(BaseCallback):
             _write_json(self.save_dir / "league.json", self.state())
 
     def _save(self, name: str, steps: int) -> Path:
-        path = self.save_dir / f"snapshot_{steps}.zip"
+        # Named after the unique member name: a second snapshot at a step (the step count went back, or a
+        # resumed run repeats steps) must not overwrite the first one's file.
+        path = self.save_dir / f"{name.replace('@', '_').replace('#', '_')}.zip"
         self.model.save(path)
         # The checkpoint loader reads <stem>.json as the checkpoint's metadata (selectors sort by it).
         meta = {"league_name": name, "num_timesteps": steps, "step": steps, "elo": self.learner_elo}

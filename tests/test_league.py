@@ -135,6 +135,19 @@ def test_later_learn_calls_keep_the_snapshot_schedule() -> None:
     venv.close()
 
 
+def test_snapshots_taken_at_the_same_step_are_saved_to_their_own_files(tmp_path: Path) -> None:
+    venv = scripted_venv()
+    model = ppo(venv)
+    league = LeagueCallback(LeagueConfig(enabled=True, snapshot_every=32), save_dir=tmp_path, device="cpu")
+    model.learn(48, callback=league)
+    model.learn(48, callback=league)  # the step count restarts: a second snapshot at step 32
+    first, second = (Path(league.records[n].path) for n in ("snapshot@32", "snapshot@32#2"))
+    assert first != second and first.is_file() and second.is_file()
+    assert json.loads(first.with_suffix(".json").read_text())["league_name"] == "snapshot@32"
+    assert json.loads(second.with_suffix(".json").read_text())["league_name"] == "snapshot@32#2"
+    venv.close()
+
+
 def test_snapshot_when_win_rate_passes_the_threshold_over_the_last_k_episodes() -> None:
     # Every episode lasts 4 steps in both envs: a rollout (8 steps per env) holds 4 episodes, all won.
     venv = scripted_venv(reward_fn=learner_wins)
