@@ -466,6 +466,7 @@ class LeagueCallback(BaseCallback):
         """Set the step of the next scheduled snapshot from the model's step count."""
         every = self.config.snapshot_every
         if not every:
+            self._next_step_snapshot = None
             return
         nxt = (self.model.num_timesteps // every + 1) * every
         # A later one means the count went back (learn() with reset_num_timesteps=True): start over.
@@ -483,6 +484,9 @@ class LeagueCallback(BaseCallback):
             window = [str(n) for n in state["window"]]
             self.learner_elo = float(state["learner_elo"])
             self.num_episodes, self.num_snapshots = int(state["episodes"]), int(state["snapshots"])
+            # A snapshot due when the state was saved (a run that ended at a multiple) is taken now.
+            due = state.get("next_step_snapshot")
+            self._next_step_snapshot = None if due is None else int(due)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot resume the league from {path}: {type(e).__name__}: {e}; fix or remove the file") from e
         for name, m in members.items():
@@ -683,6 +687,7 @@ class LeagueCallback(BaseCallback):
             "learner_elo": self.learner_elo,
             "episodes": self.num_episodes,
             "snapshots": self.num_snapshots,
+            "next_step_snapshot": self._next_step_snapshot,
             "window": list(self.window),
             "members": [
                 {

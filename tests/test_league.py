@@ -298,6 +298,23 @@ def test_resume_continues_the_saved_league(trained_league: Any) -> None:
     venv.close()
 
 
+def test_resume_takes_the_snapshot_that_was_due_when_the_run_ended(tmp_path: Path) -> None:
+    venv = scripted_venv()  # a rollout is 16 steps
+    model = ppo(venv)
+    cfg = LeagueConfig(enabled=True, snapshot_every=32)
+    # Ends at 64, before the snapshot due there.
+    model.learn(64, callback=LeagueCallback(cfg, save_dir=tmp_path, device="cpu"))
+    venv.close()
+    venv = scripted_venv()
+    resumed = ppo(venv)
+    resumed.set_parameters(model.get_parameters())
+    resumed.num_timesteps = model.num_timesteps
+    league = LeagueCallback(cfg, save_dir=tmp_path, device="cpu", resume=True)
+    resumed.learn(32, callback=league, reset_num_timesteps=False)
+    assert league.window == ["snapshot@32", "snapshot@64"]
+    venv.close()
+
+
 def test_saved_snapshots_are_logged_as_wandb_artifacts(tmp_path: Path) -> None:
     wandb = pytest.importorskip("wandb")
     run = wandb.init(mode="offline", dir=str(tmp_path), project="npc-wrapper-test", name="league run")
