@@ -12,7 +12,7 @@ from magent2.environments import battle_v4
 
 import npc_wrapper as nw
 from npc_wrapper.cli import evaluate as eval_cli
-from npc_wrapper.cli.train import train
+from npc_wrapper.cli.train import main, train
 from tests.test_cli import run_cfg
 from tests.test_cli_errors import run_main
 
@@ -82,3 +82,16 @@ def test_bad_league_config_stops_before_training(
     code, err = run_main(["device=cpu", "trainer.num_envs=2", f"run_dir={run_dir}", *BATTLE, *overrides], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"npc-train: error: {expected}"), err
     assert not (run_dir / "final.zip").exists()
+
+
+def test_a_league_that_cannot_be_resumed_stops_with_one_line(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["device=cpu", "trainer.num_envs=2", f"run_dir={run_dir}", *BATTLE, "trainer.league.enabled=true",
+            "trainer.league.snapshot_every=64", "trainer.league.save_snapshots=false"]
+    main([*argv, "trainer.total_timesteps=128"])
+    code, err = run_main([*argv, "trainer.total_timesteps=256", "trainer.resume=true"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("npc-train: error: trainer.league: cannot resume the league: ")
+    assert "snapshot snapshot@64 " in err[0]
+    assert "save_snapshots must stay true" in err[0]

@@ -656,6 +656,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 league_cfg, venv=venv, save_dir=paths.league, device=cfg.device,
                 deterministic=dp.checkpoint_npc.deterministic, resume=resume,
             )
+            try:  # now rather than inside learn(): restoring a resumed league can fail
+                league_cb.init_callback(model)
+            except ValueError as e:
+                raise CLIError(f"trainer.league: {one_line(e)}") from e
             callbacks.append(league_cb)
         if wandb_run is not None:
             from wandb.integration.sb3 import WandbCallback
