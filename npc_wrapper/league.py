@@ -864,23 +864,30 @@ def _play(
     seed: int,
     env_kwargs: dict[str, Any],
 ) -> list[str]:
-    """Outcomes (for ``learner``) of the first ``episodes`` episodes ``learner`` plays on the training side."""
+    """Outcomes (for ``learner``) of ``episodes`` episodes ``learner`` plays on the training side."""
     from npc_wrapper.factory import make_vec_env
 
     venv = make_vec_env(env_fn, num_envs=num_envs, npc=npc, seed=seed, **env_kwargs)
     try:
-        n_train, slots = venv.engine.n_train, venv.num_envs
+        n_train, slots, n_envs = venv.engine.n_train, venv.num_envs, venv.num_sub_envs
+        # Each env plays a fixed quota: the first episodes to end anywhere would over-represent short
+        # ones, and episode length often depends on who wins.
+        quota = np.full(n_envs, episodes // n_envs)
+        quota[: episodes % n_envs] += 1
+        played = np.zeros(n_envs, dtype=np.int64)
         rows = np.arange(slots)
         learner.reset(slots, seed)
         obs = venv.reset()
         start = np.ones(slots, dtype=bool)
         outcomes: list[str] = []
-        while len(outcomes) < episodes:
+        while (played < quota).any():
             obs, _, _, infos = venv.step(learner.act(obs, rows, start))
-            ended = np.array([EPISODE_KEY in infos[e * n_train] for e in range(venv.num_sub_envs)])
-            outcomes += [infos[e * n_train][EPISODE_KEY]["outcome"] for e in np.flatnonzero(ended)]
+            ended = np.array([EPISODE_KEY in infos[e * n_train] for e in range(n_envs)])
+            for e in np.flatnonzero(ended & (played < quota)):
+                outcomes.append(infos[e * n_train][EPISODE_KEY]["outcome"])
+                played[e] += 1
             start = np.repeat(ended, n_train)  # a new episode starts in the envs that just reset
-        return outcomes[:episodes]
+        return outcomes
     finally:
         venv.close()
 
@@ -913,7 +920,7 @@ def round_robin(
     :param env_fn: factory of the PettingZoo parallel env (a symmetric game: see
         :func:`check_league_layout`)
     :param episodes: episodes per ordered pair
-    :param num_envs: env copies played in parallel
+    :param num_envs: env copies played in parallel, each playing an equal share of the episodes
     :param training_agents_pct: fraction of agents on the first player's side
     :param training_agents: names or glob patterns of the first player's agents (overrides the fraction)
     :param reset_when_training_agents_dead: end an episode once the first player's agents are all dead

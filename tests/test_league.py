@@ -7,6 +7,7 @@ where the outcome of every episode is known in advance, and magent2 battle).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -536,6 +537,23 @@ def test_round_robin_ranks_players_and_prints_the_table(capsys: pytest.CaptureFi
     assert result.wins[3].sum() == 18 and result.losses[0].sum() == 18 and result.draws.sum() == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["rank", "player", "elo"] and "c3" in out.splitlines()[1]
+
+
+def test_round_robin_counts_every_env_equally_however_long_its_episodes() -> None:
+    made = itertools.count()
+
+    def env_fn() -> ScriptedParallelEnv:
+        # Every other env has short episodes the bigger action wins, the others long ones it loses.
+        short = next(made) % 2 == 1
+        return ScriptedParallelEnv(agents=["a_0", "b_0"], max_steps=2 if short else 10,
+                                   reward_fn=lambda ag, i, t, a: float(a if short else -a))
+
+    space, act = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
+    players = {f"c{k}": ConstantPolicy(space, act, action=k, name=f"c{k}") for k in range(2)}
+    result = round_robin(players, env_fn, episodes=4, num_envs=2, training_agents=["a_0"], device="cpu",
+                         print_table=False)
+    assert next(made) == 5  # the probe, then one short and one long env per pairing
+    assert result.wins.tolist() == [[0, 4], [4, 0]]  # half short, half long, on both sides
 
 
 def test_ppo_on_magent2_battle_with_the_league_logs_ratings(tmp_path: Path,
