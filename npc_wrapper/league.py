@@ -337,11 +337,19 @@ def check_league_venv(venv: NPCVecEnv) -> None:
     check_league_layout(engine.layout, engine.metadata, _raw_env(engine))
 
 
-def _find_npc_vec_env(env: VecEnv) -> tuple[NPCVecEnv, list[VecEnvWrapper]]:
+def _find_npc_vec_env(env: VecEnv, given: NPCVecEnv | None = None) -> tuple[NPCVecEnv, list[VecEnvWrapper]]:
+    """The NPC env under the model's env ``env`` (or ``given``, which must be that one) and the wrappers."""
     wrappers: list[VecEnvWrapper] = []
     while isinstance(env, VecEnvWrapper):
         wrappers.append(env)
         env = env.venv
+    if given is not None:
+        if isinstance(env, NPCVecEnv) and env is not given:
+            raise ValueError(
+                "the league was given an NPCVecEnv (venv=...) that is not the one the model trains in; "
+                "pass the model's env, or leave venv out to use it"
+            )
+        return given, wrappers
     if not isinstance(env, NPCVecEnv):
         raise ValueError(
             f"the league needs the model's env to be an npc_wrapper NPCVecEnv (from npc_wrapper.make_vec_env), "
@@ -440,10 +448,8 @@ class LeagueCallback(BaseCallback):
         if self.engine is not None:  # a second learn() call continues the same league
             self._schedule()
             return
-        venv = self.venv
-        if venv is None:
-            venv, wrappers = _find_npc_vec_env(self.model.get_env())
-            _check_wrappers(wrappers)
+        venv, wrappers = _find_npc_vec_env(self.model.get_env(), self.venv)
+        _check_wrappers(wrappers)
         check_league_venv(venv)
         engine = venv.engine
         names = [m.name for m in engine.pools[0].members]

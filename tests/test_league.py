@@ -491,6 +491,13 @@ def test_league_refuses_games_without_a_symmetric_opponent() -> None:
     model = PPO("MlpPolicy", VecNormalize(venv), n_steps=4, batch_size=8, device="cpu")
     with pytest.raises(ValueError, match="VecNormalize"):
         model.learn(8, callback=LeagueCallback(LeagueConfig(snapshot_every=4), device="cpu"))
+    with pytest.raises(ValueError, match="VecNormalize"):  # also when the env is named
+        model.learn(8, callback=LeagueCallback(LeagueConfig(snapshot_every=4), venv=venv, device="cpu"))
+    other = scripted_venv()  # e.g. the evaluation env by mistake
+    model = ppo(venv, n_steps=4)
+    with pytest.raises(ValueError, match="not the one the model trains in"):
+        model.learn(8, callback=LeagueCallback(LeagueConfig(snapshot_every=4), venv=other, device="cpu"))
+    other.close()
     venv.close()
 
 
