@@ -493,6 +493,9 @@ class LeagueCallback(BaseCallback):
             # A snapshot due when the state was saved (a run that ended at a multiple) is taken now.
             due = state.get("next_step_snapshot")
             self._next_step_snapshot = None if due is None else int(due)
+            # The win-rate trigger counts the episodes since the last snapshot across the resume.
+            self._since_snapshot.extend(float(x) for x in state.get("since_snapshot", []))
+            self._recent.extend(float(x) for x in state.get("recent", []))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot resume the league from {path}: {type(e).__name__}: {e}; fix or remove the file") from e
         for name, m in members.items():
@@ -694,6 +697,8 @@ class LeagueCallback(BaseCallback):
             "episodes": self.num_episodes,
             "snapshots": self.num_snapshots,
             "next_step_snapshot": self._next_step_snapshot,
+            "since_snapshot": list(self._since_snapshot),
+            "recent": list(self._recent),
             "window": list(self.window),
             "members": [
                 {

@@ -316,6 +316,22 @@ def test_resume_takes_the_snapshot_that_was_due_when_the_run_ended(tmp_path: Pat
     venv.close()
 
 
+def test_resume_keeps_counting_the_episodes_towards_a_win_rate_snapshot(tmp_path: Path) -> None:
+    cfg = LeagueConfig(enabled=True, snapshot_when_win_rate=0.9, win_rate_episodes=6)
+    venv = scripted_venv(reward_fn=learner_wins)  # a rollout: 4 won episodes
+    model = ppo(venv)
+    model.learn(16, callback=LeagueCallback(cfg, save_dir=tmp_path, device="cpu"))
+    venv.close()
+    venv = scripted_venv(reward_fn=learner_wins)
+    resumed = ppo(venv)
+    resumed.num_timesteps = model.num_timesteps
+    league = LeagueCallback(cfg, save_dir=tmp_path, device="cpu", resume=True)
+    resumed.learn(32, callback=league, reset_num_timesteps=False)
+    assert league.window == ["snapshot@32"]  # 4 episodes before the resume and 4 after
+    assert league.win_rate() == 1.0 and len(league._recent) == 6
+    venv.close()
+
+
 def test_saved_snapshots_are_logged_as_wandb_artifacts(tmp_path: Path) -> None:
     wandb = pytest.importorskip("wandb")
     run = wandb.init(mode="offline", dir=str(tmp_path), project="npc-wrapper-test", name="league run")
