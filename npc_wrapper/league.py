@@ -185,6 +185,11 @@ class LeagueConfig:
         for key in ("enabled", "keep_initial_npc", "save_snapshots", "wandb_artifacts"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{where}.{key} must be true or false, got {getattr(self, key)!r}")
+        if self.wandb_artifacts and not self.save_snapshots:
+            raise ValueError(
+                f"{where}.wandb_artifacts logs the saved snapshots, but {where}.save_snapshots is false: "
+                "set save_snapshots to true, or wandb_artifacts to false"
+            )
 
 
 # --------------------------------------------------------------------------- Elo

@@ -533,6 +533,8 @@ def test_league_config_validation() -> None:
         LeagueConfig.from_dict({"snapshot_every": 10, "play_latest_ratio": 1.5})
     with pytest.raises(ValueError, match="window must be an integer >= 1"):
         LeagueConfig.from_dict({"snapshot_every": 10, "window": 0})
+    with pytest.raises(ValueError, match="wandb_artifacts logs the saved snapshots, but"):
+        LeagueConfig.from_dict({"snapshot_every": 10, "save_snapshots": False, "wandb_artifacts": True})
     with pytest.raises(ValueError, match="never takes a snapshot"):
         LeagueCallback({"enabled": False})  # the callback always needs a schedule
 
