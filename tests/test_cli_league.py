@@ -95,3 +95,11 @@ def test_a_league_that_cannot_be_resumed_stops_with_one_line(tmp_path: Path,
     assert err[0].startswith("npc-train: error: trainer.league: cannot resume the league: ")
     assert "snapshot snapshot@64 " in err[0]
     assert "save_snapshots must stay true" in err[0]
+
+
+def test_round_robin_refuses_an_npc_it_would_not_play(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        eval_cli.main([str(tmp_path), "--round-robin", "--npc", "random"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("npc-eval: error: --npc has no effect with --round-robin")

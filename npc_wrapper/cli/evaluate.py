@@ -287,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Intermixed: overrides may follow options (npc-eval runs/x --episodes 2 env.factory.max_cycles=50).
     args = _parser().parse_intermixed_args(argv)
     if args.round_robin:
+        if args.npc is not None:  # the checkpoints play each other: there is no NPC to choose
+            die(PROG, "--npc has no effect with --round-robin (every checkpoint of the run plays every "
+                "other); drop it")
         try:
             table = round_robin_run(
                 args.policy, args.overrides, episodes=args.episodes, num_envs=args.num_envs, seed=args.seed,
