@@ -81,6 +81,17 @@ BAD_INPUT = {
         ["trainer.dual_policy.training_agents_pct=0"],
         "trainer.dual_policy.training_agents_pct is 0, so no agent would train",
     ),
+    "enabled but no agent left for the NPC": (
+        ["trainer.dual_policy.training_agents_pct=0.99"],
+        (
+            "trainer.dual_policy.enabled is true, but all 4 agents of env 'simple_tag' train "
+            "(training_agents_pct=0.99 gives the first floor(0.99 * 4 + 0.5) = 4), so the NPC "
+        ),
+    ),
+    "enabled but every agent named as training": (
+        ["trainer.dual_policy.training_agents=[*]"],
+        "(training_agents ['*'] match them all), so the NPC ",
+    ),
     "NPC file URI without a path": (
         ["trainer.dual_policy.checkpoint_npc.uri=file://"],
         "trainer.dual_policy.checkpoint_npc.uri: 'file://' names no file",

@@ -304,7 +304,7 @@ def build_vec_env(
     import npc_wrapper as nw
 
     try:
-        return nw.make_vec_env(
+        venv = nw.make_vec_env(
             env_fn,
             num_envs=num_envs,
             seed=seed,
@@ -320,6 +320,22 @@ def build_vec_env(
         # Only a failure to load or fit the NPC (a CheckpointError) is the NPC's fault.
         npc = f" with the NPC {dp.checkpoint_npc.uri!r}" if isinstance(e, CheckpointError) else ""
         raise CLIError(f"cannot build env {cfg.env.name!r}{npc}: {type(e).__name__}: {one_line(e)}") from e
+    if dp.enabled and not venv.npc_agents:
+        # A split with no NPC would train without the checkpoint the user asked to play against.
+        n = len(venv.training_agents)
+        venv.close()
+        if dp.training_agents is not None:
+            why, fix = f"training_agents {dp.training_agents} match them all", "name fewer training_agents"
+        else:
+            pct = dp.training_agents_pct
+            why = f"training_agents_pct={pct} gives the first floor({pct} * {n} + 0.5) = {n}"
+            fix = f"use training_agents_pct <= {(n - 1) / n:.4g}" if n > 1 else "use an env with 2+ agents"
+        raise CLIError(
+            f"trainer.dual_policy.enabled is true, but all {n} agents of env {cfg.env.name!r} train ({why}), "
+            f"so the NPC {dp.checkpoint_npc.uri!r} would play none; {fix}, or set "
+            "trainer.dual_policy.enabled=false to train every agent"
+        )
+    return venv
 
 
 def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = False) -> dict[str, Any]:
