@@ -181,7 +181,9 @@ def _describe_exc(e: BaseException) -> str:
 
 def _is_not_found(e: BaseException) -> bool:
     text = str(e).lower()
-    return any(s in text for s in ("not found", "does not exist", "could not find", "no such"))
+    # wandb reports a uri's wrong artifact type as "type 'x' specified but this artifact is of type 'y'".
+    answers = ("not found", "does not exist", "could not find", "no such", "specified but this artifact")
+    return any(s in text for s in answers)
 
 
 class WandbSource:

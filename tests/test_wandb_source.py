@@ -297,6 +297,16 @@ def test_not_found(api: StandInApi, tmp_path: Path) -> None:
         load_npc(cfg("wandb://e/p/model/nope", tmp_path / "cache"), OBS, ACT)
 
 
+def test_wrong_artifact_type_is_not_found_not_unreachable(api: StandInApi, tmp_path: Path) -> None:
+    """W&B answered: the artifact has another type. That is no outage, so no cached resolution stands in."""
+    cache = tmp_path / "cache"
+    with pytest.raises(WandbNotFoundError, match="type 'dataset' specified but this artifact is of type"):
+        load_npc(cfg("wandb://e/p/dataset/npc:v1", cache), OBS, ACT)
+    load_npc(cfg("wandb://e/p/model/npc:latest", cache), OBS, ACT)  # indexes npc:latest
+    with pytest.raises(WandbNotFoundError, match="Check the entity, project, artifact name, type"):
+        load_npc(cfg("wandb://e/p/dataset/npc:latest", cache), OBS, ACT)
+
+
 def test_interrupted_download_leaves_nothing_in_the_cache(api: StandInApi, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     api.fail_download = True
