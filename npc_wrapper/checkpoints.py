@@ -377,7 +377,9 @@ def _select(cands: list[Candidate], cfg: CheckpointConfig, where: str) -> list[C
                 f"type 'top' needs numeric metadata[{metric!r}], but it is not a number for {bad} in {where}"
             )
         _check_finite(cands, metric, where)
-        return sorted(cands, key=lambda c: (-float(c.metadata[metric]), c.name))[:k]
+        # Ties (win rates often tie) go to the newest, not to the first file name (step_200 before step_300).
+        newest_first = _recency(cands, where)[0][::-1]
+        return sorted(newest_first, key=lambda c: -float(c.metadata[metric]))[:k]
     if kind == "rand":
         rng = np.random.default_rng(cfg.seed)
         picked = rng.choice(n, size=k, replace=False)

@@ -122,6 +122,13 @@ def test_top_by_metric(ckpt_dir: Path) -> None:
     assert names(select_checkpoints(cfg(ckpt_dir, type="top", metric="epoch"))) == ["fixed_3"]
 
 
+def test_top_breaks_ties_by_recency(tmp_path: Path) -> None:
+    for step, win_rate in ((200, 0.5), (300, 0.5), (100, 0.7), (1000, 0.2)):
+        write_fixed(tmp_path, f"step_{step}", 0, {"step": step, "win_rate": win_rate})
+    top = names(select_checkpoints(cfg(tmp_path, type="top", range=3, metric="win_rate")))
+    assert top == ["step_100", "step_300", "step_200"]
+
+
 def test_top_with_a_missing_metric_names_it_and_the_keys(ckpt_dir: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         select_checkpoints(cfg(ckpt_dir, type="top", metric="elo"))
