@@ -43,19 +43,37 @@ for override in "$@"; do
   [[ "$override" == *=* ]] || die "extra arguments must be npc-train overrides key=value, got '$override'"
 done
 
-# The URI as the job will parse it, so a malformed one fails here and not on the cluster (when the
-# package is importable locally; a local path is only checked on the cluster, where it is read).
+# The URI as the job will parse it, and the job's overrides composed against the configs (when
+# npc_wrapper, and hydra for the configs, import locally), so bad input fails here and not on a
+# provisioned cluster. A local path is only checked on the cluster, where it is read; the device too.
 if python3 -c "import npc_wrapper" 2>/dev/null; then
-  uri_error="$(python3 - "$NPC_URI" <<'PY'
+  input_error="$(python3 - "$NPC_URI" "$RUN_NAME" "$TOTAL_TIMESTEPS" "$NUM_WORKERS" "$@" <<'PY'
 import sys
 from npc_wrapper.checkpoints import CheckpointError, parse_uri
 try:
     parse_uri(sys.argv[1])
 except CheckpointError as e:
+    sys.exit(print("NPC_URI: " + " ".join(str(e).split())))
+try:
+    import hydra  # noqa: F401
+except ImportError:
+    sys.exit()
+from npc_wrapper.cli.common import CLIError
+from npc_wrapper.cli.train import _check_numbers, compose_config, dual_policy_config, league_config
+uri, run, steps, workers, *overrides = sys.argv[1:]
+try:  # the command of scripts/sky/train.yaml's run:, without device=cuda
+    cfg = compose_config([
+        "+user=dual_policy_checkpoint_example", f"run={run}", f"trainer.total_timesteps={steps}",
+        f"trainer.num_workers={workers}", f"trainer.dual_policy.checkpoint_npc.uri='{uri}'", *overrides,
+    ])
+    _check_numbers(cfg)
+    dual_policy_config(cfg)
+    league_config(cfg)
+except CLIError as e:
     print(" ".join(str(e).split()))
 PY
-)" || die "cannot check NPC_URI with npc_wrapper (python3 failed)"
-  [[ -z "$uri_error" ]] || die "NPC_URI: $uri_error"
+)" || die "cannot check the arguments with npc_wrapper (python3 failed)"
+  [[ -z "$input_error" ]] || die "$input_error"
 fi
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -133,6 +133,22 @@ def test_a_malformed_npc_uri_is_refused_before_launch() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["3"], "trainer.num_envs=8 must be a multiple of trainer.num_workers=3"),
+        (["8", "trainer.num_env=64"], "unknown config key 'trainer.num_env'"),
+        (["8", "trainer.dual_policy.training_agents_pct=2"], "training_agents_pct must be a fraction"),
+    ],
+)
+def test_bad_job_overrides_are_refused_before_launch(args: list[str], message: str) -> None:
+    """What the job would refuse on the cluster, after provisioning it, is refused here."""
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # a python3 that imports npc_wrapper
+    proc = dry_run("exp", "wandb://e/p/model/npc:v3", "1000", *args, PATH=path)
+    assert proc.returncode == 2 and "would run" not in proc.stdout, proc.stdout
+    assert proc.stderr.startswith("dual_policy_sky.sh: error: ") and message in proc.stderr, proc.stderr
+
+
 def test_task_installs_every_env_extra() -> None:
     setup = yaml.safe_load(TASK.read_text())["setup"]
     for extra in ("mpe", "magent", "butterfly", "sisl", "mettagrid"):
