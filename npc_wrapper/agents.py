@@ -72,9 +72,11 @@ def split_agents(
         # Rounded to 9 digits first so exact halves (0.29 * 50 = 14.5) are not a float hair below .5.
         n_train = math.floor(round(float(training_agents_pct) * len(agents), 9) + 0.5)
         if n_train == 0:
+            # Rounded up: 0.5 / 24 shown as 0.0208 would round to 0 agents again.
+            least = math.ceil(0.5 / len(agents) * 1e4) / 1e4
             raise ValueError(
                 f"training_agents_pct={training_agents_pct} of {len(agents)} agents rounds to 0 training agents; "
-                f"use at least {0.5 / len(agents):.3g} or name them with training_agents=[...]"
+                f"use at least {least:g} or name them with training_agents=[...]"
             )
         train = agents[:n_train]
     return train, [a for a in agents if a not in train]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -118,6 +120,15 @@ def test_zero_training_agents_is_a_value_error_that_says_why() -> None:
     assert "training_agents=[...]" in str(err.value)
     with pytest.raises(ValueError, match="rounds to 0"):
         nw.make_vector_env(fn, training_agents_pct=0.0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 24, 1000])
+def test_the_suggested_least_pct_gives_a_training_agent(n: int) -> None:
+    agents = agents_of(n)
+    with pytest.raises(ValueError, match="use at least") as err:
+        nw.split_agents(agents, 0.001 / n)
+    least = float(re.search(r"use at least ([\d.e-]+)", str(err.value)).group(1))
+    assert len(nw.split_agents(agents, least)[0]) == 1
 
 
 @pytest.mark.parametrize("pct", [-0.1, 1.01, 2, float("nan"), None])
