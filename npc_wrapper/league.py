@@ -910,8 +910,8 @@ def _play(
         if (played >= quota).all():
             return outcomes
         raise RuntimeError(
-            f"round_robin: only {int(played.sum())} of {episodes} episodes ended within max_steps={max_steps} "
-            "vector steps; give the env a time limit, or pass a larger max_steps"
+            f"round_robin: only {int(played.sum())} of {episodes} episodes ended within "
+            f"max_steps={max_steps} vector steps; give the env a time limit, or pass a larger max_steps"
         )
     finally:
         venv.close()
