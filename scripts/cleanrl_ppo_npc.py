@@ -34,6 +34,10 @@ import torch.nn as nn
 import torch.optim as optim
 from torch.distributions.categorical import Categorical
 
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(_REPO_ROOT) not in sys.path:  # run from a checkout without installing, as the other scripts do
+    sys.path.insert(0, str(_REPO_ROOT))
+
 import npc_wrapper as nw
 from npc_wrapper.checkpoints import CheckpointError
 from npc_wrapper.cli.common import CLIError, choose_wandb_mode, data_path, one_line, with_trust_flag

@@ -130,3 +130,25 @@ def test_track_without_an_api_key_runs_offline(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_script_runs_from_a_checkout_with_its_own_package(tmp_path: Path) -> None:
+    # As `python scripts/cleanrl_ppo_npc.py` from anywhere, without this checkout on PYTHONPATH (which
+    # conftest sets for subprocesses): the script must import the npc_wrapper next to it, not fail or
+    # pick up another installed copy.
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sys.modules['npc_wrapper'].__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--total-timesteps" in proc.stdout
+    package = Path(proc.stdout.strip().splitlines()[-1]).resolve()
+    assert package == SCRIPT.parent.parent / "npc_wrapper" / "__init__.py"
