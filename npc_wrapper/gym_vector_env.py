@@ -110,11 +110,7 @@ class NPCVectorEnv(VectorEnv):
         if isinstance(seed, (int, np.integer)) and mask is None:
             self._np_random, self._np_random_seed = seeding.np_random(int(seed))
         obs, slot_infos = engine.reset(seeds, [options or None] * E, mask)
-        infos: dict[str, Any] = {}
-        for k, info in enumerate(slot_infos):
-            if info:
-                infos = self._add_info(infos, info, k)
-        return obs, infos
+        return obs, self._batch_infos([(k, info) for k, info in enumerate(slot_infos) if info])
 
     def _env_mask(self, mask: Any) -> np.ndarray:
         """``options["reset_mask"]`` (one bool per slot) as one bool per PettingZoo env, checked as
@@ -133,26 +129,41 @@ class NPCVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)
-        infos: dict[str, Any] = {}
+        items: list[tuple[int, dict[str, Any]]] = []  # what Gymnasium passes to _add_info, in order
         next_step = self.autoreset_mode == AutoresetMode.NEXT_STEP
         for k, info in enumerate(result.infos):
             ended = result.ended.get(k)
             if next_step:
-                if info:  # _add_info adds nothing for an empty dict: skip the call
-                    infos = self._add_info(infos, info, k)  # reset infos arrive with the next step
+                if info:  # an empty dict adds nothing
+                    items.append((k, info))  # reset infos arrive with the next step
             elif ended is None:
                 # A padded slot whose env reset now returns the new episode's first obs: add its reset info.
                 if k in result.reset_infos:
                     info = {**info, **result.reset_infos[k]}
                 if info:
-                    infos = self._add_info(infos, info, k)
+                    items.append((k, info))
             else:
-                infos = self._add_info(infos, {"final_obs": ended.final_obs, "final_info": info}, k)
+                items.append((k, {"final_obs": ended.final_obs, "final_info": info}))
                 new_info = result.reset_infos.get(k, {})
                 if EPISODE_KEY in info:  # the env's summary sits on every slot of that env, as documented
                     new_info = {**new_info, EPISODE_KEY: info[EPISODE_KEY]}
-                infos = self._add_info(infos, new_info, k)
+                items.append((k, new_info))
+        infos = self._batch_infos(items)
         return result.obs, result.reward, result.terminated, result.truncated, infos
+
+    def _batch_infos(self, items: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """The infos dict that ``self._add_info`` applied to each ``(slot, info)`` of ``items`` in turn gives.
+
+        Built per key rather than per (slot, key): ``_add_info`` allocates a mask per call and key, which
+        took 0.44 ms a step for 192 slots with three info keys each (0.19 ms this way).
+        """
+        try:
+            return _batch_level(items, self.num_envs)
+        except Exception:  # noqa: BLE001 - a mix it does not reproduce, or bad infos: Gymnasium's own way
+            infos: dict[str, Any] = {}
+            for k, info in items:
+                infos = self._add_info(infos, info, k)
+            return infos
 
     def render(self) -> tuple[Any, ...]:
         """One frame per slot, as Gymnasium's vector envs return: each sub-env is rendered once and its
@@ -191,3 +202,44 @@ class NPCVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self.engine.close()
+
+
+class _Irregular(Exception):
+    """Infos whose batching per key could differ from Gymnasium's per-slot ``_add_info``."""
+
+
+def _batch_level(items: list[tuple[int, Any]], n: int) -> dict[str, Any]:
+    """One level of :meth:`NPCVectorEnv._batch_infos`: Gymnasium's ``_add_info`` rules (``final_obs``
+    as an object array, dicts recursively, arrays typed by a key's first value, a ``_key`` mask per
+    key, keys in order of first appearance), each value assigned in the order ``_add_info`` would."""
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for k, info in items:
+        for key, value in info.items():
+            groups.setdefault(key, []).append((k, value))
+    out: dict[str, Any] = {}
+    for key, pairs in groups.items():
+        if f"_{key}" in groups:  # _add_info would mix the key's mask with the key "_key"
+            raise _Irregular
+        first = pairs[0][1]
+        final_obs = key == "final_obs"  # _add_info stores any final_obs value as it is, dicts too
+        if final_obs:
+            array: Any = np.full(n, None, dtype=object)
+        elif isinstance(first, dict):
+            if not all(isinstance(v, dict) for _, v in pairs):
+                raise _Irregular
+            array = _batch_level(pairs, n)
+        elif type(first) in (int, float, bool) or issubclass(type(first), np.number):
+            array = np.zeros(n, dtype=type(first))
+        elif isinstance(first, np.ndarray):
+            array = np.zeros((n, *first.shape), dtype=first.dtype)
+        else:
+            array = np.full(n, None, dtype=object)
+        if not isinstance(array, dict):
+            for k, value in pairs:  # one by one: numpy casts each value as _add_info's assignment does
+                if not final_obs and isinstance(value, dict):
+                    raise _Irregular
+                array[k] = value
+        mask = np.zeros(n, dtype=np.bool_)
+        mask[[k for k, _ in pairs]] = True
+        out[key], out[f"_{key}"] = array, mask
+    return out

@@ -152,3 +152,59 @@ def test_cleanrl_style_loop() -> None:
     assert bootstrapped == 4 * 2  # a_0 of 4 envs truncated at steps 5 and 10
     assert done_buf.sum() == 4 * 2 + 4 * 2  # and a_1 died at steps 3 and 8 (all before step 12)
     envs.close()
+
+
+def _assert_same_infos(a: Any, b: Any, path: str = "infos") -> None:
+    """Equal keys in equal order, equal array types, dtypes, shapes and values, through nested dicts."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        for key in a:
+            _assert_same_infos(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, np.ndarray):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), path
+        if a.dtype == object:
+            for x, y in zip(a.tolist(), b.tolist()):
+                _assert_same_infos(x, y, path)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=path)
+    else:
+        assert a == b, path
+
+
+def _random_info(rng: np.random.Generator, depth: int = 0) -> dict[str, Any]:
+    """A slot info drawn from what envs put in theirs, reusing a few keys so slots share and mix them."""
+    values = [
+        lambda: int(rng.integers(9)), lambda: float(rng.random()), lambda: bool(rng.integers(2)),
+        lambda: np.float32(rng.random()), lambda: np.int64(3), lambda: np.bool_(True), lambda: "red_0",
+        lambda: None, lambda: rng.random(2), lambda: rng.integers(0, 9, (2, 2)).astype(np.uint8),
+        lambda: [1, 2], lambda: np.zeros(3, np.float32),
+    ]
+    info: dict[str, Any] = {}
+    for key in rng.choice(["a", "b", "c", "_a", "final_obs", "final_info", "d"], size=rng.integers(4)):
+        if key in ("final_info", "d") and depth < 2 and rng.random() < 0.7:
+            info[str(key)] = _random_info(rng, depth + 1)
+        else:
+            info[str(key)] = values[int(rng.integers(len(values)))]()
+    return info
+
+
+def test_batched_infos_equal_gymnasiums_add_info_slot_by_slot() -> None:
+    """Infos are built per key, not per (slot, key) as Gymnasium's ``_add_info``: the same dict, to the
+    dtype and key order, for any mix of value types, missing keys, nested dicts, repeated slots, and
+    the irregular mixes (a dict and a scalar under one key, ``x`` beside ``_x``) it hands back."""
+    envs = make(EnvFactory(), num_envs=3)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        slots = sorted(rng.choice(envs.num_envs, size=rng.integers(1, 8)).tolist())  # may repeat a slot
+        items = [(k, _random_info(rng)) for k in slots]
+        expected: dict[str, Any] = {}
+        try:
+            for k, info in items:
+                expected = envs._add_info(expected, info, k)
+        except Exception as e:  # noqa: BLE001 - some mixes break _add_info itself: the same error then
+            with pytest.raises(type(e)):
+                envs._batch_infos(items)
+            continue
+        _assert_same_infos(envs._batch_infos(items), expected)
+    envs.close()
