@@ -251,6 +251,9 @@ class NPCEngine:
         # NEXT_STEP autoreset: envs whose episode ended at the last step and whose reset this step delivers.
         self.next_step_autoreset = next_step_autoreset
         self._held = np.zeros(E, dtype=bool)
+        # The observations the held envs' slots show (terminal or padding) until their reset is delivered.
+        held_shape = self._slot_obs_shape if next_step_autoreset else (0,)
+        self._held_obs = np.zeros(held_shape, dtype=layout.observation_space.dtype)
         self._rng = np.random.default_rng()
         self._t_start = time.time()
         self._needs_reset = True
@@ -321,6 +324,9 @@ class NPCEngine:
             None if not partial else envs,
         )
         self._needs_reset = False
+        # NEXT_STEP: an ended env that is not reset now keeps showing its terminal obs, as in Gymnasium's
+        # vector envs; the backend already holds its next episode's first obs, which its next step delivers.
+        shown = np.repeat(self._held & ~envs, self.n_train)
         buf = self.backend.buffers
         self._alive[envs] = buf.alive[envs]
         slots = np.repeat(envs, self.n_train)
@@ -332,7 +338,10 @@ class NPCEngine:
         self._start_episodes(envs)
         infos = [_copy_info(info) if r else {} for env, r in zip(env_infos, envs) for info in env]
         self._launch_npcs(envs if partial else None)
-        return buf.train_obs.reshape(self._slot_obs_shape).copy(), infos
+        obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
+        if shown.any():
+            obs[shown] = self._held_obs[shown]
+        return obs, infos
 
     def _seed_npcs(self, seed: int | None) -> None:
         self._rng = np.random.default_rng(seed)
@@ -519,6 +528,8 @@ class NPCEngine:
                 obs[i] = e.final_obs
             self._alive[env_done] = False
             self._held[...] = env_done
+            if env_done.any():
+                self._held_obs[...] = obs
             self._start_episodes(held)
         else:
             self._start_episodes(env_done)

@@ -90,6 +90,27 @@ def test_dead_slot_stays_padding_on_the_step_its_env_ends() -> None:
     envs.close()
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_partial_reset_leaves_an_ended_env_showing_its_terminal_obs(num_workers: int) -> None:
+    """As in Gymnasium: an env that ended and is not in ``reset_mask`` keeps its terminal observation
+    (and padding) until its next step delivers its reset, instead of showing that reset early."""
+    envs, _ = _envs(num_envs=2, num_workers=num_workers, max_steps=3, death_steps={"a_1": 2})
+    envs.reset(seed=0)
+    envs.step(np.zeros(4, dtype=np.int64))
+    envs.reset(options={"reset_mask": np.array([False, False, True, True])})  # env 1 starts later
+    envs.step(np.zeros(4, dtype=np.int64))
+    ended, _, term, trunc, _ = envs.step(np.zeros(4, dtype=np.int64))  # env 0 ends at its step 3
+    assert (term | trunc).tolist() == [True, False, False, True]
+    np.testing.assert_array_equal(ended[:2, :2], [[3, 0], [0, 0]])  # a_0's terminal obs, a_1's padding
+    obs, _ = envs.reset(options={"reset_mask": np.array([False, False, True, True])})
+    np.testing.assert_array_equal(obs[:2], ended[:2])
+    np.testing.assert_array_equal(obs[2:, :3], [[0, 0, -1], [0, 1, -1]])
+    obs, rew, term, trunc, infos = envs.step(np.zeros(4, dtype=np.int64))  # env 0's reset arrives now
+    np.testing.assert_array_equal(obs[:, :3], [[0, 0, -1], [0, 1, -1], [1, 0, 0], [1, 1, 0]])
+    assert rew[:2].tolist() == [0, 0] and infos[nw.PADDING_KEY].tolist() == [True, True, False, False]
+    envs.close()
+
+
 def test_normalize_observation_and_episode_statistics_work() -> None:
     envs, _ = _envs(max_steps=3)
     wrapped = RecordEpisodeStatistics(NormalizeObservation(envs))
