@@ -614,6 +614,11 @@ def test_wandb_offline_logs_metrics_and_the_model_artifact(
     meta = json.loads(artifact.metadata)
     assert meta["step"] == result["step"] and meta["epoch"] >= 1 and 0.0 <= meta["eval_win_rate"] <= 1.0
     assert [f.path for f in artifact.manifest.contents] == ["final.zip"]
+    import wandb
+
+    # The process is left as found: the next run in it (npc-train -m) gets no "several event log
+    # directories" warning from a TensorBoard patch left behind.
+    assert wandb.patched["tensorboard"] == []
 
 
 def test_wandb_disabled_logs_no_artifact_and_prints_the_npc_plot_command(

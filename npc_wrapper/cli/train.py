@@ -787,6 +787,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     log.debug("closing env: %s", e)
         if wandb_run is not None:
             wandb_run.finish()
+            # finish() leaves TensorBoard patched (sync_tensorboard), so the next run in this process
+            # (npc-train -m, train() called again) would get wandb's "several event log directories" warning.
+            import wandb
+
+            wandb.tensorboard.unpatch()
 
 
 # --------------------------------------------------------------------------- entry point
