@@ -3,7 +3,9 @@
 The learner plays the predators of mpe2 ``simple_tag`` (by default) against the prey checkpoint
 shipped with npc-wrapper; the NPC runs inside the vector env, so the training loop below is plain
 single-agent PPO over ``num_envs * n_train`` slots. Slots of agents that died (padding
-transitions) are masked out of the loss.
+transitions) are masked out of the loss, and a time-limit truncation is bootstrapped from the value
+of ``infos["final_obs"]`` (every simple_tag episode ends that way; CleanRL's ppo.py treats it as a
+termination).
 
     python scripts/cleanrl_ppo_npc.py --total-timesteps 200000
     python scripts/cleanrl_ppo_npc.py --npc random --training-agents-pct 0.25 --env-id simple_tag_v3
@@ -43,7 +45,7 @@ from npc_wrapper.checkpoints import CheckpointError
 from npc_wrapper.cli.common import CLIError, choose_wandb_mode, data_path, one_line, with_trust_flag
 from npc_wrapper.cli.envs import pad_observations
 
-__all__ = ["Args", "Agent", "make_env", "parse_args", "train", "main"]
+__all__ = ["Args", "Agent", "make_env", "parse_args", "truncation_bootstrap", "train", "main"]
 
 #: The environment the shipped NPC (``--npc default``) was trained on.
 DEFAULT_NPC_ENV = "simple_tag_v3"
@@ -96,6 +98,8 @@ class Args:
     """the discount factor gamma"""
     gae_lambda: float = 0.95
     """the lambda of the generalized advantage estimate"""
+    bootstrap_truncated: bool = True
+    """add gamma * V(final_obs) to the reward of a time-limit truncation (CleanRL's ppo.py does not)"""
     num_minibatches: int = 4
     """the number of mini-batches"""
     update_epochs: int = 4
@@ -225,6 +229,29 @@ def _ended_episodes(infos: dict[str, Any], n_train: int) -> list[dict[str, Any]]
     ]
 
 
+def truncation_bootstrap(
+    reward: np.ndarray,
+    terminations: np.ndarray,
+    truncations: np.ndarray,
+    infos: dict[str, Any],
+    value: Any,
+    gamma: float,
+) -> np.ndarray:
+    """``reward`` plus ``gamma * value(final_obs)`` on the slots truncated without terminating.
+
+    The GAE below treats every done as the end of the return; for a time limit the episode only
+    stopped being observed, so its return continues with the value of the state it stopped in
+    (``infos["final_obs"]``, SAME_STEP autoreset), as SB3 does with ``TimeLimit.truncated``.
+    """
+    cut = np.flatnonzero(truncations & ~terminations)
+    if len(cut) == 0:
+        return reward
+    final_obs = np.stack(infos["final_obs"][cut])
+    reward = reward.astype(np.float64, copy=True)
+    reward[cut] += gamma * np.asarray(value(final_obs), dtype=np.float64).reshape(-1)
+    return reward
+
+
 def train(args: Args) -> dict[str, Any]:
     """Run PPO as configured; return the run directory, the saved actor and the last win rates."""
     if args.npc == "default" and args.env_id != DEFAULT_NPC_ENV:
@@ -282,6 +309,10 @@ def train(args: Args) -> dict[str, Any]:
     )
 
     agent = Agent(int(np.prod(obs_shape)), int(envs.single_action_space.n)).to(device)
+
+    def value_of(o: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return agent.get_value(torch.as_tensor(o, dtype=torch.float32, device=device)).cpu().numpy()
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
     obs = torch.zeros((args.num_steps, num_slots, *obs_shape), device=device)
@@ -319,6 +350,8 @@ def train(args: Args) -> dict[str, Any]:
             logprobs[step] = logprob
 
             next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            if args.bootstrap_truncated:
+                reward = truncation_bootstrap(reward, terminations, truncations, infos, value_of, args.gamma)
             next_done = torch.as_tensor(
                 np.logical_or(terminations, truncations), dtype=torch.float32, device=device
             )
@@ -326,7 +359,8 @@ def train(args: Args) -> dict[str, Any]:
             next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
             recent.extend(_ended_episodes(infos, n_train))
 
-        # GAE; a done slot's next observation starts a new episode, so nothing is bootstrapped across it.
+        # GAE; a done slot's next observation starts a new episode, so nothing is bootstrapped across it
+        # (a truncation's bootstrap is in its reward already, with --bootstrap-truncated).
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
             advantages = torch.zeros_like(rewards, device=device)
@@ -454,6 +488,7 @@ def train(args: Args) -> dict[str, Any]:
         import wandb
 
         wandb.finish()
+        wandb.tensorboard.unpatch()  # finish() leaves TensorBoard patched for the rest of the process
     return {"run_dir": run_dir, "actor": actor_path, "history": history}
 
 

@@ -152,3 +152,31 @@ def test_script_runs_from_a_checkout_with_its_own_package(tmp_path: Path) -> Non
     assert "--total-timesteps" in proc.stdout
     package = Path(proc.stdout.strip().splitlines()[-1]).resolve()
     assert package == SCRIPT.parent.parent / "npc_wrapper" / "__init__.py"
+
+
+def test_truncation_bootstrap_adds_the_value_of_final_obs_only_to_time_limit_cuts() -> None:
+    from tests.envs import ScriptedParallelEnv
+
+    script = load_script()
+    venv = nw.make_vector_env(  # a_1 dies (terminates) at step 2, a_0 is cut by the time limit at step 3
+        lambda: ScriptedParallelEnv(max_steps=3, death_steps={"a_1": 2}), num_envs=2, training_agents_pct=0.67
+    )
+    venv.reset(seed=0)
+
+    def value(o: np.ndarray) -> np.ndarray:
+        return o.sum(axis=1) + 100.0
+
+    seen = {"terminated": 0, "truncated": 0}
+    for _ in range(3):
+        _, reward, term, trunc, infos = venv.step(np.zeros(4, dtype=np.int64))
+        out = script.truncation_bootstrap(reward, term, trunc, infos, value, 0.9)
+        for k in range(4):
+            if trunc[k] and not term[k]:
+                seen["truncated"] += 1
+                expected = reward[k] + 0.9 * value(infos["final_obs"][k][None])[0]
+                assert out[k] == pytest.approx(expected) and out[k] != reward[k]
+            else:
+                seen["terminated"] += bool(term[k])
+                assert out[k] == reward[k]
+    assert seen == {"terminated": 2, "truncated": 2}
+    venv.close()
