@@ -312,6 +312,12 @@ def test_resume_when_already_done_trains_nothing(trained_run: dict[str, Any], tm
     shutil.copytree(trained_run["dir"], run_dir)
     result = train(run_cfg(run_dir, "trainer.resume=true", "trainer.eval_episodes=0"))
     assert result["step"] == trained_run["step"]
+    # Rewriting the checkpoint it resumed from keeps the metrics that `type: top` selects by.
+    ckpt_meta = json.loads((trained_run["dir"] / f"checkpoints/step_{result['step']}.json").read_text())
+    assert "win_rate" in ckpt_meta
+    for path in (run_dir / f"checkpoints/step_{result['step']}.json", run_dir / "final.json"):
+        meta = json.loads(path.read_text())
+        assert {k: meta.get(k) for k in ckpt_meta} == ckpt_meta, path.name
 
 
 def test_resume_with_another_algorithm_is_refused(trained_run: dict[str, Any], tmp_path: Path) -> None:

@@ -523,6 +523,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"{paths.root} already holds a run; pass trainer.resume=true to continue it, or choose another run=NAME"
         )
     start_episodes = 0
+    resumed_meta: dict[str, Any] = {}
     if resume:
         _check_resumed_algorithm(cfg, paths)
         try:
@@ -655,11 +656,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "npc": str(dp.checkpoint_npc.uri) if has_npc else None,
                 "total_episodes": metrics_cb.total_episodes,
             }
+            keys = ["train_return", "episode_length"]
+            if has_npc:
+                keys += ["win_rate", "loss_rate", "draw_rate", "npc_return"]
             if s.get("episodes"):
-                keys = ["train_return", "episode_length"]
-                if has_npc:
-                    keys += ["win_rate", "loss_rate", "draw_rate", "npc_return"]
                 meta.update({k: s[k] for k in keys})
+            else:
+                # No episode has ended in this session yet: keep the resumed checkpoint's window, so
+                # rewriting its metadata (nothing left to train) drops no metric `type: top` sorts by.
+                meta.update({k: resumed_meta[k] for k in keys if k in resumed_meta})
             return meta
 
         ckpt_cb = CheckpointCallback(
