@@ -291,6 +291,24 @@ def test_resume_continues_with_the_same_step_count(trained_run: dict[str, Any], 
     assert before > 0 and episodes and min(episodes) > before
 
 
+def test_interrupted_run_keeps_its_before_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from npc_wrapper.cli.callbacks import NPCMetricsCallback
+
+    def interrupt(self: NPCMetricsCallback) -> None:
+        raise KeyboardInterrupt  # Ctrl-C during the first rollout
+
+    run_dir = tmp_path / "interrupted"
+    with monkeypatch.context() as m:
+        m.setattr(NPCMetricsCallback, "_on_rollout_end", interrupt)
+        with pytest.raises(SystemExit, match="130"):
+            train(run_cfg(run_dir))
+    before = json.loads((run_dir / "eval.json").read_text())["before"]
+    assert before["step"] == 0 and before["episodes"] == 4
+    train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=384"))
+    evals = json.loads((run_dir / "eval.json").read_text())
+    assert evals["before"] == before and evals["after"]["episodes"] == 4
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [
     ("[1]", "must hold a JSON object, got list"),
     ('{"total_episodes": "many"}', "total_episodes must be a count, got 'many'"),

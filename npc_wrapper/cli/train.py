@@ -615,6 +615,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 model, eval_venv, cfg.trainer.eval_episodes, cfg.trainer.eval_deterministic
             )
             eval_summaries["before"] = {"step": 0, **before}
+            # Now, not only at the end: an interrupted run's resumed session does not evaluate it again.
+            atomic_write_text(paths.eval, json.dumps(eval_summaries, indent=2, default=float))
             _record_eval(logger, before, 0)
             log.info("before training, vs the NPC:\n%s", format_summary(before, "  "))
 
