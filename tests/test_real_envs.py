@@ -288,6 +288,23 @@ def test_mettagrid_time_limit_is_a_truncation_in_the_shipped_factory() -> None:
     venv.close()
 
 
+def test_mettagrid_shipped_factory_seeds_its_maps() -> None:
+    """MettaGrid draws its maps from the map builder's seed, not reset's: the CLI's factory seeds both,
+    so a seed reproduces a run and each episode still gets a new map."""
+    from npc_wrapper.cli.envs import mettagrid_arena as shipped
+
+    def episodes(seed: int) -> list[dict]:
+        env = shipped(num_agents=4, max_steps=3)
+        return [env.reset(seed=seed)[0], env.reset()[0]]
+
+    def same(a: dict, b: dict) -> bool:
+        return all(np.array_equal(a[k], b[k]) for k in a)
+
+    first, again, other = episodes(3), episodes(3), episodes(4)
+    assert all(same(a, b) for a, b in zip(first, again))
+    assert not same(first[0], first[1]) and not same(first[0], other[0])
+
+
 # ---------------------------------------------------------------------------------------- classic
 def test_discrete_observations_rock_paper_scissors() -> None:
     """rps_v2's observations are Discrete(4) (shape ()): each agent's buffer row is a 0-d view."""

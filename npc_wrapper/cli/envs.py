@@ -168,20 +168,26 @@ def pad_observations(env: Any) -> PadObservations:
 class ReseedOnReset(BaseParallelWrapper):
     """Gives each unseeded ``reset()`` a fresh seed drawn from the last seeded one.
 
-    MettaGrid's PettingZoo env reuses its last seed on ``reset()`` without one, so every episode
-    after the first would replay the same map; this makes episodes differ but stay reproducible.
+    MettaGrid's PettingZoo env reuses its last seed on ``reset()`` without one; this makes episodes
+    differ but stay reproducible.
+
+    :param map_builder: the env config's ``game.map_builder``: MettaGrid draws the map from its
+        ``seed``, not from ``reset``'s (``None``: an unseeded map), so each reset's seed is set there too
     """
 
-    def __init__(self, env: Any) -> None:
+    def __init__(self, env: Any, map_builder: Any = None) -> None:
         super().__init__(env)
         self.metadata = getattr(env, "metadata", {})
         self._rng = np.random.default_rng()
+        self._map_builder = map_builder
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         else:
             seed = int(self._rng.integers(2**31 - 1))
+        if self._map_builder is not None:
+            self._map_builder.seed = seed
         return self.env.reset(seed=seed, options=options)
 
 
@@ -231,4 +237,5 @@ def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 
         ) from e
     cfg = make_arena(num_agents=num_agents, combat=combat)
     cfg.game.max_steps = max_steps
-    return TimeLimitIsTruncation(ReseedOnReset(MettaGridPettingZooEnv(Simulator(), cfg)), max_steps)
+    env = MettaGridPettingZooEnv(Simulator(), cfg)  # keeps cfg itself: its map seed is set on reset
+    return TimeLimitIsTruncation(ReseedOnReset(env, cfg.game.map_builder), max_steps)
