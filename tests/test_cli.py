@@ -404,6 +404,25 @@ def test_npc_eval_baseline_and_other_npc(
     assert "random (adversary_0) vs NPC" in text and "over 4 episodes" in text
 
 
+def test_npc_eval_npc_option_replaces_a_pool_runs_selector(trained_run: dict[str, Any], tmp_path: Path) -> None:
+    """A run trained against a pool (type top, range 2): --npc names one NPC, not a directory to select from."""
+    run_dir = tmp_path / "pool_run"
+    shutil.copytree(trained_run["dir"], run_dir)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    npc = cfg.trainer.dual_policy.checkpoint_npc
+    npc.uri, npc.type, npc.range, npc.metric = str(run_dir / "checkpoints"), "top", 2, "win_rate"
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    for uri in ("random", f"file://{run_dir / 'final.zip'}"):
+        summary = eval_cli.evaluate(str(run_dir), npc=uri, episodes=2, num_envs=2)
+        assert summary["npc"] == uri and summary["episodes"] == 2
+    # A selector given with --npc on the command line is kept.
+    summary = eval_cli.evaluate(
+        str(run_dir), ["trainer.dual_policy.checkpoint_npc.type=all"], npc=str(run_dir / "checkpoints"),
+        episodes=2, num_envs=2,
+    )
+    assert summary["episodes"] == 2
+
+
 def test_npc_eval_takes_trust_only_from_the_command_line(
     trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

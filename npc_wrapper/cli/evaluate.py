@@ -41,12 +41,16 @@ from npc_wrapper.cli.common import (
 )
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.metrics import format_summary, play_episodes
+from npc_wrapper.config import CheckpointConfig
 
 __all__ = ["main", "evaluate", "round_robin_run", "find_run_config", "resolve_policy_path"]
 
 PROG = "npc-eval"
 #: Config groups: an override that selects one means the config is composed from configs/.
 _GROUPS = ("env", "trainer", "user")
+#: ``checkpoint_npc`` keys that say how the configured NPC is selected and read; ``--npc`` resets them.
+_NPC_SELECTOR_KEYS = ("type", "range", "metric", "weights", "policy_class", "policy_kwargs")
+_NPC_DEFAULTS = CheckpointConfig()
 
 
 def _local_path(policy: str) -> Path | None:
@@ -144,10 +148,16 @@ def evaluate(
     if episodes < 1 or num_envs < 1:
         raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
     cfg = _load_config(policy, overrides)
+    npc_cfg = cfg.trainer.dual_policy.checkpoint_npc
     if npc is not None:
         cfg.trainer.dual_policy.enabled = True
-        cfg.trainer.dual_policy.checkpoint_npc.uri = npc
-    npc_cfg = cfg.trainer.dual_policy.checkpoint_npc
+        npc_cfg.uri = npc
+        # The run's selector picked and read its own NPC (a pool's type: top, range: 2 would refuse
+        # a single file or 'random'); keep only what the command line sets.
+        given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+        for key in _NPC_SELECTOR_KEYS:
+            if f"trainer.dual_policy.checkpoint_npc.{key}" not in given:
+                npc_cfg[key] = getattr(_NPC_DEFAULTS, key)
     if npc_cfg.trusted is True and not trusted:
         # A run's config.yaml (or an override) must not grant trust the command line did not.
         print(
