@@ -309,6 +309,21 @@ def test_interrupted_run_keeps_its_before_evaluation(tmp_path: Path, monkeypatch
     assert evals["before"] == before and evals["after"]["episodes"] == 4
 
 
+def test_interrupted_run_names_its_run_dir_in_the_resume_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from npc_wrapper.cli.callbacks import NPCMetricsCallback
+
+    def interrupt(self: NPCMetricsCallback) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NPCMetricsCallback, "_on_rollout_end", interrupt)
+    run_dir = tmp_path / "elsewhere"  # not runs/<run>, where run=NAME alone would look
+    with pytest.raises(SystemExit, match="130"):
+        train(run_cfg(run_dir, "trainer.eval_episodes=0"))
+    assert f"Continue with: npc-train run=test run_dir={run_dir} trainer.resume=true" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [
     ("[1]", "must hold a JSON object, got list"),
     ('{"total_episodes": "many"}', "total_episodes must be a count, got 'many'"),

@@ -713,9 +713,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     path = ckpt_cb.save()
                     if league_cb is not None:
                         league_cb.save_state()
+                where = f"run={cfg.run}"
+                if paths.root != Path("runs") / str(cfg.run):  # run_dir=PATH, or a sweep's runs/<run>/<job>
+                    where += f" run_dir={paths.root}"
                 print(
                     f"\n{PROG}: interrupted at step {model.num_timesteps}; saved {path}. Continue with: "
-                    f"{PROG} run={cfg.run} trainer.resume=true (and the same overrides)",
+                    f"{PROG} {where} trainer.resume=true (and the same overrides)",
                     file=sys.stderr,
                     flush=True,
                 )
