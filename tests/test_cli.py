@@ -324,6 +324,19 @@ def test_interrupted_run_names_its_run_dir_in_the_resume_hint(
     assert f"Continue with: npc-train run=test run_dir={run_dir} trainer.resume=true" in capsys.readouterr().err
 
 
+def test_resume_without_evaluation_does_not_credit_the_old_one_to_the_final_model(
+    trained_run: dict[str, Any], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "no_eval"
+    shutil.copytree(trained_run["dir"], run_dir)
+    (run_dir / "final.zip").unlink()
+    result = train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=1024", "trainer.eval_episodes=0"))
+    assert json.loads((run_dir / "eval.json").read_text())["after"]["step"] == trained_run["step"]
+    meta = json.loads((run_dir / "final.json").read_text())
+    assert meta["step"] == result["step"] > trained_run["step"]
+    assert not any(k.startswith("eval_") for k in meta), "an evaluation of an older model"
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [
     ("[1]", "must hold a JSON object, got list"),
     ('{"total_episodes": "many"}', "total_episodes must be a count, got 'many'"),

@@ -744,7 +744,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         final_meta = metadata(model)
         if league_cb is not None:
             final_meta["league_elo"] = league_cb.learner_elo
-        if "after" in eval_summaries:
+        # Not an earlier session's evaluation (this one ran none): it would be credited to another model.
+        if eval_summaries.get("after", {}).get("step") == int(model.num_timesteps):
             final_meta.update(
                 {
                     f"eval_{k}": v
