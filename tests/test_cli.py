@@ -337,6 +337,18 @@ def test_resume_without_evaluation_does_not_credit_the_old_one_to_the_final_mode
     assert not any(k.startswith("eval_") for k in meta), "an evaluation of an older model"
 
 
+def test_resume_keeps_the_earlier_sessions_json_and_text_logs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "formats"
+    opts = ["trainer.log_formats=[json,log]", "trainer.eval_episodes=0"]
+    first = train(run_cfg(run_dir, *opts, "trainer.total_timesteps=384"))["step"]
+    logs = run_dir / "logs"
+    kept = {name: (logs / name).read_text() for name in ("progress.json", "log.txt")}
+    assert all(kept.values())
+    train(run_cfg(run_dir, *opts, "trainer.resume=true", "trainer.total_timesteps=768"))
+    assert {name: (logs / name).read_text() for name in kept} == kept
+    assert (logs / f"progress_from_{first}.json").read_text() and (logs / f"log_from_{first}.txt").read_text()
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [
     ("[1]", "must hold a JSON object, got list"),
     ('{"total_episodes": "many"}', "total_episodes must be a count, got 'many'"),

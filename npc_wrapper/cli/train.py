@@ -428,17 +428,27 @@ def _log_wandb_model(run: Any, cfg: DictConfig, paths: RunPaths, metadata: dict[
 def _make_logger(cfg: DictConfig, paths: RunPaths, start_step: int) -> Any:
     from stable_baselines3.common.logger import (
         CSVOutputFormat,
+        HumanOutputFormat,
+        JSONOutputFormat,
         Logger,
         TensorBoardOutputFormat,
         make_output_format,
     )
 
     paths.logs.mkdir(parents=True, exist_ok=True)
-    # SB3's CSV output truncates its file, so a resumed session writes its own.
-    csv_name = "progress.csv" if start_step == 0 else f"progress_from_{start_step}.csv"
-    formats = [CSVOutputFormat(str(paths.logs / csv_name)), TensorBoardOutputFormat(str(paths.tensorboard))]
+    # SB3's file outputs truncate their files, so a resumed session writes its own.
+    suffix = "" if start_step == 0 else f"_from_{start_step}"
+    formats = [
+        CSVOutputFormat(str(paths.logs / f"progress{suffix}.csv")),
+        TensorBoardOutputFormat(str(paths.tensorboard)),
+    ]
     for fmt in cfg.trainer.log_formats:  # checked by _check_options
-        formats.append(make_output_format(fmt, str(paths.logs)))
+        if fmt == "json":
+            formats.append(JSONOutputFormat(str(paths.logs / f"progress{suffix}.json")))
+        elif fmt == "log":
+            formats.append(HumanOutputFormat(str(paths.logs / f"log{suffix}.txt")))
+        else:
+            formats.append(make_output_format(fmt, str(paths.logs)))
     return Logger(str(paths.logs), formats)
 
 
