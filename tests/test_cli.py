@@ -349,6 +349,24 @@ def test_resume_keeps_the_earlier_sessions_json_and_text_logs(tmp_path: Path) ->
     assert (logs / f"progress_from_{first}.json").read_text() and (logs / f"log_from_{first}.txt").read_text()
 
 
+def test_resume_from_step_0_keeps_the_first_sessions_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from npc_wrapper.cli.callbacks import NPCMetricsCallback
+
+    def interrupt(self: NPCMetricsCallback) -> None:
+        raise KeyboardInterrupt  # Ctrl-C before the first step
+
+    run_dir = tmp_path / "step0"
+    with monkeypatch.context() as m:
+        m.setattr(NPCMetricsCallback, "_on_training_start", interrupt)
+        with pytest.raises(SystemExit, match="130"):
+            train(run_cfg(run_dir, "trainer.eval_episodes=2"))
+    first = (run_dir / "logs/progress.csv").read_text()
+    assert "eval/win_rate" in first  # the evaluation before training
+    train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=384", "trainer.eval_episodes=0"))
+    assert (run_dir / "logs/progress.csv").read_text() == first
+    assert read_csv(run_dir / "logs/progress_from_0.csv")
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [
     ("[1]", "must hold a JSON object, got list"),
     ('{"total_episodes": "many"}', "total_episodes must be a count, got 'many'"),

@@ -436,8 +436,8 @@ def _make_logger(cfg: DictConfig, paths: RunPaths, start_step: int) -> Any:
     )
 
     paths.logs.mkdir(parents=True, exist_ok=True)
-    # SB3's file outputs truncate their files, so a resumed session writes its own.
-    suffix = "" if start_step == 0 else f"_from_{start_step}"
+    # SB3's file outputs truncate their files, so a resumed session (even from step 0) writes its own.
+    suffix = f"_from_{start_step}" if cfg.trainer.resume else ""
     formats = [
         CSVOutputFormat(str(paths.logs / f"progress{suffix}.csv")),
         TensorBoardOutputFormat(str(paths.tensorboard)),
