@@ -321,7 +321,8 @@ def test_interrupted_run_names_its_run_dir_in_the_resume_hint(
     run_dir = tmp_path / "elsewhere"  # not runs/<run>, where run=NAME alone would look
     with pytest.raises(SystemExit, match="130"):
         train(run_cfg(run_dir, "trainer.eval_episodes=0"))
-    assert f"Continue with: npc-train run=test run_dir={run_dir} trainer.resume=true" in capsys.readouterr().err
+    hint = f"Continue with: npc-train run=test run_dir={run_dir} trainer.resume=true"
+    assert hint in capsys.readouterr().err
 
 
 def test_resume_without_evaluation_does_not_credit_the_old_one_to_the_final_model(
@@ -330,7 +331,9 @@ def test_resume_without_evaluation_does_not_credit_the_old_one_to_the_final_mode
     run_dir = tmp_path / "no_eval"
     shutil.copytree(trained_run["dir"], run_dir)
     (run_dir / "final.zip").unlink()
-    result = train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=1024", "trainer.eval_episodes=0"))
+    result = train(
+        run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=1024", "trainer.eval_episodes=0")
+    )
     assert json.loads((run_dir / "eval.json").read_text())["after"]["step"] == trained_run["step"]
     meta = json.loads((run_dir / "final.json").read_text())
     assert meta["step"] == result["step"] > trained_run["step"]
@@ -349,7 +352,9 @@ def test_resume_keeps_the_earlier_sessions_json_and_text_logs(tmp_path: Path) ->
     assert (logs / f"progress_from_{first}.json").read_text() and (logs / f"log_from_{first}.txt").read_text()
 
 
-def test_resume_from_step_0_keeps_the_first_sessions_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_from_step_0_keeps_the_first_sessions_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from npc_wrapper.cli.callbacks import NPCMetricsCallback
 
     def interrupt(self: NPCMetricsCallback) -> None:
@@ -365,6 +370,37 @@ def test_resume_from_step_0_keeps_the_first_sessions_log(tmp_path: Path, monkeyp
     train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=384", "trainer.eval_episodes=0"))
     assert (run_dir / "logs/progress.csv").read_text() == first
     assert read_csv(run_dir / "logs/progress_from_0.csv")
+
+
+def test_resume_applies_changed_hyperparameters(trained_run: dict[str, Any], tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    run_dir = tmp_path / "new_lr"
+    shutil.copytree(trained_run["dir"], run_dir)
+    (run_dir / "final.zip").unlink()
+    train(run_cfg(
+        run_dir, "trainer.resume=true", "trainer.total_timesteps=1024", "trainer.eval_episodes=0",
+        "trainer.hyperparameters.learning_rate=0.001", "trainer.hyperparameters.n_epochs=1",
+    ))
+    model = PPO.load(run_dir / "final.zip", device="cpu")
+    assert (model.learning_rate, model.n_epochs) == (0.001, 1)  # as config.yaml now records
+    # The network cannot change: the checkpoint's is used whatever policy_kwargs say, so it is refused.
+    other_net = ["trainer.resume=true", "trainer.total_timesteps=2048", "trainer.policy_kwargs.net_arch=[32]"]
+    with pytest.raises(CLIError, match=r"policy_kwargs=\{'net_arch': \[64, 64\]\}.*is \{'net_arch': \[32\]"):
+        train(run_cfg(run_dir, *other_net))
+
+
+def test_a2c_resumes_with_its_own_hyperparameters(tmp_path: Path) -> None:
+    from stable_baselines3 import A2C
+
+    run_dir = tmp_path / "a2c"
+    opts = ["trainer=a2c", "trainer.hyperparameters.n_steps=8", "trainer.eval_episodes=0"]
+    cfg = lambda *o: compose_config([*SMALL[:3], *SMALL[6:], *opts, "run=t", f"run_dir={run_dir}", *o])
+    train(cfg("trainer.total_timesteps=48"))
+    train(cfg(
+        "trainer.resume=true", "trainer.total_timesteps=96", "trainer.hyperparameters.learning_rate=2e-3"
+    ))
+    assert A2C.load(run_dir / "final.zip", device="cpu").learning_rate == 0.002
 
 
 @pytest.mark.parametrize(("metadata", "expected"), [
@@ -462,8 +498,10 @@ def test_npc_eval_baseline_and_other_npc(
     assert "random (adversary_0) vs NPC" in text and "over 4 episodes" in text
 
 
-def test_npc_eval_npc_option_replaces_a_pool_runs_selector(trained_run: dict[str, Any], tmp_path: Path) -> None:
-    """A run trained against a pool (type top, range 2): --npc names one NPC, not a directory to select from."""
+def test_npc_eval_npc_option_replaces_a_pool_runs_selector(
+    trained_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """A run trained against a pool (type top, range 2): --npc names one NPC, not a directory to pick from."""
     run_dir = tmp_path / "pool_run"
     shutil.copytree(trained_run["dir"], run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")

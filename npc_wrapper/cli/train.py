@@ -234,20 +234,30 @@ def _check_npc_uri(dp: DualPolicyConfig, where: str = "trainer.dual_policy.check
 
 
 def _check_resumed_algorithm(cfg: DictConfig, paths: RunPaths) -> None:
-    """A checkpoint continues only with the algorithm that wrote it (A2C would load a PPO zip as its own)."""
+    """A checkpoint continues only with the algorithm and network that wrote it (A2C would load a PPO zip
+    as its own; SB3 rebuilds the stored network whatever ``trainer.policy``/``policy_kwargs`` say)."""
     if not paths.config.is_file():
         return
     try:
-        stored = OmegaConf.select(OmegaConf.load(paths.config), "trainer.algorithm")
+        stored_cfg = OmegaConf.load(paths.config)
     except Exception as e:
         raise CLIError(f"trainer.resume=true: cannot read {paths.config}: {one_line(e)}") from e
-    if stored is None or resolve_algorithm(str(stored)) is resolve_algorithm(cfg.trainer.algorithm):
-        return
-    raise CLIError(
-        f"trainer.resume=true: {paths.root} was trained with trainer.algorithm={stored} ({paths.config}), "
-        f"but this session's is {cfg.trainer.algorithm}; resume with the original trainer= (and its "
-        "overrides), or start a new run=NAME"
-    )
+    stored = OmegaConf.select(stored_cfg, "trainer.algorithm")
+    if stored is not None and resolve_algorithm(str(stored)) is not resolve_algorithm(cfg.trainer.algorithm):
+        raise CLIError(
+            f"trainer.resume=true: {paths.root} was trained with trainer.algorithm={stored} "
+            f"({paths.config}), but this session's is {cfg.trainer.algorithm}; resume with the original "
+            "trainer= (and its overrides), or start a new run=NAME"
+        )
+    for key in ("policy", "policy_kwargs"):
+        old, new = OmegaConf.select(stored_cfg, f"trainer.{key}"), cfg.trainer[key]
+        plain = [OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (old, new)]
+        if old is not None and plain[0] != plain[1]:
+            raise CLIError(
+                f"trainer.resume=true: {paths.root} was trained with trainer.{key}={plain[0]} "
+                f"({paths.config}), but this session's is {plain[1]}; a checkpoint keeps its network: resume "
+                f"with the original trainer.{key}, or start a new run=NAME"
+            )
 
 
 def _check_numbers(cfg: DictConfig) -> None:
@@ -590,7 +600,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             if resume:
                 assert latest is not None
-                model = algo.load(str(latest[1]), env=train_env, device=cfg.device)
+                # The session's hyperparameters, not the checkpoint's: config.yaml records them as used.
+                # (Not policy_kwargs: the network is the checkpoint's, and A2C stores its optimizer there.)
+                hyper = {k: v for k, v in kwargs.items() if k != "policy_kwargs"}
+                model = algo.load(str(latest[1]), env=train_env, device=cfg.device, **hyper)
                 log.info("resuming %s from %s (step %d)", cfg.run, latest[1], model.num_timesteps)
             else:
                 model = algo(policy, train_env, seed=cfg.seed, device=cfg.device, verbose=0, **kwargs)
