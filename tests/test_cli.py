@@ -25,7 +25,7 @@ from npc_wrapper.cli import plot as plot_cli
 from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.common import DATA_DIR, CLIError, config_dir
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
-from npc_wrapper.cli.metrics import EpisodeStats, wilson_interval
+from npc_wrapper.cli.metrics import EpisodeStats, play_episodes, wilson_interval
 from npc_wrapper.cli.train import compose_config, dual_policy_config, train
 from npc_wrapper.config import DualPolicyConfig
 from tests.checkpoint_agents import save_marker_torchscript
@@ -462,6 +462,23 @@ def test_episode_stats_per_npc() -> None:
     s = stats.summary()
     assert (s["wins"], s["losses"], s["draws"]) == (2, 1, 1)
     assert s["per_npc"]["a"]["win_rate"] == 0.5 and s["per_npc"]["b"]["draw_rate"] == 0.5
+
+
+def test_evaluation_plays_episodes_longer_than_1000_steps() -> None:
+    from mpe2 import simple_tag_v3
+
+    venv = nw.make_vec_env(
+        lambda: simple_tag_v3.parallel_env(max_cycles=1100), num_envs=1, npc="random",
+        training_agents_pct=0.75, seed=0, device="cpu",
+    )
+    try:
+        act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
+        assert play_episodes(act, venv, 1, 3).summary()["episode_length"] == 1100
+        # An env whose episodes do not end is still an error, once no episode ended for max_steps steps.
+        with pytest.raises(RuntimeError, match="no episode ended in the last 20 vector steps"):
+            play_episodes(act, venv, 1, 3, max_steps=20)
+    finally:
+        venv.close()
 
 
 def test_npc_eval_prints_win_rate_with_ci(

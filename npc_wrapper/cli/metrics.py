@@ -15,6 +15,10 @@ from npc_wrapper.engine import EPISODE_KEY
 __all__ = ["wilson_interval", "EpisodeStats", "episodes_from_infos", "play_episodes", "format_summary"]
 
 
+#: Default ``max_steps`` of :func:`play_episodes`: far above common episode lengths (MettaGrid's 1000).
+MAX_EPISODE_STEPS = 10_000
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a proportion (95% for ``z=1.96``); ``(0, 1)`` when ``n == 0``.
 
@@ -131,7 +135,8 @@ def play_episodes(
     :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded)
     :param episodes: how many episodes to record
     :param n_train: training agents per sub-env
-    :param max_steps: give up after this many vector steps (default ``1000 * episodes``)
+    :param max_steps: give up when no episode has ended for this many vector steps (an env without
+        a time limit); a bound on episode length, not on the whole evaluation
     """
     n_envs = venv.num_envs // n_train
     quota = np.full(n_envs, episodes // n_envs)
@@ -140,19 +145,23 @@ def play_episodes(
     stats = EpisodeStats()
     obs = venv.reset()
     episode_start = np.ones(venv.num_envs, dtype=bool)
-    limit = max_steps if max_steps is not None else 1000 * max(episodes, 1)
-    for _ in range(limit):
-        if (done_count >= quota).all():
-            return stats
+    limit = MAX_EPISODE_STEPS if max_steps is None else max_steps
+    since_end = 0
+    while not (done_count >= quota).all():
+        if since_end >= limit:
+            raise RuntimeError(
+                f"no episode ended in the last {limit} vector steps ({int(done_count.sum())} of {episodes} "
+                "played): give the env a time limit"
+            )
         obs, _, dones, infos = venv.step(act(obs, episode_start))
         episode_start = np.asarray(dones, dtype=bool)
-        for e, episode in episodes_from_infos(infos, n_train):
+        ended = episodes_from_infos(infos, n_train)
+        since_end = 0 if ended else since_end + 1
+        for e, episode in ended:
             if done_count[e] < quota[e]:
                 stats.add(episode)
                 done_count[e] += 1
-    if (done_count >= quota).all():
-        return stats
-    raise RuntimeError(f"only {int(done_count.sum())} of {episodes} episodes ended within {limit} steps")
+    return stats
 
 
 def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
