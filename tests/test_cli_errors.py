@@ -55,6 +55,10 @@ BAD_INPUT = {
         ["env.factory._target_=mpe2.simple_tag_v3.no_such_fn"],
         "has no attribute 'no_such_fn'",
     ),
+    "misspelt SuperSuit wrapper": (  # supersuit's module __getattr__ raises ImportError, not AttributeError
+        ["env.wrappers=[{_target_: supersuit.color_reduction_v9}]"],
+        "env.wrappers[0]._target_='supersuit.color_reduction_v9' cannot be imported: module 'supersuit'",
+    ),
     "missing NPC checkpoint": (
         ["trainer.dual_policy.checkpoint_npc.uri=file:///no/such/npc.zip"],
         "trainer.dual_policy.checkpoint_npc.uri: no checkpoint at '/no/such/npc.zip'",

@@ -56,7 +56,7 @@ def _locate(target: Any, where: str) -> Any:
         try:
             for name in parts[i:]:
                 obj = getattr(obj, name)
-        except AttributeError:
+        except (AttributeError, ImportError):  # SuperSuit's module __getattr__ raises ImportError
             raise CLIError(
                 f"{where}._target_={target!r} cannot be imported: module {'.'.join(parts[:i])!r} has no attribute "
                 f"{'.'.join(parts[i:])!r} (fix the dotted path)"
