@@ -135,6 +135,11 @@ EARLY = {
         ["trainer.num_envs=3", "trainer.num_workers=2"],
         "trainer.num_envs=3 must be a multiple of trainer.num_workers=2",
     ),
+    "unknown device": (["device=tpu"], "device='tpu' is not a torch device: use auto, cpu, cuda or cuda:N"),
+    "unknown start method": (
+        ["trainer.num_workers=1", "trainer.start_method=bogus"],
+        "trainer.start_method='bogus' is not a start method of this machine: use one of",
+    ),
     "cuda without CUDA": (["device=cuda"], "device=cuda but CUDA is not available"),
     "cuda:N without CUDA": (["device=cuda:1"], "device=cuda:1 but CUDA is not available"),
 }

@@ -62,10 +62,16 @@ def check_device(device: str, option: str = "device") -> None:
 
     :param option: how the user set it (``device``, ``--device``), for the message
     """
-    if not str(device).startswith("cuda"):
-        return
     import torch
 
+    if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            msg = f"{option}={device!r} is not a torch device: use auto, cpu, cuda or cuda:N"
+            raise CLIError(msg) from None
+    if not str(device).startswith("cuda"):
+        return
     if not torch.cuda.is_available():
         raise CLIError(
             f"{option}={device} but CUDA is not available (torch {torch.__version__}, "

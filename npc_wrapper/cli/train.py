@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -297,6 +298,12 @@ def _check_options(cfg: DictConfig) -> None:
         raise CLIError(
             f"wandb.mode={cfg.wandb.mode!r} is not one of {', '.join(_WANDB_MODES)} (or null: online with an "
             "API key, else offline)"
+        )
+    methods = multiprocessing.get_all_start_methods()
+    if cfg.trainer.start_method is not None and cfg.trainer.start_method not in methods:
+        raise CLIError(
+            f"trainer.start_method={cfg.trainer.start_method!r} is not a start method of this machine: "
+            f"use one of {methods}, or null for the platform's default"
         )
     check_device(cfg.device)
 
