@@ -536,6 +536,14 @@ def test_npc_eval_npc_option_replaces_a_pool_runs_selector(
     assert summary["episodes"] == 2
 
 
+def test_npc_eval_on_a_run_takes_hydra_style_added_keys(trained_run: dict[str, Any]) -> None:
+    """'+key=value', as npc-train asks for a new factory argument, also works on a run's config."""
+    summary = eval_cli.evaluate(
+        str(trained_run["dir"]), ["+env.factory.render_mode=null"], episodes=2, num_envs=2
+    )
+    assert summary["episodes"] == 2
+
+
 def test_npc_eval_takes_trust_only_from_the_command_line(
     trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

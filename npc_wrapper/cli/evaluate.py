@@ -107,7 +107,9 @@ def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
         raise CLIError(f"{run_config}: {explain_config_error(e)}") from e
     try:
         if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            # '+key=value' (Hydra's form for a new key, which npc-train asks for) adds the key here too.
+            dotlist = [o.lstrip("+") for o in overrides]
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     except Exception as e:
         raise CLIError(f"command-line override: {explain_config_error(e)}") from e
     return cfg  # type: ignore[return-value]
