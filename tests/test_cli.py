@@ -88,6 +88,21 @@ def test_default_config_is_simple_tag_against_the_shipped_npc() -> None:
     assert not cfg.wandb.enabled
 
 
+def test_package_level_names_import_in_a_fresh_interpreter() -> None:
+    """npc_wrapper.cli's lazy compose_config and its __all__ (the submodule train shares the name train)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from npc_wrapper.cli import compose_config\n"
+        "from npc_wrapper.cli import *\n"
+        "import npc_wrapper.cli.train as module\n"
+        "assert compose_config is module.compose_config and callable(module.train)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_config_dir_of_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside a source checkout the configs come from the wheel's data files (here a ``--target`` layout)."""
     from npc_wrapper.cli import common

@@ -1,12 +1,14 @@
 """The command-line programs: ``npc-train`` (Hydra), ``npc-eval`` and ``npc-plot``.
 
 Their pieces are importable for scripts and notebooks: :func:`compose_config` builds the same
-config as the command line and :func:`train` runs a job from it (both imported lazily, so
-``python -m npc_wrapper.cli.train`` does not import the module twice).
+config as the command line (imported lazily, so ``python -m npc_wrapper.cli.train`` does not
+import the module twice) and ``npc_wrapper.cli.train.train`` runs a job from it
+(``npc_wrapper.cli.train`` is the module).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from typing import Any
 
@@ -26,14 +28,12 @@ __all__ = [
     "compose_config",
     "config_dir",
     "data_path",
-    "train",
     "wilson_interval",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("compose_config", "train"):
-        from npc_wrapper.cli import train as _train
-
-        return getattr(_train, name)
+    if name == "compose_config":
+        # import_module: 'from npc_wrapper.cli import train' would look the name up here again, forever.
+        return importlib.import_module("npc_wrapper.cli.train").compose_config
     raise AttributeError(f"module 'npc_wrapper.cli' has no attribute {name!r}")
