@@ -364,13 +364,19 @@ def _select(cands: list[Candidate], cfg: CheckpointConfig, where: str) -> list[C
     if kind == "top":
         metric = cfg.metric
         missing = [c.name for c in cands if metric not in c.metadata]
-        if missing:
+        have = len(cands) - len(missing)
+        if have < k:
             keys = sorted({key for c in cands for key in c.metadata})
             raise CheckpointError(
-                f"type 'top' sorts by metadata[{metric!r}], but {missing} in {where} have no {metric!r}; "
-                f"available metadata keys: {keys or 'none'}. Set metric to one of them, or add {metric!r} to "
-                "each checkpoint's sidecar JSON (<checkpoint>.json) or artifact metadata"
+                f"type 'top' with range={k} ranks by metadata[{metric!r}], but only {have} checkpoints in "
+                f"{where} have it ({missing} do not); available metadata keys: {keys or 'none'}. "
+                f"Set metric to one of them, lower range, or add {metric!r} to the checkpoints' sidecar JSON "
+                "(<checkpoint>.json) or artifact metadata"
             )
+        if missing:
+            # Early checkpoints of a run often have no score yet (no episode had ended): rank the rest.
+            logger.warning("type 'top': %s in %s have no %r and are not ranked", missing, where, metric)
+            cands = [c for c in cands if metric in c.metadata]
         bad = [c.name for c in cands if not _is_number(c.metadata[metric])]
         if bad:
             raise CheckpointError(

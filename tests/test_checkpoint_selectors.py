@@ -136,6 +136,17 @@ def test_top_with_a_missing_metric_names_it_and_the_keys(ckpt_dir: Path) -> None
     assert "metadata['elo']" in msg and "['epoch', 'score']" in msg and "fixed_0" in msg
 
 
+def test_top_ranks_the_checkpoints_that_have_the_metric(ckpt_dir: Path, caplog) -> None:
+    # A run's early checkpoints often have no win_rate yet (no episode had ended when they were saved).
+    (ckpt_dir / "fixed_1.json").write_text('{"epoch": 2}')
+    with caplog.at_level(logging.WARNING, logger="npc_wrapper.checkpoints"):
+        top = names(select_checkpoints(cfg(ckpt_dir, type="top", range=3, metric="score")))
+    assert top == ["fixed_3", "fixed_0", "fixed_2"]
+    assert "['fixed_1'] in" in caplog.text and "have no 'score' and are not ranked" in caplog.text
+    with pytest.raises(CheckpointError, match=r"range=4 .* only 3 checkpoints .*\(\['fixed_1'\] do not\)"):
+        select_checkpoints(cfg(ckpt_dir, type="top", range=4, metric="score"))
+
+
 def test_non_finite_metric_or_step_is_an_error_naming_the_checkpoint(ckpt_dir: Path) -> None:
     # JSON allows NaN, and NaN compares false with everything: sorted() would rank it anywhere.
     (ckpt_dir / "fixed_2.json").write_text('{"epoch": 3, "score": NaN}')
