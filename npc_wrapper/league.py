@@ -882,7 +882,7 @@ def _play(
     max_steps: int,
 ) -> list[str]:
     """Outcomes (for ``learner``) of ``episodes`` episodes ``learner`` plays on the training side,
-    or a ``RuntimeError`` if they have not ended after ``max_steps`` vector steps."""
+    or a ``RuntimeError`` once no episode has ended for ``max_steps`` vector steps."""
     from npc_wrapper.factory import make_vec_env
 
     venv = make_vec_env(env_fn, num_envs=num_envs, npc=npc, seed=seed, **env_kwargs)
@@ -898,21 +898,22 @@ def _play(
         obs = venv.reset()
         start = np.ones(slots, dtype=bool)
         outcomes: list[str] = []
-        for _ in range(max_steps):
-            if (played >= quota).all():
-                return outcomes
+        since_end = 0
+        while (played < quota).any():
+            if since_end >= max_steps:
+                raise RuntimeError(
+                    f"round_robin: no episode ended in the last max_steps={max_steps} vector steps "
+                    f"({int(played.sum())} of {episodes} played); give the env a time limit, or pass a "
+                    "larger max_steps"
+                )
             obs, _, _, infos = venv.step(learner.act(obs, rows, start))
             ended = np.array([EPISODE_KEY in infos[e * n_train] for e in range(n_envs)])
+            since_end = 0 if ended.any() else since_end + 1
             for e in np.flatnonzero(ended & (played < quota)):
                 outcomes.append(infos[e * n_train][EPISODE_KEY]["outcome"])
                 played[e] += 1
             start = np.repeat(ended, n_train)  # a new episode starts in the envs that just reset
-        if (played >= quota).all():
-            return outcomes
-        raise RuntimeError(
-            f"round_robin: only {int(played.sum())} of {episodes} episodes ended within "
-            f"max_steps={max_steps} vector steps; give the env a time limit, or pass a larger max_steps"
-        )
+        return outcomes
     finally:
         venv.close()
 
@@ -933,7 +934,7 @@ def round_robin(
     initial_elo: float = 1200.0,
     load: Callable[[Any, spaces.Space, spaces.Space], NPCPolicy] | None = None,
     print_table: bool = True,
-    max_steps: int | None = None,
+    max_steps: int = 10_000,
 ) -> RoundRobinResult:
     """Play every checkpoint against every other one and rate them.
 
@@ -958,15 +959,13 @@ def round_robin(
     :param load: ``load(spec, observation_space, action_space) -> NPCPolicy`` (default:
         :func:`~npc_wrapper.as_npc_policy`, which loads paths and URIs through the checkpoint loader)
     :param print_table: print the ranked table
-    :param max_steps: vector steps a pairing may take before it is an error (default ``1000 * episodes``):
-        an env whose episodes never end would otherwise hang
+    :param max_steps: vector steps without any episode ending before a pairing is an error (an env
+        whose episodes never end would otherwise hang); a bound on episode length, not on the pairing
     :return: the games and ratings; ``result.table()`` formats them
     """
     if not _is_int(episodes) or episodes < 1:
         raise ValueError(f"episodes must be an integer >= 1 (per ordered pair), got {episodes!r}")
-    if max_steps is None:
-        max_steps = 1000 * episodes
-    elif not _is_int(max_steps) or max_steps < 1:
+    if not _is_int(max_steps) or max_steps < 1:
         raise ValueError(f"max_steps must be an integer >= 1 (vector steps per pairing), got {max_steps!r}")
     names, specs = _players(checkpoints)
     if len(names) < 2:

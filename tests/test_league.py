@@ -588,12 +588,13 @@ def test_round_robin_gives_up_after_max_steps_instead_of_hanging() -> None:
     space, act = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
     players = {f"c{k}": ConstantPolicy(space, act, action=k, name=f"c{k}") for k in range(2)}
     kwargs: dict[str, Any] = {"episodes": 2, "num_envs": 2, "training_agents": ["a_0"], "device": "cpu"}
-    with pytest.raises(RuntimeError, match=r"only 0 of 2 episodes ended within max_steps=10 .*time limit"):
+    with pytest.raises(RuntimeError, match=r"no episode ended in the last max_steps=10 vector steps \(0 of 2 played\); .*time limit"):
         round_robin(players, env_fn, max_steps=10, **kwargs)
     with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
         round_robin(players, env_fn, max_steps=0, **kwargs)
-    result = round_robin(players, env_fn, max_steps=50, print_table=False, **kwargs)
-    assert (result.games == 4 * (1 - np.eye(2))).all()
+    # The bound is on steps without an episode end, not on the pairing: 2 x 50-step episodes per env.
+    result = round_robin(players, env_fn, max_steps=50, print_table=False, **{**kwargs, "episodes": 4})
+    assert (result.games == 8 * (1 - np.eye(2))).all()
 
 
 def test_ppo_on_magent2_battle_with_the_league_logs_ratings(tmp_path: Path,
