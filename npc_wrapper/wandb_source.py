@@ -312,6 +312,12 @@ class WandbSource:
         return f" Cached versions of this artifact: {'; '.join(sorted(hits))}." if hits else ""
 
     def _unavailable(self, uri: WandbURI, e: BaseException, what: str) -> WandbUnavailableError:
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "wandb":
+            return WandbUnavailableError(
+                f"cannot {what} {uri}: the wandb package is not installed (pip install 'npc-wrapper[wandb]'), "
+                "or point the uri at a local copy with file://PATH; NPC checkpoints are never skipped "
+                f"silently.{self._cached_hint(uri)}"
+            )
         return WandbUnavailableError(
             f"cannot {what} {uri}: W&B could not be reached or did not accept the credentials "
             f"({_describe_exc(e)}). Log in with `wandb login` or set the WANDB_API_KEY environment variable "

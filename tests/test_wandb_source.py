@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,16 @@ def test_real_wandb_api_without_credentials(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(WandbUnavailableError) as err:
         load_npc(cfg("wandb://e/p/model/npc:latest", tmp_path / "cache"), OBS, ACT)
     assert "wandb://e/p/model/npc:latest" in str(err.value) and "wandb login" in str(err.value)
+
+
+def test_wandb_not_installed_says_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the wandb package the error says so, not that W&B rejected the credentials."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ModuleNotFoundError
+    with pytest.raises(WandbUnavailableError) as err:
+        load_npc(cfg("wandb://e/p/model/npc:v1", tmp_path / "cache"), OBS, ACT)
+    msg = str(err.value)
+    assert "wandb://e/p/model/npc:v1" in msg and "npc-wrapper[wandb]" in msg and "file://" in msg
+    assert "credentials" not in msg
 
 
 def test_offline_error_points_at_cached_versions(api: StandInApi, tmp_path: Path, offline) -> None:
