@@ -187,6 +187,22 @@ def test_npc_uri_is_checked_as_the_loader_parses_it(tmp_path: Path) -> None:
         check(f"file://{quote(str(tmp_path / 'sp ace' / 'nope.zip'))}")
 
 
+def test_missing_env_package_names_the_extra_that_installs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shipped env whose package is missing names its npc-wrapper extra (npc-train env=battle after
+    the quickstart's '[mpe,train]' install; pistonball without pygame/pymunk)."""
+    monkeypatch.setitem(sys.modules, "magent2", None)  # importing it raises ModuleNotFoundError
+    with pytest.raises(CLIError, match=re.escape("no module named 'magent2' (pip install 'npc-wrapper[magent]'")):
+        EnvFactory({"_target_": "magent2.environments.battle_v4.parallel_env"}).check()
+    # The package imports, but one of its own dependencies is missing.
+    for name in [m for m in sys.modules if m.startswith("pettingzoo.butterfly")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pymunk", None)
+    with pytest.raises(CLIError, match=re.escape("(pip install 'npc-wrapper[butterfly]')")):
+        EnvFactory({"_target_": "pettingzoo.butterfly.pistonball_v6.parallel_env"}).check()
+    with pytest.raises(CLIError, match="install the package that provides it, or fix the dotted path"):
+        EnvFactory({"_target_": "no_such_package.make_env"}).check()
+
+
 def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -30,6 +30,25 @@ from npc_wrapper.engine import check_parallel_env
 __all__ = ["EnvFactory", "PadObservations", "pad_observations", "mettagrid_arena", "ReseedOnReset"]
 
 
+#: Modules the shipped env configs need, and the npc-wrapper extra that installs each.
+_EXTRA_OF_MODULE = {
+    "mpe2": "mpe",
+    "magent2": "magent",
+    "mettagrid": "mettagrid",
+    "pygame": "butterfly",
+    "pymunk": "butterfly",
+    "Box2D": "sisl",
+}
+
+
+def _install_hint(module: str | None) -> str:
+    """How to install ``module``: the extra that provides it, or a generic hint."""
+    extra = _EXTRA_OF_MODULE.get((module or "").split(".")[0])
+    if extra is not None:
+        return f"pip install 'npc-wrapper[{extra}]'"
+    return "install the package that provides it"
+
+
 def _locate(target: Any, where: str) -> Any:
     """Import ``target`` (``pkg.module.attr``) or raise a one-line :class:`CLIError` naming ``where``."""
     if not isinstance(target, str) or "." not in target:
@@ -46,7 +65,7 @@ def _locate(target: Any, where: str) -> Any:
             if e.name is not None and not ".".join(parts[:i]).startswith(e.name):
                 # The module exists but one of its own imports is missing.
                 raise CLIError(
-                    f"{where}._target_={target!r} cannot be imported: {one_line(e)} (install it)"
+                    f"{where}._target_={target!r} cannot be imported: {one_line(e)} ({_install_hint(e.name)})"
                 ) from e
             continue
         except Exception as e:  # a module that fails while importing
@@ -62,10 +81,10 @@ def _locate(target: Any, where: str) -> Any:
                 f"{'.'.join(parts[i:])!r} (fix the dotted path)"
             ) from None
         return obj
+    top = module_name.split(".")[0]
     raise CLIError(
-        f"{where}._target_={target!r} cannot be imported: no module named {module_name.split('.')[0]!r} "
-        "(install the package that provides it, e.g. pip install 'npc-wrapper[mpe,magent,butterfly,mettagrid]', "
-        "or fix the dotted path)"
+        f"{where}._target_={target!r} cannot be imported: no module named {top!r} "
+        f"({_install_hint(top)}, or fix the dotted path)"
     )
 
 
