@@ -25,10 +25,21 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    A CUDA device where torch sees no CUDA is a ``ValueError`` that says so (otherwise torch's own
+    error, raised while the NPC's weights are copied, tells you to call ``torch.load`` with a
+    ``map_location``).
+    """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} but CUDA is not available (torch {torch.__version__}); "
+            "use device='auto' (CUDA when available) or device='cpu'"
+        )
+    return resolved
 
 
 def _bucket(n: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,20 @@ def test_device_runner_cpu_keeps_uint8_until_the_model() -> None:
 def test_cuda_graphs_need_cuda() -> None:
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         DeviceRunner(torch.device("cpu"), cuda_graphs=True)
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """device="cuda" on a machine without CUDA (the README's load_npc example) said, from deep in torch,
+    to call torch.load with map_location."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    obs, act = spaces.Box(-1.0, 1.0, (4,)), spaces.Discrete(3)
+    for device in ("cuda", "cuda:1", torch.device("cuda")):
+        with pytest.raises(ValueError, match="but CUDA is not available"):
+            nw.TorchPolicy(torch.nn.Linear(4, 3), obs, act, device=device)
+    with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
+        nw.load_npc(str(Path(nw.__file__).parent / "data" / "simple_tag_npc.zip"),
+                    spaces.Box(-np.inf, np.inf, (16,), np.float32), spaces.Discrete(5), device="cuda")
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type == "cpu"
 
 
 def test_auto_device_resolves_to_cuda_only_when_available() -> None:
