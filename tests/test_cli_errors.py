@@ -190,6 +190,8 @@ def test_npc_uri_is_checked_as_the_loader_parses_it(tmp_path: Path) -> None:
 def test_missing_env_package_names_the_extra_that_installs_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A shipped env whose package is missing names its npc-wrapper extra (npc-train env=battle after
     the quickstart's '[mpe,train]' install; pistonball without pygame/pymunk)."""
+    for name in [m for m in sys.modules if m.startswith("magent2.")]:  # imported by earlier tests
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "magent2", None)  # importing it raises ModuleNotFoundError
     with pytest.raises(CLIError, match=re.escape("no module named 'magent2' (pip install 'npc-wrapper[magent]'")):
         EnvFactory({"_target_": "magent2.environments.battle_v4.parallel_env"}).check()
