@@ -468,6 +468,8 @@ def test_wilson_interval_known_values() -> None:
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(40, 40)  # exactly 1, not 0.9999999999999999 (as eval.json showed)
+    assert hi == 1.0 and lo == pytest.approx(0.9124, abs=1e-4)
 
 
 def test_episode_stats_per_npc() -> None:
