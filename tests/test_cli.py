@@ -306,6 +306,32 @@ def test_resume_continues_with_the_same_step_count(trained_run: dict[str, Any], 
     assert before > 0 and episodes and min(episodes) > before
 
 
+def test_a_resumed_session_draws_its_own_seeds(
+    trained_run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SB3's load() reseeds with the run's seed: without a seed of its own, a resumed session would
+    replay the first session's env seeds (and sampling streams) from its start."""
+    first_seeds: list[list[int]] = []
+    reset = nw.NPCVecEnv.reset
+
+    def recording_reset(self: nw.NPCVecEnv) -> Any:
+        first_seeds.append(list(self._seeds) if self._seeds is not None else [])
+        return reset(self)
+
+    monkeypatch.setattr(nw.NPCVecEnv, "reset", recording_reset)
+    for copy in ("a", "b"):
+        run_dir = tmp_path / copy
+        shutil.copytree(trained_run["dir"], run_dir)
+        (run_dir / "final.zip").unlink()
+        first_seeds.clear()
+        train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=1024"))
+        if copy == "a":
+            seeds_a = first_seeds[0]  # the training envs' first reset (the evaluation comes after learn)
+    run_seed = int(yaml.safe_load((trained_run["dir"] / "config.yaml").read_text())["seed"])
+    assert seeds_a and seeds_a[0] != run_seed
+    assert first_seeds[0] == seeds_a  # still a function of the run: the same resume gives the same seeds
+
+
 def test_interrupted_run_keeps_its_before_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from npc_wrapper.cli.callbacks import NPCMetricsCallback
 

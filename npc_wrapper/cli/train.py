@@ -612,6 +612,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 hyper = {k: v for k, v in kwargs.items() if k != "policy_kwargs"}
                 model = algo.load(str(latest[1]), env=train_env, device=cfg.device, **hyper)
                 log.info("resuming %s from %s (step %d)", cfg.run, latest[1], model.num_timesteps)
+                if cfg.seed is not None:
+                    # load() reseeds the envs and RNGs with the run's seed, so the session would replay the
+                    # first session's env seeds and samples; its own seed comes from (seed, step) instead.
+                    seq = np.random.SeedSequence([int(cfg.seed), int(model.num_timesteps)])
+                    model.set_random_seed(int(seq.generate_state(1)[0]))
             else:
                 model = algo(policy, train_env, seed=cfg.seed, device=cfg.device, verbose=0, **kwargs)
         except Exception as e:
