@@ -628,6 +628,9 @@ def test_npc_eval_errors_name_the_option_or_override_to_fix(
     assert "--device=cuda but CUDA is not available" in _eval_error([run, "--device", "cuda"], capsys)
     err = _eval_error([run, "--round-robin", "--episodes", "1"], capsys)
     assert "a round robin" in err and "npc-eval CHECKPOINT --npc URI" in err and "trainer.league" not in err
+    monkeypatch.setattr("npc_wrapper.cli.metrics.MAX_EPISODE_STEPS", 20)  # an env whose episodes never end
+    err = _eval_error([run, "--episodes", "1", "--num-envs", "1", "env.factory.max_cycles=1000"], capsys)
+    assert "no episode ended in the last 20 vector steps (0 of 1 played): give the env a time limit" in err
 
 
 def test_npc_eval_takes_overrides_after_options_and_a_plain_help(

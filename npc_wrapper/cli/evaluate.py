@@ -40,7 +40,7 @@ from npc_wrapper.cli.common import (
     with_trust_flag,
 )
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import format_summary, play_episodes
+from npc_wrapper.cli.metrics import NoEpisodeEnds, format_summary, play_episodes
 from npc_wrapper.config import CheckpointConfig
 
 __all__ = ["main", "evaluate", "round_robin_run", "find_run_config", "resolve_policy_path"]
@@ -209,7 +209,10 @@ def evaluate(
         def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
             return learner.act(obs, rows, episode_start)
 
-        summary = play_episodes(act, venv, episodes, len(venv.training_agents)).summary()
+        try:
+            summary = play_episodes(act, venv, episodes, len(venv.training_agents)).summary()
+        except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
+            raise CLIError(f"{e} (env.factory)") from e
         summary.update(
             {
                 "policy": target,

@@ -12,7 +12,9 @@ import numpy as np
 
 from npc_wrapper.engine import EPISODE_KEY
 
-__all__ = ["wilson_interval", "EpisodeStats", "episodes_from_infos", "play_episodes", "format_summary"]
+__all__ = [
+    "wilson_interval", "EpisodeStats", "episodes_from_infos", "NoEpisodeEnds", "play_episodes", "format_summary"
+]
 
 
 #: Default ``max_steps`` of :func:`play_episodes`: far above common episode lengths (MettaGrid's 1000).
@@ -122,6 +124,10 @@ class EpisodeStats:
         return out
 
 
+class NoEpisodeEnds(RuntimeError):
+    """:func:`play_episodes` saw no episode end for its ``max_steps`` vector steps."""
+
+
 def play_episodes(
     act: Callable[[np.ndarray, np.ndarray], np.ndarray],
     venv: Any,
@@ -152,7 +158,7 @@ def play_episodes(
     since_end = 0
     while not (done_count >= quota).all():
         if since_end >= limit:
-            raise RuntimeError(
+            raise NoEpisodeEnds(
                 f"no episode ended in the last {limit} vector steps ({int(done_count.sum())} of {episodes} "
                 "played): give the env a time limit"
             )

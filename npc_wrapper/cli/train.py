@@ -54,7 +54,7 @@ from npc_wrapper.cli.common import (
     register_configs,
 )
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import format_summary, play_episodes
+from npc_wrapper.cli.metrics import NoEpisodeEnds, format_summary, play_episodes
 from npc_wrapper.config import DualPolicyConfig
 from npc_wrapper.league import LeagueCallback, LeagueConfig, check_league_venv
 from npc_wrapper.workers import check_worker_split
@@ -372,7 +372,10 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
         return actions
 
     n_train = len(venv.training_agents)
-    return play_episodes(act, venv, episodes, n_train).summary()
+    try:
+        return play_episodes(act, venv, episodes, n_train).summary()
+    except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
+        raise CLIError(f"evaluation: {e} (env.factory), or set trainer.eval_episodes=0") from e
 
 
 # --------------------------------------------------------------------------- logging
