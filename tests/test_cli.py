@@ -230,6 +230,14 @@ def test_run_directory_contents(trained_run: dict[str, Any]) -> None:
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
 
 
+def test_the_start_log_line_elides_long_agent_lists() -> None:
+    from npc_wrapper.cli.train import _agent_list
+
+    assert _agent_list(["agent_0"]) == "[agent_0]"
+    blue = [f"blue_{i}" for i in range(81)]  # battle at map_size 45: the line listed all 162 names
+    assert _agent_list(blue) == "[blue_0, blue_1, blue_2, ..., blue_79, blue_80]"
+
+
 def test_metrics_beside_sb3s_own_are_logged(trained_run: dict[str, Any]) -> None:
     rows = read_csv(trained_run["dir"] / "logs/progress.csv")
     columns = set(rows[0])

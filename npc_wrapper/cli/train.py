@@ -355,6 +355,14 @@ def build_vec_env(
     return venv
 
 
+def _agent_list(agents: Sequence[Any], most: int = 8) -> str:
+    """``agents`` for a log line, elided in the middle beyond ``most`` (battle at map_size 45: 81 a side)."""
+    names = [str(a) for a in agents]
+    if len(names) <= most:
+        return f"[{', '.join(names)}]"
+    return f"[{', '.join(names[:3])}, ..., {', '.join(names[-2:])}]"
+
+
 def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = False) -> dict[str, Any]:
     """Play ``episodes`` episodes of the SB3 ``model`` against the NPCs of ``venv``; the summary.
 
@@ -591,12 +599,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         n_train = len(venv.training_agents)
         has_npc = bool(venv.npc_agents)
         log.info(
-            "env %s: %d envs x %d training agents %s; NPC agents %s driven by %s",
+            "env %s: %d envs x %d training agents %s; %d NPC agents %s driven by %s",
             cfg.env.name,
             venv.num_sub_envs,
             n_train,
-            venv.training_agents,
-            venv.npc_agents,
+            _agent_list(venv.training_agents),
+            len(venv.npc_agents),
+            _agent_list(venv.npc_agents),
             dp.checkpoint_npc.uri if has_npc else "-",
         )
         if league_cfg.enabled:
