@@ -340,17 +340,22 @@ def test_a_resumed_session_draws_its_own_seeds(
     assert first_seeds[0] == seeds_a  # still a function of the run: the same resume gives the same seeds
 
 
-def test_interrupted_run_keeps_its_before_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def interrupted_run(run_dir: Path, hook: str, *overrides: str) -> None:
+    """Run the job with a Ctrl-C in the callback's ``hook``: it must save and exit with status 130."""
     from npc_wrapper.cli.callbacks import NPCMetricsCallback
 
     def interrupt(self: NPCMetricsCallback) -> None:
-        raise KeyboardInterrupt  # Ctrl-C during the first rollout
+        raise KeyboardInterrupt
 
-    run_dir = tmp_path / "interrupted"
-    with monkeypatch.context() as m:
-        m.setattr(NPCMetricsCallback, "_on_rollout_end", interrupt)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(NPCMetricsCallback, hook, interrupt)
         with pytest.raises(SystemExit, match="130"):
-            train(run_cfg(run_dir))
+            train(run_cfg(run_dir, *overrides))
+
+
+def test_interrupted_run_keeps_its_before_evaluation(tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    interrupted_run(run_dir, "_on_rollout_end")  # Ctrl-C during the first rollout
     before = json.loads((run_dir / "eval.json").read_text())["before"]
     assert before["step"] == 0 and before["episodes"] == 4
     train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=384"))
@@ -359,17 +364,10 @@ def test_interrupted_run_keeps_its_before_evaluation(tmp_path: Path, monkeypatch
 
 
 def test_interrupted_run_names_its_run_dir_in_the_resume_hint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from npc_wrapper.cli.callbacks import NPCMetricsCallback
-
-    def interrupt(self: NPCMetricsCallback) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(NPCMetricsCallback, "_on_rollout_end", interrupt)
     run_dir = tmp_path / "elsewhere"  # not runs/<run>, where run=NAME alone would look
-    with pytest.raises(SystemExit, match="130"):
-        train(run_cfg(run_dir, "trainer.eval_episodes=0"))
+    interrupted_run(run_dir, "_on_rollout_end", "trainer.eval_episodes=0")
     hint = f"Continue with: npc-train run=test run_dir={run_dir} trainer.resume=true"
     assert hint in capsys.readouterr().err
 
@@ -401,19 +399,9 @@ def test_resume_keeps_the_earlier_sessions_json_and_text_logs(tmp_path: Path) ->
     assert (logs / f"progress_from_{first}.json").read_text() and (logs / f"log_from_{first}.txt").read_text()
 
 
-def test_resume_from_step_0_keeps_the_first_sessions_log(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from npc_wrapper.cli.callbacks import NPCMetricsCallback
-
-    def interrupt(self: NPCMetricsCallback) -> None:
-        raise KeyboardInterrupt  # Ctrl-C before the first step
-
+def test_resume_from_step_0_keeps_the_first_sessions_log(tmp_path: Path) -> None:
     run_dir = tmp_path / "step0"
-    with monkeypatch.context() as m:
-        m.setattr(NPCMetricsCallback, "_on_training_start", interrupt)
-        with pytest.raises(SystemExit, match="130"):
-            train(run_cfg(run_dir, "trainer.eval_episodes=2"))
+    interrupted_run(run_dir, "_on_training_start", "trainer.eval_episodes=2")  # Ctrl-C before the first step
     first = (run_dir / "logs/progress.csv").read_text()
     assert "eval/win_rate" in first  # the evaluation before training
     train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=384", "trainer.eval_episodes=0"))
