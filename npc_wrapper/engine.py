@@ -528,8 +528,9 @@ class NPCEngine:
                 obs[i] = e.final_obs
             self._alive[env_done] = False
             self._held[...] = env_done
-            if env_done.any():
-                self._held_obs[...] = obs
+            if env_done.any():  # only the ended envs' slots: reset() reads no other held slot
+                shown = np.repeat(env_done, n_train)
+                self._held_obs[shown] = obs[shown]
             self._start_episodes(held)
         else:
             self._start_episodes(env_done)
