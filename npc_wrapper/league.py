@@ -57,10 +57,20 @@ __all__ = [
     "round_robin",
     "RoundRobinResult",
     "fit_ratings",
+    "NoEpisodeEnds",
+    "MAX_EPISODE_STEPS",
 ]
 
 #: How the pool members other than the newest snapshot are drawn.
 SAMPLING_MODES = ("uniform", "prioritized")
+
+#: Default bound on vector steps without an episode end when playing episodes (round robin, the CLI's
+#: evaluations): far above common episode lengths (MettaGrid's 1000), and an env without one fails.
+MAX_EPISODE_STEPS = 10_000
+
+
+class NoEpisodeEnds(RuntimeError):
+    """No episode that counts ended for the bound's number of vector steps: an env without a time limit."""
 
 #: The learner's score for each episode outcome reported in ``info["npc_wrapper/episode"]``.
 OUTCOME_SCORE = {"win": 1.0, "draw": 0.5, "loss": 0.0}
@@ -901,14 +911,15 @@ def _play(
         since_end = 0
         while (played < quota).any():
             if since_end >= max_steps:
-                raise RuntimeError(
+                raise NoEpisodeEnds(
                     f"round_robin: no episode ended in the last max_steps={max_steps} vector steps "
                     f"({int(played.sum())} of {episodes} played); give the env a time limit, or pass a "
                     "larger max_steps"
                 )
             obs, _, _, infos = venv.step(learner.act(obs, rows, start))
             ended = np.array([EPISODE_KEY in infos[e * n_train] for e in range(n_envs)])
-            since_end = 0 if ended.any() else since_end + 1
+            # Only an episode that counts resets the bound: envs done with their share may end many.
+            since_end = 0 if (ended & (played < quota)).any() else since_end + 1
             for e in np.flatnonzero(ended & (played < quota)):
                 outcomes.append(infos[e * n_train][EPISODE_KEY]["outcome"])
                 played[e] += 1
@@ -934,7 +945,7 @@ def round_robin(
     initial_elo: float = 1200.0,
     load: Callable[[Any, spaces.Space, spaces.Space], NPCPolicy] | None = None,
     print_table: bool = True,
-    max_steps: int = 10_000,
+    max_steps: int | None = None,
 ) -> RoundRobinResult:
     """Play every checkpoint against every other one and rate them.
 
@@ -959,13 +970,16 @@ def round_robin(
     :param load: ``load(spec, observation_space, action_space) -> NPCPolicy`` (default:
         :func:`~npc_wrapper.as_npc_policy`, which loads paths and URIs through the checkpoint loader)
     :param print_table: print the ranked table
-    :param max_steps: vector steps without any episode ending before a pairing is an error (an env
-        whose episodes never end would otherwise hang); a bound on episode length, not on the pairing
+    :param max_steps: vector steps without a counted episode end before a pairing is an error (an env
+        whose episodes never end would otherwise hang; default :data:`MAX_EPISODE_STEPS`); a bound on
+        episode length, not on the pairing
     :return: the games and ratings; ``result.table()`` formats them
     """
     if not _is_int(episodes) or episodes < 1:
         raise ValueError(f"episodes must be an integer >= 1 (per ordered pair), got {episodes!r}")
-    if not _is_int(max_steps) or max_steps < 1:
+    if max_steps is None:
+        max_steps = MAX_EPISODE_STEPS
+    elif not _is_int(max_steps) or max_steps < 1:
         raise ValueError(f"max_steps must be an integer >= 1 (vector steps per pairing), got {max_steps!r}")
     names, specs = _players(checkpoints)
     if len(names) < 2:

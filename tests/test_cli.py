@@ -418,13 +418,18 @@ def test_resume_applies_changed_hyperparameters(trained_run: dict[str, Any], tmp
     train(run_cfg(
         run_dir, "trainer.resume=true", "trainer.total_timesteps=1024", "trainer.eval_episodes=0",
         "trainer.hyperparameters.learning_rate=0.001", "trainer.hyperparameters.n_epochs=1",
+        "+trainer.hyperparameters.stats_window_size=7",
     ))
     model = PPO.load(run_dir / "final.zip", device="cpu")
     assert (model.learning_rate, model.n_epochs) == (0.001, 1)  # as config.yaml now records
+    assert model._stats_window_size == 7  # SB3 keeps it private: load() must be given that name
     # The network cannot change: the checkpoint's is used whatever policy_kwargs say, so it is refused.
     other_net = ["trainer.resume=true", "trainer.total_timesteps=2048", "trainer.policy_kwargs.net_arch=[32]"]
     with pytest.raises(CLIError, match=r"policy_kwargs=\{'net_arch': \[64, 64\]\}.*is \{'net_arch': \[32\]"):
         train(run_cfg(run_dir, *other_net))
+    # The same network through an interpolation is not a change (config.yaml holds it resolved).
+    train(run_cfg(run_dir, "trainer.resume=true", "trainer.total_timesteps=1024", "trainer.eval_episodes=0",
+                  "trainer.policy_kwargs.net_arch=[${trainer.hyperparameters.n_steps},64]"))  # n_steps=64
 
 
 def test_a2c_resumes_with_its_own_hyperparameters(tmp_path: Path) -> None:
@@ -516,6 +521,23 @@ def test_evaluation_plays_episodes_longer_than_1000_steps() -> None:
         # An env whose episodes do not end is still an error, once no episode ended for max_steps steps.
         with pytest.raises(RuntimeError, match="no episode ended in the last 20 vector steps"):
             play_episodes(act, venv, 1, 3, max_steps=20)
+    finally:
+        venv.close()
+
+
+@pytest.mark.timeout(60)
+def test_episodes_of_envs_done_with_their_share_do_not_reset_the_bound() -> None:
+    from mpe2 import simple_tag_v3
+
+    # Env 0's episodes end every step; env 1's never do (within the bound): an error, not a hang.
+    venv = nw.make_vec_env(
+        [lambda: simple_tag_v3.parallel_env(max_cycles=1), lambda: simple_tag_v3.parallel_env(max_cycles=10_000)],
+        npc="random", training_agents_pct=0.75, seed=0, device="cpu",
+    )
+    try:
+        act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
+        with pytest.raises(RuntimeError, match=r"no episode ended in the last 20 vector steps \(1 of 2 played\)"):
+            play_episodes(act, venv, 2, 3, max_steps=20)
     finally:
         venv.close()
 

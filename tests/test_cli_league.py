@@ -27,7 +27,9 @@ BATTLE = [
 ]
 
 
-def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(tmp_path: Path) -> None:
+def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "run"
     train(run_cfg(run_dir, *BATTLE, "trainer.league.enabled=true", "trainer.league.snapshot_every=64"))
 
@@ -64,6 +66,16 @@ def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(tmp_path:
     # expected scores against that reference sum to the virtual draws' 0.5 each.
     ratings = np.array(list(table["ratings"].values()))
     assert abs((1 / (1 + 10 ** ((1200 - ratings) / 400))).sum() - 4 * 0.5) < 1e-6
+
+    # An env whose episodes never end is a one-line error, not a hang or a traceback.
+    monkeypatch.setattr("npc_wrapper.league.MAX_EPISODE_STEPS", 5)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        eval_cli.main([str(run_dir), "--round-robin", "--episodes", "1", "--num-envs", "1",
+                       "env.factory.max_cycles=100000"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert "no episode ended in the last max_steps=5 vector steps" in err[0]
 
 
 @pytest.mark.parametrize(

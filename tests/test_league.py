@@ -29,6 +29,7 @@ from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.league import (
     LeagueCallback,
     LeagueConfig,
+    NoEpisodeEnds,
     check_league_venv,
     elo_expected,
     elo_update,
@@ -595,6 +596,19 @@ def test_round_robin_gives_up_after_max_steps_instead_of_hanging() -> None:
     # The bound is on steps without an episode end, not on the pairing: 2 x 50-step episodes per env.
     result = round_robin(players, env_fn, max_steps=50, print_table=False, **{**kwargs, "episodes": 4})
     assert (result.games == 8 * (1 - np.eye(2))).all()
+
+
+@pytest.mark.timeout(60)
+def test_round_robin_bound_is_not_reset_by_envs_done_with_their_share() -> None:
+    made = itertools.count()
+
+    def env_fn() -> ScriptedParallelEnv:  # the probe, then per pairing: a 1-step env and a 500-step one
+        return ScriptedParallelEnv(agents=["a_0", "b_0"], max_steps=1 if next(made) % 2 == 1 else 500)
+
+    space, act = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
+    players = {f"c{k}": ConstantPolicy(space, act, action=k, name=f"c{k}") for k in range(2)}
+    with pytest.raises(NoEpisodeEnds, match=r"no episode ended in the last max_steps=10 .*\(1 of 2 played\)"):
+        round_robin(players, env_fn, episodes=2, num_envs=2, training_agents=["a_0"], device="cpu", max_steps=10)
 
 
 def test_ppo_on_magent2_battle_with_the_league_logs_ratings(tmp_path: Path,

@@ -40,8 +40,9 @@ from npc_wrapper.cli.common import (
     with_trust_flag,
 )
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import NoEpisodeEnds, format_summary, play_episodes
+from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.config import CheckpointConfig
+from npc_wrapper.league import NoEpisodeEnds
 
 __all__ = ["main", "evaluate", "round_robin_run", "find_run_config", "resolve_policy_path"]
 
@@ -262,7 +263,7 @@ def round_robin_run(
             reset_when_training_agents_dead=bool(cfg.env.get("reset_when_training_agents_dead", True)),
             device=device or cfg.device, deterministic=deterministic, trusted=trusted, seed=seed,
         )
-    except ValueError as e:
+    except (ValueError, NoEpisodeEnds) as e:  # NoEpisodeEnds: an env without a time limit
         raise CLIError(_trust_advice(f"round robin over {run}: {one_line(e)}", e)) from e
     return {"ratings": result.ratings, "players": result.names, "table": result.rows()}
 

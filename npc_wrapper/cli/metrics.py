@@ -11,14 +11,11 @@ from typing import Any
 import numpy as np
 
 from npc_wrapper.engine import EPISODE_KEY
+from npc_wrapper.league import MAX_EPISODE_STEPS, NoEpisodeEnds
 
-__all__ = [
-    "wilson_interval", "EpisodeStats", "episodes_from_infos", "NoEpisodeEnds", "play_episodes", "format_summary"
-]
+__all__ = ["wilson_interval", "EpisodeStats", "episodes_from_infos", "play_episodes", "format_summary"]
 
 
-#: Default ``max_steps`` of :func:`play_episodes`: far above common episode lengths (MettaGrid's 1000).
-MAX_EPISODE_STEPS = 10_000
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -124,10 +121,6 @@ class EpisodeStats:
         return out
 
 
-class NoEpisodeEnds(RuntimeError):
-    """:func:`play_episodes` saw no episode end for its ``max_steps`` vector steps."""
-
-
 def play_episodes(
     act: Callable[[np.ndarray, np.ndarray], np.ndarray],
     venv: Any,
@@ -164,12 +157,13 @@ def play_episodes(
             )
         obs, _, dones, infos = venv.step(act(obs, episode_start))
         episode_start = np.asarray(dones, dtype=bool)
-        ended = episodes_from_infos(infos, n_train)
-        since_end = 0 if ended else since_end + 1
-        for e, episode in ended:
+        counted = False  # only a counted episode resets the bound: envs done with their share may end many
+        for e, episode in episodes_from_infos(infos, n_train):
             if done_count[e] < quota[e]:
                 stats.add(episode)
                 done_count[e] += 1
+                counted = True
+        since_end = 0 if counted else since_end + 1
     return stats
 
 

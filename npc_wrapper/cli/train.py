@@ -54,9 +54,9 @@ from npc_wrapper.cli.common import (
     register_configs,
 )
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import NoEpisodeEnds, format_summary, play_episodes
+from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.config import DualPolicyConfig
-from npc_wrapper.league import LeagueCallback, LeagueConfig, check_league_venv
+from npc_wrapper.league import LeagueCallback, LeagueConfig, NoEpisodeEnds, check_league_venv
 from npc_wrapper.workers import check_worker_split
 
 __all__ = [
@@ -252,7 +252,8 @@ def _check_resumed_algorithm(cfg: DictConfig, paths: RunPaths) -> None:
         )
     for key in ("policy", "policy_kwargs"):
         old, new = OmegaConf.select(stored_cfg, f"trainer.{key}"), cfg.trainer[key]
-        plain = [OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (old, new)]
+        # Resolved: config.yaml was written resolved, this session's may hold interpolations.
+        plain = [OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (old, new)]
         if old is not None and plain[0] != plain[1]:
             raise CLIError(
                 f"trainer.resume=true: {paths.root} was trained with trainer.{key}={plain[0]} "
@@ -622,6 +623,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 # The session's hyperparameters, not the checkpoint's: config.yaml records them as used.
                 # (Not policy_kwargs: the network is the checkpoint's, and A2C stores its optimizer there.)
                 hyper = {k: v for k, v in kwargs.items() if k != "policy_kwargs"}
+                if "stats_window_size" in hyper:  # load() sets attributes; SB3 keeps this one private
+                    hyper["_stats_window_size"] = hyper.pop("stats_window_size")
                 model = algo.load(str(latest[1]), env=train_env, device=cfg.device, **hyper)
                 log.info("resuming %s from %s (step %d)", cfg.run, latest[1], model.num_timesteps)
                 if cfg.seed is not None:
