@@ -59,16 +59,14 @@ try:
 except ImportError:
     sys.exit()
 from npc_wrapper.cli.common import CLIError
-from npc_wrapper.cli.train import _check_numbers, compose_config, dual_policy_config, league_config
+from npc_wrapper.cli.train import _precheck
 uri, run, steps, workers, *overrides = sys.argv[1:]
-try:  # the command of scripts/sky/train.yaml's run:, without device=cuda
-    cfg = compose_config([
+try:  # npc-train's own pre-check of scripts/sky/train.yaml's run:, without the device (the cluster's)
+    _precheck([
         "+user=dual_policy_checkpoint_example", f"run={run}", f"trainer.total_timesteps={steps}",
-        f"trainer.num_workers={workers}", f"trainer.dual_policy.checkpoint_npc.uri='{uri}'", *overrides,
+        f"trainer.num_workers={workers}", f"trainer.dual_policy.checkpoint_npc.uri='{uri}'",
+        *(o for o in overrides if not o.startswith("device=")),
     ])
-    _check_numbers(cfg)
-    dual_policy_config(cfg)
-    league_config(cfg)
 except CLIError as e:
     print(" ".join(str(e).split()))
 PY

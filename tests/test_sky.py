@@ -139,6 +139,7 @@ def test_a_malformed_npc_uri_is_refused_before_launch() -> None:
         (["3"], "trainer.num_envs=8 must be a multiple of trainer.num_workers=3"),
         (["8", "trainer.num_env=64"], "unknown config key 'trainer.num_env'"),
         (["8", "trainer.dual_policy.training_agents_pct=2"], "training_agents_pct must be a fraction"),
+        (["8", "trainer.log_formats=[stdout,bogus]"], "trainer.log_formats: unknown format(s) ['bogus']"),
     ],
 )
 def test_bad_job_overrides_are_refused_before_launch(args: list[str], message: str) -> None:
