@@ -6,9 +6,13 @@ Test helpers live in the ``tests`` package; import them as
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 # Headless / offline defaults; set before any test module imports wandb or pygame.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -30,3 +34,17 @@ if _REPO_ROOT not in sys.path:
 _pythonpath = os.environ.get("PYTHONPATH", "")
 if _REPO_ROOT not in _pythonpath.split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, _pythonpath) if p)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Remove the handlers a test added to the root logger (npc-train's Hydra job logging adds a
+    stream handler on the sys.stderr of that moment, a capture that is closed once the test ends:
+    every later log record then prints a '--- Logging error ---' traceback into another test's stderr)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
