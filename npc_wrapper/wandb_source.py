@@ -314,8 +314,9 @@ class WandbSource:
     def _unavailable(self, uri: WandbURI, e: BaseException, what: str) -> WandbUnavailableError:
         if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "wandb":
             return WandbUnavailableError(
-                f"cannot {what} {uri}: the wandb package is not installed (pip install 'npc-wrapper[wandb]'), "
-                "or point the uri at a local copy with file://PATH; NPC checkpoints are never skipped "
+                f"cannot {what} {uri}: the wandb package is not installed "
+                "(pip install 'npc-wrapper[wandb]'), or point the uri at a local copy with file://PATH; "
+                "NPC checkpoints are never skipped "
                 f"silently.{self._cached_hint(uri)}"
             )
         return WandbUnavailableError(

@@ -193,7 +193,8 @@ def test_missing_env_package_names_the_extra_that_installs_it(monkeypatch: pytes
     for name in [m for m in sys.modules if m.startswith("magent2.")]:  # imported by earlier tests
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "magent2", None)  # importing it raises ModuleNotFoundError
-    with pytest.raises(CLIError, match=re.escape("no module named 'magent2' (pip install 'npc-wrapper[magent]'")):
+    hint = "no module named 'magent2' (pip install 'npc-wrapper[magent]'"
+    with pytest.raises(CLIError, match=re.escape(hint)):
         EnvFactory({"_target_": "magent2.environments.battle_v4.parallel_env"}).check()
     # The package imports, but one of its own dependencies is missing.
     for name in [m for m in sys.modules if m.startswith("pettingzoo.butterfly")]:

@@ -589,7 +589,8 @@ def test_round_robin_gives_up_after_max_steps_instead_of_hanging() -> None:
     space, act = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
     players = {f"c{k}": ConstantPolicy(space, act, action=k, name=f"c{k}") for k in range(2)}
     kwargs: dict[str, Any] = {"episodes": 2, "num_envs": 2, "training_agents": ["a_0"], "device": "cpu"}
-    with pytest.raises(RuntimeError, match=r"no episode ended in the last max_steps=10 vector steps \(0 of 2 played\); .*time limit"):
+    message = r"no episode ended in the last max_steps=10 vector steps \(0 of 2 played\); .*time limit"
+    with pytest.raises(RuntimeError, match=message):
         round_robin(players, env_fn, max_steps=10, **kwargs)
     with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
         round_robin(players, env_fn, max_steps=0, **kwargs)
@@ -608,7 +609,8 @@ def test_round_robin_bound_is_not_reset_by_envs_done_with_their_share() -> None:
     space, act = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
     players = {f"c{k}": ConstantPolicy(space, act, action=k, name=f"c{k}") for k in range(2)}
     with pytest.raises(NoEpisodeEnds, match=r"no episode ended in the last max_steps=10 .*\(1 of 2 played\)"):
-        round_robin(players, env_fn, episodes=2, num_envs=2, training_agents=["a_0"], device="cpu", max_steps=10)
+        round_robin(players, env_fn, episodes=2, num_envs=2, training_agents=["a_0"], device="cpu",
+                    max_steps=10)
 
 
 def test_ppo_on_magent2_battle_with_the_league_logs_ratings(tmp_path: Path,

@@ -252,8 +252,8 @@ def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 
         from mettagrid.simulator import Simulator
     except ImportError as e:
         raise CLIError(
-            f"env mettagrid_arena needs MettaGrid (Python 3.11 or 3.12): pip install 'npc-wrapper[mettagrid]' "
-            f"({one_line(e)})"
+            "env mettagrid_arena needs MettaGrid (Python 3.11 or 3.12): "
+            f"pip install 'npc-wrapper[mettagrid]' ({one_line(e)})"
         ) from e
     cfg = make_arena(num_agents=num_agents, combat=combat)
     cfg.game.max_steps = max_steps
