@@ -21,12 +21,15 @@ envs where they do not (:func:`check_league_layout`).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import logging
 import math
 import numbers
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -43,6 +46,8 @@ from npc_wrapper.engine import EPISODE_KEY, NPCEngine
 from npc_wrapper.policies import NPCPolicy, SB3Policy, as_npc_policy
 from npc_wrapper.pool import NPCPool
 from npc_wrapper.sb3_vec_env import NPCVecEnv
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LeagueConfig",
@@ -861,15 +866,44 @@ def _checkpoint_files(root: Path) -> list[Path]:
     return found
 
 
+def _policy_digest(path: Path) -> str:
+    """A digest of the network a checkpoint holds: an SB3 zip's ``policy.pth`` (its other entries differ
+    between two saves of one model, e.g. their step counts), else the whole file. Reads bytes only."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if "policy.pth" in z.namelist():
+                return hashlib.sha256(z.read("policy.pth")).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _distinct(files: list[Path], root: Path) -> list[Path]:
+    """``files`` less the copies of one network: a run directory holds its last checkpoint twice
+    (``checkpoints/step_N`` and ``final``), which would play as two players. The copy nearest the top
+    of ``root`` is kept."""
+    kept: dict[str, Path] = {}
+    for f in sorted(files, key=lambda f: (len(f.relative_to(root).parts), f.as_posix())):
+        first = kept.setdefault(_policy_digest(f), f)
+        if first is not f:
+            logger.warning(
+                "round_robin: %s holds the same network as %s; it plays once, as %s",
+                f.relative_to(root).as_posix(), first.relative_to(root).as_posix(),
+                first.relative_to(root).with_suffix("").as_posix(),
+            )
+    return [f for f in files if f in kept.values()]
+
+
 def _players(checkpoints: Any) -> tuple[list[str], list[Any]]:
     """Names and specs of the players from a directory, a sequence of paths/URIs or a name->spec mapping."""
     if isinstance(checkpoints, Mapping):
         return [str(k) for k in checkpoints], list(checkpoints.values())
     if isinstance(checkpoints, (str, os.PathLike)) and Path(checkpoints).is_dir():
         root = Path(checkpoints)
-        files = _checkpoint_files(root)
+        files = _distinct(_checkpoint_files(root), root)
         if len(files) < 2:
-            raise ValueError(f"a round robin needs at least 2 checkpoints, but {root} holds {[str(f) for f in files]}")
+            raise ValueError(
+                f"a round robin needs at least 2 different checkpoints, but {root} holds "
+                f"{[str(f) for f in files]}"
+            )
         return [f.relative_to(root).with_suffix("").as_posix() for f in files], [str(f) for f in files]
     if isinstance(checkpoints, (str, os.PathLike)):
         raise ValueError(f"round_robin: {checkpoints!s} is not a directory; pass a directory or a list of checkpoints")

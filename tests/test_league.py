@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -597,6 +598,25 @@ def test_round_robin_gives_up_after_max_steps_instead_of_hanging() -> None:
     # The bound is on steps without an episode end, not on the pairing: 2 x 50-step episodes per env.
     result = round_robin(players, env_fn, max_steps=50, print_table=False, **{**kwargs, "episodes": 4})
     assert (result.games == 8 * (1 - np.eye(2))).all()
+
+
+def test_round_robin_plays_copies_of_one_network_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def env_fn() -> ScriptedParallelEnv:
+        return ScriptedParallelEnv(agents=["a_0", "b_0"], max_steps=3)
+
+    venv = nw.make_vec_env(env_fn, num_envs=1, training_agents=["a_0"], seed=0, device="cpu")
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+    (tmp_path / "checkpoints").mkdir()
+    model.save(tmp_path / "checkpoints" / "step_8.zip")
+    model.save(tmp_path / "final.zip")  # the same network, saved again (its zip's bytes differ)
+    model.learn(16)
+    model.save(tmp_path / "checkpoints" / "step_24.zip")
+    venv.close()
+    with caplog.at_level(logging.WARNING, logger="npc_wrapper.league"):
+        result = round_robin(tmp_path, env_fn, episodes=1, num_envs=1, training_agents=["a_0"], device="cpu",
+                             print_table=False)
+    assert result.names == ["checkpoints/step_24", "final"]
+    assert "checkpoints/step_8.zip holds the same network as final.zip; it plays once, as final" in caplog.text
 
 
 @pytest.mark.timeout(60)
