@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from pettingzoo import AECEnv
+from pettingzoo.utils import BaseWrapper
+from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
 from npc_wrapper.agents import NPCGroup, _matches, split_agents
 from npc_wrapper.masks import MASK_KEY, OBSERVATION_KEY, ActionMask, mask_width, masked_observation_space
@@ -63,6 +66,31 @@ SEATS = ("fixed", "random")
 MAX_NO_MOVE_EPISODES = 1000
 #: Mixed into an env's reset seed for its seat draws, so they are not the env's own random stream.
 _SEAT_STREAM = 0x5EA7
+#: The env attributes read at every move.
+_READS = frozenset({"agents", "agent_selection", "terminations", "truncations", "rewards", "infos"})
+#: ``__getattr__`` methods that forward to the wrapped env unchanged (for the names in ``_READS``).
+_FORWARDING = (BaseWrapper.__getattr__, OrderEnforcingWrapper.__getattr__)
+
+
+def _plain_wrappers(env: Any) -> list[Any] | None:
+    """The wrappers between ``env`` and ``env.unwrapped`` if every one of them forwards the reads of
+    ``_READS`` to the env it wraps unchanged (a plain ``__getattr__``, no class attribute or property
+    of those names); ``None`` otherwise. An instance attribute of those names is checked per move.
+    """
+    chain, bottom = [], env.unwrapped
+    while env is not bottom:
+        kind = type(env)
+        if (
+            len(chain) > 64  # not a chain of wrappers that ends
+            or kind.__getattribute__ is not object.__getattribute__
+            or getattr(kind, "__getattr__", BaseWrapper.__getattr__) not in _FORWARDING
+            or any(not _READS.isdisjoint(vars(k)) for k in kind.__mro__)
+            or not isinstance(getattr(env, "__dict__", {}).get("env"), AECEnv)
+        ):
+            return None
+        chain.append(env)
+        env = env.env
+    return chain
 
 
 def _maskable(space: spaces.Space) -> bool:
@@ -419,6 +447,11 @@ class TurnJointEnv:
     def __init__(self, env: Any, layout: TurnLayout, buffers: TurnBuffers) -> None:
         _check_same_env(env, layout)
         self.env = env
+        # The per-move reads (agents, rewards...) go to the env that owns them: read through the
+        # wrappers' __getattr__ chain, they cost as much as the env's own move. While no wrapper
+        # has an attribute of that name, the unwrapped env's is the one the chain would return.
+        self._wrappers = _plain_wrappers(env)
+        self._reads = env if self._wrappers is None else env.unwrapped
         self.layout = layout
         self.buf = buffers
         self._seats = {
@@ -510,27 +543,36 @@ class TurnJointEnv:
         self.buf.new_episode[0] = True
         self._moved = False
         self.env.reset(seed=seed, options=options)
+        self._check_reads()
 
     def _collect(self) -> None:
         """Add the last ``env.step``'s rewards to the learner's and the NPC seats' running sums."""
-        rewards = self.env.rewards
+        self._check_reads()
+        rewards = self._reads.rewards
         mine = rewards.get(self._learner_seat.agent, 0.0)
         self._acc += mine
         self._npc_acc += sum(rewards.values()) - mine
+
+    def _check_reads(self) -> None:
+        """Read through the wrappers from now on if one of them has taken an attribute of its own (as
+        SuperSuit's wrappers do, some at their first step)."""
+        if self._reads is not self.env and not all(_READS.isdisjoint(vars(w)) for w in self._wrappers):
+            self._reads = self.env
 
     def _advance(self) -> None:
         """Step dead agents and end or restart episodes until a live agent is to move; write its turn."""
         env = self.env
         while True:
             learner = self._learner_seat.agent
-            if learner not in env.agents:  # it left without a dead step (or every agent did)
+            reads = self._reads
+            if learner not in reads.agents:  # it left without a dead step (or every agent did)
                 self._finish(True, False, {})
                 continue
-            agent = env.agent_selection
-            if env.terminations[agent] or env.truncations[agent]:
+            agent = reads.agent_selection
+            if reads.terminations[agent] or reads.truncations[agent]:
                 if agent == learner:
-                    terminated, truncated = bool(env.terminations[agent]), bool(env.truncations[agent])
-                    self._finish(terminated, truncated, env.infos[agent])
+                    terminated, truncated = bool(reads.terminations[agent]), bool(reads.truncations[agent])
+                    self._finish(terminated, truncated, reads.infos[agent])
                 else:
                     env.step(None)
                     self._collect()
@@ -538,7 +580,7 @@ class TurnJointEnv:
             buf = self.buf
             if agent == learner:
                 seat = self._learner_seat
-                info = env.infos[agent]
+                info = reads.infos[agent]
                 self._observe(seat, buf.train_obs, buf.train_mask, info)
                 if self._open:
                     buf.reward[0], buf.npc_reward[0] = self._acc, self._npc_acc
@@ -565,7 +607,7 @@ class TurnJointEnv:
             return
         obs_out[...] = obs
         if seat.mask is not None:
-            mask = (self.env.infos[seat.agent] if info is None else info).get(MASK_KEY)
+            mask = (self._reads.infos[seat.agent] if info is None else info).get(MASK_KEY)
             if mask is None:
                 mask_out[...] = True
             else:

@@ -387,3 +387,36 @@ def test_action_mask_multidiscrete() -> None:
 def test_docstring_examples_run(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------- wrappers' own attributes
+class TenfoldRewards(BaseWrapper):
+    """Rewards ten times the env's, through a property."""
+
+    @property
+    def rewards(self) -> dict[Any, float]:
+        return {a: 10 * r for a, r in self.env.rewards.items()}
+
+
+class TenfoldRewardsFromFirstStep(BaseWrapper):
+    """Rewards ten times the env's, in an attribute of its own from its first step on (as SuperSuit's
+    AEC wrappers take ``agent_selection`` at their first step)."""
+
+    def step(self, action: Any) -> None:
+        self.env.step(action)
+        self.rewards = {a: 10 * r for a, r in self.env.rewards.items()}
+
+
+@pytest.mark.parametrize("wrapper", [TenfoldRewards, TenfoldRewardsFromFirstStep])
+def test_attributes_a_wrapper_owns_are_read_through_it(wrapper: type) -> None:
+    """The per-move reads skip the wrappers' __getattr__ chain only while no wrapper has an attribute of
+    its own by that name."""
+    plain = TurnDriver(connect_four_v3.env, num_envs=2, layout_kwargs={"seat": "random"})
+    plain.play(40)
+    wrapped = TurnDriver(lambda: wrapper(connect_four_v3.env()), num_envs=2, layout_kwargs={"seat": "random"})
+    wrapped.play(40)
+    for e in range(2):
+        assert [(s.obs.tobytes(), s.action, 10 * s.reward, 10 * s.npc_reward) for s in plain.steps[e]] == [
+            (s.obs.tobytes(), s.action, s.reward, s.npc_reward) for s in wrapped.steps[e]
+        ]
+    assert any(s.reward for s in plain.steps[0] + plain.steps[1])
