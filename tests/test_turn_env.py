@@ -24,7 +24,7 @@ from npc_wrapper.turn_env import (
     TurnJointEnv,
     build_turn_layout,
 )
-from tests.turn_envs import RecordingAEC, TurnDriver, first_legal, random_legal
+from tests.turn_envs import TurnDriver, first_legal, random_legal
 
 GAMES = {"tictactoe": tictactoe_v3.env, "connect_four": connect_four_v3.env}
 
@@ -101,7 +101,8 @@ def test_rewards_sum_to_the_envs_own(game: str) -> None:
 
 def test_game_ended_by_the_npc_arrives_as_done() -> None:
     """The bot wins games on its own move: the learner gets done, -1, the final board as it sees it."""
-    driver = TurnDriver(connect_four_v3.env, num_envs=4, npc=bot, layout_kwargs={"training_agents": ["player_1"]})
+    second = {"training_agents": ["player_1"]}
+    driver = TurnDriver(connect_four_v3.env, num_envs=4, npc=bot, layout_kwargs=second)
     driver.play(100)
     ended_by_npc = 0
     for e, env in enumerate(driver.envs):
@@ -191,7 +192,8 @@ def fold_or_first(obs: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
 def test_poker_hands_that_end_before_the_learner_moves_are_counted() -> None:
     """When the three NPCs fold before the big blind (the learner) acts, the hand ends without a move
     of the learner: no step is credited, the env counts it and plays the next hand."""
-    driver = TurnDriver(holdem, num_envs=4, npc=fold_or_first, layout_kwargs={"training_agents": ["player_1"]})
+    seat = {"training_agents": ["player_1"]}
+    driver = TurnDriver(holdem, num_envs=4, npc=fold_or_first, layout_kwargs=seat)
     driver.play(60)
     check_turns(driver)
     assert driver.no_move.sum() >= 5
@@ -216,7 +218,8 @@ def test_learner_that_never_moves_is_an_error() -> None:
     layout = build_turn_layout(env, "random", training_agents=["player_2"])
     turn = TurnJointEnv(env, layout, TurnBuffers.allocate(layout))
     turn.reset(seed=0)
-    with pytest.raises(RuntimeError, match=f"{MAX_NO_MOVE_EPISODES} episodes in a row ended before the learner"):
+    message = f"{MAX_NO_MOVE_EPISODES} episodes in a row ended before the learner"
+    with pytest.raises(RuntimeError, match=message):
         while True:
             turn.step_npc(int(np.argmax(turn.buf.npc_mask[0][0])))
 
@@ -255,7 +258,8 @@ def test_chess_games_with_random_legal_moves() -> None:
     assert driver.buf.train_obs.shape == (2, 8, 8, 111) and driver.buf.train_mask.shape == (2, 4672)
     for e, env in enumerate(driver.envs):
         for episode in driver.episodes(e):
-            assert sum(s.reward for s in episode) == env.final_cumulative[episode[0].episode][episode[0].agent]
+            final = env.final_cumulative[episode[0].episode]
+            assert sum(s.reward for s in episode) == final[episode[0].agent]
 
 
 # ---------------------------------------------------------------------------------------- masks in infos
@@ -344,7 +348,8 @@ def test_npc_mapping_by_seat() -> None:
     layout = build_turn_layout(env, {"player_1": "a", "player_2": "b"}, seat="random")
     assert [(g.agents, g.spec) for g in layout.groups] == [(("player_1",), "a"), (("player_2",), "b")]
     assert layout.row_of("player_2") == (1, 0)
-    with pytest.raises(ValueError, match=r"npc mapping keys \['player_1'\] drive no NPC seat .* learner plays"):
+    message = r"npc mapping keys \['player_1'\] drive no NPC seat .* learner plays"
+    with pytest.raises(ValueError, match=message):
         build_turn_layout(env, {"player_1": "a", "player_2": "b"}, training_agents=["player_1"])
     with pytest.raises(ValueError, match=r"NPC seats \['player_2'\] match no key"):
         build_turn_layout(env, {"player_1": "a"}, seat="random")
@@ -361,7 +366,7 @@ def test_learner_action_must_be_an_int(action: Any) -> None:
         turn.step(action)
     turn.step(np.int64(4))  # numpy integers are ints
     assert turn.buf.turn[0] != LEARNER
-    with pytest.raises(RuntimeError, match="step\\(\\) plays the learner's move, but NPC 'player_2' is to move"):
+    with pytest.raises(RuntimeError, match=r"step\(\) plays the learner's move, but NPC 'player_2' is to"):
         turn.step(0)
     turn.step_npc(0)
     with pytest.raises(RuntimeError, match="step_npc\\(\\) plays an NPC's move, but the learner"):

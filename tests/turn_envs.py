@@ -138,13 +138,16 @@ class TurnDriver:
         groups = self.layout.groups
         self.npcs = list(self.npc) if isinstance(self.npc, Sequence) else [self.npc] * len(groups)
         self.npc_actions = [
-            np.zeros((self.num_envs, len(g.agents), *g.action_space.shape), dtype=g.action_space.dtype) for g in groups
+            np.zeros((self.num_envs, len(g.agents), *g.action_space.shape), dtype=g.action_space.dtype)
+            for g in groups
         ]
         self.rng = np.random.default_rng(self.npc_seed)
         #: Per env, every learner move and its outcome.
         self.steps: list[list[LearnerStep]] = [[] for _ in range(self.num_envs)]
         #: Per env, the NPC moves: (episode, agent, obs, mask, action).
-        self.npc_moves: list[list[tuple[int, Any, np.ndarray, np.ndarray, int]]] = [[] for _ in range(self.num_envs)]
+        self.npc_moves: list[list[tuple[int, Any, np.ndarray, np.ndarray, int]]] = [
+            [] for _ in range(self.num_envs)
+        ]
         self.rounds = 0
         self.no_move = np.zeros(self.num_envs, dtype=np.int64)
         self.no_move_return = np.zeros(self.num_envs)
