@@ -450,8 +450,9 @@ class TurnJointEnv:
         # The per-move reads (agents, rewards...) go to the env that owns them: read through the
         # wrappers' __getattr__ chain, they cost as much as the env's own move. While no wrapper
         # has an attribute of that name, the unwrapped env's is the one the chain would return.
-        self._wrappers = _plain_wrappers(env)
-        self._reads = env if self._wrappers is None else env.unwrapped
+        wrappers = _plain_wrappers(env)
+        self._reads = env if wrappers is None else env.unwrapped
+        self._wrapper_attrs = [vars(w) for w in wrappers or ()]  # each wrapper's own attributes
         self.layout = layout
         self.buf = buffers
         self._seats = {
@@ -556,7 +557,7 @@ class TurnJointEnv:
     def _check_reads(self) -> None:
         """Read through the wrappers from now on if one of them has taken an attribute of its own (as
         SuperSuit's wrappers do, some at their first step)."""
-        if self._reads is not self.env and not all(_READS.isdisjoint(vars(w)) for w in self._wrappers):
+        if self._reads is not self.env and not all(_READS.isdisjoint(own) for own in self._wrapper_attrs):
             self._reads = self.env
 
     def _advance(self) -> None:

@@ -22,7 +22,7 @@ from npc_wrapper.turn_env import (
     step_npcs,
 )
 
-__all__ = ["Move", "RecordingAEC", "TurnDriver", "random_legal", "first_legal"]
+__all__ = ["LearnerStep", "Move", "RecordingAEC", "TurnDriver", "random_legal", "first_legal"]
 
 #: An NPC or learner policy of the tests: ``(obs, mask, rng) -> actions`` over a batch of rows.
 BatchPolicy = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
