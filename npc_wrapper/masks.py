@@ -10,7 +10,7 @@ other for ``MultiDiscrete``, and two flags (0, 1) per entry of ``MultiBinary``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,8 @@ def masked_observation_space(space: spaces.Space) -> spaces.Space | None:
 
 
 class ActionMask:
-    """Copies an env's action masks for one action space into bool buffers, checked.
+    """An action space's masks: copied from the env into bool buffers (shape checked), and checked in
+    bulk for rows that allow no action.
 
     :param action_space: the agent's action space (fixes the mask's width)
 
@@ -80,14 +81,15 @@ class ActionMask:
         >>> import numpy as np
         >>> from gymnasium import spaces
         >>> from npc_wrapper.masks import ActionMask
-        >>> out = np.zeros(4, dtype=bool)
-        >>> ActionMask(spaces.Discrete(4)).write(np.array([0, 1, 1, 0], np.int8), out, "player_0")
-        >>> out
+        >>> masks = np.zeros((2, 4), dtype=bool)
+        >>> spec = ActionMask(spaces.Discrete(4))
+        >>> spec.write(np.array([0, 1, 1, 0], np.int8), masks[0], "player_0")
+        >>> masks[0]
         array([False,  True,  True, False])
-        >>> ActionMask(spaces.Discrete(4)).write(np.zeros(4, np.int8), out, "player_0")
+        >>> spec.check(masks, ["player_0", "player_1"].__getitem__)
         Traceback (most recent call last):
         ...
-        ValueError: the env gave agent 'player_0' an action mask that allows no action ...
+        ValueError: the env gave agent 'player_1' an action mask that allows no action ...
     """
 
     def __init__(self, action_space: spaces.Space) -> None:
@@ -110,21 +112,33 @@ class ActionMask:
         :param mask: the env's mask for an agent that must act now
         :param out: a bool buffer of shape ``(width,)``
         :param agent: named in errors
-        :raises ValueError: when ``mask`` has another shape, or allows no action (for some
-            sub-action): the env asks ``agent`` to act while nothing is legal
+        :raises ValueError: when ``mask`` has another shape
         """
-        m = np.asarray(mask)
+        m = mask if type(mask) is np.ndarray else np.asarray(mask)
         if m.shape != self.shape:
             raise ValueError(
                 f"the env gave agent {agent!r} an action mask of shape {m.shape}; its action space "
                 f"{self.action_space} needs shape {self.shape} (one flag per action)"
             )
         out[...] = m
-        legal = out.any() if self._single else np.logical_or.reduceat(out, self._starts).all()
-        if not legal:
+
+    def legal(self, masks: np.ndarray) -> np.ndarray:
+        """Per row of ``masks`` (``(n, width)`` bool), whether it allows an action (for every sub-action)."""
+        if self._single:
+            return masks.any(axis=1)
+        return np.logical_or.reduceat(masks, self._starts, axis=1).all(axis=1)
+
+    def check(self, masks: np.ndarray, agent_of: Callable[[int], Hashable]) -> None:
+        """Raise ``ValueError`` naming the agent of the first row of ``masks`` that allows no action.
+
+        :param masks: ``(n, width)`` bool, the masks of agents that must act now
+        :param agent_of: row -> its agent (called only for the row named in the error)
+        """
+        bad = np.flatnonzero(~self.legal(masks))
+        if len(bad):
             which = "no action" if self._single else "no action for some sub-action"
             raise ValueError(
-                f"the env gave agent {agent!r} an action mask that allows {which} ({m.tolist()}) while "
-                "asking it to act: the env's bug (an agent to move must have a legal action); check how the "
-                "env builds its masks"
+                f"the env gave agent {agent_of(int(bad[0]))!r} an action mask that allows {which} "
+                f"({masks[bad[0]].astype(int).tolist()}) while asking it to act: the env's bug (an agent to "
+                "move must have a legal action); check how the env builds its masks"
             )

@@ -8,7 +8,8 @@ NPC, its observation and action mask go to its row of the NPC buffers and ``turn
 group (``turn_row`` its row); if it is the learner, its observation and mask go to the training
 slot and ``turn`` is :data:`LEARNER`. Dead steps (``step(None)``) are taken inside. A driver of
 ``E`` envs thus plays *rounds*: the learners' moves, then, while some env waits on an NPC, one
-batched forward per NPC policy over the waiting rows of all envs and :func:`step_npcs`.
+batched forward per NPC policy over the waiting rows of all envs and :func:`step_npcs`; after each
+call :class:`MaskCheck` checks in bulk that every agent to move has a legal action.
 
 The learner's reward for a move is everything it earned from that move up to its next turn (or its
 episode's end): the sum of ``rewards[learner]`` after every ``env.step`` in between, its own move's,
@@ -39,7 +40,13 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import AECEnv
 from pettingzoo.utils import BaseWrapper
-from pettingzoo.utils.wrappers import OrderEnforcingWrapper
+from pettingzoo.utils.wrappers import (
+    AssertOutOfBoundsWrapper,
+    CaptureStdoutWrapper,
+    ClipOutOfBoundsWrapper,
+    OrderEnforcingWrapper,
+    TerminateIllegalWrapper,
+)
 
 from npc_wrapper.agents import NPCGroup, _matches, split_agents
 from npc_wrapper.masks import MASK_KEY, OBSERVATION_KEY, ActionMask, mask_width, masked_observation_space
@@ -54,6 +61,7 @@ __all__ = [
     "turn_buffer_spaces",
     "step_learners",
     "step_npcs",
+    "MaskCheck",
 ]
 
 AgentID = Hashable
@@ -70,6 +78,16 @@ _SEAT_STREAM = 0x5EA7
 _READS = frozenset({"agents", "agent_selection", "terminations", "truncations", "rewards", "infos"})
 #: ``__getattr__`` methods that forward to the wrapped env unchanged (for the names in ``_READS``).
 _FORWARDING = (BaseWrapper.__getattr__, OrderEnforcingWrapper.__getattr__)
+#: PettingZoo's own wrappers, which never set the names in ``_READS`` on themselves (TerminateIllegalWrapper
+#: sets them on ``env.unwrapped``): no check after each move.
+_KNOWN_WRAPPERS = (
+    BaseWrapper,
+    OrderEnforcingWrapper,
+    AssertOutOfBoundsWrapper,
+    TerminateIllegalWrapper,
+    ClipOutOfBoundsWrapper,
+    CaptureStdoutWrapper,
+)
 
 
 def _plain_wrappers(env: Any) -> list[Any] | None:
@@ -452,7 +470,8 @@ class TurnJointEnv:
         # has an attribute of that name, the unwrapped env's is the one the chain would return.
         wrappers = _plain_wrappers(env)
         self._reads = env if wrappers is None else env.unwrapped
-        self._wrapper_attrs = [vars(w) for w in wrappers or ()]  # each wrapper's own attributes
+        # The own attributes of each wrapper that may take one of those names.
+        self._wrapper_attrs = [vars(w) for w in wrappers or () if type(w) not in _KNOWN_WRAPPERS]
         self.layout = layout
         self.buf = buffers
         self._seats = {
@@ -544,11 +563,13 @@ class TurnJointEnv:
         self.buf.new_episode[0] = True
         self._moved = False
         self.env.reset(seed=seed, options=options)
-        self._check_reads()
+        if self._wrapper_attrs:
+            self._check_reads()
 
     def _collect(self) -> None:
         """Add the last ``env.step``'s rewards to the learner's and the NPC seats' running sums."""
-        self._check_reads()
+        if self._wrapper_attrs:
+            self._check_reads()
         rewards = self._reads.rewards
         mine = rewards.get(self._learner_seat.agent, 0.0)
         self._acc += mine
@@ -666,16 +687,62 @@ def step_learners(joints: Sequence[TurnJointEnv], actions: np.ndarray) -> None:
 
 
 def step_npcs(joints: Sequence[TurnJointEnv], npc_actions: Sequence[np.ndarray]) -> None:
-    """In every env waiting on an NPC, play that NPC's move ``npc_actions[g][e, row]`` (``g``: its group).
+    """In every env waiting on an NPC, play that NPC's move: ``npc_actions[g][e]`` for env ``e``, whose
+    NPC to move is in group ``g``.
 
-    :param npc_actions: one ``(len(joints), n_g, *action_shape)`` array per NPC group; only the rows
-        of the NPCs to move are read
+    :param npc_actions: one ``(len(joints), *action_shape)`` array per NPC group (an env has one NPC to
+        move at a time); only the entries of the envs waiting on that group are read
     """
     if not joints:
         return
-    discrete = [isinstance(group.action_space, spaces.Discrete) for group in joints[0].layout.groups]
+    moves = [
+        a.tolist() if isinstance(group.action_space, spaces.Discrete) else list(a.copy())
+        for a, group in zip(npc_actions, joints[0].layout.groups)
+    ]
     for e, joint in enumerate(joints):
-        g = int(joint.buf.turn[0])
+        g = joint.buf.turn[0]
         if g != LEARNER:
-            move = npc_actions[g][e, int(joint.buf.turn_row[0])]
-            joint.step_npc(int(move) if discrete[g] else move.copy())
+            joint.step_npc(moves[g][e])
+
+
+class MaskCheck:
+    """Checks, for a batch of envs at once, that the agent to move in each has a legal action: an
+    all-false mask is the env's bug, and would otherwise surface as a sampling error or an illegal move.
+
+    :param layout: the envs' layout
+
+    Example::
+
+        >>> from pettingzoo.classic import tictactoe_v3
+        >>> from npc_wrapper.turn_env import MaskCheck, TurnBuffers, TurnJointEnv, build_turn_layout
+        >>> layout = build_turn_layout(tictactoe_v3.env(), "random", training_agents=["player_2"])
+        >>> buf = TurnBuffers.allocate(layout, (1,))
+        >>> TurnJointEnv(tictactoe_v3.env(), layout, buf.at(0)).reset(seed=0)
+        >>> MaskCheck(layout)(buf)  # player_1, an NPC, is to move and has 9 legal moves
+        >>> buf.npc_mask[0][0, 0] = False  # as an env with a bug would give it
+        >>> MaskCheck(layout)(buf)
+        Traceback (most recent call last):
+        ...
+        ValueError: the env gave agent 'player_1' an action mask that allows no action ...
+    """
+
+    def __init__(self, layout: TurnLayout) -> None:
+        self.layout = layout
+        self._learner = ActionMask(layout.action_space) if _maskable(layout.action_space) else None
+        self._groups = [
+            ActionMask(g.action_space) if _maskable(g.action_space) else None for g in layout.groups
+        ]
+
+    def __call__(self, buffers: TurnBuffers) -> None:
+        """:param buffers: the batch's buffers (leading axis = env), after a call of every env"""
+        turn = buffers.turn[:, 0]
+        agents = self.layout.possible_agents
+        if self._learner is not None:
+            envs = np.flatnonzero(turn == LEARNER)
+            self._learner.check(buffers.train_mask[envs], lambda i: agents[buffers.seat[envs[i], 0]])
+        for g, spec in enumerate(self._groups):
+            envs = np.flatnonzero(turn == g)
+            if spec is not None and len(envs):
+                rows = buffers.turn_row[envs, 0]
+                group = self.layout.groups[g].agents
+                spec.check(buffers.npc_mask[g][envs, rows], lambda i, group=group, rows=rows: group[rows[i]])

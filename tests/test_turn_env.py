@@ -326,11 +326,11 @@ class BadMask(BaseWrapper):
 )
 @pytest.mark.parametrize("learner", ["player_1", "player_2"])
 def test_bad_masks_name_the_agent(kind: str, message: str, learner: str) -> None:
-    env = BadMask(tictactoe_v3.env(), kind)
-    layout = build_turn_layout(env, "random", training_agents=[learner])
-    turn = TurnJointEnv(env, layout, TurnBuffers.allocate(layout))
+    """player_1 opens: as the learner or as an NPC, its mask is read at the first reset."""
+    driver = TurnDriver(lambda: BadMask(tictactoe_v3.env(), kind), num_envs=2,
+                        layout_kwargs={"training_agents": [learner]})
     with pytest.raises(ValueError, match=message):
-        turn.reset(seed=0)
+        driver.reset()
 
 
 def test_several_learners_are_refused() -> None:
@@ -384,8 +384,10 @@ def test_action_mask_multidiscrete() -> None:
     out = np.zeros(5, dtype=bool)
     mask.write([1, 0, 0, 0, 1], out, "a")
     assert out.tolist() == [True, False, False, False, True]
-    with pytest.raises(ValueError, match="allows no action for some sub-action"):
-        mask.write([1, 1, 0, 0, 0], out, "a")
+    masks = np.array([[1, 0, 0, 1, 0], [1, 1, 0, 0, 0]], dtype=bool)
+    assert mask.legal(masks).tolist() == [True, False]
+    with pytest.raises(ValueError, match="agent 'b' an action mask that allows no action for some sub-"):
+        mask.check(masks, ["a", "b"].__getitem__)
 
 
 @pytest.mark.parametrize("name", ["npc_wrapper.masks", "npc_wrapper.turn_env", "npc_wrapper.bots"])

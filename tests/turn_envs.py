@@ -15,6 +15,7 @@ from pettingzoo.utils import BaseWrapper
 from npc_wrapper.masks import MASK_KEY, OBSERVATION_KEY
 from npc_wrapper.turn_env import (
     LEARNER,
+    MaskCheck,
     TurnBuffers,
     TurnJointEnv,
     build_turn_layout,
@@ -138,9 +139,9 @@ class TurnDriver:
         groups = self.layout.groups
         self.npcs = list(self.npc) if isinstance(self.npc, Sequence) else [self.npc] * len(groups)
         self.npc_actions = [
-            np.zeros((self.num_envs, len(g.agents), *g.action_space.shape), dtype=g.action_space.dtype)
-            for g in groups
+            np.zeros((self.num_envs, *g.action_space.shape), g.action_space.dtype) for g in groups
         ]
+        self.check_masks = MaskCheck(self.layout)
         self.rng = np.random.default_rng(self.npc_seed)
         #: Per env, every learner move and its outcome.
         self.steps: list[list[LearnerStep]] = [[] for _ in range(self.num_envs)]
@@ -155,6 +156,7 @@ class TurnDriver:
     def reset(self, seed: int | None = 0) -> None:
         for e, joint in enumerate(self.joints):
             joint.reset(seed=None if seed is None else seed + e)
+        self.check_masks(self.buf)
         self._play_npcs()
         self._record_no_move()
 
@@ -178,11 +180,12 @@ class TurnDriver:
                 obs = self.buf.npc_obs[g][envs, rows]
                 mask = self.buf.npc_mask[g][envs, rows]
                 actions = policy(obs, mask, self.rng)
-                self.npc_actions[g][envs, rows] = actions
+                self.npc_actions[g][envs] = actions
                 for e, r, o, m, a in zip(envs, rows, obs, mask, actions):
                     agent = self.layout.groups[g].agents[r]
                     self.npc_moves[e].append((self._episode(e), agent, o.copy(), m.copy(), int(a)))
             step_npcs(self.joints, self.npc_actions)
+            self.check_masks(self.buf)
 
     def _episode(self, e: int) -> int:
         return len(self.envs[e].seeds) - 1
@@ -195,6 +198,7 @@ class TurnDriver:
                             self.buf.train_mask[e].copy(), int(actions[e]))
             )
         step_learners(self.joints, np.asarray(actions))
+        self.check_masks(self.buf)
         self._play_npcs()
         self._record_no_move()
         buf = self.buf
