@@ -341,7 +341,8 @@ _FLAGS = ("train_mask", "terminated", "truncated", "new_episode")
 class TurnBuffers:
     """Views into the buffers of one turn-based env (or a batch of them: leading axis = env).
 
-    Written by the learner's step and the NPC moves that follow it, up to the learner's next turn:
+    The outcome of the learner's step, valid once the env waits on the learner again (after the NPC
+    moves that follow the learner's own):
 
     * ``train_obs`` / ``train_mask``: the learner's observation and legal actions at its turn
     * ``reward`` / ``npc_reward``: what the learner / the NPC seats together earned in the step
@@ -491,6 +492,15 @@ class TurnJointEnv:
         self._moved = False  # the learner has moved in this episode
         self._open = False  # a learner's step whose outcome is not written yet
         self._no_move_streak = 0
+        # The buffers' scalars are written only when they change (a numpy item write costs about as
+        # much as the rest of a move's bookkeeping): their values, or whether they may be set, here.
+        self._turn = LEARNER
+        self._row = -1
+        self._flags = True  # terminated / truncated may be set
+        self._new = True  # new_episode may be set
+        self._no_move = 0  # episodes without a learner's move since its last move, and its reward in them
+        self._no_move_return = 0.0
+        self._no_move_shown = True  # no_move / no_move_return may be nonzero
         #: The learner's info where its last step's outcome was decided (its next turn, or its dead
         #: step: a copy there, as the reset may refill the env's dicts); the env's own dict otherwise.
         self.step_info: dict[str, Any] | None = None
@@ -506,16 +516,17 @@ class TurnJointEnv:
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         """Reset the env (a seed also reseeds the seat draws) and advance to its first decision point."""
         buf = self.buf
-        buf.reward[0] = buf.npc_reward[0] = buf.no_move_return[0] = 0.0
+        buf.reward[0] = buf.npc_reward[0] = 0.0
         buf.terminated[0] = buf.truncated[0] = False
-        buf.no_move[0] = 0
-        self._acc = self._npc_acc = 0.0
+        self._flags = False
+        self._acc = self._npc_acc = self._no_move_return = 0.0
         self._open = False
-        self._no_move_streak = 0
+        self._no_move = self._no_move_streak = 0
         if seed is not None:
             self._seat_rng = np.random.default_rng([seed, _SEAT_STREAM])
         self._start(seed, options)
-        self._advance()
+        if not self._decide():  # a dead agent first: unusual right after a reset, but allowed
+            self._play(None)
         self.step_info = self.reset_info
 
     def step(self, action: Any) -> None:
@@ -526,32 +537,28 @@ class TurnJointEnv:
 
         :param action: an int for ``Discrete`` actions (numpy integers are taken too)
         """
-        buf = self.buf
-        if buf.turn[0] != LEARNER:
+        if self._turn != LEARNER:
             raise RuntimeError(
                 f"step() plays the learner's move, but NPC {self._npc_to_move()!r} is to move: call "
                 "step_npc()"
             )
         if type(action) is not int:
             action = self._learner_action(action)
-        buf.reward[0] = buf.npc_reward[0] = buf.no_move_return[0] = 0.0
-        buf.terminated[0] = buf.truncated[0] = buf.new_episode[0] = False
-        buf.no_move[0] = 0
+        if self._new:
+            self.buf.new_episode[0] = self._new = False
+        self._no_move, self._no_move_return = 0, 0.0
         self._open = self._moved = True
-        self.env.step(action)
-        self._collect()
-        self._advance()
+        self._play(action)
 
     def step_npc(self, action: Any) -> None:
         """Play the move of the NPC that is to move (``turn`` / ``turn_row``) and advance."""
-        if self.buf.turn[0] == LEARNER:
+        if self._turn == LEARNER:
             raise RuntimeError(
                 f"step_npc() plays an NPC's move, but the learner ({self.learner!r}) is to move: call step()"
             )
-        self.buf.new_episode[0] = False
-        self.env.step(action)
-        self._collect()
-        self._advance()
+        if self._new:
+            self.buf.new_episode[0] = self._new = False
+        self._play(action)
 
     # ------------------------------------------------------------------ internals
     def _start(self, seed: int | None, options: dict[str, Any] | None) -> None:
@@ -560,20 +567,27 @@ class TurnJointEnv:
         i = seats[int(self._seat_rng.integers(len(seats)))] if len(seats) > 1 else seats[0]
         self._learner_seat = self._seats[self.layout.possible_agents[i]]
         self.buf.seat[0] = i
-        self.buf.new_episode[0] = True
+        self.buf.new_episode[0] = self._new = True
         self._moved = False
         self.env.reset(seed=seed, options=options)
         if self._wrapper_attrs:
             self._check_reads()
 
-    def _collect(self) -> None:
-        """Add the last ``env.step``'s rewards to the learner's and the NPC seats' running sums."""
-        if self._wrapper_attrs:
-            self._check_reads()
-        rewards = self._reads.rewards
-        mine = rewards.get(self._learner_seat.agent, 0.0)
-        self._acc += mine
-        self._npc_acc += sum(rewards.values()) - mine
+    def _play(self, action: Any) -> None:
+        """Step the env with the move of the agent to move, then the dead agents' ``None`` steps, adding
+        each step's rewards to the learner's and the NPC seats' sums, up to the next decision point."""
+        env = self.env
+        while True:
+            env.step(action)
+            if self._wrapper_attrs:
+                self._check_reads()
+            rewards = self._reads.rewards
+            mine = rewards.get(self._learner_seat.agent, 0.0)
+            self._acc += mine
+            self._npc_acc += sum(rewards.values()) - mine
+            if self._decide():
+                return
+            action = None
 
     def _check_reads(self) -> None:
         """Read through the wrappers from now on if one of them has taken an attribute of its own (as
@@ -581,9 +595,10 @@ class TurnJointEnv:
         if self._reads is not self.env and not all(_READS.isdisjoint(own) for own in self._wrapper_attrs):
             self._reads = self.env
 
-    def _advance(self) -> None:
-        """Step dead agents and end or restart episodes until a live agent is to move; write its turn."""
-        env = self.env
+    def _decide(self) -> bool:
+        """Write the decision point the env is at (the learner's turn or an NPC's) and return True, or
+        return False when a dead agent other than the learner is to step. The learner's end finishes
+        its episode and restarts the env, whose new episode is looked at in turn."""
         while True:
             learner = self._learner_seat.agent
             reads = self._reads
@@ -592,12 +607,10 @@ class TurnJointEnv:
                 continue
             agent = reads.agent_selection
             if reads.terminations[agent] or reads.truncations[agent]:
-                if agent == learner:
-                    terminated, truncated = bool(reads.terminations[agent]), bool(reads.truncations[agent])
-                    self._finish(terminated, truncated, reads.infos[agent])
-                else:
-                    env.step(None)
-                    self._collect()
+                if agent != learner:
+                    return False
+                terminated, truncated = bool(reads.terminations[agent]), bool(reads.truncations[agent])
+                self._finish(terminated, truncated, reads.infos[agent])
                 continue
             buf = self.buf
             if agent == learner:
@@ -607,16 +620,23 @@ class TurnJointEnv:
                 if self._open:
                     buf.reward[0], buf.npc_reward[0] = self._acc, self._npc_acc
                     self._acc = self._npc_acc = 0.0
+                    if self._flags:
+                        buf.terminated[0] = buf.truncated[0] = self._flags = False
                     self._open = False
                     self.step_info = info
                 if not self._moved:
                     self.reset_info = info
-                buf.turn[0] = LEARNER
-                return
+                if self._no_move or self._no_move_shown:
+                    buf.no_move[0], buf.no_move_return[0] = self._no_move, self._no_move_return
+                    self._no_move_shown = self._no_move > 0
+                buf.turn[0] = self._turn = LEARNER
+                return True
             seat = self._seats[agent]
             self._observe(seat, seat.obs_view, seat.mask_view, None)
-            buf.turn[0], buf.turn_row[0] = seat.group, seat.row
-            return
+            buf.turn[0] = self._turn = seat.group
+            if seat.row != self._row:
+                buf.turn_row[0] = self._row = seat.row
+            return True
 
     def _observe(
         self, seat: _Seat, obs_out: np.ndarray, mask_out: np.ndarray, info: dict[str, Any] | None
@@ -642,14 +662,15 @@ class TurnJointEnv:
             obs = self.env.observe(seat.agent)
             buf.final_obs[...] = obs[OBSERVATION_KEY] if seat.dict_obs else obs
             buf.terminated[0], buf.truncated[0] = terminated, truncated
+            self._flags = True
             buf.reward[0], buf.npc_reward[0] = self._acc, self._npc_acc
             buf.ended_seat[0] = buf.seat[0]
             self.step_info = dict(info)
             self._open = False
             self._no_move_streak = 0
         else:
-            buf.no_move[0] += 1
-            buf.no_move_return[0] += self._acc
+            self._no_move += 1
+            self._no_move_return += self._acc
             self._no_move_streak += 1
             if self._no_move_streak >= MAX_NO_MOVE_EPISODES:
                 raise RuntimeError(
@@ -700,7 +721,7 @@ def step_npcs(joints: Sequence[TurnJointEnv], npc_actions: Sequence[np.ndarray])
         for a, group in zip(npc_actions, joints[0].layout.groups)
     ]
     for e, joint in enumerate(joints):
-        g = joint.buf.turn[0]
+        g = joint._turn
         if g != LEARNER:
             joint.step_npc(moves[g][e])
 
