@@ -9,8 +9,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.engine import NPCEngine
-from npc_wrapper.gym_vector_env import NPCVectorEnv
-from npc_wrapper.sb3_vec_env import NPCVecEnv
+from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
 
 __all__ = ["make_vec_env", "make_vector_env"]
 
@@ -88,7 +87,7 @@ def make_vec_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
-) -> NPCVecEnv:
+) -> SB3VecEnv:
     """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
     In each of ``num_envs`` envs the first ``floor(training_agents_pct * n_agents + 0.5)`` agents
@@ -128,7 +127,7 @@ def make_vec_env(
     """
     engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
                      reset_when_training_agents_dead, deterministic_npc, trusted, start_method)
-    venv = NPCVecEnv(engine)
+    venv = SB3VecEnv(engine)
     if seed is not None:
         venv.seed(seed)
     return venv
@@ -147,12 +146,12 @@ def make_vector_env(
     trusted: bool = False,
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
-) -> NPCVectorEnv:
+) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv`` (seed it with ``reset(seed=...)``).
 
     :param autoreset_mode: ``SAME_STEP`` (``infos["final_obs"]`` on the done step) or ``NEXT_STEP``
         (the step after a done delivers the reset; needed by Gymnasium's observation wrappers such
-        as ``NormalizeObservation``); see :class:`~npc_wrapper.NPCVectorEnv`
+        as ``NormalizeObservation``); see :class:`~npc_wrapper.GymnasiumVectorEnv`
 
     Example::
 
@@ -176,4 +175,4 @@ def make_vector_env(
     engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
                      reset_when_training_agents_dead, deterministic_npc, trusted, start_method,
                      next_step_autoreset=mode == AutoresetMode.NEXT_STEP)
-    return NPCVectorEnv(engine)
+    return GymnasiumVectorEnv(engine)

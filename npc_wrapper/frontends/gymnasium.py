@@ -11,12 +11,12 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from npc_wrapper.engine import EPISODE_KEY, NPCEngine, one_per_env
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.frontends.base import FrontEnd
 
-__all__ = ["NPCVectorEnv"]
+__all__ = ["GymnasiumVectorEnv"]
 
 
-class NPCVectorEnv(VectorEnv):
+class GymnasiumVectorEnv(FrontEnd, VectorEnv):
     """PettingZoo parallel envs with NPCs, as a Gymnasium ``VectorEnv`` over the training agents.
 
     Each training agent of each sub-env is one vector index ("slot"), env-major.
@@ -34,7 +34,7 @@ class NPCVectorEnv(VectorEnv):
     For a slot whose agent died while its env plays on, "the next episode" is padding: zero
     observations and rewards, ``infos["npc_wrapper/padding"]`` set, until the env resets.
 
-    Build it with :func:`npc_wrapper.make_vector_env`.
+    Build it with :func:`npc_wrapper.make_vector_env`. ``npc_wrapper.NPCVectorEnv`` is its former name.
 
     Example::
 
@@ -50,7 +50,7 @@ class NPCVectorEnv(VectorEnv):
     """
 
     def __init__(self, engine: NPCEngine) -> None:
-        self.engine = engine
+        FrontEnd.__init__(self, engine)
         self.autoreset_mode = AutoresetMode.NEXT_STEP if engine.next_step_autoreset else AutoresetMode.SAME_STEP
         layout = engine.layout
         self.num_envs = engine.num_slots
@@ -59,32 +59,8 @@ class NPCVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
-        self.render_mode = engine.render_mode
         self.closed = False
         self._slot_envs = [k // engine.n_train for k in range(engine.num_slots)]  # the sub-env of each slot
-
-    @property
-    def training_agents(self) -> list[Any]:
-        """Agents driven by the trainer, in slot order within each env."""
-        return list(self.engine.layout.training)
-
-    @property
-    def npc_agents(self) -> list[Any]:
-        """Agents driven by NPC policies."""
-        return [a for g in self.engine.layout.groups for a in g.agents]
-
-    @property
-    def pools(self) -> list[Any]:
-        """The NPC pool of each NPC group."""
-        return self.engine.pools
-
-    def add_npc(self, policy: NPCPolicy, group: int = 0, weight: float | None = None) -> int:
-        """Add an NPC policy to a group's pool (see :meth:`NPCEngine.add_npc`); returns its index."""
-        return self.engine.add_npc(policy, group, weight)
-
-    def slot_alive(self) -> np.ndarray:
-        """Whether each slot's agent is alive now; ``False`` marks padding observations."""
-        return self.engine.slot_alive()
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -168,22 +144,18 @@ class NPCVectorEnv(VectorEnv):
     def render(self) -> tuple[Any, ...]:
         """One frame per slot, as Gymnasium's vector envs return: each sub-env is rendered once and its
         frame given to each of its slots."""
-        return tuple(self.engine.for_envs(self._slot_envs, self.engine.render))
+        return tuple(self._render_each(self._slot_envs))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on the PettingZoo env behind each slot (found through its wrappers), once per
         sub-env, its result given to each of its slots. A ``name`` that is not callable is returned
         as it is, as in Gymnasium."""
-        backend = self.engine.backend
-        return tuple(
-            self.engine.for_envs(self._slot_envs, lambda e: backend.call(e, name, args, kwargs, or_get=True))
-        )
+        return tuple(self._call_each(self._slot_envs, name, args, kwargs, or_get=True))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Attribute ``name`` of the PettingZoo env behind each slot, from the outermost of its wrappers
         that has it (as ``get_wrapper_attr``); each sub-env is read once."""
-        backend = self.engine.backend
-        return tuple(self.engine.for_envs(self._slot_envs, lambda e: backend.get_attr(e, name)))
+        return tuple(self._get_each(self._slot_envs, name))
 
     def set_attr(self, name: str, values: Any) -> None:
         """Set ``name`` on each sub-env, on the wrapper that owns it (as ``set_wrapper_attr``), or on
@@ -197,8 +169,7 @@ class NPCVectorEnv(VectorEnv):
             per_env = one_per_env(values, E, n_train, f"set_attr({name!r})")
         else:
             per_env = [values] * E
-        backend = self.engine.backend
-        self.engine.for_envs(range(E), lambda e: backend.set_attr(e, name, per_env[e]))
+        self._set_each(range(E), name, per_env)
 
     def close_extras(self, **kwargs: Any) -> None:
         self.engine.close()
@@ -209,7 +180,7 @@ class _Irregular(Exception):
 
 
 def _batch_level(items: list[tuple[int, Any]], n: int) -> dict[str, Any]:
-    """One level of :meth:`NPCVectorEnv._batch_infos`: Gymnasium's ``_add_info`` rules (``final_obs``
+    """One level of :meth:`GymnasiumVectorEnv._batch_infos`: Gymnasium's ``_add_info`` rules (``final_obs``
     as an object array, dicts recursively, arrays typed by a key's first value, a ``_key`` mask per
     key, keys in order of first appearance), each value assigned in the order ``_add_info`` would."""
     groups: dict[str, list[tuple[int, Any]]] = {}
