@@ -32,6 +32,7 @@ class FrontEnd:
     def __init__(self, engine: NPCEngine) -> None:
         self.engine = engine
         self.render_mode = engine.render_mode
+        self._slots = engine.slots
 
     @property
     def training_agents(self) -> list[Any]:

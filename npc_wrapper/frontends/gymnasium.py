@@ -10,7 +10,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from npc_wrapper.engine import EPISODE_KEY, NPCEngine, one_per_env
+from npc_wrapper.engine import EPISODE_KEY, NPCEngine
 from npc_wrapper.frontends.base import FrontEnd
 
 __all__ = ["GymnasiumVectorEnv"]
@@ -53,14 +53,13 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         FrontEnd.__init__(self, engine)
         self.autoreset_mode = AutoresetMode.NEXT_STEP if engine.next_step_autoreset else AutoresetMode.SAME_STEP
         layout = engine.layout
-        self.num_envs = engine.num_slots
+        self.num_envs = engine.slots.num_slots
         self.single_observation_space = layout.observation_space
         self.single_action_space = layout.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
         self.closed = False
-        self._slot_envs = [k // engine.n_train for k in range(engine.num_slots)]  # the sub-env of each slot
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -74,11 +73,11 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
             slot, equal within each env's slots) resets only those envs, as in Gymnasium
         """
         engine = self.engine
-        E, n = engine.num_envs, engine.n_train
+        E = engine.num_envs
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(E)]
         else:
-            seeds = one_per_env(list(seed), E, n, "reset(seed=[...])", per_env_ok=True)
+            seeds = self._slots.one_per_env(list(seed), "reset(seed=[...])", per_env_ok=True)
         options = dict(options) if options else {}
         mask = options.pop("reset_mask", None)
         if mask is not None:
@@ -100,8 +99,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         if not mask.any():
             raise ValueError(f"options['reset_mask'] must contain at least one True value, got {mask}")
         # A PettingZoo env is reset whole: its slots' entries must agree.
-        return np.array(one_per_env(mask.tolist(), self.engine.num_envs, self.engine.n_train,
-                                    "options['reset_mask']"), dtype=bool)
+        return np.array(self._slots.one_per_env(mask.tolist(), "options['reset_mask']"), dtype=bool)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)
@@ -144,18 +142,18 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
     def render(self) -> tuple[Any, ...]:
         """One frame per slot, as Gymnasium's vector envs return: each sub-env is rendered once and its
         frame given to each of its slots."""
-        return tuple(self._render_each(self._slot_envs))
+        return tuple(self._render_each(self._slots.env_of))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on the PettingZoo env behind each slot (found through its wrappers), once per
         sub-env, its result given to each of its slots. A ``name`` that is not callable is returned
         as it is, as in Gymnasium."""
-        return tuple(self._call_each(self._slot_envs, name, args, kwargs, or_get=True))
+        return tuple(self._call_each(self._slots.env_of, name, args, kwargs, or_get=True))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Attribute ``name`` of the PettingZoo env behind each slot, from the outermost of its wrappers
         that has it (as ``get_wrapper_attr``); each sub-env is read once."""
-        return tuple(self._get_each(self._slot_envs, name))
+        return tuple(self._get_each(self._slots.env_of, name))
 
     def set_attr(self, name: str, values: Any) -> None:
         """Set ``name`` on each sub-env, on the wrapper that owns it (as ``set_wrapper_attr``), or on
@@ -164,9 +162,9 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         :param values: one value for all, or a list/tuple of one per slot; a sub-env has one
             attribute, so its slots' values must be equal
         """
-        E, n_train = self.engine.num_envs, self.engine.n_train
+        E = self.engine.num_envs
         if isinstance(values, (list, tuple)):
-            per_env = one_per_env(values, E, n_train, f"set_attr({name!r})")
+            per_env = self._slots.one_per_env(values, f"set_attr({name!r})")
         else:
             per_env = [values] * E
         self._set_each(range(E), name, per_env)

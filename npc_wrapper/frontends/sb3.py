@@ -11,7 +11,7 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn, tile_images
 
-from npc_wrapper.engine import NPCEngine, one_per_env
+from npc_wrapper.engine import NPCEngine
 from npc_wrapper.frontends.base import FrontEnd
 
 __all__ = ["SB3VecEnv"]
@@ -49,7 +49,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
     def __init__(self, engine: NPCEngine) -> None:
         FrontEnd.__init__(self, engine)
         layout = engine.layout
-        VecEnv.__init__(self, engine.num_slots, layout.observation_space, layout.action_space)
+        VecEnv.__init__(self, engine.slots.num_slots, layout.observation_space, layout.action_space)
         self.metadata = engine.metadata
         self.render_mode = engine.render_mode
         self._actions: np.ndarray | None = None
@@ -57,9 +57,8 @@ class SB3VecEnv(FrontEnd, VecEnv):
     def reset(self) -> np.ndarray:
         """Reset every sub-env, with the seeds of :meth:`seed` and the options of ``set_options``
         (each sub-env takes its first slot's; they must be equal within a sub-env's slots)."""
-        n = self.engine.n_train
-        seeds = [self._seeds[k * n] for k in range(self.engine.num_envs)]
-        options = one_per_env([o or None for o in self._options], self.engine.num_envs, n, "set_options")
+        seeds = self._slots.first_of_env(self._seeds)
+        options = self._slots.one_per_env([o or None for o in self._options], "set_options")
         obs, infos = self.engine.reset(seeds, options)
         self.reset_infos = infos
         self._reset_seeds()
@@ -89,7 +88,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
         """Seed sub-env ``i`` with ``seed + i`` (and the NPCs with ``seed``) at the next ``reset()``."""
         if seed is None:
             seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
-        self._seeds = [seed + k // self.engine.n_train for k in range(self.num_envs)]
+        self._seeds = [seed + e for e in self._slots.env_of]
         return self._seeds
 
     def close(self) -> None:
@@ -130,7 +129,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
                 raise IndexError(
                     f"slot index {k} is out of range: there are {n} slots, so use {-n} <= index < {n}"
                 )
-            envs.append(int(k) % n // self.engine.n_train)
+            envs.append(self._slots.env(int(k) % n))
         return envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
