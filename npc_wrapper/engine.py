@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
 from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
@@ -54,6 +55,23 @@ def check_parallel_env(env: Any, what: str = "env_fn") -> None:
             f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
             "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
         )
+
+
+#: The autoreset modes the engine implements (SB3's is SAME_STEP).
+_AUTORESET_MODES = {m.value.lower(): m for m in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)}
+
+
+def _autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
+    """``value`` (an ``AutoresetMode`` or its name, any case, ``"next_step"`` or ``"NextStep"``) as an
+    ``AutoresetMode`` the engine implements, or a ``ValueError``."""
+    key = value.value if isinstance(value, AutoresetMode) else str(value)
+    mode = _AUTORESET_MODES.get(key.lower().replace("_", ""))
+    if mode is None:
+        raise ValueError(
+            f"autoreset_mode must be AutoresetMode.SAME_STEP or AutoresetMode.NEXT_STEP ('same_step' or "
+            f"'next_step'), got {value!r}"
+        )
+    return mode
 
 
 def _integer_space(space: spaces.Space) -> bool:
@@ -131,6 +149,11 @@ class NPCEngine:
     """Runs ``num_envs`` copies of a PettingZoo parallel env with NPC agents driven by frozen policies.
 
     See :func:`npc_wrapper.make_vec_env` for the parameters.
+
+    :param autoreset_mode: what a step returns for an env whose episode ended (see
+        :func:`npc_wrapper.make_vector_env`): ``SAME_STEP`` returns the next episode's first
+        observation at once, ``NEXT_STEP`` the terminal one, and the next step only delivers the
+        reset, without stepping the env. The engine keeps all of NEXT_STEP's state.
     """
 
     def __init__(
@@ -141,12 +164,13 @@ class NPCEngine:
         training_agents: Sequence[Any] | None = None,
         num_workers: int = 0,
         device: str | torch.device = "auto",
-        early_reset: bool = True,
+        reset_when_training_agents_dead: bool = True,
         deterministic_npc: bool = False,
         trusted: bool = False,
         start_method: str | None = None,
-        next_step_autoreset: bool = False,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
     ) -> None:
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if not env_fns:
             raise ValueError("num_envs must be at least 1")
         if num_workers < 0:
@@ -165,12 +189,12 @@ class NPCEngine:
             raise
         if num_workers == 0:
             self.backend: Backend = InProcessBackend(
-                [probe] + [fn() for fn in env_fns[1:]], self.layout, early_reset, next_step_autoreset
+                [probe] + [fn() for fn in env_fns[1:]], self.layout, reset_when_training_agents_dead
             )
         else:
             probe.close()
             self.backend = WorkerBackend(
-                env_fns, num_workers, self.layout, early_reset, start_method, next_step_autoreset
+                env_fns, num_workers, self.layout, reset_when_training_agents_dead, start_method
             )
 
         layout = self.layout
@@ -204,11 +228,11 @@ class NPCEngine:
         self._slot_length = np.zeros(self.slots.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
         self._env_length = np.zeros(E, dtype=np.int64)
-        # NEXT_STEP autoreset: envs whose episode ended at the last step and whose reset this step delivers.
-        self.next_step_autoreset = next_step_autoreset
+        # NEXT_STEP autoreset: envs whose episode ended at the last step and whose reset the next step
+        # delivers (the backend does not step them then). Always False in SAME_STEP.
         self._held = np.zeros(E, dtype=bool)
         # The observations the held envs' slots show (terminal or padding) until their reset is delivered.
-        held_shape = self._slot_obs_shape if next_step_autoreset else (0,)
+        held_shape = self._slot_obs_shape if self.autoreset_mode is AutoresetMode.NEXT_STEP else (0,)
         self._held_obs = np.zeros(held_shape, dtype=layout.observation_space.dtype)
         self._rng = np.random.default_rng()
         self._t_start = time.time()
@@ -389,8 +413,9 @@ class NPCEngine:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
         space = self.layout.action_space
         a = np.asarray(actions)
-        expected = (self.slots.num_slots, *space.shape)
-        if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (self.slots.num_slots, 1)):
+        num_slots = self.slots.num_slots
+        expected = (num_slots, *space.shape)
+        if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (num_slots, 1)):
             raise ValueError(
                 f"actions must have shape {expected} (num_envs={self.num_envs} x {self.n_train} training agents, "
                 f"env-major, each in {space}), got shape {a.shape}"
@@ -424,7 +449,7 @@ class NPCEngine:
         a = actions if validated else self.validate_actions(actions)
         slots = self.slots
         self._collect_npc_actions()
-        step_infos, reset_infos = self.backend.step(slots.by_env(a), self._npc_actions)
+        step_infos, reset_infos = self.backend.step(slots.by_env(a), self._npc_actions, self._held)
         buf = self.backend.buffers
         was_alive = self._alive  # train_was may be a view of it (slots in one run): read before its update
         train_was = was_alive[:, self._train_pos]  # (E, n_train)
@@ -475,7 +500,7 @@ class NPCEngine:
                 self._episode_start[g] |= joined[:, pos].reshape(-1)
         self._alive[...] = buf.alive
         obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
-        if self.next_step_autoreset:
+        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
             # The ended envs' slots show their terminal observations now (slots dead before: padding)
             # and their reset at the next step, which is padding for them (the env is not stepped)
             # and starts the episode.

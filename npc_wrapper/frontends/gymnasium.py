@@ -36,6 +36,8 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
 
     Build it with :func:`npc_wrapper.make_vector_env`. ``npc_wrapper.NPCVectorEnv`` is its former name.
 
+    :param engine: the shared engine that steps the sub-envs and runs the NPCs
+
     Example::
 
         >>> import npc_wrapper as nw
@@ -51,7 +53,6 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
 
     def __init__(self, engine: NPCEngine) -> None:
         FrontEnd.__init__(self, engine)
-        self.autoreset_mode = AutoresetMode.NEXT_STEP if engine.next_step_autoreset else AutoresetMode.SAME_STEP
         layout = engine.layout
         self.num_envs = engine.slots.num_slots
         self.single_observation_space = layout.observation_space
@@ -60,6 +61,11 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
         self.closed = False
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        """The engine's autoreset mode (also in ``metadata["autoreset_mode"]``)."""
+        return self.engine.autoreset_mode
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None

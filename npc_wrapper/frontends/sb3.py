@@ -44,15 +44,18 @@ class SB3VecEnv(FrontEnd, VecEnv):
         >>> venv.close()
 
     :param engine: the shared engine that steps the sub-envs and runs the NPCs
+    :param seed: the seed of the first ``reset()`` (see :meth:`seed`)
     """
 
-    def __init__(self, engine: NPCEngine) -> None:
+    def __init__(self, engine: NPCEngine, seed: int | None = None) -> None:
         FrontEnd.__init__(self, engine)
         layout = engine.layout
         VecEnv.__init__(self, engine.slots.num_slots, layout.observation_space, layout.action_space)
         self.metadata = engine.metadata
         self.render_mode = engine.render_mode
         self._actions: np.ndarray | None = None
+        if seed is not None:
+            self.seed(seed)
 
     def reset(self) -> np.ndarray:
         """Reset every sub-env, with the seeds of :meth:`seed` and the options of ``set_options``
