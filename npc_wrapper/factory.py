@@ -119,6 +119,7 @@ def make_vector_env(
     npc: Any | Mapping[str, Any] = "random",
     training_agents_pct: float | None = 0.5,
     training_agents: Sequence[Any] | None = None,
+    seed: int | None = None,
     num_workers: int = 0,
     device: str | torch.device = "auto",
     reset_when_training_agents_dead: bool = True,
@@ -127,8 +128,10 @@ def make_vector_env(
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
 ) -> GymnasiumVectorEnv:
-    """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv`` (seed it with ``reset(seed=...)``).
+    """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
+    :param seed: seed for the first ``reset()`` (sub-env ``i`` gets ``seed + i``), as
+        ``reset(seed=seed)`` would; a seed given to that ``reset`` wins
     :param autoreset_mode: ``SAME_STEP`` (``infos["final_obs"]`` on the done step) or ``NEXT_STEP``
         (the step after a done delivers the reset; needed by Gymnasium's observation wrappers such
         as ``NormalizeObservation``); see :class:`~npc_wrapper.GymnasiumVectorEnv`
@@ -138,16 +141,16 @@ def make_vector_env(
         >>> import npc_wrapper as nw
         >>> from mpe2 import simple_tag_v3
         >>> envs = nw.make_vector_env(lambda: simple_tag_v3.parallel_env(max_cycles=25), num_envs=2,
-        ...                           training_agents_pct=0.75)
-        >>> obs, infos = envs.reset(seed=0)
+        ...                           training_agents_pct=0.75, seed=0)
+        >>> obs, infos = envs.reset()  # seeded with 0, as reset(seed=0)
         >>> envs.single_observation_space.shape, envs.num_envs
         ((16,), 6)
         >>> envs.close()
     """
     engine = _engine(
-        env_fn, num_envs, None, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
         autoreset_mode=autoreset_mode,
     )
-    return GymnasiumVectorEnv(engine)
+    return GymnasiumVectorEnv(engine, seed)

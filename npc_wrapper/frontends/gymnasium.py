@@ -37,6 +37,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
     Build it with :func:`npc_wrapper.make_vector_env`. ``npc_wrapper.NPCVectorEnv`` is its former name.
 
     :param engine: the shared engine that steps the sub-envs and runs the NPCs
+    :param seed: the seed of the first ``reset()`` that is given none
 
     Example::
 
@@ -51,7 +52,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         >>> envs.close()
     """
 
-    def __init__(self, engine: NPCEngine) -> None:
+    def __init__(self, engine: NPCEngine, seed: int | None = None) -> None:
         FrontEnd.__init__(self, engine)
         layout = engine.layout
         self.num_envs = engine.slots.num_slots
@@ -61,6 +62,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
         self.closed = False
+        self._seed = seed  # make_vector_env's seed=, until the first reset
 
     @property
     def autoreset_mode(self) -> AutoresetMode:
@@ -74,12 +76,15 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
 
         :param seed: an int seeds PettingZoo env ``i`` with ``seed + i`` and the NPCs with ``seed``; a
             list gives one seed per PettingZoo env (``num_envs // n_train``), or one per slot with
-            equal seeds within each env's slots
+            equal seeds within each env's slots. The first reset given none takes ``make_vector_env``'s
+            ``seed``.
         :param options: passed to every reset env's ``reset``; ``"reset_mask"`` (bool array, one per
             slot, equal within each env's slots) resets only those envs, as in Gymnasium
         """
         engine = self.engine
         E = engine.num_envs
+        if seed is None:
+            seed = self._seed
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(E)]
         else:
@@ -91,6 +96,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         if isinstance(seed, (int, np.integer)) and mask is None:
             self._np_random, self._np_random_seed = seeding.np_random(int(seed))
         obs, slot_infos = engine.reset(seeds, [options or None] * E, mask)
+        self._seed = None
         return obs, self._batch_infos([(k, info) for k, info in enumerate(slot_infos) if info])
 
     def _env_mask(self, mask: Any) -> np.ndarray:
