@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
+from npc_wrapper.joint_env import check_parallel_env
 from npc_wrapper.policies import ConstantPolicy, NPCPolicy, RandomPolicy, as_npc_policy, check_npc_policy
 from npc_wrapper.pool import NPCPool
 from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
 
-__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "check_parallel_env"]
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
 
 #: NPC policies whose actions are in their space by construction (sampled from it, or one action checked
 #: once): every other policy's actions are checked at every step.
@@ -41,20 +41,6 @@ EnvFn = Callable[[], Any]
 def _copy_info(info: dict[str, Any] | None) -> dict[str, Any]:
     """A slot's own info dict: backends hand over the env's dicts, which an env may share between agents."""
     return dict(info) if info else {}
-
-
-def check_parallel_env(env: Any, what: str = "env_fn") -> None:
-    """Raise ``TypeError`` unless ``env`` is a PettingZoo ``ParallelEnv``; ``what`` names its maker."""
-    api = ("possible_agents", "reset", "step", "observation_space", "action_space")
-    missing = [m for m in api if not hasattr(env, m)]
-    # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
-    aec = isinstance(env, AECEnv)
-    if missing or aec:
-        kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
-        raise TypeError(
-            f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
-            "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
-        )
 
 
 #: The autoreset modes the engine implements (SB3's is SAME_STEP).

@@ -4,8 +4,9 @@ A :class:`JointEnv` is the only place that touches the PettingZoo dict API (the 
 work that API forces). It writes observations into preallocated buffers laid out by
 :class:`~npc_wrapper.agents.AgentLayout`, tracks which agents are alive, and resets its env
 itself when the episode ends (all agents done, or, with ``reset_when_training_agents_dead``, every
-training agent done), keeping the training agents' terminal observations. It runs in the main process or in a
-worker process; the :class:`JointBuffers` it writes to are then shared memory.
+training agent done), keeping the training agents' terminal observations. It runs in the main
+process or in a worker process; the :class:`JointBuffers` it writes to are then shared memory.
+:func:`check_parallel_env` says whether an env is a PettingZoo ``ParallelEnv`` at all.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout
 
-__all__ = ["JointBuffers", "JointEnv", "buffer_spaces", "env_actions"]
+__all__ = ["JointBuffers", "JointEnv", "buffer_spaces", "check_parallel_env", "env_actions"]
 
 
 def buffer_spaces(layout: AgentLayout) -> dict[str, spaces.Box]:
@@ -132,6 +134,20 @@ def env_actions(
     for group, acts in zip(layout.groups, npc_actions):
         out = [mine + theirs for mine, theirs in zip(out, _as_env_actions(acts, group.action_space))]
     return out
+
+
+def check_parallel_env(env: Any, what: str = "env_fn") -> None:
+    """Raise ``TypeError`` unless ``env`` is a PettingZoo ``ParallelEnv``; ``what`` names its maker."""
+    api = ("possible_agents", "reset", "step", "observation_space", "action_space")
+    missing = [m for m in api if not hasattr(env, m)]
+    # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
+    aec = isinstance(env, AECEnv)
+    if missing or aec:
+        kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
+        raise TypeError(
+            f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
+            "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
+        )
 
 
 def _check_same_env(env: Any, layout: AgentLayout) -> None:
