@@ -25,7 +25,7 @@ from gymnasium import spaces
 from pettingzoo.utils import BaseParallelWrapper
 
 from npc_wrapper.cli.common import CLIError, one_line
-from npc_wrapper.engine import check_parallel_env
+from npc_wrapper.joint_env import check_parallel_env
 
 __all__ = ["EnvFactory", "PadObservations", "pad_observations", "mettagrid_arena", "ReseedOnReset"]
 
