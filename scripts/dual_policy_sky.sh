@@ -4,7 +4,8 @@
 # Usage: scripts/dual_policy_sky.sh [EXPERIMENT] [NPC_URI] [TIMESTEPS] [WORKERS] [OVERRIDE...]
 #
 #   EXPERIMENT  run name                (default: $USER.dual_policy_sky.<MM-DD>)
-#   NPC_URI     NPC checkpoint URI      (default: the seed's wandb://metta-research/... artifact)
+#   NPC_URI     NPC checkpoint URI      (default: wandb://metta-research/..., the NPC of the original
+#                                        dual-policy feature)
 #   TIMESTEPS   trainer.total_timesteps (default: 10000000000)
 #   WORKERS     trainer.num_workers     (default: 4)
 #   OVERRIDE    any further npc-train overrides, e.g. env=battle trainer.num_envs=64

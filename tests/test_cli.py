@@ -46,7 +46,7 @@ SMALL = [
     "trainer.progress_bar=false",
 ]
 
-SEED_COMMAND = [
+ORIGINAL_COMMAND = [
     "run=my_experiment",
     "trainer.dual_policy.enabled=true",
     "trainer.dual_policy.checkpoint_npc.uri=wandb://my_entity/my_project/model/my_npc_policy:v1",
@@ -136,8 +136,8 @@ def test_own_env_by_config_alone(tmp_path: Path) -> None:
     assert len(env.possible_agents) == 4
 
 
-def test_seed_override_forms_work_verbatim() -> None:
-    cfg = compose_config(SEED_COMMAND)
+def test_original_override_forms_work_verbatim() -> None:
+    cfg = compose_config(ORIGINAL_COMMAND)
     assert cfg.run == "my_experiment" and cfg.run_dir == "runs/my_experiment"
     dp = dual_policy_config(cfg)
     assert dp.enabled
@@ -146,12 +146,14 @@ def test_seed_override_forms_work_verbatim() -> None:
     # The rest comes from +user=dual_policy_checkpoint_example.
     assert cfg.trainer.num_workers == 4 and cfg.trainer.total_timesteps == 10_000_000_000
     assert cfg.wandb.enabled and cfg.wandb.project == "dual_policy_training"
-    # The seed quotes the URI for the shell; Hydra also accepts the quotes themselves.
-    quoted = compose_config([a.replace("uri=", 'uri="') + '"' if "uri=" in a else a for a in SEED_COMMAND])
+    # The original dual-policy feature quotes the URI for the shell; Hydra also accepts the quotes themselves.
+    quoted = compose_config(
+        [a.replace("uri=", 'uri="') + '"' if "uri=" in a else a for a in ORIGINAL_COMMAND]
+    )
     assert quoted.trainer.dual_policy.checkpoint_npc.uri == dp.checkpoint_npc.uri
 
 
-def test_user_example_is_the_seeds_complete_valid_example() -> None:
+def test_user_example_is_the_original_complete_valid_example() -> None:
     raw = yaml.safe_load((REPO / "configs/user/dual_policy_checkpoint_example.yaml").read_text())
     block = raw["trainer"]["dual_policy"]
     assert block["enabled"] is True and block["training_agents_pct"] == 0.5

@@ -186,7 +186,8 @@ class EnvConfig:
 
 @dataclass
 class TrainerConfig:
-    """``trainer``: the learning algorithm, its budget, checkpoints and the seed's ``dual_policy`` block."""
+    """``trainer``: the learning algorithm, its budget, checkpoints and the ``dual_policy`` block (the
+    original dual-policy feature's keys)."""
 
     #: ``PPO``, ``A2C``, ``DQN``, ``RecurrentPPO``, ``MaskablePPO``, ``TRPO``, ``QRDQN`` or ``pkg.module:Class``.
     algorithm: str = "PPO"
@@ -220,7 +221,7 @@ class TrainerConfig:
     eval_deterministic: bool = False
     #: SB3 logger outputs besides TensorBoard and the progress CSV (``stdout``, ``log``, ``json``).
     log_formats: list[str] = field(default_factory=list)
-    #: The seed's dual-policy block: which agents train and which checkpoint the NPCs play.
+    #: The original dual-policy feature's keys: which agents train and which checkpoint the NPCs play.
     dual_policy: DualPolicyConfig = field(default_factory=DualPolicyConfig)
     #: Self-play league: the NPC pool grows from the learner's own snapshots (off by default).
     league: LeagueConfig = field(default_factory=LeagueConfig)
