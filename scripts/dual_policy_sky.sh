@@ -59,11 +59,11 @@ try:
     import hydra  # noqa: F401
 except ImportError:
     sys.exit()
-from npc_wrapper.cli.common import CLIError
-from npc_wrapper.cli.train import _precheck
+from npc_wrapper.cli.checks import precheck
+from npc_wrapper.cli.errors import CLIError
 uri, run, steps, workers, *overrides = sys.argv[1:]
 try:  # npc-train's own pre-check of scripts/sky/train.yaml's run:, without the device (the cluster's)
-    _precheck([
+    precheck([
         "+user=dual_policy_checkpoint_example", f"run={run}", f"trainer.total_timesteps={steps}",
         f"trainer.num_workers={workers}", f"trainer.dual_policy.checkpoint_npc.uri='{uri}'",
         *(o for o in overrides if not o.startswith("device=")),

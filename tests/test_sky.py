@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from npc_wrapper.cli.train import compose_config, dual_policy_config
+from npc_wrapper.cli.config import compose_config, dual_policy_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "dual_policy_sky.sh"
