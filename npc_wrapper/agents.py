@@ -1,7 +1,8 @@
 """Which agents train and which are NPCs, and the array layout that follows from it.
 
-The split is the seed's rule made exact: the first ``floor(pct * n_agents + 0.5)`` agents of
-``possible_agents`` train, the rest are NPCs, the same in every sub-env for the whole run.
+The split is the original dual-policy feature's rule made exact: the first
+``floor(pct * n_agents + 0.5)`` agents of ``possible_agents`` train, the rest are NPCs, the same in
+every sub-env for the whole run.
 ``training_agents=[...]`` (names or glob patterns) overrides the percentage. A vector env has one
 slot per training agent per sub-env; :class:`SlotMap` says which slot is which.
 """
