@@ -1,4 +1,9 @@
-"""Episode outcomes against the NPC: accumulation, Wilson intervals, and evaluation games."""
+"""Playing episodes against the NPCs and summarising their outcomes.
+
+:func:`play_episodes` plays ``npc-train``'s evaluations before and after training and
+``npc-eval``'s. :class:`EpisodeStats` accumulates the ``info["npc_wrapper/episode"]`` summaries (win, loss or
+draw of the training team against the NPC team) into rates with Wilson intervals and mean returns.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,21 @@ from typing import Any
 import numpy as np
 
 from npc_wrapper.engine import EPISODE_KEY
-from npc_wrapper.league import MAX_EPISODE_STEPS, NoEpisodeEnds
+from npc_wrapper.errors import NoEpisodeEnds
 
-__all__ = ["wilson_interval", "EpisodeStats", "episodes_from_infos", "play_episodes", "format_summary"]
+__all__ = [
+    "MAX_EPISODE_STEPS",
+    "wilson_interval",
+    "EpisodeStats",
+    "episodes_from_infos",
+    "play_episodes",
+    "format_summary",
+]
 
-
+#: Default bound on vector steps without an episode end when playing episodes (round robin, the CLI's
+#: evaluations): far above common episode lengths (MettaGrid's 1000), and an env without one fails.
+#: Read when :func:`play_episodes` is called, so patching it here changes every caller's bound.
+MAX_EPISODE_STEPS = 10_000
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -134,11 +149,13 @@ def play_episodes(
     the first envs), so short episodes are not over-represented.
 
     :param act: the learner: observations of every slot and whether each slot starts an episode
-    :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded)
+    :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded; reset here)
     :param episodes: how many episodes to record
     :param n_train: training agents per sub-env
     :param max_steps: give up when no episode has ended for this many vector steps (an env without
-        a time limit); a bound on episode length, not on the whole evaluation
+        a time limit); a bound on episode length, not on the whole evaluation (default
+        :data:`MAX_EPISODE_STEPS`)
+    :raises NoEpisodeEnds: no counted episode ended for ``max_steps`` vector steps
     """
     n_envs = venv.num_envs // n_train
     quota = np.full(n_envs, episodes // n_envs)
@@ -151,9 +168,12 @@ def play_episodes(
     since_end = 0
     while not (done_count >= quota).all():
         if since_end >= limit:
+            played = int(done_count.sum())
             raise NoEpisodeEnds(
-                f"no episode ended in the last {limit} vector steps ({int(done_count.sum())} of {episodes} "
-                "played): give the env a time limit"
+                f"no episode ended in the last {limit} vector steps ({played} of {episodes} played): "
+                "give the env a time limit",
+                limit,
+                played,
             )
         obs, _, dones, infos = venv.step(act(obs, episode_start))
         episode_start = np.asarray(dones, dtype=bool)
@@ -173,7 +193,8 @@ def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
         return f"{indent}no episode ended"
     s = summary
     lines = [
-        f"{indent}win rate {s['win_rate']:.3f} (95% Wilson CI {s['win_rate_ci_low']:.3f}-{s['win_rate_ci_high']:.3f}) "
+        f"{indent}win rate {s['win_rate']:.3f} "
+        f"(95% Wilson CI {s['win_rate_ci_low']:.3f}-{s['win_rate_ci_high']:.3f}) "
         f"over {s['episodes']} episodes: {s['wins']} wins, {s['losses']} losses, {s['draws']} draws",
         f"{indent}training-team return {s['train_return']:.2f} ± {s['train_return_sem']:.2f}, "
         f"NPC-team return {s['npc_return']:.2f} ± {s['npc_return_sem']:.2f} (mean ± s.e.), "

@@ -11,7 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from npc_wrapper.engine import EPISODE_KEY, NPCEngine, one_per_env
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.npcs.policies import NPCPolicy
 
 __all__ = ["NPCVectorEnv"]
 

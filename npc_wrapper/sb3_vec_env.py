@@ -12,7 +12,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn, tile_images
 
 from npc_wrapper.engine import NPCEngine, one_per_env
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.npcs.policies import NPCPolicy
 
 __all__ = ["NPCVecEnv"]
 

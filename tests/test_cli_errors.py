@@ -353,9 +353,7 @@ def test_pad_observations_refuses_an_aec_env() -> None:
 def test_an_env_whose_episodes_never_end_is_a_one_line_evaluation_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from npc_wrapper.cli import metrics
-
-    monkeypatch.setattr(metrics, "MAX_EPISODE_STEPS", 20)  # the default 10,000 would take minutes here
+    monkeypatch.setattr("npc_wrapper.evaluation.MAX_EPISODE_STEPS", 20)  # the default 10,000 would take minutes here
     run_dir = tmp_path / "run"
     code, err = run_main([*SMALL, "run=test", f"run_dir={run_dir}", "env.factory.max_cycles=1000"], capsys)
     assert code == 2 and len(err) == 1, err

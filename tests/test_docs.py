@@ -10,11 +10,11 @@ import pytest
 
 MODULES = [
     "npc_wrapper.agents",
-    "npc_wrapper.checkpoints",
+    "npc_wrapper.checkpoints.load",
     "npc_wrapper.factory",
     "npc_wrapper.gym_vector_env",
-    "npc_wrapper.policies",
-    "npc_wrapper.pool",
+    "npc_wrapper.npcs.policies",
+    "npc_wrapper.npcs.pool",
     "npc_wrapper.sb3_vec_env",
 ]
 REPO = Path(__file__).resolve().parents[1]

@@ -27,17 +27,17 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 import npc_wrapper as nw
 from npc_wrapper.engine import EPISODE_KEY
+from npc_wrapper.config import LeagueConfig
+from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.league import (
     LeagueCallback,
-    LeagueConfig,
-    NoEpisodeEnds,
     check_league_venv,
     elo_expected,
     elo_update,
     fit_ratings,
     round_robin,
 )
-from npc_wrapper.policies import ConstantPolicy
+from npc_wrapper.npcs.policies import ConstantPolicy
 from tests.envs import ScriptedParallelEnv
 
 torch.set_num_threads(1)

@@ -19,7 +19,7 @@ if _missing:
     )
 
 from npc_wrapper.cli.common import CLIError, TrainConfig, config_dir, data_path
-from npc_wrapper.cli.metrics import EpisodeStats, wilson_interval
+from npc_wrapper.evaluation import EpisodeStats, wilson_interval
 
 __all__ = [
     "CLIError",

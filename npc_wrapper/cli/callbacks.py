@@ -21,7 +21,7 @@ from typing import Any
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from npc_wrapper.cli.metrics import EpisodeStats, episodes_from_infos
+from npc_wrapper.evaluation import EpisodeStats, episodes_from_infos
 
 __all__ = [
     "CHECKPOINT_RE",

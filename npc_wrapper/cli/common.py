@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 from omegaconf import MISSING, OmegaConf
 
-from npc_wrapper.config import DualPolicyConfig
-from npc_wrapper.league import LeagueConfig
+from npc_wrapper.config import DualPolicyConfig, LeagueConfig
+from npc_wrapper.errors import TRUST_HINT
 
 __all__ = [
     "CLIError",
@@ -104,8 +104,6 @@ def choose_wandb_mode(configured: str | None = None) -> str:
 
 def with_trust_flag(text: str, flag: str) -> str:
     """A loader message whose trust advice (written for code and configs) names the program's own ``flag``."""
-    from npc_wrapper.checkpoints import TRUST_HINT
-
     return text.replace(
         TRUST_HINT, f"pass {flag} (only for checkpoints you trust: loading then runs code stored in the file)"
     )

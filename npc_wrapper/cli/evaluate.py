@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError, parse_uri
+from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.common import (
     CLIError,
     TrainConfig,
@@ -39,10 +39,13 @@ from npc_wrapper.cli.common import (
     register_configs,
     with_trust_flag,
 )
+from npc_wrapper.cli.callbacks import latest_checkpoint
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.league import NoEpisodeEnds
+from npc_wrapper.errors import CheckpointError, NoEpisodeEnds, TrustRequiredError
+from npc_wrapper.evaluation import format_summary, play_episodes
+from npc_wrapper.league import round_robin
+from npc_wrapper.npcs.resolve import as_npc_policy
 
 __all__ = ["main", "evaluate", "round_robin_run", "find_run_config", "resolve_policy_path"]
 
@@ -78,8 +81,6 @@ def resolve_policy_path(policy: str) -> str:
     """A run directory stands for its ``final.zip``, else its latest checkpoint."""
     path = _local_path(policy)
     if path is not None and path.is_dir() and (path / "config.yaml").is_file():
-        from npc_wrapper.cli.callbacks import latest_checkpoint
-
         if (path / "final.zip").is_file():
             return str(path / "final.zip")
         latest = latest_checkpoint(path / "checkpoints")
@@ -146,7 +147,6 @@ def evaluate(
     :param device: where the policies run (default: the config's ``device``)
     """
     from npc_wrapper.cli.train import build_vec_env, dual_policy_config
-    from npc_wrapper.policies import as_npc_policy
 
     if episodes < 1 or num_envs < 1:
         raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
@@ -243,8 +243,6 @@ def round_robin_run(
 
     Uses the run's env and agent split (see :func:`npc_wrapper.league.round_robin`).
     """
-    from npc_wrapper.league import round_robin
-
     if not Path(run).is_dir():
         raise CLIError(f"--round-robin needs a run directory (runs/<run>), got {run!r}")
     cfg = _load_config(run, overrides)

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import CheckpointError, parse_uri, sidecar_metadata
+from npc_wrapper.checkpoints.select import sidecar_metadata
+from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.callbacks import (
     CheckpointCallback,
@@ -54,9 +55,10 @@ from npc_wrapper.cli.common import (
     register_configs,
 )
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import format_summary, play_episodes
-from npc_wrapper.config import DualPolicyConfig
-from npc_wrapper.league import LeagueCallback, LeagueConfig, NoEpisodeEnds, check_league_venv
+from npc_wrapper.config import DualPolicyConfig, LeagueConfig
+from npc_wrapper.errors import CheckpointError, NoEpisodeEnds
+from npc_wrapper.evaluation import format_summary, play_episodes
+from npc_wrapper.league import LeagueCallback, check_league_venv
 from npc_wrapper.workers import check_worker_split
 
 __all__ = [
