@@ -1,7 +1,8 @@
 """Playing episodes against the NPCs and summarising their outcomes.
 
-:func:`play_episodes` plays ``npc-train``'s evaluations before and after training and
-``npc-eval``'s. :class:`EpisodeStats` accumulates the ``info["npc_wrapper/episode"]`` summaries (win, loss or
+:func:`play_episodes` is the one evaluation loop: ``npc-train``'s evaluations before and after
+training, ``npc-eval``, and every pairing of :func:`~npc_wrapper.league.round_robin` play through
+it. :class:`EpisodeStats` accumulates the ``info["npc_wrapper/episode"]`` summaries (win, loss or
 draw of the training team against the NPC team) into rates with Wilson intervals and mean returns.
 """
 
@@ -146,7 +147,13 @@ def play_episodes(
     """Play ``venv`` with ``act(obs, episode_start) -> actions`` until ``episodes`` episodes ended.
 
     Each sub-env contributes a fixed quota of episodes (``episodes / num_envs``, the remainder to
-    the first envs), so short episodes are not over-represented.
+    the first envs): the first episodes to end anywhere would over-represent short ones, and
+    episode length often depends on who wins.
+
+    ``episode_start`` is SB3's: slot ``k``'s observation is the first of a new episode, so a
+    recurrent learner resets its state there. That is where slot ``k``'s env reset, not where slot
+    ``k`` was last done: an agent that dies while its env plays on is done at its death, its slot
+    is padding until the env resets, and its next real observation is the reset's.
 
     :param act: the learner: observations of every slot and whether each slot starts an episode
     :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded; reset here)
@@ -175,15 +182,17 @@ def play_episodes(
                 limit,
                 played,
             )
-        obs, _, dones, infos = venv.step(act(obs, episode_start))
-        episode_start = np.asarray(dones, dtype=bool)
+        obs, _, _, infos = venv.step(act(obs, episode_start))
+        reset = np.zeros(n_envs, dtype=bool)
         counted = False  # only a counted episode resets the bound: envs done with their share may end many
         for e, episode in episodes_from_infos(infos, n_train):
+            reset[e] = True
             if done_count[e] < quota[e]:
                 stats.add(episode)
                 done_count[e] += 1
                 counted = True
         since_end = 0 if counted else since_end + 1
+        episode_start = np.repeat(reset, n_train)
     return stats
 
 

@@ -7,6 +7,7 @@ import pytest
 
 import npc_wrapper as nw
 from npc_wrapper.evaluation import EpisodeStats, play_episodes, wilson_interval
+from tests.envs import ScriptedParallelEnv
 
 
 def test_wilson_interval_known_values() -> None:
@@ -63,3 +64,30 @@ def test_episodes_of_envs_done_with_their_share_do_not_reset_the_bound() -> None
             play_episodes(act, venv, 2, 3, max_steps=20)
     finally:
         venv.close()
+
+
+def test_episode_start_marks_each_slots_first_observation_of_an_episode() -> None:
+    """A recurrent learner resets its state where ``episode_start`` is set (SB3's ``predict``), so it must
+    be set on the first observation of each episode, and only there. Agent a_0 dies at step 2 while its
+    env plays on: its slot is done then, padding until the env resets, and its next real observation is
+    the reset's, where its slot was not done (it was dead). A loop that took ``episode_start`` from the
+    slots' dones would start a_0's next episode with the state it carried over the padding."""
+    venv = nw.make_vec_env(
+        lambda: ScriptedParallelEnv(agents=["a_0", "a_1", "b_0"], max_steps=5, death_steps={"a_0": 2}),
+        num_envs=2, npc="noop", training_agents=["a_*"], seed=0, device="cpu",
+    )
+    seen = []
+
+    def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        seen.append((obs[:, 0].copy(), venv.slot_alive(), episode_start.copy()))
+        return np.zeros(len(obs), dtype=np.int64)
+
+    try:
+        play_episodes(act, venv, 4, 2)
+    finally:
+        venv.close()
+    assert len(seen) == 10  # two episodes of 5 steps in each env
+    for t, (step, alive, start) in enumerate(seen):
+        first = alive & (step == 0)  # the observation of step 0 is an episode's first (dead slots: padding)
+        assert start.tolist() == first.tolist(), f"call {t}: episode_start {start}, first observation {first}"
+    assert not seen[3][1][0] and seen[5][1][0] and seen[5][2][0]  # a_0: padding, then back at the reset

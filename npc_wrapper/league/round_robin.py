@@ -2,8 +2,8 @@
 
 :func:`round_robin` takes a directory (a run directory: its ``final.zip``, ``checkpoints/`` and
 league snapshots), a list of checkpoints or policies, or a name -> spec mapping; each ordered pair
-plays a fixed number of episodes, one player on each side of a symmetric game (see
-:mod:`~npc_wrapper.league.checks`).
+plays a fixed number of episodes through :func:`~npc_wrapper.evaluation.play_episodes`, one player
+on each side of a symmetric game (see :mod:`~npc_wrapper.league.checks`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from gymnasium import spaces
 
 from npc_wrapper.agents import build_layout
 from npc_wrapper.checkpoints.select import CHECKPOINT_SUFFIXES
-from npc_wrapper import evaluation
 from npc_wrapper.config import _is_int
-from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.errors import NoEpisodeEnds
+from npc_wrapper.evaluation import play_episodes
 from npc_wrapper.factory import make_vec_env
 from npc_wrapper.league.checks import check_league_layout
 from npc_wrapper.league.elo import fit_ratings
@@ -160,43 +159,29 @@ def _play(
     num_envs: int,
     seed: int,
     env_kwargs: dict[str, Any],
-    max_steps: int,
+    max_steps: int | None,
 ) -> list[str]:
     """Outcomes (for ``learner``) of ``episodes`` episodes ``learner`` plays on the training side,
     or :class:`~npc_wrapper.errors.NoEpisodeEnds` once no episode has ended for ``max_steps`` vector
     steps."""
     venv = make_vec_env(env_fn, num_envs=num_envs, npc=npc, seed=seed, **env_kwargs)
     try:
-        n_train, slots, n_envs = venv.engine.n_train, venv.num_envs, venv.num_sub_envs
-        # Each env plays a fixed quota: the first episodes to end anywhere would over-represent short
-        # ones, and episode length often depends on who wins.
-        quota = np.full(n_envs, episodes // n_envs)
-        quota[: episodes % n_envs] += 1
-        played = np.zeros(n_envs, dtype=np.int64)
-        rows = np.arange(slots)
-        learner.reset(slots, seed)
-        obs = venv.reset()
-        start = np.ones(slots, dtype=bool)
-        outcomes: list[str] = []
-        since_end = 0
-        while (played < quota).any():
-            if since_end >= max_steps:
-                raise NoEpisodeEnds(
-                    f"round_robin: no episode ended in the last max_steps={max_steps} vector steps "
-                    f"({int(played.sum())} of {episodes} played); give the env a time limit, or pass a "
-                    "larger max_steps",
-                    max_steps,
-                    int(played.sum()),
-                )
-            obs, _, _, infos = venv.step(learner.act(obs, rows, start))
-            ended = np.array([EPISODE_KEY in infos[e * n_train] for e in range(n_envs)])
-            # Only an episode that counts resets the bound: envs done with their share may end many.
-            since_end = 0 if (ended & (played < quota)).any() else since_end + 1
-            for e in np.flatnonzero(ended & (played < quota)):
-                outcomes.append(infos[e * n_train][EPISODE_KEY]["outcome"])
-                played[e] += 1
-            start = np.repeat(ended, n_train)  # a new episode starts in the envs that just reset
-        return outcomes
+        rows = np.arange(venv.num_envs)
+
+        def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+            return learner.act(obs, rows, episode_start)
+
+        learner.reset(venv.num_envs, seed)
+        try:
+            stats = play_episodes(act, venv, episodes, venv.engine.n_train, max_steps)
+        except NoEpisodeEnds as e:
+            raise NoEpisodeEnds(
+                f"round_robin: no episode ended in the last max_steps={e.steps} vector steps ({e.played} of "
+                f"{episodes} played); give the env a time limit, or pass a larger max_steps",
+                e.steps,
+                e.played,
+            ) from None
+        return [episode["outcome"] for episode in stats.episodes]
     finally:
         venv.close()
 
@@ -249,9 +234,7 @@ def round_robin(
     """
     if not _is_int(episodes) or episodes < 1:
         raise ValueError(f"episodes must be an integer >= 1 (per ordered pair), got {episodes!r}")
-    if max_steps is None:
-        max_steps = evaluation.MAX_EPISODE_STEPS
-    elif not _is_int(max_steps) or max_steps < 1:
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
         raise ValueError(f"max_steps must be an integer >= 1 (vector steps per pairing), got {max_steps!r}")
     names, specs = _players(checkpoints)
     if len(names) < 2:
