@@ -20,7 +20,7 @@ import pytest
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
-from npc_wrapper.cli.callbacks import atomic_save, checkpoint_path, latest_checkpoint
+from npc_wrapper.checkpoints.store import atomic_save, checkpoint_path, latest_checkpoint
 from npc_wrapper.cli.common import DATA_DIR, CLIError
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.train import _check_npc_uri, main, train

@@ -151,6 +151,29 @@ def test_snapshots_taken_at_the_same_step_are_saved_to_their_own_files(tmp_path:
     venv.close()
 
 
+def test_a_snapshot_save_killed_midway_leaves_no_torn_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots are saved as checkpoints are (to a temporary file, then renamed): a resume or a round
+    robin over the league directory never finds half a snapshot."""
+    venv = scripted_venv()  # a rollout is 16 steps
+    model = ppo(venv)
+    league = LeagueCallback(LeagueConfig(enabled=True, snapshot_every=32), save_dir=tmp_path, device="cpu")
+    model.learn(48, callback=league)
+    good = (tmp_path / "snapshot_32.zip").read_bytes()
+
+    def torn_save(path: object, *args: object, **kwargs: object) -> None:
+        Path(str(path)).write_bytes(good[: len(good) // 2])  # what a kill during the write leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        model.learn(32, callback=league, reset_num_timesteps=False)  # snapshot@64 is due at step 64
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == ["league.json", "snapshot_32.json", "snapshot_32.zip"]
+    venv.close()
+
+
 def test_snapshot_when_win_rate_passes_the_threshold_over_the_last_k_episodes() -> None:
     # Every episode lasts 4 steps in both envs: a rollout (8 steps per env) holds 4 episodes, all won.
     venv = scripted_venv(reward_fn=learner_wins)

@@ -1,4 +1,4 @@
-"""Checkpoints: loading NPC policies from them.
+"""Checkpoints: loading NPC policies from them, and writing them.
 
 Loading (:func:`load_npc`) reads untrusted files without running code from them unless
 ``trusted``: :mod:`~npc_wrapper.checkpoints.uri` says what a URI names,
@@ -6,6 +6,7 @@ Loading (:func:`load_npc`) reads untrusted files without running code from them 
 versions (:mod:`~npc_wrapper.checkpoints.wandb`), and :mod:`~npc_wrapper.checkpoints.load` detects
 each file's format and hands it to its loader (:mod:`~npc_wrapper.checkpoints.sb3`,
 :mod:`~npc_wrapper.checkpoints.torch`, both over :mod:`~npc_wrapper.checkpoints.safe_pickle`).
+Writing: :mod:`~npc_wrapper.checkpoints.store` (atomic saves, ``step_<n>.zip``, league snapshots).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.checkpoints.store import latest_checkpoint
 from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.common import (
     CLIError,
@@ -39,7 +40,6 @@ from npc_wrapper.cli.common import (
     register_configs,
     with_trust_flag,
 )
-from npc_wrapper.cli.callbacks import latest_checkpoint
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.config import CheckpointConfig
 from npc_wrapper.errors import CheckpointError, NoEpisodeEnds, TrustRequiredError

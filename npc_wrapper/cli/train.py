@@ -33,17 +33,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npc_wrapper.checkpoints.select import sidecar_metadata
+from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text, latest_checkpoint, list_checkpoints
 from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
-from npc_wrapper.cli.callbacks import (
-    CheckpointCallback,
-    NPCMetricsCallback,
-    atomic_save,
-    atomic_write_text,
-    epoch_of,
-    latest_checkpoint,
-    list_checkpoints,
-)
+from npc_wrapper.cli.callbacks import CheckpointCallback, NPCMetricsCallback, epoch_of
 from npc_wrapper.cli.common import (
     CLIError,
     TrainConfig,

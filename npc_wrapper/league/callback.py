@@ -10,7 +10,9 @@ until its own episode ends (the engine draws a member at each episode start), so
 replaces an opponent mid-episode, and an evicted member leaves the pool only once no env plays it.
 
 Ratings: Elo per pool member and for the learner, updated from every episode's outcome and logged
-to the SB3 logger each rollout (:mod:`~npc_wrapper.league.elo`).
+to the SB3 logger each rollout (:mod:`~npc_wrapper.league.elo`). Snapshots and ``league.json`` are
+written atomically (:mod:`npc_wrapper.checkpoints.store`), so a run killed mid-save leaves no torn
+file for a resume to read.
 
 The league needs a game: NPC agents that are the learner's opponents and share its observation and
 action spaces (magent2 battle with ``training_agents=["red_*"]``, MettaGrid arena). It refuses
@@ -23,7 +25,6 @@ import collections
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from npc_wrapper.checkpoints.store import atomic_save, atomic_write_json, snapshot_path
 from npc_wrapper.config import LeagueConfig
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.evaluation import episodes_from_infos
@@ -419,19 +421,15 @@ class LeagueCallback(BaseCallback):
         }
 
     def save_state(self) -> None:
-        """Write ``league.json`` now (done at every snapshot and at the end of training; no-op without
-        ``save_dir``)."""
+        """Write ``league.json`` now, atomically (done at every snapshot and at the end of training; no-op
+        without ``save_dir``)."""
         if self.save_dir is not None:
-            _write_json(self.save_dir / "league.json", self.state())
+            atomic_write_json(self.save_dir / "league.json", self.state())
 
     def _save(self, name: str, steps: int) -> Path:
-        # Named after the unique member name: a second snapshot at a step (the step count went back, or a
-        # resumed run repeats steps) must not overwrite the first one's file.
-        path = self.save_dir / f"{name.replace('@', '_').replace('#', '_')}.zip"
-        self.model.save(path)
         # The checkpoint loader reads <stem>.json as the checkpoint's metadata (selectors sort by it).
         meta = {"league_name": name, "num_timesteps": steps, "step": steps, "elo": self.learner_elo}
-        _write_json(path.with_suffix(".json"), meta)
+        path = atomic_save(self.model, snapshot_path(self.save_dir, name), meta)
         if self.config.wandb_artifacts:
             artifact = self._log_artifact(path, meta)
             if artifact is not None:
@@ -453,16 +451,3 @@ class LeagueCallback(BaseCallback):
         artifact.add_file(str(path))
         artifact.add_file(str(path.with_suffix(".json")))
         return run.log_artifact(artifact, aliases=[f"step-{meta['num_timesteps']}"])
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
