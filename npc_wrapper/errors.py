@@ -64,6 +64,10 @@ class NoEpisodeEnds(RuntimeError):
         self.steps = steps
         self.played = played
 
+    def __reduce__(self) -> tuple[type, tuple[str, int, int]]:
+        # Pickle rebuilds an exception from its args, which hold the message alone.
+        return type(self), (str(self), self.steps, self.played)
+
 
 def corrupt_checkpoint(label: str | os.PathLike[str], e: BaseException) -> CheckpointError:
     """The error for a checkpoint file that cannot be read: ``label`` names it, ``e`` is what failed."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
 import npc_wrapper as nw
+from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.evaluation import EpisodeStats, play_episodes, wilson_interval
 from tests.envs import ScriptedParallelEnv
 
@@ -91,3 +94,10 @@ def test_episode_start_marks_each_slots_first_observation_of_an_episode() -> Non
         first = alive & (step == 0)  # the observation of step 0 is an episode's first (dead slots: padding)
         assert start.tolist() == first.tolist(), f"call {t}: episode_start {start}, first observation {first}"
     assert not seen[3][1][0] and seen[5][1][0] and seen[5][2][0]  # a_0: padding, then back at the reset
+
+
+def test_no_episode_ends_survives_pickling() -> None:
+    """It carries the bound and the episodes played besides its message (a worker or a test runner may
+    send it between processes)."""
+    e = pickle.loads(pickle.dumps(NoEpisodeEnds("no episode ended in the last 20 vector steps", 20, 1)))
+    assert (str(e), e.steps, e.played) == ("no episode ended in the last 20 vector steps", 20, 1)
