@@ -23,10 +23,11 @@ import npc_wrapper as nw
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import plot as plot_cli
 from npc_wrapper.cli.algos import ActionMaskVecEnv
-from npc_wrapper.cli.common import DATA_DIR, CLIError, config_dir
+from npc_wrapper.cli.build import _agent_list
+from npc_wrapper.cli.config import DATA_DIR, compose_config, config_dir, dual_policy_config
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
-from npc_wrapper.cli.metrics import EpisodeStats, play_episodes, wilson_interval
-from npc_wrapper.cli.train import compose_config, dual_policy_config, train
+from npc_wrapper.cli.errors import CLIError
+from npc_wrapper.cli.train import train
 from npc_wrapper.config import DualPolicyConfig
 from tests.checkpoint_agents import save_marker_torchscript
 
@@ -46,7 +47,7 @@ SMALL = [
     "trainer.progress_bar=false",
 ]
 
-SEED_COMMAND = [
+ORIGINAL_COMMAND = [
     "run=my_experiment",
     "trainer.dual_policy.enabled=true",
     "trainer.dual_policy.checkpoint_npc.uri=wandb://my_entity/my_project/model/my_npc_policy:v1",
@@ -89,15 +90,16 @@ def test_default_config_is_simple_tag_against_the_shipped_npc() -> None:
 
 
 def test_package_level_names_import_in_a_fresh_interpreter() -> None:
-    """npc_wrapper.cli's lazy compose_config and its __all__ (the submodule train shares the name train)."""
+    """npc_wrapper.cli's compose_config and its __all__ (the submodule train shares the name train)."""
     import subprocess
     import sys
 
     code = (
         "from npc_wrapper.cli import compose_config\n"
         "from npc_wrapper.cli import *\n"
+        "import npc_wrapper.cli.config as config\n"
         "import npc_wrapper.cli.train as module\n"
-        "assert compose_config is module.compose_config and callable(module.train)\n"
+        "assert compose_config is config.compose_config and callable(module.train)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -105,20 +107,20 @@ def test_package_level_names_import_in_a_fresh_interpreter() -> None:
 
 def test_config_dir_of_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside a source checkout the configs come from the wheel's data files (here a ``--target`` layout)."""
-    from npc_wrapper.cli import common
+    from npc_wrapper.cli import config as cli_config
 
     site = tmp_path / "site"
     installed = site / "share" / "npc-wrapper" / "configs"
     shutil.copytree(REPO / "configs", installed)
-    monkeypatch.setattr(common, "PACKAGE_ROOT", site / "npc_wrapper")
-    assert common.config_dir() == installed
+    monkeypatch.setattr(cli_config, "PACKAGE_ROOT", site / "npc_wrapper")
+    assert cli_config.config_dir() == installed
     monkeypatch.setenv("NPC_WRAPPER_CONFIG_DIR", str(tmp_path / "mine"))
-    assert common.config_dir() == tmp_path / "mine"
+    assert cli_config.config_dir() == tmp_path / "mine"
     monkeypatch.delenv("NPC_WRAPPER_CONFIG_DIR")
     shutil.rmtree(installed)
-    monkeypatch.setattr(common, "_installed_config_dirs", lambda: [])
-    with pytest.raises(common.CLIError, match="NPC_WRAPPER_CONFIG_DIR"):
-        common.config_dir()
+    monkeypatch.setattr(cli_config, "_installed_config_dirs", lambda: [])
+    with pytest.raises(CLIError, match="NPC_WRAPPER_CONFIG_DIR"):
+        cli_config.config_dir()
 
 
 def test_own_env_by_config_alone(tmp_path: Path) -> None:
@@ -136,8 +138,8 @@ def test_own_env_by_config_alone(tmp_path: Path) -> None:
     assert len(env.possible_agents) == 4
 
 
-def test_seed_override_forms_work_verbatim() -> None:
-    cfg = compose_config(SEED_COMMAND)
+def test_original_override_forms_work_verbatim() -> None:
+    cfg = compose_config(ORIGINAL_COMMAND)
     assert cfg.run == "my_experiment" and cfg.run_dir == "runs/my_experiment"
     dp = dual_policy_config(cfg)
     assert dp.enabled
@@ -146,12 +148,14 @@ def test_seed_override_forms_work_verbatim() -> None:
     # The rest comes from +user=dual_policy_checkpoint_example.
     assert cfg.trainer.num_workers == 4 and cfg.trainer.total_timesteps == 10_000_000_000
     assert cfg.wandb.enabled and cfg.wandb.project == "dual_policy_training"
-    # The seed quotes the URI for the shell; Hydra also accepts the quotes themselves.
-    quoted = compose_config([a.replace("uri=", 'uri="') + '"' if "uri=" in a else a for a in SEED_COMMAND])
+    # The original dual-policy feature quotes the URI for the shell; Hydra also accepts the quotes themselves.
+    quoted = compose_config(
+        [a.replace("uri=", 'uri="') + '"' if "uri=" in a else a for a in ORIGINAL_COMMAND]
+    )
     assert quoted.trainer.dual_policy.checkpoint_npc.uri == dp.checkpoint_npc.uri
 
 
-def test_user_example_is_the_seeds_complete_valid_example() -> None:
+def test_user_example_is_the_original_complete_valid_example() -> None:
     raw = yaml.safe_load((REPO / "configs/user/dual_policy_checkpoint_example.yaml").read_text())
     block = raw["trainer"]["dual_policy"]
     assert block["enabled"] is True and block["training_agents_pct"] == 0.5
@@ -231,8 +235,6 @@ def test_run_directory_contents(trained_run: dict[str, Any]) -> None:
 
 
 def test_the_start_log_line_elides_long_agent_lists() -> None:
-    from npc_wrapper.cli.train import _agent_list
-
     assert _agent_list(["agent_0"]) == "[agent_0]"
     blue = [f"blue_{i}" for i in range(81)]  # battle at map_size 45: the line listed all 162 names
     assert _agent_list(blue) == "[blue_0, blue_1, blue_2, ..., blue_79, blue_80]"
@@ -489,62 +491,6 @@ def test_resume_with_another_algorithm_is_refused(trained_run: dict[str, Any], t
 
 
 # --------------------------------------------------------------------------- eval and plot
-def test_wilson_interval_known_values() -> None:
-    lo, hi = wilson_interval(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = wilson_interval(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = wilson_interval(40, 40)  # exactly 1, not 0.9999999999999999 (as eval.json showed)
-    assert hi == 1.0 and lo == pytest.approx(0.9124, abs=1e-4)
-
-
-def test_episode_stats_per_npc() -> None:
-    stats = EpisodeStats()
-    for outcome, npc in [("win", "a"), ("loss", "a"), ("win", "b"), ("draw", "b")]:
-        stats.add({"train_return": 1.0, "npc_return": 0.0, "length": 5, "outcome": outcome, "npc": npc})
-    s = stats.summary()
-    assert (s["wins"], s["losses"], s["draws"]) == (2, 1, 1)
-    assert s["per_npc"]["a"]["win_rate"] == 0.5 and s["per_npc"]["b"]["draw_rate"] == 0.5
-
-
-def test_evaluation_plays_episodes_longer_than_1000_steps() -> None:
-    from mpe2 import simple_tag_v3
-
-    venv = nw.make_vec_env(
-        lambda: simple_tag_v3.parallel_env(max_cycles=1100), num_envs=1, npc="random",
-        training_agents_pct=0.75, seed=0, device="cpu",
-    )
-    try:
-        act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
-        assert play_episodes(act, venv, 1, 3).summary()["episode_length"] == 1100
-        # An env whose episodes do not end is still an error, once no episode ended for max_steps steps.
-        with pytest.raises(RuntimeError, match="no episode ended in the last 20 vector steps"):
-            play_episodes(act, venv, 1, 3, max_steps=20)
-    finally:
-        venv.close()
-
-
-@pytest.mark.timeout(60)
-def test_episodes_of_envs_done_with_their_share_do_not_reset_the_bound() -> None:
-    from mpe2 import simple_tag_v3
-
-    # Env 0's episodes end every step; env 1's never do (within the bound): an error, not a hang.
-    venv = nw.make_vec_env(
-        [
-            lambda: simple_tag_v3.parallel_env(max_cycles=1),
-            lambda: simple_tag_v3.parallel_env(max_cycles=10_000),
-        ],
-        npc="random", training_agents_pct=0.75, seed=0, device="cpu",
-    )
-    try:
-        act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
-        with pytest.raises(RuntimeError, match=r"no episode ended in the last 20 vector steps \(1 of 2"):
-            play_episodes(act, venv, 2, 3, max_steps=20)
-    finally:
-        venv.close()
-
-
 def test_npc_eval_prints_win_rate_with_ci(
     trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -649,7 +595,7 @@ def test_npc_eval_errors_name_the_option_or_override_to_fix(
     assert "--device=cuda but CUDA is not available" in _eval_error([run, "--device", "cuda"], capsys)
     err = _eval_error([run, "--round-robin", "--episodes", "1"], capsys)
     assert "a round robin" in err and "npc-eval CHECKPOINT --npc URI" in err and "trainer.league" not in err
-    monkeypatch.setattr("npc_wrapper.cli.metrics.MAX_EPISODE_STEPS", 20)  # an env whose episodes never end
+    monkeypatch.setattr("npc_wrapper.evaluation.MAX_EPISODE_STEPS", 20)  # an env whose episodes never end
     err = _eval_error([run, "--episodes", "1", "--num-envs", "1", "env.factory.max_cycles=1000"], capsys)
     assert "no episode ended in the last 20 vector steps (0 of 1 played): give the env a time limit" in err
 

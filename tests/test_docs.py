@@ -10,12 +10,12 @@ import pytest
 
 MODULES = [
     "npc_wrapper.agents",
-    "npc_wrapper.checkpoints",
+    "npc_wrapper.checkpoints.load",
     "npc_wrapper.factory",
-    "npc_wrapper.gym_vector_env",
-    "npc_wrapper.policies",
-    "npc_wrapper.pool",
-    "npc_wrapper.sb3_vec_env",
+    "npc_wrapper.frontends.gymnasium",
+    "npc_wrapper.frontends.sb3",
+    "npc_wrapper.npcs.policies",
+    "npc_wrapper.npcs.pool",
 ]
 REPO = Path(__file__).resolve().parents[1]
 
