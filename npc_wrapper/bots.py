@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.npcs.policies import NPCPolicy
 
 __all__ = ["ConnectFourBot", "connect_four_moves"]
 

@@ -12,7 +12,7 @@ from pettingzoo.utils import AgentSelector
 
 from npc_wrapper.bots import ConnectFourBot, connect_four_moves
 from npc_wrapper.checkpoints import load_npc
-from npc_wrapper.policies import check_npc_policy
+from npc_wrapper.npcs.policies import check_npc_policy
 from tests.turn_envs import TurnDriver
 
 
