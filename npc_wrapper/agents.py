@@ -98,6 +98,8 @@ class NPCGroup:
     spec: Any
     observation_space: spaces.Space
     action_space: spaces.Space
+    #: Whether the env gives these agents action masks in their observations (their NPCs must take them).
+    masked: bool = False
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ class NPCEngine:
 
     See :func:`npc_wrapper.make_vec_env` for the parameters.
 
+    :param probe: the first env, already built by ``env_fns[0]`` (the engine owns it from then on)
     :param autoreset_mode: what a step returns for an env whose episode ended (see
         :func:`npc_wrapper.make_vector_env`): ``SAME_STEP`` returns the next episode's first
         observation at once, ``NEXT_STEP`` the terminal one, and the next step only delivers the
@@ -156,17 +157,26 @@ class NPCEngine:
         trusted: bool = False,
         start_method: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+        *,
+        probe: Any = None,
     ) -> None:
-        self.autoreset_mode = _autoreset_mode(autoreset_mode)
-        if not env_fns:
-            raise ValueError("num_envs must be at least 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}")
-        self.num_envs = len(env_fns)
-        probe = env_fns[0]()
         try:
-            check_parallel_env(probe)
-            self.layout: AgentLayout = build_layout(probe, npc, training_agents_pct, training_agents)
+            self.autoreset_mode = _autoreset_mode(autoreset_mode)
+            if not env_fns:
+                raise ValueError("num_envs must be at least 1")
+            if num_workers < 0:
+                raise ValueError(
+                    f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}"
+                )
+        except BaseException:
+            if probe is not None:
+                probe.close()
+            raise
+        self.num_envs = len(env_fns)
+        # The first env, built here or by the factory (which looks at it to pick the engine).
+        probe = env_fns[0]() if probe is None else probe
+        try:
+            self.layout: AgentLayout = self._build_layout(probe, npc, training_agents_pct, training_agents)
             self.metadata = dict(getattr(probe, "metadata", {}) or {})
             self.render_mode = getattr(probe, "render_mode", None)
             self.pools = [self._make_pool(g, device, deterministic_npc, trusted) for g in range(len(self.layout.groups))]
@@ -174,32 +184,20 @@ class NPCEngine:
         except BaseException:
             probe.close()
             raise
-        if num_workers == 0:
-            self.backend: Backend = InProcessBackend(
-                [probe] + [fn() for fn in env_fns[1:]], self.layout, reset_when_training_agents_dead
-            )
-        else:
-            probe.close()
-            self.backend = WorkerBackend(
-                env_fns, num_workers, self.layout, reset_when_training_agents_dead, start_method
-            )
+        self.backend: Backend = self._build_backend(
+            probe, env_fns, num_workers, reset_when_training_agents_dead, start_method
+        )
 
         layout = self.layout
         self.n_train = layout.n_train
         #: Which slot is which training agent of which sub-env.
         self.slots = SlotMap(self.num_envs, self.n_train)
-        self._train_pos = _as_slice(layout.train_index)
-        self._npc_pos = _as_slice(layout.npc_index)
-        self._group_pos = [_as_slice(layout.group_index(g)) for g in range(len(layout.groups))]
         self._group_sizes = [len(grp.agents) for grp in layout.groups]
         self._slot_obs_shape = (self.slots.num_slots, *layout.observation_space.shape)
         E = self.num_envs
         act = layout.action_space
         floating_box = isinstance(act, spaces.Box) and np.issubdtype(act.dtype, np.floating)
         self._act_rounding = _rounding_bounds(act) if floating_box else None
-        self._npc_actions = [
-            np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype) for grp in layout.groups
-        ]
         self._rows = [E * len(grp.agents) for grp in layout.groups]
         self._all_rows = [np.arange(n) for n in self._rows]
         self._episode_start = [np.ones(n, dtype=bool) for n in self._rows]
@@ -207,10 +205,7 @@ class NPCEngine:
             np.zeros((n, *grp.observation_space.shape), dtype=grp.observation_space.dtype)
             for n, grp in zip(self._rows, layout.groups)
         ]
-        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy]] = []
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
-        self._alive = np.zeros((E, layout.n_agents), dtype=bool)
-        self._joined = np.zeros((E, layout.n_agents), dtype=bool)
         self._slot_return = np.zeros(self.slots.num_slots, dtype=np.float64)
         self._slot_length = np.zeros(self.slots.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
@@ -225,8 +220,41 @@ class NPCEngine:
         self._t_start = time.time()
         self._needs_reset = True
         self.closed = False
+        self._init_step_state()
 
     # ------------------------------------------------------------------ construction
+    def _build_layout(
+        self, probe: Any, npc: Any, training_agents_pct: float | None, training_agents: Sequence[Any] | None
+    ) -> AgentLayout:
+        """The agent split of the first env (``probe``), which must be the kind of env this engine steps."""
+        check_parallel_env(probe)
+        return build_layout(probe, npc, training_agents_pct, training_agents)
+
+    def _build_backend(
+        self, probe: Any, env_fns: Sequence[EnvFn], num_workers: int, reset_when_training_agents_dead: bool,
+        start_method: str | None,
+    ) -> Backend:
+        """The backend stepping the sub-envs (``probe`` is the first one, already built)."""
+        if num_workers == 0:
+            envs = [probe] + [fn() for fn in env_fns[1:]]
+            return InProcessBackend(envs, self.layout, reset_when_training_agents_dead)
+        probe.close()
+        return WorkerBackend(env_fns, num_workers, self.layout, reset_when_training_agents_dead, start_method)
+
+    def _init_step_state(self) -> None:
+        """The arrays of this engine's way of stepping: agent positions, NPC actions, liveness."""
+        layout, E = self.layout, self.num_envs
+        self._train_pos = _as_slice(layout.train_index)
+        self._npc_pos = _as_slice(layout.npc_index)
+        self._group_pos = [_as_slice(layout.group_index(g)) for g in range(len(layout.groups))]
+        self._npc_actions = [
+            np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype)
+            for grp in layout.groups
+        ]
+        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy]] = []
+        self._alive = np.zeros((E, layout.n_agents), dtype=bool)
+        self._joined = np.zeros((E, layout.n_agents), dtype=bool)
+
     def _make_pool(self, g: int, device: Any, deterministic: bool, trusted: bool) -> NPCPool:
         group = self.layout.groups[g]
         spec = group.spec
@@ -235,8 +263,22 @@ class NPCEngine:
                                  device=device, deterministic=deterministic, trusted=trusted)
         pool = spec if isinstance(spec, NPCPool) else NPCPool([spec])
         for member in pool.members:
-            check_npc_policy(member, list(group.agents), group.observation_space, group.action_space)
+            self._check_member(g, member)
         return pool
+
+    def _check_member(self, g: int, member: NPCPolicy) -> None:
+        """Dry-run ``member`` on NPC group ``g``'s spaces; where the env gives the group action masks,
+        refuse a policy that cannot take them (it would play illegal actions)."""
+        group = self.layout.groups[g]
+        check_npc_policy(member, list(group.agents), group.observation_space, group.action_space)
+        if group.masked and not member.takes_mask and type(member) is not ConstantPolicy:
+            raise ValueError(
+                f"NPC policy {member!r} for agents {list(group.agents)} does not take action masks, but the "
+                "env gives those agents masks: it would play illegal actions. Give a callable a `mask` "
+                "parameter (fn(obs, mask)), set takes_mask = True on an NPCPolicy subclass whose act() "
+                "accepts mask=None, or use 'random', a torch module or an SB3 model (masks applied to their "
+                "logits)"
+            )
 
     def _check_unshared(self) -> None:
         owner: dict[int, int] = {}
@@ -291,6 +333,13 @@ class NPCEngine:
             None if not partial else envs,
         )
         self._needs_reset = False
+        return self._reset_result(env_infos, envs, partial)
+
+    def _reset_result(
+        self, env_infos: Any, envs: np.ndarray, partial: bool
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The slots' observations and infos after the backend reset ``envs`` (all, unless ``partial``),
+        which gave ``env_infos``; the episodes' bookkeeping starts anew there."""
         # NEXT_STEP: an ended env that is not reset now keeps showing its terminal obs, as in Gymnasium's
         # vector envs; the backend already holds its next episode's first obs, which its next step delivers.
         shown = self.slots.per_slot(self._held & ~envs)
@@ -421,9 +470,22 @@ class NPCEngine:
             )
             raise ValueError(
                 f"action {a[i].tolist()!r} for slot {i} (env {self.slots.env(i)}, agent "
-                f"{self.layout.training[self.slots.agent(i)]!r}) is outside the action space {space}{hint}"
+                f"{self._slot_agent(i)!r}) is outside the action space {space}{hint}"
             )
         return a.astype(space.dtype) if a.dtype.kind == "f" and _integer_space(space) else a
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the env gives the training agents action masks (see :meth:`action_masks`)."""
+        return False
+
+    def action_masks(self) -> np.ndarray:
+        """Every slot's legal actions now, bool ``(num_slots, width)``."""
+        raise AttributeError("this env gives its training agents no action masks")
+
+    def _slot_agent(self, slot: int) -> Any:
+        """The agent slot ``slot`` plays."""
+        return self.layout.training[self.slots.agent(slot)]
 
     def step(self, actions: Any, validated: bool = False) -> StepResult:
         """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions.
@@ -522,8 +584,7 @@ class NPCEngine:
 
         The policy is dry-run checked against the group's spaces first. Returns its pool index.
         """
-        grp = self.layout.groups[group]
-        check_npc_policy(policy, list(grp.agents), grp.observation_space, grp.action_space)
+        self._check_member(group, policy)
         policy.reset(self._rows[group], int(self._rng.integers(2**31)))
         return self.pools[group].add(policy, weight)
 

@@ -9,17 +9,26 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from pettingzoo import AECEnv
+
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
+from npc_wrapper.turn_engine import TurnEngine
+from npc_wrapper.turn_env import SEATS
 
 __all__ = ["make_vec_env", "make_vector_env"]
 
 EnvFn = Callable[[], Any]
 
 
-def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **engine_kwargs: Any) -> NPCEngine:
+def _engine(
+    env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, seat: str, **engine_kwargs: Any
+) -> NPCEngine:
     """The engine over ``num_envs`` sub-envs of ``env_fn``, after checking the arguments the engine does
-    not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s)."""
+    not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s): a
+    :class:`~npc_wrapper.turn_engine.TurnEngine` where the first env is a PettingZoo ``AECEnv``."""
+    if seat not in SEATS:
+        raise ValueError(f"seat must be one of {list(SEATS)}, got {seat!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed must be an int (sub-env i gets seed + i) or None, got {seed!r}")
     if _is_env(env_fn):
@@ -46,7 +55,17 @@ def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **
                 f"num_envs={num_envs} but env_fn is a list of {len(env_fns)} factories (one sub-env each): "
                 "leave num_envs out or make them agree"
             )
-    return NPCEngine(env_fns, **engine_kwargs)
+    probe = env_fns[0]()
+    if isinstance(probe, AECEnv):
+        return TurnEngine(env_fns, seat=seat, probe=probe, **engine_kwargs)
+    if seat != "fixed":
+        probe.close()
+        raise ValueError(
+            f"seat={seat!r} draws the learner's seat of a turn-based game, but env_fn builds a "
+            f"{type(probe).__name__}, not a PettingZoo AECEnv: leave seat='fixed' (training_agents picks who "
+            "trains in a parallel env)"
+        )
+    return NPCEngine(env_fns, probe=probe, **engine_kwargs)
 
 
 def _is_env(obj: Any) -> bool:
@@ -67,14 +86,21 @@ def make_vec_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
+    seat: str = "fixed",
 ) -> SB3VecEnv:
-    """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
+    """PettingZoo envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
     In each of ``num_envs`` envs the first ``floor(training_agents_pct * n_agents + 0.5)`` agents
     of ``possible_agents`` are driven by the trainer (one ``VecEnv`` slot each, env-major) and the
     rest by ``npc``, run batched over all envs inside ``step()``.
 
-    :param env_fn: factory of a PettingZoo ``ParallelEnv`` (or one factory per env)
+    A turn-based game (a PettingZoo ``AECEnv``, detected) has one slot per env, the learner: each step
+    plays its move and then every NPC move up to its next turn, and returns its observation there (see
+    the README's "Turn-based games"). Action masks (a classic ``Dict`` observation's ``action_mask``,
+    or ``info["action_mask"]``) are served by ``venv.action_masks()``, as sb3-contrib's
+    ``MaskablePPO`` reads them.
+
+    :param env_fn: factory of a PettingZoo ``ParallelEnv`` or ``AECEnv`` (or one factory per env)
     :param num_envs: number of env copies
     :param npc: the NPC policy: ``"random"``, ``"noop"``, a checkpoint URI or path, an
         :class:`~npc_wrapper.NPCPolicy`, an :class:`~npc_wrapper.NPCPool`, a ``torch.nn.Module``,
@@ -91,6 +117,10 @@ def make_vec_env(
     :param trusted: allow checkpoint formats that run code, pickles and TorchScript (only for checkpoints
         you trust)
     :param start_method: multiprocessing start method for the workers (platform default if ``None``)
+    :param seat: turn-based games only: ``"fixed"`` (the learner plays the seat ``training_agents`` /
+        ``training_agents_pct`` picks; it must pick one) or ``"random"`` (each env draws the learner's
+        seat at every episode start among the seats with that seat's spaces; the seat played is in
+        ``info["npc_wrapper/episode"]["seat"]``)
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 
     Example::
@@ -106,7 +136,8 @@ def make_vec_env(
         >>> venv.close()
     """
     engine = _engine(
-        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
+        training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
     )
@@ -127,6 +158,7 @@ def make_vector_env(
     trusted: bool = False,
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+    seat: str = "fixed",
 ) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
@@ -148,7 +180,8 @@ def make_vector_env(
         >>> envs.close()
     """
     engine = _engine(
-        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
+        training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
         autoreset_mode=autoreset_mode,

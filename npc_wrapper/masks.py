@@ -86,6 +86,8 @@ class ActionMask:
         >>> spec.write(np.array([0, 1, 1, 0], np.int8), masks[0], "player_0")
         >>> masks[0]
         array([False,  True,  True, False])
+        >>> spec.allows(masks[:1], np.array([1])), spec.sample(masks[:1], np.random.default_rng(0)) > 0
+        (array([ True]), array([ True]))
         >>> spec.check(masks, ["player_0", "player_1"].__getitem__)
         Traceback (most recent call last):
         ...
@@ -103,8 +105,11 @@ class ActionMask:
         else:
             sizes = np.array([self.width])
         # Each sub-action's first flag: every sub-action needs one legal choice.
+        self._sizes = sizes.astype(np.intp)
         self._starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         self._single = len(sizes) == 1
+        # The value of sub-action choice 0 (Discrete/MultiDiscrete ``start``; 0 for MultiBinary).
+        self._offset = getattr(action_space, "start", 0)
 
     def write(self, mask: Any, out: np.ndarray, agent: Hashable) -> None:
         """Copy ``mask`` (any numeric or bool array, nonzero = legal) into ``out``.
@@ -127,6 +132,24 @@ class ActionMask:
         if self._single:
             return masks.any(axis=1)
         return np.logical_or.reduceat(masks, self._starts, axis=1).all(axis=1)
+
+    def sample(self, masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One uniformly random legal action per row of ``masks`` (``(n, width)`` bool, each row allowing
+        an action for every sub-action), in the action space's shape and dtype."""
+        scores = np.where(masks, rng.random(masks.shape), -1.0)
+        if self._single:
+            choice = scores.argmax(axis=1)
+        else:  # a loop over the sub-actions (the action's dimensions), never over rows
+            parts = [scores[:, a:a + k].argmax(axis=1) for a, k in zip(self._starts, self._sizes)]
+            choice = np.stack(parts, axis=1)
+        space = self.action_space
+        return (choice.reshape(len(masks), *space.shape) + self._offset).astype(space.dtype)
+
+    def allows(self, masks: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Per row, whether ``actions`` (``(n, *action_shape)``, in the space) is legal under ``masks``."""
+        n = len(masks)
+        flags = self._starts + (np.asarray(actions).reshape(n, -1) - self._offset)
+        return masks[np.arange(n)[:, None], flags].all(axis=1)
 
     def check(self, masks: np.ndarray, agent_of: Callable[[int], Hashable]) -> None:
         """Raise ``ValueError`` naming the agent of the first row of ``masks`` that allows no action.

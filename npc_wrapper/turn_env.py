@@ -59,8 +59,10 @@ __all__ = [
     "TurnJointEnv",
     "build_turn_layout",
     "turn_buffer_spaces",
+    "reset_turns",
     "step_learners",
     "step_npcs",
+    "Reached",
     "MaskCheck",
 ]
 
@@ -144,6 +146,21 @@ class TurnLayout:
         return len(self.possible_agents)
 
     @property
+    def n_train(self) -> int:
+        """Training slots per env: one, the learner (whichever seat it plays)."""
+        return 1
+
+    @property
+    def training(self) -> tuple[AgentID, ...]:
+        """The seats the learner may play."""
+        return tuple(self.possible_agents[i] for i in self.seats)
+
+    @property
+    def masked(self) -> bool:
+        """Whether the env gives the learner action masks in its observations (more may come in infos)."""
+        return masked_observation_space(self.observation_spaces[self.seats[0]]) is not None
+
+    @property
     def mask_width(self) -> int:
         """The learner's mask width (0 for action spaces without discrete choices)."""
         return mask_width(self.action_space) if _maskable(self.action_space) else 0
@@ -184,6 +201,7 @@ def _group_npcs(
     served: Mapping[AgentID, spaces.Space],
     action: Mapping[AgentID, spaces.Space],
     possible: Sequence[AgentID],
+    masked: Mapping[AgentID, bool],
 ) -> tuple[NPCGroup, ...]:
     """Group the seats that NPCs may play by their spec (the first matching key of a mapping) and spaces."""
     if isinstance(npc, Mapping):
@@ -228,6 +246,7 @@ def _group_npcs(
             spec=npc[keys[kid]] if isinstance(npc, Mapping) else npc,
             observation_space=pairs[sid][0],
             action_space=pairs[sid][1],
+            masked=any(masked[a] for a in members),
         )
         for (kid, sid), members in grouped.items()
     )
@@ -287,7 +306,8 @@ def build_turn_layout(
     npc_seats = [a for i, a in enumerate(possible) if len(seats) > 1 or i not in seats]
     if not npc_seats:
         raise ValueError(f"the env has a single agent {learner!r}: a turn-based game needs NPC seats")
-    groups = _group_npcs(npc_seats, npc, [possible[i] for i in seats], served, action, possible)
+    masked = {a: masked_observation_space(raw[a]) is not None for a in possible}
+    groups = _group_npcs(npc_seats, npc, [possible[i] for i in seats], served, action, possible, masked)
     return TurnLayout(
         possible_agents=possible,
         seats=seats,
@@ -700,30 +720,73 @@ class TurnJointEnv:
         self.env.close()
 
 
-def step_learners(joints: Sequence[TurnJointEnv], actions: np.ndarray) -> None:
-    """Play each env's learner move: ``actions[e]`` for env ``e`` (all envs are at the learner's turn)."""
+#: What a batch call tells about the envs that came to their learner's turn in it: env index ->
+#: (the learner's step info, its reset info), the env's own dicts.
+Reached = dict[int, tuple["dict[str, Any] | None", "dict[str, Any] | None"]]
+
+
+def _reached(joints: Sequence[TurnJointEnv], envs: Sequence[int], first: int) -> Reached:
+    """The learner infos of those of ``envs`` now at their learner's turn (keys offset by ``first``)."""
+    return {
+        first + e: (joints[e].step_info, joints[e].reset_info) for e in envs if joints[e]._turn == LEARNER
+    }
+
+
+def reset_turns(
+    joints: Sequence[TurnJointEnv],
+    seeds: Sequence[int | None],
+    options: Sequence[dict[str, Any] | None],
+    mask: Sequence[bool] | None = None,
+    first: int = 0,
+) -> Reached:
+    """Reset env ``e`` with ``seeds[e]`` and ``options[e]`` where ``mask`` is set (default: every env).
+
+    :param first: added to the env indices of the result (a worker's share of the envs)
+    """
+    envs = [e for e in range(len(joints)) if mask is None or mask[e]]
+    for e in envs:
+        joints[e].reset(seed=seeds[e], options=options[e])
+    return _reached(joints, envs, first)
+
+
+def step_learners(
+    joints: Sequence[TurnJointEnv], actions: np.ndarray, active: Sequence[bool] | None = None, first: int = 0
+) -> Reached:
+    """Play each env's learner move, ``actions[e]`` for env ``e`` (every env is at its learner's turn).
+
+    :param active: which envs move (default: all); the others stay as they are, their learner's turn
+        reported with its reset info as the step info (the delivery of a NEXT_STEP autoreset)
+    :param first: added to the env indices of the result
+    """
     moves = actions.tolist() if isinstance(joints[0].layout.action_space, spaces.Discrete) else list(actions)
-    for joint, move in zip(joints, moves):
-        joint.step(move)
+    held: Reached = {}
+    for e, (joint, move) in enumerate(zip(joints, moves)):
+        if active is None or active[e]:
+            joint.step(move)
+        else:
+            held[first + e] = (joint.reset_info, joint.reset_info)
+    return {**_reached(joints, range(len(joints)), first), **held}
 
 
-def step_npcs(joints: Sequence[TurnJointEnv], npc_actions: Sequence[np.ndarray]) -> None:
+def step_npcs(joints: Sequence[TurnJointEnv], npc_actions: Sequence[np.ndarray], first: int = 0) -> Reached:
     """In every env waiting on an NPC, play that NPC's move: ``npc_actions[g][e]`` for env ``e``, whose
     NPC to move is in group ``g``.
 
     :param npc_actions: one ``(len(joints), *action_shape)`` array per NPC group (an env has one NPC to
         move at a time); only the entries of the envs waiting on that group are read
+    :param first: added to the env indices of the result
     """
-    if not joints:
-        return
     moves = [
         a.tolist() if isinstance(group.action_space, spaces.Discrete) else list(a.copy())
         for a, group in zip(npc_actions, joints[0].layout.groups)
     ]
+    stepped = []
     for e, joint in enumerate(joints):
         g = joint._turn
         if g != LEARNER:
             joint.step_npc(moves[g][e])
+            stepped.append(e)
+    return _reached(joints, stepped, first)
 
 
 class MaskCheck:

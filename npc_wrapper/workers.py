@@ -30,7 +30,9 @@ from gymnasium.vector.async_vector_env import AsyncState
 from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
-__all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split"]
+__all__ = [
+    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "action_box", "check_worker_split",
+]
 
 EnvFn = Callable[[], Any]
 
@@ -277,11 +279,14 @@ class JointBatchEnv(gym.Env):
         return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
 
     def step(self, action: dict[str, np.ndarray]):
-        npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
         try:
-            step_infos, reset_infos = _step_all(self._build(), action["train"], npc, action["held"])
+            return self._step(action)
         except Exception as e:  # noqa: BLE001 - as a value, the worker loop (and its process) lives on
             return self._obs_now(), 0.0, False, False, {"error": _EnvOpError(e)}
+
+    def _step(self, action: dict[str, np.ndarray]):
+        npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
+        step_infos, reset_infos = _step_all(self._build(), action["train"], npc, action["held"])
         return self.buffers.as_arrays(), 0.0, False, False, {"infos": step_infos, "reset_infos": reset_infos}
 
     def npc_env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -340,19 +345,22 @@ class _EnvOpError:
         raise error from _WorkerTraceback(self.traceback)
 
 
+def action_box(shape: tuple[int, ...], space: spaces.Space) -> spaces.Box:
+    """A Box of ``shape`` arrays of ``space``'s actions (``shape + space.shape``), int64 for integer
+    spaces and float64 otherwise, as a worker's action arrays travel."""
+    shape = (*shape, *space.shape)
+    if space.dtype is not None and space.dtype.kind in "iub":
+        info = np.iinfo(np.int64)
+        return spaces.Box(info.min, info.max, shape, np.int64)
+    return spaces.Box(-np.inf, np.inf, shape, np.float64)
+
+
 def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
     """The action arrays a batch of ``n`` sub-envs takes: training agents', then each NPC group's, and
     which envs only deliver their reset (see :meth:`Backend.step`)."""
-
-    def box(agents: int, space: spaces.Space) -> spaces.Box:
-        shape = (n, agents, *space.shape)
-        if space.dtype is not None and space.dtype.kind in "iub":
-            info = np.iinfo(np.int64)
-            return spaces.Box(info.min, info.max, shape, np.int64)
-        return spaces.Box(-np.inf, np.inf, shape, np.float64)
-
-    out = {"train": box(layout.n_train, layout.action_space)}
-    out.update({f"npc_{g}": box(len(group.agents), group.action_space) for g, group in enumerate(layout.groups)})
+    out = {"train": action_box((n, layout.n_train), layout.action_space)}
+    for g, group in enumerate(layout.groups):
+        out[f"npc_{g}"] = action_box((n, len(group.agents)), group.action_space)
     out["held"] = spaces.MultiBinary(n)
     return out
 
@@ -393,9 +401,9 @@ class WorkerBackend(Backend):
         env_layout = dataclasses.replace(
             layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups)
         )
+        reset_dead = reset_when_training_agents_dead
         batch_fns = [
-            functools.partial(JointBatchEnv, env_fns[w * per:(w + 1) * per], w * per, env_layout,
-                              reset_when_training_agents_dead)
+            self._batch_fn(env_fns[w * per:(w + 1) * per], w * per, env_layout, reset_dead)
             for w in range(num_workers)
         ]
         try:
@@ -414,6 +422,13 @@ class WorkerBackend(Backend):
             ) from e
         self.buffers: JointBuffers | None = None  # views into shared memory, set at the first reset
         self._broken: str | None = None  # why the workers cannot go on, once they cannot
+
+    @staticmethod
+    def _batch_fn(
+        env_fns: Sequence[EnvFn], first: int, layout: Any, reset_when_training_agents_dead: bool
+    ) -> Callable[[], gym.Env]:
+        """The factory of one worker's batch env (picklable: it goes to the worker)."""
+        return functools.partial(JointBatchEnv, env_fns, first, layout, reset_when_training_agents_dead)
 
     def _views(self, obs: dict[str, np.ndarray]) -> JointBuffers:
         flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
@@ -455,6 +470,13 @@ class WorkerBackend(Backend):
         options: Sequence[dict[str, Any] | None],
         mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
+        infos = self._reset_workers(seeds, options, mask)
+        return [i for worker in infos["infos"] for i in worker]
+
+    def _reset_workers(
+        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None
+    ) -> dict[str, Any]:
+        """Reset the workers' envs (see :meth:`reset`); their infos, as ``AsyncVectorEnv`` merges them."""
         request = {
             "seeds": list(seeds),
             "env_options": list(options),
@@ -463,7 +485,7 @@ class WorkerBackend(Backend):
         obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:
             self.buffers = self._views(obs)
-        return [i for worker in infos["infos"] for i in worker]
+        return infos
 
     def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray):
         k = self.num_workers

@@ -139,10 +139,11 @@ def test_unknown_npc_kind_is_a_type_error() -> None:
 
 
 @pytest.mark.parametrize("make", FRONT_ENDS)
-def test_aec_env_is_a_type_error_with_a_hint(make) -> None:
+def test_aec_env_with_several_learners_is_a_value_error_with_a_hint(make) -> None:
+    """An AEC env is a turn-based game: one learner per env (simple_tag's AEC form, half of 4 agents)."""
     from mpe2 import simple_tag_v3
 
-    with pytest.raises(TypeError, match=r"ParallelEnv.*AEC env.*parallel_env\(\)"):
+    with pytest.raises(ValueError, match=r"one learner per env .* training_agents=\['adversary_0'\]"):
         make(lambda: simple_tag_v3.env(max_cycles=5))
 
 
