@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npc_wrapper.cli.build import build_vec_env, env_factory
@@ -37,7 +36,7 @@ from npc_wrapper.cli.run_dir import find_run_config, resolve_policy_path
 from npc_wrapper.cli.schema import TrainConfig
 from npc_wrapper.config import CheckpointConfig
 from npc_wrapper.errors import NoEpisodeEnds, TrustRequiredError
-from npc_wrapper.evaluation import format_summary, play_episodes
+from npc_wrapper.evaluation import format_summary, play_episodes, policy_actor
 from npc_wrapper.league import round_robin
 from npc_wrapper.npcs.resolve import as_npc_policy
 
@@ -155,13 +154,9 @@ def evaluate(
             msg = f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}"
             raise CLIError(_trust_advice(msg, e)) from e
         learner.reset(venv.num_envs, seed=seed)
-        rows = np.arange(venv.num_envs)
-
-        def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-            return learner.act(obs, rows, episode_start)
-
         try:
-            summary = play_episodes(act, venv, episodes, len(venv.training_agents)).summary()
+            act = policy_actor(learner, venv)
+            summary = play_episodes(act, venv, episodes, venv.engine.n_train).summary()
         except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
             raise CLIError(f"{e} (env.factory)") from e
         summary.update(
@@ -206,6 +201,7 @@ def round_robin_run(
             training_agents=None if dp.training_agents is None else list(dp.training_agents),
             reset_when_training_agents_dead=bool(cfg.env.get("reset_when_training_agents_dead", True)),
             device=device or cfg.device, deterministic=deterministic, trusted=trusted, seed=seed,
+            seat=str(cfg.env.get("seat", "fixed")),
         )
     except (ValueError, NoEpisodeEnds) as e:  # NoEpisodeEnds: an env without a time limit
         raise CLIError(_trust_advice(f"round robin over {run}: {one_line(e)}", e)) from e
