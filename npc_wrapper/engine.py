@@ -431,19 +431,22 @@ class NPCEngine:
         a = np.asarray(actions)
         if a.shape == (n, 1) and isinstance(space, spaces.Discrete):
             a = a.reshape(n)
-        where = f"NPC policy {member!r} (agents {list(self.layout.groups[g].agents)})"
         if a.shape != (n, *space.shape):
             raise ValueError(
-                f"{where} returned actions of shape {a.shape} for {n} live rows; it must return one action "
-                f"per row it is given, shape {(n, *space.shape)}"
+                f"{self._npc_where(g, member)} returned actions of shape {a.shape} for {n} live rows; it must "
+                f"return one action per row it is given, shape {(n, *space.shape)}"
             )
         bad = _outside(space, a)
         if bad.any():
             raise ValueError(
-                f"{where} returned action {a[int(np.flatnonzero(bad)[0])].tolist()!r}, which is outside its "
-                f"action space {space}"
+                f"{self._npc_where(g, member)} returned action {a[int(np.flatnonzero(bad)[0])].tolist()!r}, "
+                f"which is outside its action space {space}"
             )
         return a
+
+    def _npc_where(self, g: int, member: NPCPolicy) -> str:
+        """Names ``member`` and the agents it drives, in errors (formatted only for one: its repr is slow)."""
+        return f"NPC policy {member!r} (agents {list(self.layout.groups[g].agents)})"
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 from pettingzoo import AECEnv
 
 from npc_wrapper.engine import EPISODE_KEY, Ended, EnvFn, NPCEngine, StepResult
-from npc_wrapper.masks import MASK_KEY, ActionMask
+from npc_wrapper.masks import MASK_KEY
 from npc_wrapper.npcs.policies import NPCPolicy, RandomPolicy
 from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.turn_env import LEARNER, MaskCheck, Reached, TurnLayout, build_turn_layout
@@ -111,21 +111,24 @@ class TurnEngine(NPCEngine):
         self._npc_actions = [
             np.zeros((E, *g.action_space.shape), g.action_space.dtype) for g in layout.groups
         ]
-        self._masks = [ActionMask(g.action_space) if g.masked else None for g in layout.groups]
+        # Masks are checked (an agent to move must have a legal action) on the rows gathered anyway.
+        self._check_masks = MaskCheck(layout)
+        self._masks = self._check_masks.npc_masks
         self._gathered_masks = [
             np.zeros((E, 0 if m is None else m.width), dtype=bool) for m in self._masks
         ]
-        self._check_masks = MaskCheck(layout)
         #: The learner infos of each env at its last turn, and at its episode's first turn.
         self._step_infos: list[dict[str, Any] | None] = [None] * E
         self._reset_infos: list[dict[str, Any] | None] = [None] * E
-        #: Whether a learner info has carried a mask (masks from infos, not observations).
+        #: Whether the learner's masks come in its observations (known from the space), or have come in
+        #: a learner info (masks from infos).
+        self._obs_masks = layout.masked
         self._info_masks = False
 
     @property
     def has_masks(self) -> bool:
         """Whether the env gives the learner action masks (in its observations, or in its infos so far)."""
-        return self.layout.masked or self._info_masks
+        return self._obs_masks or self._info_masks
 
     def action_masks(self) -> np.ndarray:
         """The learner's legal actions at its current turn, one row per slot (bool ``(num_envs, width)``)."""
@@ -153,6 +156,7 @@ class TurnEngine(NPCEngine):
         self._held[envs] = False
         self._take(reached, envs)
         self._rounds()
+        self._check_masks.learners(self.backend.buffers, np.flatnonzero(envs))
         infos = [_copy(self._reset_infos[e]) if r else {} for e, r in enumerate(envs.tolist())]
         obs = self.backend.buffers.train_obs.copy()
         if shown.any():
@@ -171,6 +175,7 @@ class TurnEngine(NPCEngine):
         self._take(self.backend.step_learners(moves, active), active)
         self._rounds()
         buf = self.backend.buffers
+        self._check_masks.learners(buf, np.flatnonzero(active))
         reward = np.where(held, 0.0, buf.reward[:, 0])
         terminated = buf.terminated[:, 0] & active
         truncated = buf.truncated[:, 0] & active
@@ -181,7 +186,7 @@ class TurnEngine(NPCEngine):
         self._team_return[:, 1] += np.where(held, 0.0, buf.npc_reward[:, 0])
         self._env_length += active
 
-        infos = [_copy(info) for info in self._step_infos]
+        infos = [dict(info) if info else {} for info in self._step_infos]  # _copy, inlined
         no_move = buf.no_move[:, 0] * active
         for e in np.flatnonzero(no_move):
             infos[e][NO_MOVE_KEY] = {
@@ -228,7 +233,6 @@ class TurnEngine(NPCEngine):
         buf = self.backend.buffers
         turn = buf.turn[:, 0]  # a view: each backend call updates it
         while True:
-            self._check_masks(buf)
             waiting = turn != LEARNER
             if not waiting.any():
                 return
@@ -256,6 +260,7 @@ class TurnEngine(NPCEngine):
             mask = None
             if self._masks[g] is not None:
                 mask = np.take(all_masks, mine, axis=0, out=self._gathered_masks[g][:len(mine)], mode="clip")
+                self._check_masks.npcs(g, mask, mine)
             actions = self._npc_forward(member, obs, mine, start[mine], mask)
             actions = self._check_npc_actions(g, member, actions, len(mine))
             if mask is not None and type(member) is not RandomPolicy:  # random draws among legal actions

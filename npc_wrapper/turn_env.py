@@ -596,9 +596,9 @@ class TurnJointEnv:
     def _play(self, action: Any) -> None:
         """Step the env with the move of the agent to move, then the dead agents' ``None`` steps, adding
         each step's rewards to the learner's and the NPC seats' sums, up to the next decision point."""
-        env = self.env
+        step = self.env.step
         while True:
-            env.step(action)
+            step(action)
             if self._wrapper_attrs:
                 self._check_reads()
             rewards = self._reads.rewards
@@ -652,7 +652,16 @@ class TurnJointEnv:
                 buf.turn[0] = self._turn = LEARNER
                 return True
             seat = self._seats[agent]
-            self._observe(seat, seat.obs_view, seat.mask_view, None)
+            if seat.dict_obs:  # a classic env's NPC: the most common move, inlined
+                obs = self.env.observe(agent)
+                seat.obs_view[...] = obs[OBSERVATION_KEY]
+                mask = obs[MASK_KEY]
+                if type(mask) is np.ndarray and mask.shape == seat.mask.shape:
+                    seat.mask_view[...] = mask
+                else:
+                    seat.mask.write(mask, seat.mask_view, agent)  # converts, or names the agent in an error
+            else:
+                self._observe(seat, seat.obs_view, seat.mask_view, None)
             buf.turn[0] = self._turn = seat.group
             if seat.row != self._row:
                 buf.turn_row[0] = self._row = seat.row
@@ -768,25 +777,30 @@ def step_learners(
     return {**_reached(joints, range(len(joints)), first), **held}
 
 
-def step_npcs(joints: Sequence[TurnJointEnv], npc_actions: Sequence[np.ndarray], first: int = 0) -> Reached:
+def step_npcs(
+    joints: Sequence[TurnJointEnv],
+    npc_actions: Sequence[np.ndarray],
+    first: int = 0,
+    waiting: Sequence[int] | None = None,
+) -> Reached:
     """In every env waiting on an NPC, play that NPC's move: ``npc_actions[g][e]`` for env ``e``, whose
     NPC to move is in group ``g``.
 
     :param npc_actions: one ``(len(joints), *action_shape)`` array per NPC group (an env has one NPC to
         move at a time); only the entries of the envs waiting on that group are read
     :param first: added to the env indices of the result
+    :param waiting: the envs waiting on an NPC, where the caller knows them (default: every env is asked)
     """
     moves = [
         a.tolist() if isinstance(group.action_space, spaces.Discrete) else list(a.copy())
         for a, group in zip(npc_actions, joints[0].layout.groups)
     ]
-    stepped = []
-    for e, joint in enumerate(joints):
-        g = joint._turn
-        if g != LEARNER:
-            joint.step_npc(moves[g][e])
-            stepped.append(e)
-    return _reached(joints, stepped, first)
+    if waiting is None:
+        waiting = [e for e, joint in enumerate(joints) if joint._turn != LEARNER]
+    for e in waiting:
+        joint = joints[e]
+        joint.step_npc(moves[joint._turn][e])
+    return _reached(joints, waiting, first)
 
 
 class MaskCheck:
@@ -812,21 +826,31 @@ class MaskCheck:
 
     def __init__(self, layout: TurnLayout) -> None:
         self.layout = layout
-        self._learner = ActionMask(layout.action_space) if _maskable(layout.action_space) else None
-        self._groups = [
+        #: The learner's and each NPC group's masks (``None`` for action spaces without masks).
+        self.learner_masks = ActionMask(layout.action_space) if _maskable(layout.action_space) else None
+        self.npc_masks = [
             ActionMask(g.action_space) if _maskable(g.action_space) else None for g in layout.groups
         ]
 
     def __call__(self, buffers: TurnBuffers) -> None:
         """:param buffers: the batch's buffers (leading axis = env), after a call of every env"""
         turn = buffers.turn[:, 0]
-        agents = self.layout.possible_agents
-        if self._learner is not None:
-            envs = np.flatnonzero(turn == LEARNER)
-            self._learner.check(buffers.train_mask[envs], lambda i: agents[buffers.seat[envs[i], 0]])
-        for g, spec in enumerate(self._groups):
+        self.learners(buffers, np.flatnonzero(turn == LEARNER))
+        for g in range(len(self.npc_masks)):
             envs = np.flatnonzero(turn == g)
-            if spec is not None and len(envs):
-                rows = buffers.turn_row[envs, 0]
-                group = self.layout.groups[g].agents
-                spec.check(buffers.npc_mask[g][envs, rows], lambda i, group=group, rows=rows: group[rows[i]])
+            rows = buffers.turn_row[envs, 0]
+            self.npcs(g, buffers.npc_mask[g][envs, rows], rows)
+
+    def learners(self, buffers: TurnBuffers, envs: np.ndarray) -> None:
+        """Check the masks of the learners of ``envs`` (at their turn)."""
+        if self.learner_masks is not None and len(envs):
+            agents = self.layout.possible_agents
+            self.learner_masks.check(buffers.train_mask[envs], lambda i: agents[buffers.seat[envs[i], 0]])
+
+    def npcs(self, g: int, masks: np.ndarray, rows: np.ndarray) -> None:
+        """Check the masks of group ``g``'s NPCs to move (``masks``: theirs, ``rows``: their rows in their
+        envs, ``0..len(group)-1``)."""
+        spec = self.npc_masks[g]
+        if spec is not None and len(masks):
+            agents = self.layout.groups[g].agents
+            spec.check(masks, lambda i: agents[rows[i] % len(agents)])

@@ -21,6 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from npc_wrapper.turn_env import (
+    LEARNER,
     Reached,
     TurnBuffers,
     TurnJointEnv,
@@ -76,7 +77,8 @@ class TurnInProcessBackend(InProcessBackend):
 
     def step_npcs(self, npc_actions: list[np.ndarray]) -> Reached:
         """Play the NPC move of every env waiting on an NPC (see :func:`~npc_wrapper.turn_env.step_npcs`)."""
-        return step_npcs(self.joints, npc_actions)
+        waiting = np.flatnonzero(self.buffers.turn[:, 0] != LEARNER).tolist()
+        return step_npcs(self.joints, npc_actions, waiting=waiting)
 
 
 class TurnBatchEnv(JointBatchEnv):
