@@ -20,6 +20,7 @@ from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
 from npc_wrapper.joint_env import check_parallel_env
+from npc_wrapper.masks import ActionMask
 from npc_wrapper.npcs.policies import ConstantPolicy, NPCPolicy, RandomPolicy, check_npc_policy
 from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.npcs.resolve import as_npc_policy
@@ -206,6 +207,12 @@ class NPCEngine:
             for n, grp in zip(self._rows, layout.groups)
         ]
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
+        #: Each NPC group's and the training agents' action masks (``None``: no discrete actions).
+        self._mask_specs = [
+            ActionMask(g.action_space) if _integer_space(g.action_space) else None for g in layout.groups
+        ]
+        act_space = layout.action_space
+        self._train_mask_spec = ActionMask(act_space) if _integer_space(act_space) else None
         self._slot_return = np.zeros(self.slots.num_slots, dtype=np.float64)
         self._slot_length = np.zeros(self.slots.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
@@ -251,7 +258,9 @@ class NPCEngine:
             np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype)
             for grp in layout.groups
         ]
-        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy]] = []
+        self._pending: list[
+            tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy, np.ndarray | None]
+        ] = []
         self._alive = np.zeros((E, layout.n_agents), dtype=bool)
         self._joined = np.zeros((E, layout.n_agents), dtype=bool)
 
@@ -353,6 +362,7 @@ class NPCEngine:
         self._held[envs] = False
         self._start_episodes(envs)
         infos = [_copy_info(info) if r else {} for env, r in zip(env_infos, envs) for info in env]
+        self._check_train_masks()
         self._launch_npcs(envs if partial else None)
         obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
         if shown.any():
@@ -386,8 +396,10 @@ class NPCEngine:
         """
         buf = self.backend.buffers
         pending = self._pending
+        masked = self._npc_masks_given()
         for g, pool in enumerate(self.pools):
             obs = buf.npc_obs[g].reshape(self._rows[g], *buf.npc_obs[g].shape[2:])
+            masks = buf.npc_mask[g].reshape(self._rows[g], -1) if masked[g] else None
             alive = self._alive[:, self._group_pos[g]]
             if envs is not None:
                 alive = alive & envs[:, None]
@@ -395,7 +407,9 @@ class NPCEngine:
             start = self._episode_start[g]
             if len(pool) == 1 and alive.all():
                 member = pool.members[0]
-                pending.append((g, None, member.act_async(obs, self._all_rows[g], start), member))
+                mask = None if masks is None else masks.copy()  # the buffer is rewritten by the next step
+                wait = self._act_async(g, member, obs, self._all_rows[g], start, mask)
+                pending.append((g, None, wait, member, mask))
             else:
                 member_of_row = np.repeat(self._member[g], self._group_sizes[g]) if len(pool) > 1 else None
                 gathered, offset = self._gathered[g], 0
@@ -407,17 +421,41 @@ class NPCEngine:
                         part = gathered[offset:offset + len(rows)]
                         np.take(obs, rows, axis=0, out=part, mode="clip")
                         offset += len(rows)
-                        pending.append((g, rows, member.act_async(part, rows, start[rows]), member))
+                        mask = None if masks is None else masks[rows]
+                        wait = self._act_async(g, member, part, rows, start[rows], mask)
+                        pending.append((g, rows, wait, member, mask))
             start[...] = False
+
+    def _npc_masks_given(self) -> list[bool]:
+        """Per NPC group, whether the env gives its agents masks (in their observations, or in infos)."""
+        in_infos = bool(self.backend.buffers.info_masks.any())
+        groups = self.layout.groups
+        return [g.masked or (in_infos and spec is not None) for g, spec in zip(groups, self._mask_specs)]
+
+    def _act_async(
+        self, g: int, member: NPCPolicy, obs: np.ndarray, rows: np.ndarray, start: np.ndarray,
+        mask: np.ndarray | None,
+    ) -> Callable[[], np.ndarray]:
+        """Launch ``member`` on ``rows``, with their masks if it takes them (after checking that each row
+        allows an action: an all-false mask is the env's bug)."""
+        if mask is None:
+            return member.act_async(obs, rows, start)
+        group = self.layout.groups[g]
+        self._mask_specs[g].check(mask, lambda i: group.agents[rows[i] % len(group.agents)])
+        if member.takes_mask:
+            return member.act_async(obs, rows, start, mask)
+        return member.act_async(obs, rows, start)
 
     def _collect_npc_actions(self) -> None:
         """Wait for the launched NPC forwards and scatter their actions into the action buffers."""
-        for g, rows, wait, member in self._pending:
+        for g, rows, wait, member, mask in self._pending:
             out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
             actions = wait()
             if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
                 n = self._rows[g] if rows is None else len(rows)
                 actions = self._check_npc_actions(g, member, actions, n)
+            if mask is not None and type(member) is not RandomPolicy:  # random draws among legal actions
+                self._check_legal(g, member, actions, self._all_rows[g] if rows is None else rows, mask)
             if rows is None:
                 out[...] = actions
             else:
@@ -433,8 +471,8 @@ class NPCEngine:
             a = a.reshape(n)
         if a.shape != (n, *space.shape):
             raise ValueError(
-                f"{self._npc_where(g, member)} returned actions of shape {a.shape} for {n} live rows; it must "
-                f"return one action per row it is given, shape {(n, *space.shape)}"
+                f"{self._npc_where(g, member)} returned actions of shape {a.shape} for {n} live rows; it "
+                f"must return one action per row it is given, shape {(n, *space.shape)}"
             )
         bad = _outside(space, a)
         if bad.any():
@@ -479,12 +517,39 @@ class NPCEngine:
 
     @property
     def has_masks(self) -> bool:
-        """Whether the env gives the training agents action masks (see :meth:`action_masks`)."""
-        return False
+        """Whether the env gives the training agents action masks (see :meth:`action_masks`): in their
+        observations, or in their infos (known from the first reset)."""
+        if self._train_mask_spec is None:
+            return False
+        return self.layout.masked or bool(self.backend.buffers.info_masks.any())
 
     def action_masks(self) -> np.ndarray:
-        """Every slot's legal actions now, bool ``(num_slots, width)``."""
-        raise AttributeError("this env gives its training agents no action masks")
+        """Every slot's legal actions now, bool ``(num_slots, width)``; a dead agent's slot allows all."""
+        masks = self.backend.buffers.train_mask.reshape(self.slots.num_slots, -1).copy()
+        masks[~self.slot_alive()] = True
+        return masks
+
+    def _check_train_masks(self) -> None:
+        """Raise ``ValueError`` naming the agent where a live training agent's mask allows no action."""
+        if self.has_masks:
+            alive = np.flatnonzero(self.slot_alive())
+            masks = self.backend.buffers.train_mask.reshape(self.slots.num_slots, -1)[alive]
+            self._train_mask_spec.check(masks, lambda i: self._slot_agent(int(alive[i])))
+
+    def _check_legal(
+        self, g: int, member: NPCPolicy, actions: np.ndarray, rows: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """Raise ``ValueError`` naming the policy, agent, action and legal actions where an NPC's action
+        is illegal under its mask."""
+        legal = self._mask_specs[g].allows(mask, actions)
+        if not legal.all():
+            i = int(np.flatnonzero(~legal)[0])
+            group = self.layout.groups[g]
+            raise ValueError(
+                f"NPC policy {member!r} played {np.asarray(actions[i]).tolist()!r} for agent "
+                f"{group.agents[rows[i] % len(group.agents)]!r}, an action its mask forbids (legal: "
+                f"{np.flatnonzero(mask[i]).tolist()} of the mask's {mask.shape[1]} flags)"
+            )
 
     def _slot_agent(self, slot: int) -> Any:
         """The agent slot ``slot`` plays."""
@@ -567,6 +632,7 @@ class NPCEngine:
             self._start_episodes(held)
         else:
             self._start_episodes(env_done)
+        self._check_train_masks()
         self._launch_npcs()
         return StepResult(obs, slot_reward, terminated, truncated, infos, slot_reset_infos, ended)
 

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["MASK_KEY", "OBSERVATION_KEY", "ActionMask", "mask_width", "masked_observation_space"]
+__all__ = [
+    "MASK_KEY",
+    "OBSERVATION_KEY",
+    "ActionMask",
+    "mask_width",
+    "masked_observation_space",
+    "served_observation_space",
+]
 
 #: Where a mask is found: the key of a classic ``Dict`` observation, and of an agent's info.
 MASK_KEY = "action_mask"
@@ -68,6 +75,13 @@ def masked_observation_space(space: spaces.Space) -> spaces.Space | None:
             f"the other entries into '{OBSERVATION_KEY}' with a wrapper"
         )
     return space[OBSERVATION_KEY]
+
+
+def served_observation_space(space: spaces.Space) -> spaces.Space:
+    """What npc_wrapper serves for an agent whose observation space is ``space``: the ``observation``
+    entry of a classic ``Dict(observation=..., action_mask=...)``, else ``space`` itself."""
+    inner = masked_observation_space(space)
+    return space if inner is None else inner
 
 
 class ActionMask:

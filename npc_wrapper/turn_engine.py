@@ -113,9 +113,8 @@ class TurnEngine(NPCEngine):
         ]
         # Masks are checked (an agent to move must have a legal action) on the rows gathered anyway.
         self._check_masks = MaskCheck(layout)
-        self._masks = self._check_masks.npc_masks
         self._gathered_masks = [
-            np.zeros((E, 0 if m is None else m.width), dtype=bool) for m in self._masks
+            np.zeros((E, 0 if m is None else m.width), dtype=bool) for m in self._mask_specs
         ]
         #: The learner infos of each env at its last turn, and at its episode's first turn.
         self._step_infos: list[dict[str, Any] | None] = [None] * E
@@ -258,7 +257,7 @@ class TurnEngine(NPCEngine):
             # The rows are valid indices; mode="raise" with out= would copy through a temporary.
             obs = np.take(all_obs, mine, axis=0, out=self._gathered[g][:len(mine)], mode="clip")
             mask = None
-            if self._masks[g] is not None:
+            if self._mask_specs[g] is not None:
                 mask = np.take(all_masks, mine, axis=0, out=self._gathered_masks[g][:len(mine)], mode="clip")
                 self._check_masks.npcs(g, mask, mine)
             actions = self._npc_forward(member, obs, mine, start[mine], mask)
@@ -276,21 +275,6 @@ class TurnEngine(NPCEngine):
         if mask is not None and member.takes_mask:
             return member.act_async(obs, rows, start, mask)()
         return member.act_async(obs, rows, start)()
-
-    def _check_legal(
-        self, g: int, member: NPCPolicy, actions: np.ndarray, rows: np.ndarray, mask: np.ndarray
-    ) -> None:
-        """Raise ``ValueError`` naming the policy, agent, action and legal actions where an NPC's action
-        is illegal under its mask."""
-        legal = self._masks[g].allows(mask, actions)
-        if not legal.all():
-            i = int(np.flatnonzero(~legal)[0])
-            group = self.layout.groups[g]
-            raise ValueError(
-                f"NPC policy {member!r} played {np.asarray(actions[i]).tolist()!r} for agent "
-                f"{group.agents[rows[i] % len(group.agents)]!r}, an action its mask forbids (legal: "
-                f"{np.flatnonzero(mask[i]).tolist()} of the mask's {mask.shape[1]} flags)"
-            )
 
     def _episode_summary(self, e: int) -> dict[str, Any]:
         summary = super()._episode_summary(e)
