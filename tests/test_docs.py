@@ -10,12 +10,15 @@ import pytest
 
 MODULES = [
     "npc_wrapper.agents",
+    "npc_wrapper.bots",
     "npc_wrapper.checkpoints.load",
     "npc_wrapper.factory",
     "npc_wrapper.frontends.gymnasium",
     "npc_wrapper.frontends.sb3",
+    "npc_wrapper.masks",
     "npc_wrapper.npcs.policies",
     "npc_wrapper.npcs.pool",
+    "npc_wrapper.turn_env",
 ]
 REPO = Path(__file__).resolve().parents[1]
 

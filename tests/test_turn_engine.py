@@ -4,6 +4,8 @@ CleanRL-style masks and RecordEpisodeStatistics on the Gymnasium one, workers, N
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -317,3 +319,13 @@ def test_learner_actions_are_checked() -> None:
     with pytest.raises(ValueError, match=r"action 0.5 for slot 0"):
         venv.step(np.array([0.5, 1.0]))
     venv.close()
+
+
+def test_readme_turn_based_examples_run() -> None:
+    """The README's "Turn-based games" code blocks run as written (MaskablePPO for fewer steps)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Turn-based games"):readme.index("## NPCs from checkpoints")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block.replace("model.learn(20_000)", "model.learn(256)"), "README.md", "exec"), {})

@@ -5,8 +5,6 @@ reproduce, random seats are balanced; and bad input gets a clear error."""
 
 from __future__ import annotations
 
-import doctest
-import importlib
 from typing import Any
 
 import numpy as np
@@ -389,11 +387,6 @@ def test_action_mask_multidiscrete() -> None:
     with pytest.raises(ValueError, match="agent 'b' an action mask that allows no action for some sub-"):
         mask.check(masks, ["a", "b"].__getitem__)
 
-
-@pytest.mark.parametrize("name", ["npc_wrapper.masks", "npc_wrapper.turn_env", "npc_wrapper.bots"])
-def test_docstring_examples_run(name: str) -> None:
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ------------------------------------------------------------------------------- wrappers' own attributes
