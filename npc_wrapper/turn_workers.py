@@ -31,7 +31,14 @@ from npc_wrapper.turn_env import (
     step_npcs,
     turn_buffer_spaces,
 )
-from npc_wrapper.workers import EnvFn, InProcessBackend, JointBatchEnv, WorkerBackend, action_box
+from npc_wrapper.workers import (
+    EnvFn,
+    InProcessBackend,
+    JointBatchEnv,
+    WorkerBackend,
+    action_box,
+    batch_spaces,
+)
 
 __all__ = ["TurnInProcessBackend", "TurnBatchEnv", "TurnWorkerBackend"]
 
@@ -96,10 +103,7 @@ class TurnBatchEnv(JointBatchEnv):
         self.first = first
         self.layout = layout
         n = len(self.env_fns)
-        self.observation_space = spaces.Dict(
-            {k: spaces.Box(s.low.min(), s.high.max(), (n, *s.shape), s.dtype)
-             for k, s in turn_buffer_spaces(layout).items()}
-        )
+        self.observation_space = batch_spaces(turn_buffer_spaces(layout), n)
         self.action_space = spaces.Dict(turn_action_spaces(layout, n))
         self.joints: list[TurnJointEnv] | None = None  # type: ignore[assignment]
         self.buffers: TurnBuffers | None = None  # type: ignore[assignment]

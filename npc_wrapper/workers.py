@@ -31,7 +31,8 @@ from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
 __all__ = [
-    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "action_box", "check_worker_split",
+    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "action_box", "batch_spaces",
+    "check_worker_split",
 ]
 
 EnvFn = Callable[[], Any]
@@ -242,10 +243,7 @@ class JointBatchEnv(gym.Env):
         self.first = first
         self.layout = layout
         self.reset_when_training_agents_dead = reset_when_training_agents_dead
-        self.observation_space = spaces.Dict(
-            {k: spaces.Box(s.low.min(), s.high.max(), (len(self.env_fns), *s.shape), s.dtype)
-             for k, s in buffer_spaces(layout).items()}
-        )
+        self.observation_space = batch_spaces(buffer_spaces(layout), len(self.env_fns))
         self.action_space = spaces.Dict(action_spaces(layout, len(self.env_fns)))
         self.joints: list[JointEnv] | None = None
         self.buffers: JointBuffers | None = None
@@ -343,6 +341,18 @@ class _EnvOpError:
                 "to this process (num_workers=0 runs the envs in-process)"
             )
         raise error from _WorkerTraceback(self.traceback)
+
+
+def batch_spaces(per_env: dict[str, spaces.Box], n: int) -> spaces.Dict:
+    """A batch of ``n`` envs' buffers (leading axis = env) as a Dict of Boxes, a worker's "observation"
+    (a zero-width buffer, such as the masks of Box actions, has no bounds to take)."""
+    def bound(values: np.ndarray, default: int, pick: Any) -> Any:
+        return pick(values) if values.size else default
+
+    return spaces.Dict({
+        k: spaces.Box(bound(s.low, 0, np.min), bound(s.high, 1, np.max), (n, *s.shape), s.dtype)
+        for k, s in per_env.items()
+    })
 
 
 def action_box(shape: tuple[int, ...], space: spaces.Space) -> spaces.Box:
