@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from gymnasium.vector import AutoresetMode
 from pettingzoo import AECEnv
 
@@ -62,26 +61,15 @@ class TurnEngine(NPCEngine):
     def __init__(
         self,
         env_fns: Sequence[EnvFn],
-        npc: Any = "random",
-        training_agents_pct: float | None = 0.5,
-        training_agents: Sequence[Any] | None = None,
-        seat: str = "fixed",
-        num_workers: int = 0,
-        device: str | torch.device = "auto",
-        reset_when_training_agents_dead: bool = True,
-        deterministic_npc: bool = False,
-        trusted: bool = False,
-        start_method: str | None = None,
-        autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
         *,
-        probe: Any = None,
+        seat: str = "fixed",
+        reset_when_training_agents_dead: bool = True,
+        **engine_kwargs: Any,
     ) -> None:
+        """:param engine_kwargs: :class:`~npc_wrapper.engine.NPCEngine`'s other parameters"""
         self.seat = seat
         self._reset_when_training_agents_dead = reset_when_training_agents_dead
-        super().__init__(
-            env_fns, npc, training_agents_pct, training_agents, num_workers, device, True, deterministic_npc,
-            trusted, start_method, autoreset_mode, probe=probe,
-        )
+        super().__init__(env_fns, reset_when_training_agents_dead=True, **engine_kwargs)
 
     # ------------------------------------------------------------------ construction
     def _build_layout(

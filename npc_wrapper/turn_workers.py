@@ -42,6 +42,9 @@ from npc_wrapper.workers import (
 
 __all__ = ["TurnInProcessBackend", "TurnBatchEnv", "TurnWorkerBackend"]
 
+#: A reset's seeds and options, one per env.
+Seeds = Sequence["int | None"]
+Options = Sequence["dict[str, Any] | None"]
 #: ``TurnBatchEnv.step``'s ``phase``: the learners' moves, or the NPCs'.
 LEARNERS, NPCS = 0, 1
 
@@ -69,12 +72,7 @@ class TurnInProcessBackend(InProcessBackend):
         self.num_envs = len(envs)
         self.buffers, self.joints = _turn_envs(envs, layout)
 
-    def reset(
-        self,
-        seeds: Sequence[int | None],
-        options: Sequence[dict[str, Any] | None],
-        mask: np.ndarray | None = None,
-    ) -> Reached:
+    def reset(self, seeds: Seeds, options: Options, mask: np.ndarray | None = None) -> Reached:
         """Reset env ``i`` with ``seeds[i]`` and ``options[i]`` where ``mask`` is set (default: all)."""
         return reset_turns(self.joints, seeds, options, None if mask is None else mask.tolist())
 
@@ -114,13 +112,7 @@ class TurnBatchEnv(JointBatchEnv):
         return self.joints
 
     def _reset(self, options: dict[str, Any]):
-        joints = self._build()
-        mine = slice(self.first, self.first + len(joints))  # the whole vector's lists, this worker's part
-        seeds = options.get("seeds") or [None] * mine.stop
-        env_options = options.get("env_options") or [None] * mine.stop
-        mask = options.get("mask")
-        mask = None if mask is None else mask[mine]
-        reached = reset_turns(joints, seeds[mine], env_options[mine], mask, self.first)
+        reached = reset_turns(self._build(), *self._reset_args(options), self.first)
         return self.buffers.as_arrays(), {"reached": list(reached.items())}
 
     def step_learners(self, actions: np.ndarray, active: np.ndarray) -> Reached:
@@ -182,12 +174,7 @@ class TurnWorkerBackend(WorkerBackend):
         flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
         return TurnBuffers.from_arrays(flat, len(self.layout.groups))
 
-    def reset(
-        self,
-        seeds: Sequence[int | None],
-        options: Sequence[dict[str, Any] | None],
-        mask: np.ndarray | None = None,
-    ) -> Reached:
+    def reset(self, seeds: Seeds, options: Options, mask: np.ndarray | None = None) -> Reached:
         return self._merge(self._reset_workers(seeds, options, mask))
 
     def step_learners(self, actions: np.ndarray, active: np.ndarray) -> Reached:

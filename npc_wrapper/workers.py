@@ -269,12 +269,16 @@ class JointBatchEnv(gym.Env):
 
     def _reset(self, options: dict[str, Any]):
         joints = self._build()
-        mine = slice(self.first, self.first + len(joints))  # the whole vector's lists, this worker's part
+        _reset_all(joints, *self._reset_args(options))
+        return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
+
+    def _reset_args(self, options: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any] | None]:
+        """This worker's part of a reset request: its envs' seeds, options and mask (or ``None``)."""
+        mine = slice(self.first, self.first + len(self.env_fns))  # its part of the whole vector's lists
         seeds = options.get("seeds") or [None] * mine.stop
         env_options = options.get("env_options") or [None] * mine.stop
         mask = options.get("mask")
-        _reset_all(joints, seeds[mine], env_options[mine], None if mask is None else mask[mine])
-        return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
+        return seeds[mine], env_options[mine], None if mask is None else mask[mine]
 
     def step(self, action: dict[str, np.ndarray]):
         try:
