@@ -19,9 +19,10 @@ from gymnasium import spaces
 from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout, build_layout
+from npc_wrapper.backends import check_backend, make_backend
 from npc_wrapper.policies import ConstantPolicy, NPCPolicy, RandomPolicy, as_npc_policy, check_npc_policy
 from npc_wrapper.pool import NPCPool
-from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
+from npc_wrapper.workers import Backend
 
 __all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value",
            "check_parallel_env"]
@@ -190,11 +191,15 @@ class NPCEngine:
         trusted: bool = False,
         start_method: str | None = None,
         next_step_autoreset: bool = False,
+        backend: str = "process",
+        ray_address: str | None = None,
+        worker_resources: Mapping[str, Any] | None = None,
     ) -> None:
         if not env_fns:
             raise ValueError("num_envs must be at least 1")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}")
+        check_backend(backend, num_workers, start_method, ray_address, worker_resources)
         self.num_envs = len(env_fns)
         probe = env_fns[0]()
         try:
@@ -207,15 +212,10 @@ class NPCEngine:
         except BaseException:
             probe.close()
             raise
-        if num_workers == 0:
-            self.backend: Backend = InProcessBackend(
-                [probe] + [fn() for fn in env_fns[1:]], self.layout, early_reset, next_step_autoreset
-            )
-        else:
-            probe.close()
-            self.backend = WorkerBackend(
-                env_fns, num_workers, self.layout, early_reset, start_method, next_step_autoreset
-            )
+        self.backend: Backend = make_backend(
+            backend, env_fns, probe, self.layout, num_workers, early_reset, next_step_autoreset, start_method,
+            ray_address, worker_resources,
+        )
 
         layout = self.layout
         self.n_train = layout.n_train

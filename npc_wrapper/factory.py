@@ -30,6 +30,9 @@ def _engine(
     trusted: bool,
     start_method: str | None,
     next_step_autoreset: bool = False,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
 ) -> NPCEngine:
     if _is_env(env_fn):
         raise TypeError(
@@ -67,6 +70,9 @@ def _engine(
         trusted=trusted,
         start_method=start_method,
         next_step_autoreset=next_step_autoreset,
+        backend=backend,
+        ray_address=ray_address,
+        worker_resources=worker_resources,
     )
 
 
@@ -88,6 +94,9 @@ def make_vec_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
 ) -> NPCVecEnv:
     """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
@@ -104,14 +113,22 @@ def make_vec_env(
     :param training_agents_pct: fraction of each env's agents that train, in ``[0, 1]``
     :param training_agents: names or glob patterns of the training agents (overrides the fraction)
     :param seed: seed for the first ``reset()`` (sub-env ``i`` gets ``seed + i``)
-    :param num_workers: worker processes stepping the envs (0: in this process); NPC inference
-        always runs batched in this process
+    :param num_workers: workers stepping the envs, ``num_envs / num_workers`` each (0: in this
+        process); NPC inference always runs batched in this process
     :param device: where torch NPCs run; ``"auto"`` is CUDA when available
     :param reset_when_training_agents_dead: reset an env as soon as none of its training agents is alive
     :param deterministic_npc: NPCs take their most likely action instead of sampling
     :param trusted: allow checkpoint formats that run code, pickles and TorchScript (only for checkpoints
         you trust)
-    :param start_method: multiprocessing start method for the workers (platform default if ``None``)
+    :param start_method: multiprocessing start method for the worker processes (platform default if ``None``)
+    :param backend: what a worker is: ``"process"``, a process on this machine, or ``"ray"``, a Ray actor
+        on a Ray cluster's nodes (``pip install 'npc-wrapper[ray]'``; needs ``num_workers >= 1``); both
+        give the same results for the same seeds
+    :param ray_address: the Ray cluster to connect to (``backend="ray"``); ``None``: the one this process
+        is connected to, else ``RAY_ADDRESS``, else a local Ray started for the env and stopped at
+        ``close()``
+    :param worker_resources: Ray resources each worker reserves (``backend="ray"``), e.g.
+        ``{"CPU": 2}``; ``None``: ``{"CPU": 1}``
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 
     Example::
@@ -127,7 +144,8 @@ def make_vec_env(
         >>> venv.close()
     """
     engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
-                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method)
+                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method,
+                     backend=backend, ray_address=ray_address, worker_resources=worker_resources)
     venv = NPCVecEnv(engine)
     if seed is not None:
         venv.seed(seed)
@@ -147,6 +165,9 @@ def make_vector_env(
     trusted: bool = False,
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
 ) -> NPCVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv`` (seed it with ``reset(seed=...)``).
 
@@ -175,5 +196,6 @@ def make_vector_env(
         )
     engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
                      reset_when_training_agents_dead, deterministic_npc, trusted, start_method,
-                     next_step_autoreset=mode == AutoresetMode.NEXT_STEP)
+                     next_step_autoreset=mode == AutoresetMode.NEXT_STEP, backend=backend,
+                     ray_address=ray_address, worker_resources=worker_resources)
     return NPCVectorEnv(engine)

@@ -29,7 +29,9 @@ from gymnasium.vector.async_vector_env import AsyncState
 from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
-__all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split"]
+__all__ = [
+    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split", "env_only_layout",
+]
 
 EnvFn = Callable[[], Any]
 
@@ -351,6 +353,12 @@ def check_worker_split(num_envs: int, num_workers: int, prefix: str = "") -> Non
         )
 
 
+def env_only_layout(layout: AgentLayout) -> AgentLayout:
+    """``layout`` without its NPC specs: workers step envs only, so the NPC models and callables stay in
+    this process, unpickled and unsent."""
+    return dataclasses.replace(layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups))
+
+
 class WorkerBackend(Backend):
     """Sub-envs split evenly over ``num_workers`` processes.
 
@@ -372,10 +380,7 @@ class WorkerBackend(Backend):
         check_worker_split(n, num_workers)
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
-        # Workers step envs only: the NPC specs (models, callables) stay here, unpickled and unsent.
-        env_layout = dataclasses.replace(
-            layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups)
-        )
+        env_layout = env_only_layout(layout)
         batch_fns = [
             _batch_fn(env_fns[w * per:(w + 1) * per], w * per, env_layout, early_reset, hold_after_reset)
             for w in range(num_workers)
