@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.backends import check_backend
 from npc_wrapper.checkpoints import CheckpointError, parse_uri, sidecar_metadata
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.callbacks import (
@@ -300,6 +301,10 @@ def _check_options(cfg: DictConfig) -> None:
             f"wandb.mode={cfg.wandb.mode!r} is not one of {', '.join(_WANDB_MODES)} (or null: online with an "
             "API key, else offline)"
         )
+    try:
+        check_backend(num_workers=cfg.trainer.num_workers, prefix="trainer.", **backend_options(cfg))
+    except (ValueError, ImportError) as e:
+        raise CLIError(str(e)) from e
     methods = multiprocessing.get_all_start_methods()
     if cfg.trainer.start_method is not None and cfg.trainer.start_method not in methods:
         raise CLIError(
@@ -310,6 +315,14 @@ def _check_options(cfg: DictConfig) -> None:
 
 
 # --------------------------------------------------------------------------- envs and evaluation
+def backend_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` keys that say what the workers are, as ``make_vec_env``'s keyword arguments."""
+    t = cfg.trainer
+    resources = OmegaConf.to_container(t.worker_resources) or None  # empty: the backend's default
+    return {"backend": t.backend, "start_method": t.start_method, "ray_address": t.ray_address,
+            "worker_resources": resources}
+
+
 def build_vec_env(
     cfg: DictConfig,
     env_fn: EnvFactory,
@@ -329,7 +342,8 @@ def build_vec_env(
             num_workers=cfg.trainer.num_workers if num_workers is None else num_workers,
             device=cfg.device,
             reset_when_training_agents_dead=cfg.env.reset_when_training_agents_dead,
-            start_method=cfg.trainer.start_method,
+            # The trainer's workers; other worker counts (an evaluation's in-process envs) take none of them.
+            **(backend_options(cfg) if num_workers is None else {}),
             **dp.env_kwargs(),
         )
     except CLIError:
