@@ -35,6 +35,14 @@ def check_backend(
     :raises ValueError: an unknown backend, ``backend="ray"`` with no workers, or an option of the
         other backend
     :raises ImportError: ``backend="ray"`` without Ray installed (naming the extra to install)
+
+    Example::
+
+        >>> check_backend("process", 2)
+        >>> check_backend("ray", 0, prefix="trainer.")
+        Traceback (most recent call last):
+        ...
+        ValueError: trainer.backend='ray' needs trainer.num_workers >= 1 (each worker is a Ray actor ...
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(

@@ -80,6 +80,11 @@ def check_worker_resources(resources: Mapping[str, Any] | None, prefix: str = ""
 
     :param prefix: qualifies the name in errors (``"trainer."`` for the CLI's keys)
     :raises ValueError: unless it maps resource names to finite amounts >= 0, at least one of them > 0
+
+    Example::
+
+        >>> check_worker_resources(None), check_worker_resources({"CPU": 2, "GPU": 0.25})
+        ({'CPU': 1.0}, {'CPU': 2.0, 'GPU': 0.25})
     """
     if resources is None:
         return dict(DEFAULT_WORKER_RESOURCES)
@@ -107,10 +112,21 @@ def check_worker_resources(resources: Mapping[str, Any] | None, prefix: str = ""
 
 # ------------------------------------------------------------------------------- the connection
 class _Connection:
-    """The Ray connection this module made (if any) and the open users of it."""
+    """The Ray connection this module made (if any): its generation and how many users it has open."""
 
+    generation = 0
     made = False
     users = 0
+    #: Which connection it is (cluster address, job): one the user made after shutting ours down is not ours.
+    identity: tuple[str, str] | None = None
+
+
+def _identity() -> tuple[str, str]:
+    context = ray.get_runtime_context()
+    return context.gcs_address, context.get_job_id()
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 def _address_of(target: str) -> tuple[str, int] | None:
@@ -122,19 +138,31 @@ def _address_of(target: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _connect(address: str | None) -> bool:
-    """Use this process's Ray connection, or make one (see the module's docstring); return whether the
-    caller is now a user of a connection this module made (and must :func:`_release` it)."""
+def _same_cluster(address: str, current: str) -> bool:
+    """Whether ``address`` names the cluster at ``current`` (Ray reads a loopback host as this node's IP)."""
+    a, b = _address_of(address), _address_of(current)
+    if a is None or b is None:
+        return address == current
+    return a[1] == b[1] and (a[0] == b[0] or a[0] in _LOOPBACK or b[0] in _LOOPBACK)
+
+
+def _connect(address: str | None) -> int | None:
+    """Use this process's Ray connection, or make one (see the module's docstring).
+
+    :return: a token to hand to :func:`_release` when done, if the connection is one this module made
+    """
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
-        if address not in (None, "auto") and address != current:
+        if address not in (None, "auto") and not _same_cluster(address, current):
             raise ValueError(
                 f"ray_address={address!r}, but this process is already connected to the Ray cluster at "
                 f"{current}: leave ray_address out to use that cluster, or ray.shutdown() first"
             )
-        if _Connection.made:
-            _Connection.users += 1
-        return _Connection.made
+        if not _Connection.made or _identity() != _Connection.identity:
+            _Connection.made = False
+            return None
+        _Connection.users += 1
+        return _Connection.generation
     given = address if address is not None else os.environ.get("RAY_ADDRESS") or None
     target = given or "local"
     where = "ray_address" if address is not None else "RAY_ADDRESS"
@@ -149,14 +177,19 @@ def _connect(address: str | None) -> bool:
                 "(ray start --head) or fix the address"
             ) from e
     ray.init(address=target)
+    _Connection.generation += 1
     _Connection.made = True
     _Connection.users = 1
-    return True
+    _Connection.identity = _identity()
+    return _Connection.generation
 
 
-def _release() -> None:
-    """A user of this module's connection is done: disconnect (stopping a local Ray) after the last."""
-    if not _Connection.made:
+def _release(token: int | None) -> None:
+    """A user of this module's connection is done: disconnect (stopping a local Ray) after the last.
+
+    A token of an earlier connection (the user shut Ray down and a new one was made since) does nothing.
+    """
+    if token is None or not _Connection.made or token != _Connection.generation:
         return
     _Connection.users -= 1
     if _Connection.users <= 0:
@@ -183,7 +216,7 @@ def wait_for_nodes(
     require_ray()
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    user = _connect(address)
+    token = _connect(address)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -198,8 +231,7 @@ def wait_for_nodes(
                 )
             time.sleep(poll_s)
     finally:
-        if user:
-            _release()
+        _release(token)
 
 
 # ------------------------------------------------------------------------------------ the actor
@@ -293,7 +325,7 @@ class RayBackend(Backend):
         self._arrays = self.buffers.as_arrays()  # the same memory, as the dtypes the workers send
         self._broken: str | None = None
         self._closed = False
-        self._connection_user = False
+        self._connection: int | None = None  # the token of a connection this module made for it
         self.actors: list[Any] = []
         self.placement_group: Any = None
         #: Where each worker runs: ``node_ip``, ``host`` and ``node_id``, filled once the workers started.
@@ -313,7 +345,7 @@ class RayBackend(Backend):
                 f"the env factory cannot be sent to the Ray workers ({type(e).__name__}: {e}): it must "
                 "pickle with cloudpickle, with all it captures (a lock, an open file or a live env does not)"
             ) from e
-        self._connection_user = _connect(address)
+        self._connection = _connect(address)
         try:
             self._start(payloads, resources)
         except BaseException:
@@ -507,6 +539,5 @@ class RayBackend(Backend):
                 except Exception:  # noqa: BLE001 - already removed with its cluster
                     pass
         self.actors = []
-        if self._connection_user:
-            self._connection_user = False
-            _release()
+        token, self._connection = self._connection, None
+        _release(token)

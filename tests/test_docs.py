@@ -10,11 +10,13 @@ import pytest
 
 MODULES = [
     "npc_wrapper.agents",
+    "npc_wrapper.backends",
     "npc_wrapper.checkpoints",
     "npc_wrapper.factory",
     "npc_wrapper.gym_vector_env",
     "npc_wrapper.policies",
     "npc_wrapper.pool",
+    "npc_wrapper.ray_workers",
     "npc_wrapper.sb3_vec_env",
 ]
 REPO = Path(__file__).resolve().parents[1]
