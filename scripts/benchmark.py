@@ -891,34 +891,56 @@ def _round_trips(backend: Any, n: int) -> tuple[float, float]:
     return statistics.median(trip), statistics.median(copy)
 
 
+def _time_backends(spec: EnvSpec, model: NPCModel, args: argparse.Namespace,
+                   measure: Callable[[Any], Any] | None = None) -> tuple[dict[str, list[float]], Any]:
+    """Per-round vec steps/s of ``backend="process"`` and ``"ray"`` on ``spec``, interleaved; and what
+    ``measure`` returns for the Ray backend (called before the envs close)."""
+    kinds = ("process", "ray")
+    runners: dict[str, WrapperRunner] = {}
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        for kind in kinds:
+            runners[kind] = WrapperRunner(spec, model, args.ray_num_envs, args.seed,
+                                          num_workers=args.ray_workers, options={"backend": kind})
+            runners[kind].run(args.warmup)
+        for r in range(args.ray_repeats):
+            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                rates[kind].append(args.ray_steps / runners[kind].run(args.ray_steps))
+        measured = measure(runners["ray"].venv.engine.backend) if measure is not None else None
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return rates, measured
+
+
 def ray_check(args: argparse.Namespace) -> str:
     """``backend="ray"`` vs ``backend="process"``, ``--ray-workers`` workers each, on pistonball (32x32
-    grey obs, half the pistons CNN NPCs), interleaved; then what one step moves through Ray."""
+    grey obs, half the pistons CNN NPCs), interleaved; what one step moves through Ray; and both
+    backends on simple_tag, whose envs step so fast that the backends' own per-step cost shows.
+
+    The Ray workers run on the cluster this process is connected to, or ``RAY_ADDRESS``'s (spread over
+    its nodes: the round trip then includes the network), else on a local Ray the backend starts."""
     import ray
 
     if __name__ != "__main__":  # imported (the tests): the env factory must travel by value, as from a script
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
     num_envs, workers = args.ray_num_envs, args.ray_workers
     spec, model, n_agents = _pistonball_wrapper_spec(args)
-    kinds = ("process", "ray")
-    runners: dict[str, WrapperRunner] = {}
-    rates: dict[str, list[float]] = {k: [] for k in kinds}
     started_ray = not ray.is_initialized()
-    try:
-        for kind in kinds:
-            runners[kind] = WrapperRunner(spec, model, num_envs, args.seed, num_workers=workers,
-                                          options={"backend": kind})
-            runners[kind].run(args.warmup)
-        for r in range(args.ray_repeats):
-            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-                rates[kind].append(args.ray_steps / runners[kind].run(args.ray_steps))
-        backend = runners["ray"].venv.engine.backend
-        trip_s, copy_s = _round_trips(backend, args.ray_steps)
-        layout = backend.layout
-    finally:
-        for runner in runners.values():
-            runner.close()
+
+    how = "started by the backend" if started_ray and not os.environ.get("RAY_ADDRESS") else "connected"
+
+    def measure(backend: Any) -> tuple[float, float, Any, str]:
+        nodes = len({node["node_id"] for node in backend.nodes})
+        where = (f"Ray at {ray.get_runtime_context().gcs_address} ({how}), the Ray workers on {nodes} "
+                 f"node{'s' if nodes > 1 else ''}")
+        return (*_round_trips(backend, args.ray_steps), backend.layout, where)
+
+    rates, (trip_s, copy_s, layout, where) = _time_backends(spec, model, args, measure)
+    tag = ENV_SPECS["tag"]
+    tag_rates, _ = _time_backends(tag, _npc_model(tag, "mlp", args), args)
     ratios = [r / p for p, r in zip(rates["process"], rates["ray"])]
+    added_ms = statistics.median([1e3 / r - 1e3 / p for p, r in zip(tag_rates["process"], tag_rates["ray"])])
     sizes = {k: int(np.prod(s.shape)) * s.dtype.itemsize for k, s in buffer_spaces(layout).items()}
     per_env = sum(sizes.values())
     obs = sum(v for k, v in sizes.items() if k.endswith("obs") or k.startswith("npc_obs"))
@@ -928,16 +950,16 @@ def ray_check(args: argparse.Namespace) -> str:
     lines = [
         (f"pistonball_v6 (continuous=False, color_reduction B, resize 32x32), {num_envs} envs in {workers} "
          f"workers, {n_train} training pistons + {n_agents - n_train} CNN "
-         f"NPCs per env, {args.ray_steps} steps x {args.ray_repeats} repeats, a local Ray "
-         f"({'started by the backend' if started_ray else 'already running'})"),
+         f"NPCs per env, {args.ray_steps} steps x {args.ray_repeats} repeats; {where}"),
         "",
         "| backend | vec steps/s | agent steps/s | ms/step |",
         "|---|---:|---:|---:|",
     ]
-    for kind in kinds:
+    for kind in ("process", "ray"):
         rate = statistics.median(rates[kind])
         agent_rate = _fmt_rate(rate * num_envs * n_agents)
         lines.append(f"| {kind} | {_fmt_rate(rate)} | {agent_rate} | {1e3 / rate:.2f} |")
+    tag_ms = {k: 1e3 / statistics.median(v) for k, v in tag_rates.items()}
     lines += [
         "",
         f"ray / process = {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}] (median of "
@@ -949,6 +971,9 @@ def ray_check(args: argparse.Namespace) -> str:
         (f"Ray round trip of one step without the envs (every worker's buffers brought back): "
          f"{1e3 * trip_s:.2f} ms; copying them into the learner's buffers: {1e6 * copy_s:.0f} us "
          f"({100 * copy_s / (step_ms / 1e3):.2f}% of a Ray step)"),
+        (f"simple_tag (fast envs: the backends' own cost shows), the same envs and workers, MLP NPC: process "
+         f"{tag_ms['process']:.2f} ms/step, ray {tag_ms['ray']:.2f} ms/step; Ray adds {added_ms:.2f} ms per "
+         "step (median of the per-round differences)"),
     ]
     return "\n".join(lines)
 
