@@ -78,8 +78,7 @@ def make_backend(
     probe: Any,
     layout: AgentLayout,
     num_workers: int,
-    early_reset: bool,
-    hold_after_reset: bool,
+    reset_when_training_agents_dead: bool,
     start_method: str | None = None,
     ray_address: str | None = None,
     worker_resources: Mapping[str, Any] | None = None,
@@ -90,10 +89,8 @@ def make_backend(
         closed when the envs run elsewhere
     """
     if num_workers == 0:
-        return InProcessBackend([probe] + [fn() for fn in env_fns[1:]], layout, early_reset, hold_after_reset)
+        return InProcessBackend([probe] + [fn() for fn in env_fns[1:]], layout, reset_when_training_agents_dead)
     probe.close()
     if backend == "ray":
-        return RayBackend(
-            env_fns, num_workers, layout, early_reset, hold_after_reset, ray_address, worker_resources
-        )
-    return WorkerBackend(env_fns, num_workers, layout, early_reset, start_method, hold_after_reset)
+        return RayBackend(env_fns, num_workers, layout, reset_when_training_agents_dead, ray_address, worker_resources)
+    return WorkerBackend(env_fns, num_workers, layout, reset_when_training_agents_dead, start_method)

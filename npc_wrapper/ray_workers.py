@@ -294,8 +294,7 @@ class RayBackend(Backend):
     :param env_fns: one factory per sub-env; they travel to the actors cloudpickled
     :param num_workers: actors; must divide ``len(env_fns)``
     :param layout: where each agent lives in the buffers
-    :param early_reset: reset an env as soon as no training agent is alive
-    :param hold_after_reset: Gymnasium's NEXT_STEP autoreset (see :class:`~npc_wrapper.joint_env.JointEnv`)
+    :param reset_when_training_agents_dead: reset an env as soon as no training agent is alive
     :param address: the Ray cluster to connect to (``None``: see the module's docstring)
     :param worker_resources: Ray resources each actor reserves (``None``: ``{"CPU": 1}``)
     :param timeout_s: a call to the workers that takes longer fails (``None``: :data:`STEP_TIMEOUT_S`)
@@ -306,8 +305,7 @@ class RayBackend(Backend):
         env_fns: Sequence[EnvFn],
         num_workers: int,
         layout: AgentLayout,
-        early_reset: bool,
-        hold_after_reset: bool = False,
+        reset_when_training_agents_dead: bool,
         address: str | None = None,
         worker_resources: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
@@ -334,8 +332,8 @@ class RayBackend(Backend):
         self.name = f"npc_wrapper-{uuid.uuid4().hex[:12]}"
         env_layout = env_only_layout(layout)
         batches = [
-            JointBatchEnv(env_fns[w * self._per:(w + 1) * self._per], w * self._per, env_layout, early_reset,
-                          hold_after_reset)
+            JointBatchEnv(env_fns[w * self._per:(w + 1) * self._per], w * self._per, env_layout,
+                          reset_when_training_agents_dead)
             for w in range(num_workers)
         ]
         try:
@@ -503,12 +501,12 @@ class RayBackend(Backend):
         self._copy_buffers(results)
         return [info for _, infos in results for info in infos["infos"]]
 
-    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
+    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray):
         per = self._per
         args = []
         for w in range(self.num_workers):
             rows = slice(w * per, (w + 1) * per)
-            action = {"train": train_actions[rows]}
+            action = {"train": train_actions[rows], "held": held[rows]}
             action.update({f"npc_{g}": a[rows] for g, a in enumerate(npc_actions)})
             args.append(((action,), {}))
         results = self._run(range(self.num_workers), "step", args, "step")

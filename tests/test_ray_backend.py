@@ -137,7 +137,8 @@ def test_same_results_as_the_process_backend_and_in_process(cluster: Cluster, fr
 def test_npc_train_trains_ppo_through_ray_workers(cluster: Cluster, tmp_path: Path) -> None:
     """A real npc-train run (SB3 PPO's learn, a few thousand steps) with trainer.backend=ray; its
     evaluations play in this process."""
-    from npc_wrapper.cli.train import compose_config, train
+    from npc_wrapper.cli.config import compose_config
+    from npc_wrapper.cli.train import train
     from tests.test_cli import SMALL
 
     run_dir = tmp_path / "runs" / "ray"
