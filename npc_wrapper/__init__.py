@@ -9,21 +9,21 @@ from __future__ import annotations
 
 from npc_wrapper.agents import split_agents
 from npc_wrapper.checkpoints import load_npc
-from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
+from npc_wrapper.config import CheckpointConfig, DualPolicyConfig, LeagueConfig
 from npc_wrapper.engine import EPISODE_KEY, PADDING_KEY
 from npc_wrapper.factory import make_vec_env, make_vector_env
 from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
-from npc_wrapper.league import LeagueCallback, LeagueConfig
-from npc_wrapper.policies import (
+from npc_wrapper.league import LeagueCallback
+from npc_wrapper.npcs.policies import (
     CallablePolicy,
     ConstantPolicy,
     NPCPolicy,
     RandomPolicy,
     SB3Policy,
     TorchPolicy,
-    as_npc_policy,
 )
-from npc_wrapper.pool import NPCPool
+from npc_wrapper.npcs.pool import NPCPool
+from npc_wrapper.npcs.resolve import as_npc_policy
 
 #: Former names of :class:`SB3VecEnv` and :class:`GymnasiumVectorEnv` (three letters apart).
 NPCVecEnv = SB3VecEnv

@@ -1,4 +1,4 @@
-"""Configuration of dual-policy training: which agents train and which checkpoint the NPCs play.
+"""The user configs: which agents train, which checkpoints the NPCs play, and the self-play league.
 
 The two dataclasses mirror the original dual-policy feature's ``trainer.dual_policy`` block::
 
@@ -12,8 +12,11 @@ The two dataclasses mirror the original dual-policy feature's ``trainer.dual_pol
           range: 1
           metric: epoch
 
+:class:`LeagueConfig` is the ``trainer.league`` block (the self-play league of
+:mod:`npc_wrapper.league`, off by default).
+
 They work without Hydra (build them in code or with :meth:`DualPolicyConfig.from_dict` from a plain
-dict) and with it (``from_dict`` accepts an OmegaConf ``DictConfig``, and both classes can be used
+dict) and with it (``from_dict`` accepts an OmegaConf ``DictConfig``, and the classes can be used
 as structured configs: ``OmegaConf.structured(DualPolicyConfig)``). Every key is honoured;
 unknown keys are an error rather than being ignored.
 """
@@ -28,13 +31,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["DEFAULT_METRIC", "IMPORT_SPEC", "SELECTOR_TYPES", "CheckpointConfig", "DualPolicyConfig"]
+__all__ = [
+    "DEFAULT_METRIC",
+    "IMPORT_SPEC",
+    "SAMPLING_MODES",
+    "SELECTOR_TYPES",
+    "CheckpointConfig",
+    "DualPolicyConfig",
+    "LeagueConfig",
+]
 
 #: The checkpoint selectors ``CheckpointConfig.type`` accepts.
 SELECTOR_TYPES = ("specific", "latest", "top", "rand", "all")
 
 #: The metadata key ``top`` sorts by unless ``metric`` names another.
 DEFAULT_METRIC = "epoch"
+
+#: How the league draws the pool members other than its newest snapshot (``LeagueConfig.sampling``).
+SAMPLING_MODES = ("uniform", "prioritized")
 
 #: ``"pkg.module:attr"`` (an importable object); ``attr`` may be dotted (``Outer.Inner``).
 IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -63,6 +77,11 @@ def _check_keys(d: Mapping[str, Any], cls: type, what: str) -> None:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    """A finite real number (numpy's too), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
 @dataclass
@@ -282,3 +301,109 @@ class DualPolicyConfig:
             "deterministic_npc": self.checkpoint_npc.deterministic,
             "trusted": self.checkpoint_npc.trusted,
         }
+
+
+@dataclass
+class LeagueConfig:
+    """The ``trainer.league`` config block (off by default).
+
+    :param enabled: run the league (for configs; :class:`~npc_wrapper.league.LeagueCallback` runs it
+        whatever this says)
+    :param snapshot_every: freeze a snapshot every this many learner steps (SB3 ``num_timesteps``,
+        one per training slot), at the first rollout boundary at or after each multiple; ``None``
+        or ``0``: not by steps
+    :param snapshot_when_win_rate: also freeze one when the learner's score over the last
+        ``win_rate_episodes`` episodes since the previous snapshot reaches this (win 1, draw 0.5,
+        loss 0); ``None``: not by win rate
+    :param win_rate_episodes: ``K``, the episodes the win rates are measured over
+    :param window: how many snapshots stay in the pool (the oldest is evicted first)
+    :param play_latest_ratio: probability that an episode's NPC is the newest snapshot
+    :param keep_initial_npc: keep the NPC(s) the run started with (``checkpoint_npc``) in the pool
+        once snapshots exist
+    :param sampling: how the other members share ``1 - play_latest_ratio``: ``uniform``, or
+        ``prioritized`` (weight ``(1 - learner's score against the member) ** priority_power``:
+        opponents the learner still loses to are drawn more often)
+    :param priority_power: the exponent of ``prioritized`` sampling
+    :param elo_k: Elo K-factor (rating change per fully unexpected result)
+    :param initial_elo: rating of the learner and of the initial NPCs at the start; a snapshot
+        starts with the learner's rating at the time it is taken
+    :param save_snapshots: also save each snapshot (SB3 ``.zip`` + JSON sidecar) in the run's
+        league directory, when the callback is given one
+    :param wandb_artifacts: log each saved snapshot as a wandb model artifact when a wandb run is active
+    """
+
+    enabled: bool = False
+    snapshot_every: int | None = None
+    snapshot_when_win_rate: float | None = None
+    win_rate_episodes: int = 100
+    window: int = 10
+    play_latest_ratio: float = 0.5
+    keep_initial_npc: bool = True
+    sampling: str = "uniform"
+    priority_power: float = 2.0
+    elo_k: float = 32.0
+    initial_elo: float = 1200.0
+    save_snapshots: bool = True
+    wandb_artifacts: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "trainer.league") -> LeagueConfig:
+        """Build and validate from a mapping or an OmegaConf ``DictConfig``; unknown keys are an error.
+
+        :param d: the ``league`` block
+        :param where: the config path used in messages
+        """
+        plain = _to_plain(d, where)
+        _check_keys(plain, cls, where)
+        cfg = cls(**plain)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "trainer.league") -> None:
+        """Raise ``ValueError`` saying which key to change and how.
+
+        :param where: the config path used in messages
+        """
+        if self.snapshot_every is not None and (not _is_int(self.snapshot_every) or self.snapshot_every < 0):
+            raise ValueError(
+                f"{where}.snapshot_every must be a number of steps >= 0 (0 or null: off), got "
+                f"{self.snapshot_every!r}"
+            )
+        wr = self.snapshot_when_win_rate
+        if wr is not None and (not _is_num(wr) or not 0.0 <= wr <= 1.0):
+            raise ValueError(
+                f"{where}.snapshot_when_win_rate must be a win rate in [0, 1] (null: off), got {wr!r}"
+            )
+        if self.enabled and not self.snapshot_every and wr is None:
+            raise ValueError(
+                f"{where} is enabled but never takes a snapshot: set {where}.snapshot_every (steps) "
+                f"and/or {where}.snapshot_when_win_rate (e.g. 0.6)"
+            )
+        for key in ("win_rate_episodes", "window"):
+            v = getattr(self, key)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{where}.{key} must be an integer >= 1, got {v!r}")
+        if not _is_num(self.play_latest_ratio) or not 0.0 <= self.play_latest_ratio <= 1.0:
+            raise ValueError(
+                f"{where}.play_latest_ratio must be a probability in [0, 1], got {self.play_latest_ratio!r}"
+            )
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(
+                f"{where}.sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}"
+            )
+        if not _is_num(self.priority_power) or self.priority_power < 0:
+            raise ValueError(f"{where}.priority_power must be a number >= 0, got {self.priority_power!r}")
+        if not _is_num(self.elo_k) or self.elo_k <= 0:
+            raise ValueError(
+                f"{where}.elo_k must be a positive number (Elo K-factor, e.g. 32), got {self.elo_k!r}"
+            )
+        if not _is_num(self.initial_elo):
+            raise ValueError(f"{where}.initial_elo must be a number (e.g. 1200), got {self.initial_elo!r}")
+        for key in ("enabled", "keep_initial_npc", "save_snapshots", "wandb_artifacts"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{where}.{key} must be true or false, got {getattr(self, key)!r}")
+        if self.wandb_artifacts and not self.save_snapshots:
+            raise ValueError(
+                f"{where}.wandb_artifacts logs the saved snapshots, but {where}.save_snapshots is false: "
+                "set save_snapshots to true, or wandb_artifacts to false"
+            )

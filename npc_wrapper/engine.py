@@ -21,8 +21,9 @@ from gymnasium.vector import AutoresetMode
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
 from npc_wrapper.backends import check_backend, make_backend
 from npc_wrapper.joint_env import check_parallel_env
-from npc_wrapper.policies import ConstantPolicy, NPCPolicy, RandomPolicy, as_npc_policy, check_npc_policy
-from npc_wrapper.pool import NPCPool
+from npc_wrapper.npcs.policies import ConstantPolicy, NPCPolicy, RandomPolicy, check_npc_policy
+from npc_wrapper.npcs.pool import NPCPool
+from npc_wrapper.npcs.resolve import as_npc_policy
 from npc_wrapper.workers import Backend
 
 __all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]

@@ -41,11 +41,11 @@ if str(_REPO_ROOT) not in sys.path:  # run from a checkout without installing, a
     sys.path.insert(0, str(_REPO_ROOT))
 
 import npc_wrapper as nw
-from npc_wrapper.checkpoints import CheckpointError
 from npc_wrapper.cli.config import data_path
 from npc_wrapper.cli.envs import pad_observations
 from npc_wrapper.cli.errors import CLIError, one_line, with_trust_flag
 from npc_wrapper.cli.tracking import choose_wandb_mode
+from npc_wrapper.errors import CheckpointError
 
 __all__ = ["Args", "Agent", "make_env", "parse_args", "truncation_bootstrap", "train", "main"]
 

@@ -72,7 +72,8 @@ fi
 if python3 -c "import npc_wrapper" 2>/dev/null; then
   input_error="$(python3 - "$NPC_URI" "$RUN_NAME" "$TOTAL_TIMESTEPS" "$NUM_WORKERS" "$@" <<'PY'
 import sys
-from npc_wrapper.checkpoints import CheckpointError, parse_uri
+from npc_wrapper.checkpoints import parse_uri
+from npc_wrapper.errors import CheckpointError
 try:
     parse_uri(sys.argv[1])
 except CheckpointError as e:

@@ -18,7 +18,7 @@ from pettingzoo import ParallelEnv
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.npcs.policies import NPCPolicy
 from tests.envs import RecordingParallelEnv
 
 __all__ = [

@@ -18,8 +18,9 @@ import torch
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
-from npc_wrapper.checkpoints import CheckpointError, load_npc, select_checkpoints
-from npc_wrapper.pool import NPCPool
+from npc_wrapper.checkpoints import load_npc, select_checkpoints
+from npc_wrapper.errors import CheckpointError
+from npc_wrapper.npcs.pool import NPCPool
 from tests.checkpoint_agents import ObsRecordingEnv, fixed_action_agent
 from tests.envs import ScriptedParallelEnv
 

@@ -30,8 +30,9 @@ from sb3_contrib import ARS, QRDQN, TRPO, MaskablePPO, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 
 import npc_wrapper as nw
-from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError, detect_format, load_npc
-from npc_wrapper.policies import SB3Policy, TorchPolicy
+from npc_wrapper.checkpoints import detect_format, load_npc
+from npc_wrapper.errors import CheckpointError, TrustRequiredError
+from npc_wrapper.npcs.policies import SB3Policy, TorchPolicy
 from tests.checkpoint_agents import (
     AtariStyleAgent,
     CleanRLAgent,

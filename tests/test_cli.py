@@ -27,7 +27,6 @@ from npc_wrapper.cli.build import _agent_list
 from npc_wrapper.cli.config import DATA_DIR, compose_config, config_dir, dual_policy_config
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
 from npc_wrapper.cli.errors import CLIError
-from npc_wrapper.cli.metrics import EpisodeStats, play_episodes, wilson_interval
 from npc_wrapper.cli.train import train
 from npc_wrapper.config import DualPolicyConfig
 from tests.checkpoint_agents import save_marker_torchscript
@@ -492,62 +491,6 @@ def test_resume_with_another_algorithm_is_refused(trained_run: dict[str, Any], t
 
 
 # --------------------------------------------------------------------------- eval and plot
-def test_wilson_interval_known_values() -> None:
-    lo, hi = wilson_interval(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = wilson_interval(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = wilson_interval(40, 40)  # exactly 1, not 0.9999999999999999 (as eval.json showed)
-    assert hi == 1.0 and lo == pytest.approx(0.9124, abs=1e-4)
-
-
-def test_episode_stats_per_npc() -> None:
-    stats = EpisodeStats()
-    for outcome, npc in [("win", "a"), ("loss", "a"), ("win", "b"), ("draw", "b")]:
-        stats.add({"train_return": 1.0, "npc_return": 0.0, "length": 5, "outcome": outcome, "npc": npc})
-    s = stats.summary()
-    assert (s["wins"], s["losses"], s["draws"]) == (2, 1, 1)
-    assert s["per_npc"]["a"]["win_rate"] == 0.5 and s["per_npc"]["b"]["draw_rate"] == 0.5
-
-
-def test_evaluation_plays_episodes_longer_than_1000_steps() -> None:
-    from mpe2 import simple_tag_v3
-
-    venv = nw.make_vec_env(
-        lambda: simple_tag_v3.parallel_env(max_cycles=1100), num_envs=1, npc="random",
-        training_agents_pct=0.75, seed=0, device="cpu",
-    )
-    try:
-        act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
-        assert play_episodes(act, venv, 1, 3).summary()["episode_length"] == 1100
-        # An env whose episodes do not end is still an error, once no episode ended for max_steps steps.
-        with pytest.raises(RuntimeError, match="no episode ended in the last 20 vector steps"):
-            play_episodes(act, venv, 1, 3, max_steps=20)
-    finally:
-        venv.close()
-
-
-@pytest.mark.timeout(60)
-def test_episodes_of_envs_done_with_their_share_do_not_reset_the_bound() -> None:
-    from mpe2 import simple_tag_v3
-
-    # Env 0's episodes end every step; env 1's never do (within the bound): an error, not a hang.
-    venv = nw.make_vec_env(
-        [
-            lambda: simple_tag_v3.parallel_env(max_cycles=1),
-            lambda: simple_tag_v3.parallel_env(max_cycles=10_000),
-        ],
-        npc="random", training_agents_pct=0.75, seed=0, device="cpu",
-    )
-    try:
-        act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
-        with pytest.raises(RuntimeError, match=r"no episode ended in the last 20 vector steps \(1 of 2"):
-            play_episodes(act, venv, 2, 3, max_steps=20)
-    finally:
-        venv.close()
-
-
 def test_npc_eval_prints_win_rate_with_ci(
     trained_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -652,7 +595,7 @@ def test_npc_eval_errors_name_the_option_or_override_to_fix(
     assert "--device=cuda but CUDA is not available" in _eval_error([run, "--device", "cuda"], capsys)
     err = _eval_error([run, "--round-robin", "--episodes", "1"], capsys)
     assert "a round robin" in err and "npc-eval CHECKPOINT --npc URI" in err and "trainer.league" not in err
-    monkeypatch.setattr("npc_wrapper.cli.metrics.MAX_EPISODE_STEPS", 20)  # an env whose episodes never end
+    monkeypatch.setattr("npc_wrapper.evaluation.MAX_EPISODE_STEPS", 20)  # an env whose episodes never end
     err = _eval_error([run, "--episodes", "1", "--num-envs", "1", "env.factory.max_cycles=1000"], capsys)
     assert "no episode ended in the last 20 vector steps (0 of 1 played): give the env a time limit" in err
 

@@ -20,7 +20,7 @@ import pytest
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
-from npc_wrapper.cli.callbacks import atomic_save, checkpoint_path, latest_checkpoint
+from npc_wrapper.checkpoints.store import atomic_save, checkpoint_path, latest_checkpoint
 from npc_wrapper.cli.checks import check_npc_uri
 from npc_wrapper.cli.config import DATA_DIR
 from npc_wrapper.cli.envs import EnvFactory
@@ -355,9 +355,7 @@ def test_pad_observations_refuses_an_aec_env() -> None:
 def test_an_env_whose_episodes_never_end_is_a_one_line_evaluation_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from npc_wrapper.cli import metrics
-
-    monkeypatch.setattr(metrics, "MAX_EPISODE_STEPS", 20)  # the default 10,000 would take minutes here
+    monkeypatch.setattr("npc_wrapper.evaluation.MAX_EPISODE_STEPS", 20)  # the default 10,000 would take minutes here
     run_dir = tmp_path / "run"
     code, err = run_main([*SMALL, "run=test", f"run_dir={run_dir}", "env.factory.max_cycles=1000"], capsys)
     assert code == 2 and len(err) == 1, err

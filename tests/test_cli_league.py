@@ -69,7 +69,7 @@ def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(
     assert abs((1 / (1 + 10 ** ((1200 - ratings) / 400))).sum() - 3 * 0.5) < 1e-6
 
     # An env whose episodes never end is a one-line error, not a hang or a traceback.
-    monkeypatch.setattr("npc_wrapper.league.MAX_EPISODE_STEPS", 5)
+    monkeypatch.setattr("npc_wrapper.evaluation.MAX_EPISODE_STEPS", 5)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         eval_cli.main([str(run_dir), "--round-robin", "--episodes", "1", "--num-envs", "1",

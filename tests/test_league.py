@@ -27,17 +27,17 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 import npc_wrapper as nw
 from npc_wrapper.engine import EPISODE_KEY
+from npc_wrapper.config import LeagueConfig
+from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.league import (
     LeagueCallback,
-    LeagueConfig,
-    NoEpisodeEnds,
     check_league_venv,
     elo_expected,
     elo_update,
     fit_ratings,
     round_robin,
 )
-from npc_wrapper.policies import ConstantPolicy
+from npc_wrapper.npcs.policies import ConstantPolicy
 from tests.envs import ScriptedParallelEnv
 
 torch.set_num_threads(1)
@@ -148,6 +148,29 @@ def test_snapshots_taken_at_the_same_step_are_saved_to_their_own_files(tmp_path:
     assert first != second and first.is_file() and second.is_file()
     assert json.loads(first.with_suffix(".json").read_text())["league_name"] == "snapshot@32"
     assert json.loads(second.with_suffix(".json").read_text())["league_name"] == "snapshot@32#2"
+    venv.close()
+
+
+def test_a_snapshot_save_killed_midway_leaves_no_torn_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots are saved as checkpoints are (to a temporary file, then renamed): a resume or a round
+    robin over the league directory never finds half a snapshot."""
+    venv = scripted_venv()  # a rollout is 16 steps
+    model = ppo(venv)
+    league = LeagueCallback(LeagueConfig(enabled=True, snapshot_every=32), save_dir=tmp_path, device="cpu")
+    model.learn(48, callback=league)
+    good = (tmp_path / "snapshot_32.zip").read_bytes()
+
+    def torn_save(path: object, *args: object, **kwargs: object) -> None:
+        Path(str(path)).write_bytes(good[: len(good) // 2])  # what a kill during the write leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        model.learn(32, callback=league, reset_num_timesteps=False)  # snapshot@64 is due at step 64
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == ["league.json", "snapshot_32.json", "snapshot_32.zip"]
     venv.close()
 
 

@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 
 import npc_wrapper as nw
-from npc_wrapper.device import DeviceRunner, resolve_device
+from npc_wrapper.npcs.device import DeviceRunner, resolve_device
 
 OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)
 

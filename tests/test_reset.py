@@ -9,7 +9,7 @@ import pytest
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import npc_wrapper as nw
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.npcs.policies import NPCPolicy
 from tests.envs import RecordingEnvFactory
 
 WORKERS = [0, 2]

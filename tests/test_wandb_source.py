@@ -22,16 +22,10 @@ import wandb.errors
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
-from npc_wrapper.checkpoints import CheckpointError, load_npc, select_checkpoints
-from npc_wrapper.pool import NPCPool
-from npc_wrapper.wandb_source import (
-    WandbError,
-    WandbNotFoundError,
-    WandbSource,
-    WandbUnavailableError,
-    default_cache_dir,
-    parse_wandb_uri,
-)
+from npc_wrapper.checkpoints import load_npc, select_checkpoints
+from npc_wrapper.checkpoints.wandb import WandbSource, default_cache_dir, parse_wandb_uri
+from npc_wrapper.errors import CheckpointError, WandbError, WandbNotFoundError, WandbUnavailableError
+from npc_wrapper.npcs.pool import NPCPool
 from tests.checkpoint_agents import fixed_action_agent
 from tests.envs import ScriptedParallelEnv
 

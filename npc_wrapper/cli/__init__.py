@@ -22,8 +22,8 @@ if _missing:
 
 from npc_wrapper.cli.config import compose_config, config_dir, data_path
 from npc_wrapper.cli.errors import CLIError
-from npc_wrapper.cli.metrics import EpisodeStats, wilson_interval
 from npc_wrapper.cli.schema import TrainConfig
+from npc_wrapper.evaluation import EpisodeStats, wilson_interval
 
 __all__ = [
     "CLIError",

@@ -17,16 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from npc_wrapper.checkpoints import CheckpointError
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.checks import check_npc_uri
 from npc_wrapper.cli.config import backend_options, dual_policy_config, league_config
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.cli.run_dir import ResumePoint
-from npc_wrapper.config import DualPolicyConfig
+from npc_wrapper.config import DualPolicyConfig, LeagueConfig
+from npc_wrapper.errors import CheckpointError
 from npc_wrapper.factory import make_vec_env
-from npc_wrapper.league import LeagueConfig, check_league_venv
+from npc_wrapper.league import check_league_venv
 
 __all__ = [
     "TrainingPlan",

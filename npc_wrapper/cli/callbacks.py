@@ -1,125 +1,29 @@
-"""SB3 callbacks of ``npc-train`` and the run directory's checkpoint files.
+"""SB3 callbacks of ``npc-train``: episode outcomes to the logger, periodic checkpoints.
 
-Checkpoints are written atomically: the model goes to a hidden temporary file in the same
-directory, is flushed to disk, and is renamed over its final name with ``os.replace``. A run
-killed at any moment leaves either the previous checkpoint or the new one, never a torn file;
-:func:`latest_checkpoint` also skips any file that is not a readable zip archive.
+The checkpoint files themselves are written by :mod:`npc_wrapper.checkpoints.store` (atomically).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import time
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from npc_wrapper.cli.metrics import EpisodeStats, episodes_from_infos
+from npc_wrapper.checkpoints.store import atomic_save, checkpoint_path, list_checkpoints
+from npc_wrapper.evaluation import EpisodeStats, episodes_from_infos
 
 __all__ = [
-    "CHECKPOINT_RE",
-    "checkpoint_path",
-    "list_checkpoints",
-    "latest_checkpoint",
-    "atomic_save",
-    "atomic_write_text",
     "epoch_of",
     "NPCMetricsCallback",
     "CheckpointCallback",
 ]
 
 log = logging.getLogger("npc_wrapper.cli")
-
-#: Periodic checkpoint files: ``checkpoints/step_<num_timesteps>.zip``.
-CHECKPOINT_RE = re.compile(r"^step_(\d+)\.zip$")
-
-
-def checkpoint_path(directory: Path, step: int) -> Path:
-    """``directory/step_<step>.zip``."""
-    return directory / f"step_{int(step)}.zip"
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_save(model: BaseAlgorithm, path: Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Save ``model`` to ``path`` (a ``.zip``) atomically, with ``metadata`` in a ``.json`` sidecar.
-
-    The sidecar is written first, so a checkpoint never exists without its metadata.
-
-    :param model: the SB3 model
-    :param path: final path, ending in ``.zip``
-    :param metadata: JSON-serialisable metadata (``epoch``, ``step``, metrics) for checkpoint selectors
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # SB3 appends ".zip" to names without it, so the temporary name ends in .zip too.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
-    try:
-        model.save(tmp)
-        _fsync_path(tmp)
-        if metadata is not None:
-            atomic_write_text(
-                path.with_suffix(".json"), json.dumps(dict(metadata), indent=2, sort_keys=True, default=float)
-            )
-        os.replace(tmp, path)
-        _fsync_path(path.parent, directory=True)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _readable_zip(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip() is None
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the periodic checkpoints in ``directory``, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-    return sorted(found)
-
-
-def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
-    """The newest readable checkpoint in ``directory`` (a torn or corrupt file is skipped with a warning)."""
-    for step, path in reversed(list_checkpoints(directory)):
-        if _readable_zip(path):
-            return step, path
-        log.warning("skipping unreadable checkpoint %s", path)
-    return None
 
 
 def epoch_of(model: BaseAlgorithm) -> int:

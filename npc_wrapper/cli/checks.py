@@ -13,10 +13,11 @@ import torch
 from omegaconf import DictConfig
 
 from npc_wrapper.backends import check_backend
-from npc_wrapper.checkpoints import CheckpointError, parse_uri
+from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.config import backend_options, compose_config, dual_policy_config, league_config
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.config import DualPolicyConfig
+from npc_wrapper.errors import CheckpointError
 from npc_wrapper.workers import check_worker_split
 
 __all__ = ["LOG_FORMATS", "WANDB_MODES", "check_config", "check_device", "check_npc_uri", "precheck"]

@@ -27,8 +27,7 @@ from omegaconf.errors import (
 
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.cli.schema import TrainConfig
-from npc_wrapper.config import DualPolicyConfig
-from npc_wrapper.league import LeagueConfig
+from npc_wrapper.config import DualPolicyConfig, LeagueConfig
 
 __all__ = [
     "DATA_DIR",

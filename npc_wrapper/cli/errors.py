@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, NoReturn
 
-from npc_wrapper.checkpoints import TRUST_HINT
+from npc_wrapper.errors import TRUST_HINT
 
 __all__ = ["CLIError", "one_line", "die", "with_trust_flag"]
 

@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import TrustRequiredError
 from npc_wrapper.cli.build import build_vec_env, env_factory
 from npc_wrapper.cli.checks import check_device, check_npc_uri
 from npc_wrapper.cli.config import compose_config, dual_policy_config, explain_config_error, register_configs
 from npc_wrapper.cli.errors import CLIError, die, one_line, with_trust_flag
-from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.cli.run_dir import find_run_config, resolve_policy_path
 from npc_wrapper.cli.schema import TrainConfig
 from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.league import NoEpisodeEnds, round_robin
-from npc_wrapper.policies import as_npc_policy
+from npc_wrapper.errors import NoEpisodeEnds, TrustRequiredError
+from npc_wrapper.evaluation import format_summary, play_episodes
+from npc_wrapper.league import round_robin
+from npc_wrapper.npcs.resolve import as_npc_policy
 
 __all__ = ["main", "evaluate", "round_robin_run"]
 

@@ -14,13 +14,13 @@ import numpy as np
 from omegaconf import DictConfig
 from stable_baselines3.common.logger import Logger
 
+from npc_wrapper.checkpoints.store import atomic_write_text
 from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.build import TrainingPlan, build_vec_env
-from npc_wrapper.cli.callbacks import atomic_write_text
 from npc_wrapper.cli.errors import CLIError
-from npc_wrapper.cli.metrics import format_summary, play_episodes
 from npc_wrapper.cli.run_dir import RunPaths
-from npc_wrapper.league import NoEpisodeEnds
+from npc_wrapper.errors import NoEpisodeEnds
+from npc_wrapper.evaluation import format_summary, play_episodes
 
 __all__ = ["EVAL_SEED_OFFSET", "evaluate_model", "TrainingEvaluation"]
 

@@ -13,10 +13,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import CheckpointError, parse_uri, sidecar_metadata
+from npc_wrapper.checkpoints.select import sidecar_metadata
+from npc_wrapper.checkpoints.store import latest_checkpoint, list_checkpoints
+from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.algos import resolve_algorithm
-from npc_wrapper.cli.callbacks import latest_checkpoint, list_checkpoints
 from npc_wrapper.cli.errors import CLIError, one_line
+from npc_wrapper.errors import CheckpointError
 
 __all__ = ["RunPaths", "ResumePoint", "resume_point", "resume_hint", "find_run_config", "resolve_policy_path"]
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from npc_wrapper.config import DualPolicyConfig
-from npc_wrapper.league import LeagueConfig
+from npc_wrapper.config import DualPolicyConfig, LeagueConfig
 
 __all__ = ["EnvConfig", "TrainerConfig", "WandbConfig", "TrainConfig"]
 

@@ -21,7 +21,7 @@ from stable_baselines3.common.logger import (
     make_output_format,
 )
 
-from npc_wrapper.cli.callbacks import atomic_write_text
+from npc_wrapper.checkpoints.store import atomic_write_text
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.cli.run_dir import RunPaths
 

@@ -34,14 +34,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import Logger
 
+from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text
 from npc_wrapper.cli.build import TrainingPlan, build_model, build_train_env, build_vec_env, plan_training
-from npc_wrapper.cli.callbacks import (
-    CheckpointCallback,
-    NPCMetricsCallback,
-    atomic_save,
-    atomic_write_text,
-    epoch_of,
-)
+from npc_wrapper.cli.callbacks import CheckpointCallback, NPCMetricsCallback, epoch_of
 from npc_wrapper.cli.checks import check_config, precheck
 from npc_wrapper.cli.config import check_schema, config_dir, register_configs
 from npc_wrapper.cli.errors import CLIError, die, one_line

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from npc_wrapper.engine import NPCEngine
-from npc_wrapper.policies import NPCPolicy
-from npc_wrapper.pool import NPCPool
+from npc_wrapper.npcs.policies import NPCPolicy
+from npc_wrapper.npcs.pool import NPCPool
 
 __all__ = ["FrontEnd"]
 

@@ -1,9 +1,11 @@
 """NPC policies: frozen policies that act for NPC agents, one batch per call.
 
-Every NPC the wrapper runs is an :class:`NPCPolicy`. :func:`as_npc_policy` turns what a user
-passes as ``npc=`` (``"random"``, a ``torch.nn.Module``, a Stable-Baselines3 model, a plain
-callable, or an :class:`NPCPolicy`) into one, bound to the NPC agents' observation and action
-spaces, and checks it with one dry-run batch so a mismatch fails at construction.
+Every NPC the wrapper runs is an :class:`NPCPolicy`: scripted ones (:class:`RandomPolicy`,
+:class:`ConstantPolicy`, :class:`CallablePolicy`) and adapters of a ``torch.nn.Module``
+(:class:`TorchPolicy`) or a Stable-Baselines3 model (:class:`SB3Policy`), bound to the NPC agents'
+observation and action spaces. :func:`check_npc_policy` dry-runs one on a batch so a mismatch fails
+at construction. What a user passes as ``npc=`` becomes one in :mod:`npc_wrapper.npcs.resolve`;
+nothing here loads checkpoints.
 
 Rows: a policy acts for a fixed set of *rows* (one per NPC agent per sub-env, env-major). Each
 call passes the observations of the live rows only, with their row indices, so a recurrent policy
@@ -14,10 +16,8 @@ from __future__ import annotations
 
 import abc
 import copy
-import difflib
 import io
 import math
-import os
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -27,9 +27,10 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common import distributions as d
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+from stable_baselines3.common.vec_env import VecTransposeImage
 
-from npc_wrapper.device import DeviceRunner, resolve_device
+from npc_wrapper.npcs.device import DeviceRunner, resolve_device
 
 __all__ = [
     "NPCPolicy",
@@ -38,11 +39,9 @@ __all__ = [
     "CallablePolicy",
     "TorchPolicy",
     "SB3Policy",
-    "as_npc_policy",
     "frozen_copy",
     "check_npc_policy",
     "observation_fits",
-    "resolve_device",
 ]
 
 
@@ -57,7 +56,9 @@ class NPCPolicy(abc.ABC):
     #: Whether the policy keeps per-row state that must be reset at episode starts.
     recurrent: bool = False
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "npc") -> None:
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "npc"
+    ) -> None:
         self.observation_space = observation_space
         self.action_space = action_space
         self.name = name
@@ -78,7 +79,9 @@ class NPCPolicy(abc.ABC):
         :return: actions, shape ``(len(rows), *action_shape)``, in ``action_space``
         """
 
-    def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
+    def act_async(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray
+    ) -> Callable[[], np.ndarray]:
         """Start computing :meth:`act`; return a function that waits for the actions.
 
         The engine launches this as soon as a step's observations exist and waits only when the
@@ -88,7 +91,8 @@ class NPCPolicy(abc.ABC):
         return lambda: actions
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, obs={self.observation_space}, act={self.action_space})"
+        name, obs, act = type(self).__name__, self.observation_space, self.action_space
+        return f"{name}(name={self.name!r}, obs={obs}, act={act})"
 
 
 def _sample_space(space: spaces.Space, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +105,8 @@ def _sample_space(space: spaces.Space, n: int, rng: np.random.Generator) -> np.n
         return rng.integers(0, 2, size=(n, *space.shape), dtype=space.dtype)
     if isinstance(space, spaces.Box) and space.is_bounded("both"):
         if np.issubdtype(space.dtype, np.integer):
-            return rng.integers(space.low, space.high, size=(n, *space.shape), endpoint=True).astype(space.dtype)
+            drawn = rng.integers(space.low, space.high, size=(n, *space.shape), endpoint=True)
+            return drawn.astype(space.dtype)
         return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(space.dtype)
     space.seed(int(rng.integers(2**31)))
     return np.stack([np.asarray(space.sample()) for _ in range(n)]) if n else np.zeros((0, *space.shape))
@@ -110,7 +115,9 @@ def _sample_space(space: spaces.Space, n: int, rng: np.random.Generator) -> np.n
 class RandomPolicy(NPCPolicy):
     """Uniformly random actions over the action space (the ``npc="random"`` baseline)."""
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "random") -> None:
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "random"
+    ) -> None:
         super().__init__(observation_space, action_space, name)
         self._rng = np.random.default_rng()
 
@@ -292,7 +299,9 @@ class TorchPolicy(NPCPolicy):
     def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         return self.act_async(obs, rows, episode_start)()
 
-    def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
+    def act_async(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray
+    ) -> Callable[[], np.ndarray]:
         return self.runner.run(self.forward, obs, self._to_actions)
 
     def _to_actions(self, out: torch.Tensor) -> torch.Tensor:
@@ -309,7 +318,9 @@ class TorchPolicy(NPCPolicy):
             n_logits = int(space.nvec.sum())
             if floating and out.ndim == 2 and out.shape[1] == n_logits:
                 parts = _split_logits(out, space.nvec)
-                acts = torch.stack([_sample_logits(p, self.deterministic, self._generator) for p in parts], dim=-1)
+                acts = torch.stack(
+                    [_sample_logits(p, self.deterministic, self._generator) for p in parts], dim=-1
+                )
                 return acts.reshape(-1, *space.shape) + torch.as_tensor(space.start, device=out.device)
             if integer and tuple(out.shape[1:]) == space.shape:
                 return out.long()
@@ -332,7 +343,9 @@ class TorchPolicy(NPCPolicy):
             low = torch.as_tensor(space.low, device=out.device, dtype=out.dtype)
             high = torch.as_tensor(space.high, device=out.device, dtype=out.dtype)
             return torch.clamp(out.reshape(-1, *space.shape), low, high)
-        raise TypeError(f"TorchPolicy does not support the action space {space}; wrap the module in an NPCPolicy")
+        raise TypeError(
+            f"TorchPolicy does not support the action space {space}; wrap the module in an NPCPolicy"
+        )
 
     def _bad_output(self, out: torch.Tensor, expected: str) -> ValueError:
         # A float output of another width must not be truncated to integer actions.
@@ -443,7 +456,9 @@ class SB3Policy(NPCPolicy):
         state = None if self._state is None else tuple(s[:, rows] for s in self._state)
         actions, new_state = self._predict(obs, state, episode_start)
         if self._state is None:
-            self._state = tuple(np.zeros((s.shape[0], self.num_rows, *s.shape[2:]), s.dtype) for s in new_state)
+            self._state = tuple(
+                np.zeros((s.shape[0], self.num_rows, *s.shape[2:]), s.dtype) for s in new_state
+            )
         for full, new in zip(self._state, new_state):
             full[:, rows] = new
         return self._in_bounds(np.asarray(actions))
@@ -454,7 +469,9 @@ class SB3Policy(NPCPolicy):
         space = self.action_space
         return np.clip(actions, space.low, space.high) if isinstance(space, spaces.Box) else actions
 
-    def act_async(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> Callable[[], np.ndarray]:
+    def act_async(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray
+    ) -> Callable[[], np.ndarray]:
         if not self._direct:
             return super().act_async(obs, rows, episode_start)
         if self._split:
@@ -518,9 +535,6 @@ def observation_fits(stored: spaces.Space, env: spaces.Space) -> bool:
     SB3 trains on channel-first images (``VecTransposeImage``) and its ``obs_to_tensor``
     transposes channel-last observations back, so an HWC env space fits a CHW stored one.
     """
-    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-    from stable_baselines3.common.vec_env import VecTransposeImage
-
     if stored == env:
         return True
     if isinstance(stored, spaces.Dict) and isinstance(env, spaces.Dict):
@@ -555,62 +569,6 @@ _SPLIT_DISTRIBUTIONS = (
     d.DiagGaussianDistribution,
 )
 
-_SCRIPTED = {"random": RandomPolicy, "noop": ConstantPolicy}
-
-
-def as_npc_policy(
-    npc: Any,
-    observation_space: spaces.Space,
-    action_space: spaces.Space,
-    *,
-    device: str | torch.device = "auto",
-    deterministic: bool = False,
-    trusted: bool = False,
-) -> NPCPolicy:
-    """Turn an ``npc=`` argument into an :class:`NPCPolicy` for one group of NPC agents.
-
-    :param npc: ``"random"``, ``"noop"``, a checkpoint URI or path (``file://...``,
-        ``wandb://...``), ``"pkg.module:callable"``, a :class:`~npc_wrapper.CheckpointConfig`
-        (selectors, pools, ``policy_class``), an :class:`NPCPolicy`, a
-        ``torch.nn.Module``, an SB3 model (anything with ``predict``) or a callable
-        ``obs_batch -> actions``
-    :param observation_space: the NPC agents' observation space
-    :param action_space: the NPC agents' action space
-    :param device: where torch policies run
-    :param deterministic: greedy actions instead of sampling
-    :param trusted: allow checkpoint formats that run code (see :func:`npc_wrapper.load_npc`)
-    """
-    from npc_wrapper.config import CheckpointConfig
-
-    if isinstance(npc, NPCPolicy):
-        return npc
-    if isinstance(npc, (str, CheckpointConfig)):
-        if isinstance(npc, str) and npc in _SCRIPTED:
-            return _SCRIPTED[npc](observation_space, action_space)
-        if isinstance(npc, str) and not any(c in npc for c in "/:.") and not os.path.exists(npc):
-            close = difflib.get_close_matches(npc.lower(), list(_SCRIPTED), n=1, cutoff=0.6)
-            if close:  # a typo of a built-in name would otherwise read as a missing checkpoint
-                raise ValueError(
-                    f"npc={npc!r} is no built-in NPC and no checkpoint file: did you mean {close[0]!r}? "
-                    f"(built-in NPCs: {list(_SCRIPTED)})"
-                )
-        from npc_wrapper.checkpoints import load_npc
-
-        return load_npc(
-            npc, observation_space, action_space, device=device, deterministic=deterministic, trusted=trusted
-        )
-    if isinstance(npc, torch.nn.Module) and not hasattr(npc, "predict"):
-        return TorchPolicy(npc, observation_space, action_space, device=device, deterministic=deterministic)
-    if hasattr(npc, "predict"):
-        return SB3Policy(npc, observation_space, action_space, device=device, deterministic=deterministic)
-    if callable(npc):
-        return CallablePolicy(npc, observation_space, action_space)
-    raise TypeError(
-        f"npc={npc!r} is not a policy: pass 'random', 'noop', a checkpoint URI, an NPCPolicy, a torch.nn.Module, "
-        "a Stable-Baselines3 model or a callable obs_batch -> actions"
-    )
-
-
 def check_npc_policy(policy: NPCPolicy, agents: list[Any] | None, observation_space: spaces.Space,
                      action_space: spaces.Space) -> None:
     """Dry-run ``policy`` on two sampled observations; raise ``ValueError`` naming both spaces on failure.
@@ -634,7 +592,9 @@ def check_npc_policy(policy: NPCPolicy, agents: list[Any] | None, observation_sp
     try:
         actions = np.asarray(policy.act(obs, rows, np.ones(2, dtype=bool)))
     except Exception as e:  # any failure here means the policy cannot act in this env
-        raise ValueError(f"{where} failed on a dry-run batch of 2 observations: {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{where} failed on a dry-run batch of 2 observations: {type(e).__name__}: {e}"
+        ) from e
     if actions.shape[:1] != (2,) or not all(_contains(action_space, a) for a in actions):
         raise ValueError(
             f"{where} returned actions that are not in the action space on a dry-run batch: "

@@ -29,15 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npc_wrapper.checkpoints import CheckpointError
+from npc_wrapper.errors import WandbError, WandbNotFoundError, WandbUnavailableError
 
 __all__ = [
     "ArtifactVersion",
-    "WandbError",
-    "WandbNotFoundError",
     "WandbSource",
     "WandbURI",
-    "WandbUnavailableError",
     "default_cache_dir",
     "parse_wandb_uri",
 ]
@@ -47,18 +44,6 @@ logger = logging.getLogger(__name__)
 _VERSION = re.compile(r"^v(\d+)$")
 _PART = re.compile(r"^[\w.\-]+$")
 _INDEX = "index.json"
-
-
-class WandbError(CheckpointError):
-    """A ``wandb://`` checkpoint could not be resolved or downloaded."""
-
-
-class WandbUnavailableError(WandbError):
-    """W&B could not be reached or refused the credentials, and the cache could not answer."""
-
-
-class WandbNotFoundError(WandbError):
-    """W&B answered that the artifact, version or collection does not exist."""
 
 
 def default_cache_dir() -> Path:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.npcs.policies import NPCPolicy
 
 __all__ = ["NPCPool"]
 
@@ -44,7 +44,8 @@ class NPCPool:
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (len(self.members),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(
-                f"pool weights must be {len(self.members)} non-negative numbers with a positive sum, got {list(weights)}"
+                f"pool weights must be {len(self.members)} non-negative numbers with a positive sum, got "
+                f"{list(weights)}"
             )
         return w / w.sum()
 
@@ -71,7 +72,10 @@ class NPCPool:
     def remove(self, index: int) -> NPCPolicy:
         """Remove member ``index`` (later members shift down by one); returns it.
 
-        Use :meth:`NPCVecEnv.remove_npc` on a running env, which refuses members still playing.
+        This edits the pool alone: on a running env use its engine's
+        :meth:`~npc_wrapper.engine.NPCEngine.remove_npc` (``venv.engine.remove_npc(index, group)``),
+        which refuses members still playing and renumbers the envs' current members (the vector
+        envs themselves have ``add_npc`` but no ``remove_npc``).
         """
         if len(self.members) == 1:
             raise ValueError("cannot remove the last member of an NPC pool")

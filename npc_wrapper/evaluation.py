@@ -1,4 +1,10 @@
-"""Episode outcomes against the NPC: accumulation, Wilson intervals, and evaluation games."""
+"""Playing episodes against the NPCs and summarising their outcomes.
+
+:func:`play_episodes` is the one evaluation loop: ``npc-train``'s evaluations before and after
+training, ``npc-eval``, and every pairing of :func:`~npc_wrapper.league.round_robin` play through
+it. :class:`EpisodeStats` accumulates the ``info["npc_wrapper/episode"]`` summaries (win, loss or
+draw of the training team against the NPC team) into rates with Wilson intervals and mean returns.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,21 @@ from typing import Any
 import numpy as np
 
 from npc_wrapper.engine import EPISODE_KEY
-from npc_wrapper.league import MAX_EPISODE_STEPS, NoEpisodeEnds
+from npc_wrapper.errors import NoEpisodeEnds
 
-__all__ = ["wilson_interval", "EpisodeStats", "episodes_from_infos", "play_episodes", "format_summary"]
+__all__ = [
+    "MAX_EPISODE_STEPS",
+    "wilson_interval",
+    "EpisodeStats",
+    "episodes_from_infos",
+    "play_episodes",
+    "format_summary",
+]
 
-
+#: Default bound on vector steps without an episode end when playing episodes (round robin, the CLI's
+#: evaluations): far above common episode lengths (MettaGrid's 1000), and an env without one fails.
+#: Read when :func:`play_episodes` is called, so patching it here changes every caller's bound.
+MAX_EPISODE_STEPS = 10_000
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -131,14 +147,22 @@ def play_episodes(
     """Play ``venv`` with ``act(obs, episode_start) -> actions`` until ``episodes`` episodes ended.
 
     Each sub-env contributes a fixed quota of episodes (``episodes / num_envs``, the remainder to
-    the first envs), so short episodes are not over-represented.
+    the first envs): the first episodes to end anywhere would over-represent short ones, and
+    episode length often depends on who wins.
+
+    ``episode_start`` is SB3's: slot ``k``'s observation is the first of a new episode, so a
+    recurrent learner resets its state there. That is where slot ``k``'s env reset, not where slot
+    ``k`` was last done: an agent that dies while its env plays on is done at its death, its slot
+    is padding until the env resets, and its next real observation is the reset's.
 
     :param act: the learner: observations of every slot and whether each slot starts an episode
-    :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded)
+    :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded; reset here)
     :param episodes: how many episodes to record
     :param n_train: training agents per sub-env
     :param max_steps: give up when no episode has ended for this many vector steps (an env without
-        a time limit); a bound on episode length, not on the whole evaluation
+        a time limit); a bound on episode length, not on the whole evaluation (default
+        :data:`MAX_EPISODE_STEPS`)
+    :raises NoEpisodeEnds: no counted episode ended for ``max_steps`` vector steps
     """
     n_envs = venv.num_envs // n_train
     quota = np.full(n_envs, episodes // n_envs)
@@ -151,19 +175,24 @@ def play_episodes(
     since_end = 0
     while not (done_count >= quota).all():
         if since_end >= limit:
+            played = int(done_count.sum())
             raise NoEpisodeEnds(
-                f"no episode ended in the last {limit} vector steps ({int(done_count.sum())} of {episodes} "
-                "played): give the env a time limit"
+                f"no episode ended in the last {limit} vector steps ({played} of {episodes} played): "
+                "give the env a time limit",
+                limit,
+                played,
             )
-        obs, _, dones, infos = venv.step(act(obs, episode_start))
-        episode_start = np.asarray(dones, dtype=bool)
+        obs, _, _, infos = venv.step(act(obs, episode_start))
+        reset = np.zeros(n_envs, dtype=bool)
         counted = False  # only a counted episode resets the bound: envs done with their share may end many
         for e, episode in episodes_from_infos(infos, n_train):
+            reset[e] = True
             if done_count[e] < quota[e]:
                 stats.add(episode)
                 done_count[e] += 1
                 counted = True
         since_end = 0 if counted else since_end + 1
+        episode_start = np.repeat(reset, n_train)
     return stats
 
 
@@ -173,7 +202,8 @@ def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
         return f"{indent}no episode ended"
     s = summary
     lines = [
-        f"{indent}win rate {s['win_rate']:.3f} (95% Wilson CI {s['win_rate_ci_low']:.3f}-{s['win_rate_ci_high']:.3f}) "
+        f"{indent}win rate {s['win_rate']:.3f} "
+        f"(95% Wilson CI {s['win_rate_ci_low']:.3f}-{s['win_rate_ci_high']:.3f}) "
         f"over {s['episodes']} episodes: {s['wins']} wins, {s['losses']} losses, {s['draws']} draws",
         f"{indent}training-team return {s['train_return']:.2f} ± {s['train_return_sem']:.2f}, "
         f"NPC-team return {s['npc_return']:.2f} ± {s['npc_return_sem']:.2f} (mean ± s.e.), "

@@ -1,0 +1,134 @@
+"""Writing checkpoints: every model, sidecar and state file the package saves goes through here.
+
+Files are written atomically: the content goes to a hidden temporary file in the same directory,
+is flushed to disk, and is renamed over its final name with ``os.replace``. A run killed at any
+moment leaves either the previous file or the new one, never a torn file; :func:`latest_checkpoint`
+also skips any checkpoint that is not a readable zip archive.
+
+Names: a training run's periodic checkpoints are ``step_<num_timesteps>.zip``
+(:func:`checkpoint_path`), the league's snapshots ``snapshot_<steps>.zip`` (:func:`snapshot_path`),
+each with its metadata in a ``.json`` sidecar that the checkpoint selectors read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+__all__ = [
+    "CHECKPOINT_RE",
+    "atomic_save",
+    "atomic_write_json",
+    "atomic_write_text",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "snapshot_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Periodic checkpoint files: ``checkpoints/step_<num_timesteps>.zip``.
+CHECKPOINT_RE = re.compile(r"^step_(\d+)\.zip$")
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """``directory/step_<step>.zip``."""
+    return directory / f"step_{int(step)}.zip"
+
+
+def snapshot_path(directory: Path, name: str) -> Path:
+    """Where the league saves its snapshot ``name`` (``snapshot@<steps>``, ``snapshot@<steps>#2``):
+    ``directory/snapshot_<steps>.zip``, ``directory/snapshot_<steps>_2.zip``.
+
+    Named after the unique member name: a second snapshot at a step (the step count went back, or a
+    resumed run repeats steps) must not overwrite the first one's file.
+    """
+    return directory / f"{name.replace('@', '_').replace('#', '_')}.zip"
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (numbers numpy gives, such as float32, as floats)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float))
+
+
+def atomic_save(model: BaseAlgorithm, path: Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model`` to ``path`` (a ``.zip``) atomically, with ``metadata`` in a ``.json`` sidecar.
+
+    The sidecar is written first, so a checkpoint never exists without its metadata.
+
+    :param model: the SB3 model
+    :param path: final path, ending in ``.zip``
+    :param metadata: JSON-serialisable metadata (``epoch``, ``step``, metrics) for checkpoint selectors
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # SB3 appends ".zip" to names without it, so the temporary name ends in .zip too.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
+    try:
+        model.save(tmp)
+        _fsync_path(tmp)
+        if metadata is not None:
+            atomic_write_json(path.with_suffix(".json"), dict(metadata))
+        os.replace(tmp, path)
+        _fsync_path(path.parent, directory=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _readable_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the periodic checkpoints in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
+    """The newest readable checkpoint in ``directory`` (a torn or corrupt file is skipped with a warning)."""
+    for step, path in reversed(list_checkpoints(directory)):
+        if _readable_zip(path):
+            return step, path
+        logger.warning("skipping unreadable checkpoint %s", path)
+    return None
