@@ -494,10 +494,9 @@ class RayBackend(Backend):
         options: Sequence[dict[str, Any] | None],
         mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
-        request = {"seeds": list(seeds), "env_options": list(options),
-                   "mask": None if mask is None else mask.tolist()}
-        workers = range(self.num_workers)
-        results = self._run(workers, "reset", [((), {"options": request})] * self.num_workers, "reset")
+        request = JointBatchEnv.reset_options(seeds, options, mask)
+        results = self._run(range(self.num_workers), "reset", [((), {"options": request})] * self.num_workers,
+                            "reset")
         self._copy_buffers(results)
         return [info for _, infos in results for info in infos["infos"]]
 

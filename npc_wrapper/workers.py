@@ -256,6 +256,15 @@ class JointBatchEnv(gym.Env):
             self.buffers, self.joints = _joint_envs(envs, self.layout, self.reset_when_training_agents_dead)
         return self.joints
 
+    @staticmethod
+    def reset_options(
+        seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None
+    ) -> dict[str, Any]:
+        """The ``options`` of :meth:`reset`: the whole vector's seeds, env options and reset mask (each
+        worker reads its own envs' part)."""
+        mask_list = None if mask is None else mask.tolist()
+        return {"seeds": list(seeds), "env_options": list(options), "mask": mask_list}
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         try:
             return self._reset(options or {})
@@ -460,11 +469,7 @@ class WorkerBackend(Backend):
         options: Sequence[dict[str, Any] | None],
         mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
-        request = {
-            "seeds": list(seeds),
-            "env_options": list(options),
-            "mask": None if mask is None else mask.tolist(),
-        }
+        request = JointBatchEnv.reset_options(seeds, options, mask)
         obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:
             self.buffers = self._views(obs)
