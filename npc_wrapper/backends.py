@@ -89,8 +89,11 @@ def make_backend(
         closed when the envs run elsewhere
     """
     if num_workers == 0:
-        return InProcessBackend([probe] + [fn() for fn in env_fns[1:]], layout, reset_when_training_agents_dead)
+        envs = [probe] + [fn() for fn in env_fns[1:]]
+        return InProcessBackend(envs, layout, reset_when_training_agents_dead)
     probe.close()
     if backend == "ray":
-        return RayBackend(env_fns, num_workers, layout, reset_when_training_agents_dead, ray_address, worker_resources)
+        return RayBackend(
+            env_fns, num_workers, layout, reset_when_training_agents_dead, ray_address, worker_resources
+        )
     return WorkerBackend(env_fns, num_workers, layout, reset_when_training_agents_dead, start_method)

@@ -93,7 +93,8 @@ def make_vec_env(
     :param deterministic_npc: NPCs take their most likely action instead of sampling
     :param trusted: allow checkpoint formats that run code, pickles and TorchScript (only for checkpoints
         you trust)
-    :param start_method: multiprocessing start method for the worker processes (platform default if ``None``)
+    :param start_method: multiprocessing start method for the worker processes (platform default if
+        ``None``)
     :param backend: what a worker is: ``"process"``, a process on this machine, or ``"ray"``, a Ray actor
         on a Ray cluster's nodes (``pip install 'npc-wrapper[ray]'``; needs ``num_workers >= 1``); both
         give the same results for the same seeds
