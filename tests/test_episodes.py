@@ -94,9 +94,10 @@ def test_truncation_resets_the_env_and_reports_terminal_obs(kind: str) -> None:
     obs, rew, term, trunc, infos, final = r.step(actions)
     assert trunc.all() and not term.any()
     np.testing.assert_allclose(rew, 3 + 0.01 * idx + 0.001 * actions, rtol=1e-6)
+    episode_id = np.array([10, 10, 11, 11])  # the seed of each slot's env
     for k in range(4):
         # The terminal observation is the env's last observation of that agent, exactly.
-        np.testing.assert_array_equal(final[k], [3, idx[k], actions[k], 10 + k // 2])
+        np.testing.assert_array_equal(final[k], [3, idx[k], actions[k], episode_id[k]])
         assert final[k].dtype == np.float32
     # The returned observation is the first of the new episode (unseeded reset: a new episode id).
     np.testing.assert_array_equal(obs[:, :3], np.stack([np.zeros(4), idx, -np.ones(4)], axis=1))

@@ -305,5 +305,5 @@ def test_npc_actions_as_a_column_and_whole_floats_are_accepted() -> None:
                            npc=_Scripted(lambda n: np.full((n, 1), 3.0)))
     venv.reset()
     venv.step(np.zeros(4, dtype=np.int64))
-    assert [log[-1]["b_0"] for log in venv.get_attr("action_log")[::2]] == [3, 3]
+    assert [log[-1]["b_0"] for log in venv.slots.first_of_env(venv.get_attr("action_log"))] == [3, 3]
     venv.close()

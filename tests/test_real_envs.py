@@ -28,19 +28,19 @@ def run_and_replay(venv: nw.NPCVecEnv, env_fn: Callable[[], Any], seed: int, ste
     """Step ``venv`` with seeded random trainer actions, then replay sub-env 0's logged actions (the
     NPCs' included) on a fresh env: the training slots must have seen exactly that env's observations,
     rewards and dones. Returns the per-step infos of slot 0."""
-    n_train = len(venv.training_agents)
+    env0 = venv.slots.of_env(0)  # sub-env 0's slots
     rng = np.random.default_rng(seed)
     venv.seed(seed)
-    seen = [venv.reset()[:n_train]]
+    seen = [venv.reset()[env0]]
     rewards, dones, infos0 = [], [], []
     for _ in range(steps):
         actions = np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]) \
             if not hasattr(venv.action_space, "n") else rng.integers(0, venv.action_space.n, venv.num_envs)
         obs, rew, done, infos = venv.step(actions)
-        seen.append(obs[:n_train])
-        rewards.append(rew[:n_train])
-        dones.append(done[:n_train])
-        infos0.append(infos[:n_train])
+        seen.append(obs[env0])
+        rewards.append(rew[env0])
+        dones.append(done[env0])
+        infos0.append([infos[k] for k in env0])
     log = venv.get_attr("action_log", indices=[0])[0]
 
     env = env_fn()
