@@ -15,7 +15,6 @@ import npc_wrapper as nw
 from tests.envs import ScriptedParallelEnv
 
 PAD, EPISODE = nw.PADDING_KEY, nw.EPISODE_KEY
-FRONT_ENDS = ["sb3", "gym"]
 
 
 class Runner:
@@ -72,11 +71,6 @@ def unbatch_infos(infos: dict[str, Any], n: int) -> list[dict[str, Any]]:
 def scripted(**kwargs: Any):
     kwargs.setdefault("obs_shape", (4,))
     return lambda: ScriptedParallelEnv(**kwargs)
-
-
-@pytest.fixture(params=FRONT_ENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 # -------------------------------------------------------------------------------- whole-env ends
@@ -415,23 +409,11 @@ def test_reset_mid_episode_restarts_statistics_and_padding(kind: str) -> None:
         assert infos[1]["episode"]["l"] == 4 and infos[1]["episode"]["r"] == pytest.approx(10.04)
 
 
-class StartLog(nw.NPCPolicy):
-    """Stands still and records each call's rows and episode-start flags."""
-
-    def __init__(self) -> None:
-        space = ScriptedParallelEnv(obs_shape=(4,))
-        super().__init__(space.observation_space("b_0"), space.action_space("b_0"), "startlog")
-        self.calls: list[tuple[list[int], list[bool]]] = []
-
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        self.calls.append((rows.tolist(), episode_start.tolist()))
-        return np.zeros(len(rows), dtype=np.int64)
-
-
-def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str) -> None:
+def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str, recording_npc: Any) -> None:
     """a_1 (training) joins env.agents at step 2 and b_0 (NPC) at step 3: padding until then, then
     their own rewards, dones and episode statistics; the NPC's first act is an episode start."""
-    npc = StartLog()
+    probe = ScriptedParallelEnv(obs_shape=(4,))
+    npc = recording_npc(probe.observation_space("b_0"), probe.action_space("b_0"))  # stands still
     r = Runner(kind, scripted(max_steps=6, join_steps={"a_1": 2, "b_0": 3}), num_envs=1, npc=npc)
     npc.calls.clear()  # the construction's dry run
     obs = r.reset()
@@ -449,8 +431,9 @@ def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str) -> No
         ([5, 1, 1], pytest.approx(5.011), False, False),
         ([0, 0, 0], pytest.approx(6.011), False, True),  # truncated; absent again in the next episode
     ]
-    assert [c for c in npc.calls if c[0]][0] == ([0], [True])  # b_0's first forward starts its episode
-    assert [c for c in npc.calls if c[0]][1] == ([0], [False])
+    starts = [(c.rows, c.episode_start) for c in npc.calls if c.rows]
+    assert starts[0] == ([0], [True])  # b_0's first forward starts its episode
+    assert starts[1] == ([0], [False])
     if kind == "sb3":
         assert infos[1]["episode"]["l"] == 4 and infos[0]["episode"]["l"] == 6
     r.close()

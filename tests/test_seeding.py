@@ -143,10 +143,9 @@ def test_both_front_ends_give_one_trajectory_for_one_seed() -> None:
     assert np.array(sb3["done"]).any()  # episodes ended and reset within the rollout
 
 
-@pytest.mark.parametrize("make", [nw.make_vec_env, nw.make_vector_env])
-def test_a_seed_that_is_not_an_int_is_refused(make: Any) -> None:
+def test_a_seed_that_is_not_an_int_is_refused(make_venv: Any) -> None:
     with pytest.raises(TypeError, match=r"seed must be an int \(sub-env i gets seed \+ i\) or None, got '3'"):
-        make(env_fn, seed="3")
+        make_venv(env_fn, seed="3")
 
 
 def test_gym_seed_list_and_per_env_seeds() -> None:
