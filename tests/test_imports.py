@@ -1,5 +1,6 @@
-"""The package's import structure: every module imports on its own, no import cycle, and no import
-inside a function except of an optional dependency (CONTRIBUTING.md's layering rules)."""
+"""The package's import structure (CONTRIBUTING.md's layering rules): every module imports on its own,
+no import cycle, each layer imports only its own or lower layers, and no import inside a function
+except of an optional dependency."""
 
 from __future__ import annotations
 
@@ -34,6 +35,24 @@ OPTIONAL = {
 #: Optional only in some modules: omegaconf comes with the train extra, which the CLI needs but the
 #: configs' plain-dict path does not.
 OPTIONAL_IN = {"omegaconf": {f"{PACKAGE}.config"}}
+
+#: The layers, top first, as module names relative to the package (a name covers its submodules; the
+#: longest match wins). A module imports only from its own layer or one below it.
+LAYERS = [
+    ["cli"],
+    ["league", "evaluation"],
+    ["factory"],
+    ["frontends"],
+    ["engine"],
+    ["workers"],
+    ["joint_env"],
+    ["npcs.resolve"],
+    ["checkpoints"],
+    ["npcs.pool"],
+    ["npcs.policies"],
+    ["npcs.device", "npcs"],
+    ["agents", "config", "errors"],
+]
 
 
 def module_files() -> dict[str, Path]:
@@ -134,6 +153,28 @@ def test_the_graph_resolves_relative_and_submodule_imports() -> None:
 def test_no_import_cycle_between_the_package_modules() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of a package module (the package root: -1, above every layer)."""
+    name = module.removeprefix(PACKAGE).removeprefix(".")
+    if not name:
+        return -1
+    found = [
+        (len(e), i) for i, layer in enumerate(LAYERS) for e in layer if name == e or name.startswith(e + ".")
+    ]
+    assert found, f"{module} is in no layer: add it to LAYERS in tests/test_imports.py and to CONTRIBUTING.md"
+    return max(found)[1]
+
+
+def test_each_layer_imports_only_its_own_and_lower_layers() -> None:
+    bad = [
+        f"{src} (layer {LAYERS[layer_of(src)]}) imports {dst} (layer {LAYERS[layer_of(dst)]})"
+        for src, targets in import_graph().items()
+        for dst in sorted(targets)
+        if layer_of(dst) < layer_of(src) or layer_of(dst) == -1
+    ]
+    assert not bad, "imports against the layering of CONTRIBUTING.md:\n" + "\n".join(bad)
 
 
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
