@@ -43,32 +43,31 @@ def step_a_few(venv: Any, steps: int = 5) -> None:
         venv.step(np.zeros(venv.num_envs, dtype=np.int64))
 
 
-# ---------------------------------------------------------------------------------- 4. NaN NPCs
-@xfail14("finding 4: NaN logits become action 0")
-def test_nan_logits_of_a_torch_npc_are_an_error_naming_it() -> None:
-    """A diverged network (NaN logits for every input) must not play action 0 forever."""
+def error_playing(npc: Any, num_envs: int = 1) -> str:
+    """The message of the ``ValueError`` that building a vector env with ``npc`` and stepping it raises."""
     with pytest.raises(ValueError) as exc:
-        venv = nw.make_vec_env(ScriptedParallelEnv, npc=NaNLogits(), device="cpu", seed=0)
+        venv = nw.make_vec_env(ScriptedParallelEnv, num_envs=num_envs, npc=npc, device="cpu", seed=0)
         try:
             step_a_few(venv)
         finally:
             venv.close()
-    one_line_naming(str(exc.value), "NaNLogits")
-    assert "nan" in str(exc.value).lower()
+    return str(exc.value)
+
+
+# ---------------------------------------------------------------------------------- 4. NaN NPCs
+@xfail14("finding 4: NaN logits become action 0")
+def test_nan_logits_of_a_torch_npc_are_an_error_naming_it() -> None:
+    """A diverged network (NaN logits for every input) must not play action 0 forever."""
+    message = error_playing(NaNLogits())
+    one_line_naming(message, "NaNLogits")
+    assert "nan" in message.lower()
 
 
 @xfail14("finding 4: NaN logits become action 0")
 def test_nan_logits_at_a_later_step_are_an_error_naming_the_npc_env_and_step() -> None:
     """NaN only from step 3 on (past the construction's dry run): the error names the NPC, the env and
     the step."""
-    npc = NaNLogits(from_step=3.0)
-    venv = nw.make_vec_env(ScriptedParallelEnv, num_envs=2, npc=npc, device="cpu", seed=0)
-    try:
-        with pytest.raises(ValueError) as exc:
-            step_a_few(venv)
-    finally:
-        venv.close()
-    message = str(exc.value)
+    message = error_playing(NaNLogits(from_step=3.0), num_envs=2)
     one_line_naming(message, "NaNLogits")
     assert "nan" in message.lower() and re.search(r"\benv\b", message) and "step" in message, message
 
@@ -76,14 +75,9 @@ def test_nan_logits_at_a_later_step_are_an_error_naming_the_npc_env_and_step() -
 @xfail14("finding 4: an SB3 NPC with NaN weights plays action 0")
 def test_sb3_checkpoint_with_nan_weights_is_an_error_naming_it(tmp_path: Path) -> None:
     path = hostile.sb3_model_zip(tmp_path / "diverged.zip", nan_weights=True)
-    with pytest.raises(ValueError) as exc:
-        venv = nw.make_vec_env(ScriptedParallelEnv, npc=f"file://{path}", device="cpu", seed=0)
-        try:
-            step_a_few(venv)
-        finally:
-            venv.close()
-    one_line_naming(str(exc.value), "diverged")
-    assert "nan" in str(exc.value).lower()
+    message = error_playing(f"file://{path}")
+    one_line_naming(message, "diverged")
+    assert "nan" in message.lower()
 
 
 def test_a_callable_returning_nan_is_refused() -> None:
@@ -101,13 +95,7 @@ def later_strings(obs: np.ndarray) -> np.ndarray:
 
 @xfail14("finding 6: strings from a callable give numpy's UFuncTypeError")
 def test_a_callable_returning_strings_later_is_an_error_naming_it() -> None:
-    venv = nw.make_vec_env(ScriptedParallelEnv, npc=later_strings, device="cpu", seed=0)
-    try:
-        with pytest.raises(ValueError) as exc:
-            step_a_few(venv)
-    finally:
-        venv.close()
-    one_line_naming(str(exc.value), "later_strings")
+    one_line_naming(error_playing(later_strings), "later_strings")
 
 
 # --------------------------------------------------------------------- 6. arguments of the wrong kind
