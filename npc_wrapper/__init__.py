@@ -12,7 +12,7 @@ from npc_wrapper.checkpoints import load_npc
 from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from npc_wrapper.engine import EPISODE_KEY, PADDING_KEY
 from npc_wrapper.factory import make_vec_env, make_vector_env
-from npc_wrapper.gym_vector_env import NPCVectorEnv
+from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
 from npc_wrapper.league import LeagueCallback, LeagueConfig
 from npc_wrapper.policies import (
     CallablePolicy,
@@ -24,11 +24,16 @@ from npc_wrapper.policies import (
     as_npc_policy,
 )
 from npc_wrapper.pool import NPCPool
-from npc_wrapper.sb3_vec_env import NPCVecEnv
+
+#: Former names of :class:`SB3VecEnv` and :class:`GymnasiumVectorEnv` (three letters apart).
+NPCVecEnv = SB3VecEnv
+NPCVectorEnv = GymnasiumVectorEnv
 
 __all__ = [
     "make_vec_env",
     "make_vector_env",
+    "SB3VecEnv",
+    "GymnasiumVectorEnv",
     "NPCVecEnv",
     "NPCVectorEnv",
     "NPCPolicy",

@@ -1,8 +1,10 @@
 """Which agents train and which are NPCs, and the array layout that follows from it.
 
-The split is the seed's rule made exact: the first ``floor(pct * n_agents + 0.5)`` agents of
-``possible_agents`` train, the rest are NPCs, the same in every sub-env for the whole run.
-``training_agents=[...]`` (names or glob patterns) overrides the percentage.
+The split is the original dual-policy feature's rule made exact: the first
+``floor(pct * n_agents + 0.5)`` agents of ``possible_agents`` train, the rest are NPCs, the same in
+every sub-env for the whole run.
+``training_agents=[...]`` (names or glob patterns) overrides the percentage. A vector env has one
+slot per training agent per sub-env; :class:`SlotMap` says which slot is which.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["AgentLayout", "NPCGroup", "split_agents", "build_layout"]
+__all__ = ["AgentLayout", "NPCGroup", "SlotMap", "split_agents", "build_layout", "same_value"]
 
 AgentID = Hashable
 
@@ -134,6 +136,101 @@ class AgentLayout:
     def group_index(self, g: int) -> np.ndarray:
         """Positions of NPC group ``g``'s agents in ``possible_agents``."""
         return np.array([self.possible_agents.index(a) for a in self.groups[g].agents], dtype=np.intp)
+
+
+class SlotMap:
+    """The vector envs' slots: slot ``k`` is training agent ``k % n_train`` of sub-env ``k // n_train``
+    (env-major), ``num_envs * n_train`` slots in all. Every slot <-> sub-env conversion goes through it.
+
+    :param num_envs: PettingZoo envs (sub-envs)
+    :param n_train: training agents per sub-env
+
+    Example::
+
+        >>> import numpy as np
+        >>> slots = SlotMap(num_envs=3, n_train=2)
+        >>> slots.num_slots, slots.env(5), slots.agent(5), slots.of_env(1)
+        (6, 2, 1, range(2, 4))
+        >>> slots.env_of
+        (0, 0, 1, 1, 2, 2)
+        >>> slots.per_slot(np.array([True, False, True])).tolist()
+        [True, True, False, False, True, True]
+        >>> slots.by_env(np.arange(6)).sum(axis=1).tolist()  # one row per sub-env
+        [1, 5, 9]
+        >>> slots.one_per_env([7, 7, 3, 3, 5, 5], "seed")
+        [7, 3, 5]
+    """
+
+    def __init__(self, num_envs: int, n_train: int) -> None:
+        self.num_envs = num_envs
+        self.n_train = n_train
+        self.num_slots = num_envs * n_train
+        #: The sub-env of each slot.
+        self.env_of: tuple[int, ...] = tuple(k // n_train for k in range(self.num_slots))
+
+    def env(self, slot: int) -> int:
+        """The sub-env of ``slot``."""
+        return slot // self.n_train
+
+    def agent(self, slot: int) -> int:
+        """The training agent (its index in ``AgentLayout.training``) of ``slot``."""
+        return slot % self.n_train
+
+    def of_env(self, env: int) -> range:
+        """The slots of sub-env ``env``."""
+        return range(env * self.n_train, (env + 1) * self.n_train)
+
+    def per_slot(self, per_env: np.ndarray) -> np.ndarray:
+        """A per-sub-env array (leading axis ``num_envs``) repeated for each of a sub-env's slots."""
+        return np.repeat(per_env, self.n_train, axis=0)
+
+    def by_env(self, per_slot: np.ndarray) -> np.ndarray:
+        """A per-slot array (leading axis ``num_slots``) as ``(num_envs, n_train, ...)``: a view where
+        numpy can make one."""
+        return per_slot.reshape(self.num_envs, self.n_train, *per_slot.shape[1:])
+
+    def first_of_env(self, per_slot: Sequence[Any]) -> list[Any]:
+        """Each sub-env's first slot's entry of ``per_slot``."""
+        return list(per_slot[::self.n_train])
+
+    def one_per_env(self, values: Sequence[Any], what: str, per_env_ok: bool = False) -> list[Any]:
+        """One value per sub-env from one per slot, which must agree within each sub-env's slots (a
+        PettingZoo env takes one seed, options dict or attribute value), or, with ``per_env_ok``, from
+        one per sub-env.
+
+        :param what: names the argument in errors
+        """
+        if per_env_ok and len(values) == self.num_envs:
+            return list(values)
+        if len(values) != self.num_slots:
+            per_env = f"one value per PettingZoo env ({self.num_envs}) or " if per_env_ok else "one value "
+            raise ValueError(f"{what} needs {per_env}per slot ({self.num_slots}), got {len(values)}")
+        for e in range(self.num_envs):
+            mine = self.of_env(e)
+            values_e = list(values[mine.start:mine.stop])
+            if not all(same_value(values_e[0], v) for v in values_e[1:]):
+                raise ValueError(
+                    f"{what} gives slots {mine.start}-{mine.stop - 1} different values {values_e}; they are "
+                    f"the training agents of one PettingZoo env (env {e}), which takes one: give them equal "
+                    "values"
+                )
+        return self.first_of_env(values)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two values are equal, arrays compared by value, through dicts, lists and tuples."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # an == that is not one bool
+        return False
 
 
 def _describe(agents: Sequence[AgentID], space_of: Any) -> str:

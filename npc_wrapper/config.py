@@ -1,6 +1,6 @@
 """Configuration of dual-policy training: which agents train and which checkpoint the NPCs play.
 
-The two dataclasses mirror the seed's ``trainer.dual_policy`` block::
+The two dataclasses mirror the original dual-policy feature's ``trainer.dual_policy`` block::
 
     trainer:
       dual_policy:
@@ -67,7 +67,8 @@ def _is_int(x: Any) -> bool:
 
 @dataclass
 class CheckpointConfig:
-    """Where the NPC policy comes from and how to pick checkpoints (the seed's ``checkpoint_npc``).
+    """Where the NPC policy comes from and how to pick checkpoints: the ``checkpoint_npc`` block of the
+    original dual-policy feature.
 
     :param uri: ``file://PATH`` or a plain ``PATH`` (a checkpoint file or a directory of them),
         ``wandb://entity/project/[type/]name[:version]``, ``"random"``, ``"noop"``, or
@@ -130,8 +131,8 @@ class CheckpointConfig:
             )
         if not isinstance(self.metric, str) or not self.metric:
             raise ValueError(f"{where}.metric must be a metadata key such as 'epoch', got {self.metric!r}")
-        # The seed's example spells out the default (metric: epoch) with type specific, so only
-        # another metric means the user expected it to be used.
+        # The original dual-policy feature's example spells out the default (metric: epoch) with type
+        # specific, so only another metric means the user expected it to be used.
         if self.type != "top" and self.metric != DEFAULT_METRIC:
             raise ValueError(
                 f"{where}.metric={self.metric!r} is only used by type 'top' (the best by "
@@ -190,7 +191,7 @@ class CheckpointConfig:
 
 @dataclass
 class DualPolicyConfig:
-    """The seed's ``trainer.dual_policy`` block.
+    """The original dual-policy feature's ``trainer.dual_policy`` block.
 
     :param enabled: whether some agents are NPCs (off by default: every agent trains)
     :param training_agents_pct: fraction of each env's agents that train, in ``[0, 1]``
@@ -269,7 +270,7 @@ class DualPolicyConfig:
         """Keyword arguments for :func:`npc_wrapper.make_vec_env` / ``make_vector_env``.
 
         Enabled: the NPC spec, the split and the NPC flags. Disabled: every agent trains
-        (``training_agents_pct=1.0``), as in the seed where dual-policy training is off by default.
+        (``training_agents_pct=1.0``), as in the original dual-policy feature, where it is off by default.
         """
         self.validate()
         if not self.enabled:

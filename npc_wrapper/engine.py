@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from pettingzoo import AECEnv
+from gymnasium.vector import AutoresetMode
 
-from npc_wrapper.agents import AgentLayout, build_layout
+from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
+from npc_wrapper.joint_env import check_parallel_env
 from npc_wrapper.policies import ConstantPolicy, NPCPolicy, RandomPolicy, as_npc_policy, check_npc_policy
 from npc_wrapper.pool import NPCPool
 from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
 
-__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "one_per_env", "same_value",
-           "check_parallel_env"]
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
 
 #: NPC policies whose actions are in their space by construction (sampled from it, or one action checked
 #: once): every other policy's actions are checked at every step.
@@ -43,61 +43,21 @@ def _copy_info(info: dict[str, Any] | None) -> dict[str, Any]:
     return dict(info) if info else {}
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Whether two values are equal, arrays compared by value, through dicts, lists and tuples."""
-    if a is b:
-        return True
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return bool(np.array_equal(a, b))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):  # an == that is not one bool
-        return False
+#: The autoreset modes the engine implements (SB3's is SAME_STEP).
+_AUTORESET_MODES = {m.value.lower(): m for m in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)}
 
 
-def one_per_env(
-    values: Sequence[Any], num_envs: int, n_train: int, what: str, per_env_ok: bool = False
-) -> list[Any]:
-    """One value per PettingZoo env from one per slot, which must agree within each env's slots (a
-    PettingZoo env takes one seed, options dict or attribute value), or, with ``per_env_ok``, from
-    one per env.
-
-    :param what: names the argument in errors
-    """
-    slots = num_envs * n_train
-    if per_env_ok and len(values) == num_envs:
-        return list(values)
-    if len(values) != slots:
-        per_env = f"one value per PettingZoo env ({num_envs}) or " if per_env_ok else "one value "
-        expected = f"{per_env}per slot ({slots})"
-        raise ValueError(f"{what} needs {expected}, got {len(values)}")
-    for e in range(num_envs):
-        mine = list(values[e * n_train:(e + 1) * n_train])
-        if not all(same_value(mine[0], v) for v in mine[1:]):
-            raise ValueError(
-                f"{what} gives slots {e * n_train}-{(e + 1) * n_train - 1} different values {mine}; they are "
-                f"the training agents of one PettingZoo env (env {e}), which takes one: give them equal "
-                "values"
-            )
-    return list(values[::n_train])
-
-
-def check_parallel_env(env: Any, what: str = "env_fn") -> None:
-    """Raise ``TypeError`` unless ``env`` is a PettingZoo ``ParallelEnv``; ``what`` names its maker."""
-    api = ("possible_agents", "reset", "step", "observation_space", "action_space")
-    missing = [m for m in api if not hasattr(env, m)]
-    # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
-    aec = isinstance(env, AECEnv)
-    if missing or aec:
-        kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
-        raise TypeError(
-            f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
-            "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
+def _autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
+    """``value`` (an ``AutoresetMode`` or its name, any case, ``"next_step"`` or ``"NextStep"``) as an
+    ``AutoresetMode`` the engine implements, or a ``ValueError``."""
+    key = value.value if isinstance(value, AutoresetMode) else str(value)
+    mode = _AUTORESET_MODES.get(key.lower().replace("_", ""))
+    if mode is None:
+        raise ValueError(
+            f"autoreset_mode must be AutoresetMode.SAME_STEP or AutoresetMode.NEXT_STEP ('same_step' or "
+            f"'next_step'), got {value!r}"
         )
+    return mode
 
 
 def _integer_space(space: spaces.Space) -> bool:
@@ -175,6 +135,11 @@ class NPCEngine:
     """Runs ``num_envs`` copies of a PettingZoo parallel env with NPC agents driven by frozen policies.
 
     See :func:`npc_wrapper.make_vec_env` for the parameters.
+
+    :param autoreset_mode: what a step returns for an env whose episode ended (see
+        :func:`npc_wrapper.make_vector_env`): ``SAME_STEP`` returns the next episode's first
+        observation at once, ``NEXT_STEP`` the terminal one, and the next step only delivers the
+        reset, without stepping the env. The engine keeps all of NEXT_STEP's state.
     """
 
     def __init__(
@@ -185,12 +150,13 @@ class NPCEngine:
         training_agents: Sequence[Any] | None = None,
         num_workers: int = 0,
         device: str | torch.device = "auto",
-        early_reset: bool = True,
+        reset_when_training_agents_dead: bool = True,
         deterministic_npc: bool = False,
         trusted: bool = False,
         start_method: str | None = None,
-        next_step_autoreset: bool = False,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
     ) -> None:
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if not env_fns:
             raise ValueError("num_envs must be at least 1")
         if num_workers < 0:
@@ -209,25 +175,25 @@ class NPCEngine:
             raise
         if num_workers == 0:
             self.backend: Backend = InProcessBackend(
-                [probe] + [fn() for fn in env_fns[1:]], self.layout, early_reset, next_step_autoreset
+                [probe] + [fn() for fn in env_fns[1:]], self.layout, reset_when_training_agents_dead
             )
         else:
             probe.close()
             self.backend = WorkerBackend(
-                env_fns, num_workers, self.layout, early_reset, start_method, next_step_autoreset
+                env_fns, num_workers, self.layout, reset_when_training_agents_dead, start_method
             )
 
         layout = self.layout
         self.n_train = layout.n_train
-        self.num_slots = self.num_envs * self.n_train
+        #: Which slot is which training agent of which sub-env.
+        self.slots = SlotMap(self.num_envs, self.n_train)
         self._train_pos = _as_slice(layout.train_index)
         self._npc_pos = _as_slice(layout.npc_index)
         self._group_pos = [_as_slice(layout.group_index(g)) for g in range(len(layout.groups))]
         self._group_sizes = [len(grp.agents) for grp in layout.groups]
-        self._slot_obs_shape = (self.num_slots, *layout.observation_space.shape)
+        self._slot_obs_shape = (self.slots.num_slots, *layout.observation_space.shape)
         E = self.num_envs
         act = layout.action_space
-        self._act_shape = act.shape
         floating_box = isinstance(act, spaces.Box) and np.issubdtype(act.dtype, np.floating)
         self._act_rounding = _rounding_bounds(act) if floating_box else None
         self._npc_actions = [
@@ -244,15 +210,15 @@ class NPCEngine:
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
         self._alive = np.zeros((E, layout.n_agents), dtype=bool)
         self._joined = np.zeros((E, layout.n_agents), dtype=bool)
-        self._slot_return = np.zeros(self.num_slots, dtype=np.float64)
-        self._slot_length = np.zeros(self.num_slots, dtype=np.int64)
+        self._slot_return = np.zeros(self.slots.num_slots, dtype=np.float64)
+        self._slot_length = np.zeros(self.slots.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
         self._env_length = np.zeros(E, dtype=np.int64)
-        # NEXT_STEP autoreset: envs whose episode ended at the last step and whose reset this step delivers.
-        self.next_step_autoreset = next_step_autoreset
+        # NEXT_STEP autoreset: envs whose episode ended at the last step and whose reset the next step
+        # delivers (the backend does not step them then). Always False in SAME_STEP.
         self._held = np.zeros(E, dtype=bool)
         # The observations the held envs' slots show (terminal or padding) until their reset is delivered.
-        held_shape = self._slot_obs_shape if next_step_autoreset else (0,)
+        held_shape = self._slot_obs_shape if self.autoreset_mode is AutoresetMode.NEXT_STEP else (0,)
         self._held_obs = np.zeros(held_shape, dtype=layout.observation_space.dtype)
         self._rng = np.random.default_rng()
         self._t_start = time.time()
@@ -326,12 +292,12 @@ class NPCEngine:
         self._needs_reset = False
         # NEXT_STEP: an ended env that is not reset now keeps showing its terminal obs, as in Gymnasium's
         # vector envs; the backend already holds its next episode's first obs, which its next step delivers.
-        shown = np.repeat(self._held & ~envs, self.n_train)
+        shown = self.slots.per_slot(self._held & ~envs)
         buf = self.backend.buffers
         self._alive[envs] = buf.alive[envs]
-        slots = np.repeat(envs, self.n_train)
-        self._slot_return[slots] = 0
-        self._slot_length[slots] = 0
+        reset_slots = self.slots.per_slot(envs)
+        self._slot_return[reset_slots] = 0
+        self._slot_length[reset_slots] = 0
         self._team_return[envs] = 0
         self._env_length[envs] = 0
         self._held[envs] = False
@@ -433,8 +399,9 @@ class NPCEngine:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
         space = self.layout.action_space
         a = np.asarray(actions)
-        expected = (self.num_slots, *space.shape)
-        if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (self.num_slots, 1)):
+        num_slots = self.slots.num_slots
+        expected = (num_slots, *space.shape)
+        if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (num_slots, 1)):
             raise ValueError(
                 f"actions must have shape {expected} (num_envs={self.num_envs} x {self.n_train} training agents, "
                 f"env-major, each in {space}), got shape {a.shape}"
@@ -452,8 +419,8 @@ class NPCEngine:
                 "gymnasium.wrappers.vector.ClipAction)" if isinstance(space, spaces.Box) else ""
             )
             raise ValueError(
-                f"action {a[i].tolist()!r} for slot {i} (env {i // self.n_train}, agent "
-                f"{self.layout.training[i % self.n_train]!r}) is outside the action space {space}{hint}"
+                f"action {a[i].tolist()!r} for slot {i} (env {self.slots.env(i)}, agent "
+                f"{self.layout.training[self.slots.agent(i)]!r}) is outside the action space {space}{hint}"
             )
         return a.astype(space.dtype) if a.dtype.kind == "f" and _integer_space(space) else a
 
@@ -466,9 +433,9 @@ class NPCEngine:
         if self._needs_reset:
             raise RuntimeError("step() was called before reset(): call reset() once before the first step")
         a = actions if validated else self.validate_actions(actions)
-        E, n_train = self.num_envs, self.n_train
+        slots = self.slots
         self._collect_npc_actions()
-        step_infos, reset_infos = self.backend.step(a.reshape(E, n_train, *self._act_shape), self._npc_actions)
+        step_infos, reset_infos = self.backend.step(slots.by_env(a), self._npc_actions, self._held)
         buf = self.backend.buffers
         was_alive = self._alive  # train_was may be a view of it (slots in one run): read before its update
         train_was = was_alive[:, self._train_pos]  # (E, n_train)
@@ -477,7 +444,7 @@ class NPCEngine:
         slot_reward = (reward[:, self._train_pos] * train_was).reshape(-1)
         self._slot_return += slot_reward
         self._slot_length += train_was.reshape(-1)
-        self._team_return[:, 0] += slot_reward.reshape(E, n_train).sum(axis=1)
+        self._team_return[:, 0] += slots.by_env(slot_reward).sum(axis=1)
         self._team_return[:, 1] += (reward[:, self._npc_pos] * was_alive[:, self._npc_pos]).sum(axis=1)
         held = self._held.copy()
         self._env_length += ~held
@@ -506,9 +473,9 @@ class NPCEngine:
         if env_done.any():
             for e in np.flatnonzero(env_done):
                 episode = self._episode_summary(e)
-                for j in range(n_train):
-                    infos[e * n_train + j][EPISODE_KEY] = dict(episode)
-                    slot_reset_infos[e * n_train + j] = _copy_info(reset_infos[e][j])
+                for j, k in enumerate(slots.of_env(e)):
+                    infos[k][EPISODE_KEY] = dict(episode)
+                    slot_reset_infos[k] = _copy_info(reset_infos[e][j])
             self._team_return[env_done] = 0
             self._env_length[env_done] = 0
 
@@ -519,17 +486,17 @@ class NPCEngine:
                 self._episode_start[g] |= joined[:, pos].reshape(-1)
         self._alive[...] = buf.alive
         obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
-        if self.next_step_autoreset:
+        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
             # The ended envs' slots show their terminal observations now (slots dead before: padding)
             # and their reset at the next step, which is padding for them (the env is not stepped)
             # and starts the episode.
-            obs.reshape(E, n_train, -1)[env_done] = 0
+            slots.by_env(obs)[env_done] = 0
             for i, e in ended.items():
                 obs[i] = e.final_obs
             self._alive[env_done] = False
             self._held[...] = env_done
             if env_done.any():  # only the ended envs' slots: reset() reads no other held slot
-                shown = np.repeat(env_done, n_train)
+                shown = slots.per_slot(env_done)
                 self._held_obs[shown] = obs[shown]
             self._start_episodes(held)
         else:

@@ -5,32 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.engine import NPCEngine
-from npc_wrapper.gym_vector_env import NPCVectorEnv
-from npc_wrapper.sb3_vec_env import NPCVecEnv
+from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
 
 __all__ = ["make_vec_env", "make_vector_env"]
 
 EnvFn = Callable[[], Any]
 
 
-def _engine(
-    env_fn: EnvFn | Sequence[EnvFn],
-    num_envs: int,
-    npc: Any,
-    training_agents_pct: float | None,
-    training_agents: Sequence[Any] | None,
-    num_workers: int,
-    device: str | torch.device,
-    reset_when_training_agents_dead: bool,
-    deterministic_npc: bool,
-    trusted: bool,
-    start_method: str | None,
-    next_step_autoreset: bool = False,
-) -> NPCEngine:
+def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **engine_kwargs: Any) -> NPCEngine:
+    """The engine over ``num_envs`` sub-envs of ``env_fn``, after checking the arguments the engine does
+    not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an int (sub-env i gets seed + i) or None, got {seed!r}")
     if _is_env(env_fn):
         raise TypeError(
             "env_fn must be a function that builds a PettingZoo ParallelEnv, not an env "
@@ -55,19 +46,7 @@ def _engine(
                 f"num_envs={num_envs} but env_fn is a list of {len(env_fns)} factories (one sub-env each): "
                 "leave num_envs out or make them agree"
             )
-    return NPCEngine(
-        env_fns,
-        npc=npc,
-        training_agents_pct=training_agents_pct,
-        training_agents=training_agents,
-        num_workers=num_workers,
-        device=device,
-        early_reset=reset_when_training_agents_dead,
-        deterministic_npc=deterministic_npc,
-        trusted=trusted,
-        start_method=start_method,
-        next_step_autoreset=next_step_autoreset,
-    )
+    return NPCEngine(env_fns, **engine_kwargs)
 
 
 def _is_env(obj: Any) -> bool:
@@ -88,7 +67,7 @@ def make_vec_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
-) -> NPCVecEnv:
+) -> SB3VecEnv:
     """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
     In each of ``num_envs`` envs the first ``floor(training_agents_pct * n_agents + 0.5)`` agents
@@ -126,12 +105,12 @@ def make_vec_env(
         (6, 16)
         >>> venv.close()
     """
-    engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
-                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method)
-    venv = NPCVecEnv(engine)
-    if seed is not None:
-        venv.seed(seed)
-    return venv
+    engine = _engine(
+        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
+        deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
+    )
+    return SB3VecEnv(engine, seed)
 
 
 def make_vector_env(
@@ -140,6 +119,7 @@ def make_vector_env(
     npc: Any | Mapping[str, Any] = "random",
     training_agents_pct: float | None = 0.5,
     training_agents: Sequence[Any] | None = None,
+    seed: int | None = None,
     num_workers: int = 0,
     device: str | torch.device = "auto",
     reset_when_training_agents_dead: bool = True,
@@ -147,33 +127,30 @@ def make_vector_env(
     trusted: bool = False,
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
-) -> NPCVectorEnv:
-    """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv`` (seed it with ``reset(seed=...)``).
+) -> GymnasiumVectorEnv:
+    """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
+    :param seed: seed for the first ``reset()`` (sub-env ``i`` gets ``seed + i``), as
+        ``reset(seed=seed)`` would; a seed given to that ``reset`` wins
     :param autoreset_mode: ``SAME_STEP`` (``infos["final_obs"]`` on the done step) or ``NEXT_STEP``
         (the step after a done delivers the reset; needed by Gymnasium's observation wrappers such
-        as ``NormalizeObservation``); see :class:`~npc_wrapper.NPCVectorEnv`
+        as ``NormalizeObservation``); see :class:`~npc_wrapper.GymnasiumVectorEnv`
 
     Example::
 
         >>> import npc_wrapper as nw
         >>> from mpe2 import simple_tag_v3
         >>> envs = nw.make_vector_env(lambda: simple_tag_v3.parallel_env(max_cycles=25), num_envs=2,
-        ...                           training_agents_pct=0.75)
-        >>> obs, infos = envs.reset(seed=0)
+        ...                           training_agents_pct=0.75, seed=0)
+        >>> obs, infos = envs.reset()  # seeded with 0, as reset(seed=0)
         >>> envs.single_observation_space.shape, envs.num_envs
         ((16,), 6)
         >>> envs.close()
     """
-    modes = {m.value.lower(): m for m in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)}
-    key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else str(autoreset_mode)
-    mode = modes.get(key.lower().replace("_", ""))
-    if mode is None:
-        raise ValueError(
-            f"autoreset_mode must be AutoresetMode.SAME_STEP or AutoresetMode.NEXT_STEP ('same_step' or "
-            f"'next_step'), got {autoreset_mode!r}"
-        )
-    engine = _engine(env_fn, num_envs, npc, training_agents_pct, training_agents, num_workers, device,
-                     reset_when_training_agents_dead, deterministic_npc, trusted, start_method,
-                     next_step_autoreset=mode == AutoresetMode.NEXT_STEP)
-    return NPCVectorEnv(engine)
+    engine = _engine(
+        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
+        deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
+        autoreset_mode=autoreset_mode,
+    )
+    return GymnasiumVectorEnv(engine, seed)

@@ -3,9 +3,10 @@
 A :class:`JointEnv` is the only place that touches the PettingZoo dict API (the per-agent Python
 work that API forces). It writes observations into preallocated buffers laid out by
 :class:`~npc_wrapper.agents.AgentLayout`, tracks which agents are alive, and resets its env
-itself when the episode ends (all agents done, or, with ``early_reset``, every training agent
-done), keeping the training agents' terminal observations. It runs in the main process or in a
-worker process; the :class:`JointBuffers` it writes to are then shared memory.
+itself when the episode ends (all agents done, or, with ``reset_when_training_agents_dead``, every
+training agent done), keeping the training agents' terminal observations. It runs in the main
+process or in a worker process; the :class:`JointBuffers` it writes to are then shared memory.
+:func:`check_parallel_env` says whether an env is a PettingZoo ``ParallelEnv`` at all.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout
 
-__all__ = ["JointBuffers", "JointEnv", "buffer_spaces", "env_actions"]
+__all__ = ["JointBuffers", "JointEnv", "buffer_spaces", "check_parallel_env", "env_actions"]
 
 
 def buffer_spaces(layout: AgentLayout) -> dict[str, spaces.Box]:
@@ -134,6 +136,20 @@ def env_actions(
     return out
 
 
+def check_parallel_env(env: Any, what: str = "env_fn") -> None:
+    """Raise ``TypeError`` unless ``env`` is a PettingZoo ``ParallelEnv``; ``what`` names its maker."""
+    api = ("possible_agents", "reset", "step", "observation_space", "action_space")
+    missing = [m for m in api if not hasattr(env, m)]
+    # AEC envs hide agent_selection until reset, so test the type (wrappers subclass AECEnv too).
+    aec = isinstance(env, AECEnv)
+    if missing or aec:
+        kind = "an AEC env" if aec else f"{type(env).__name__} (missing {missing})"
+        raise TypeError(
+            f"{what} must return a PettingZoo ParallelEnv, got {kind}; "
+            "use the env's parallel_env() constructor or pettingzoo.utils.conversions.aec_to_parallel"
+        )
+
+
 def _check_same_env(env: Any, layout: AgentLayout) -> None:
     """Every sub-env must be the kind of env the layout was built from (the first one)."""
     where = "an env built by env_fn differs from the first env, from which the agent split was made"
@@ -159,22 +175,21 @@ class JointEnv:
     :param env: the PettingZoo parallel env
     :param layout: where each agent lives in the buffers
     :param buffers: this env's buffers (written in place)
-    :param early_reset: reset the env as soon as no training agent is alive
-    :param hold_after_reset: Gymnasium's NEXT_STEP autoreset: after an episode ends, the next
-        ``step`` does not step the env; it only delivers the reset (zero rewards, no dones)
+    :param reset_when_training_agents_dead: reset the env as soon as no training agent is alive
     """
 
     def __init__(
-        self, env: Any, layout: AgentLayout, buffers: JointBuffers, early_reset: bool = True,
-        hold_after_reset: bool = False,
+        self,
+        env: Any,
+        layout: AgentLayout,
+        buffers: JointBuffers,
+        reset_when_training_agents_dead: bool = True,
     ) -> None:
         _check_same_env(env, layout)
         self.env = env
         self.layout = layout
         self.buf = buffers
-        self.early_reset = early_reset
-        self.hold_after_reset = hold_after_reset
-        self._held = False
+        self.reset_when_training_agents_dead = reset_when_training_agents_dead
         self._pos = {a: i for i, a in enumerate(layout.possible_agents)}
         # Position of each agent in a step's action list (layout order).
         order = [*layout.training, *(a for group in layout.groups for a in group.agents)]
@@ -221,7 +236,6 @@ class JointEnv:
         buf.alive[self._positions(self.env.agents)] = True
         self._lingering[...] = False
         self.reset_infos = self.train_infos = list(map(infos.get, self.layout.training))
-        self._held = False
 
     def step(self, actions: Sequence[Any]) -> None:
         """Step with every agent's action as the env takes it: the training agents', then each NPC
@@ -230,15 +244,6 @@ class JointEnv:
         Only agents in ``env.agents`` are sent actions (PettingZoo forbids actions for dead agents).
         """
         buf, layout = self.buf, self.layout
-        if self._held:  # the env was reset at the last step; this step only hands over its reset
-            self._held = False
-            buf.reward[...] = 0.0
-            buf.terminated[...] = False
-            buf.truncated[...] = False
-            self._flags_set = False
-            buf.env_done[...] = False
-            self.train_infos = self.reset_infos
-            return
         live = tuple(self.env.agents)
         pick = self._act_pickers.get(live) or self._act_picker(live)
         obs, rewards, terms, truncs, infos = self.env.step(dict(zip(live, pick(actions))))
@@ -278,7 +283,7 @@ class JointEnv:
         np.logical_and(in_env, ~(self._lingering | buf.terminated | buf.truncated), out=alive_now)
 
         train_alive = alive_now[self._train_pos]
-        done = not alive_now.any() or (self.early_reset and not train_alive.any())
+        done = not alive_now.any() or (self.reset_when_training_agents_dead and not train_alive.any())
         buf.env_done[...] = done
         if done:
             buf.final_obs[...] = buf.train_obs
@@ -286,7 +291,6 @@ class JointEnv:
             step_infos = [dict(info) if info else None for info in step_infos]
             self.reset()
             self.train_infos = step_infos
-            self._held = self.hold_after_reset
             return
         self.train_infos = step_infos
         buf.alive[...] = alive_now
@@ -298,6 +302,18 @@ class JointEnv:
             gone = ~alive_now[group_pos]
             if gone.any():
                 buf.npc_obs[g][gone] = 0
+
+    def deliver_reset(self) -> None:
+        """NEXT_STEP autoreset's step after an episode end, instead of :meth:`step`: the env is not
+        stepped; the buffers say nothing happened (zero rewards, no dones) and the infos are the
+        reset's. The engine decides when (it holds NEXT_STEP's state)."""
+        buf = self.buf
+        buf.reward[...] = 0.0
+        buf.terminated[...] = False
+        buf.truncated[...] = False
+        self._flags_set = False
+        buf.env_done[...] = False
+        self.train_infos = self.reset_infos
 
     def _act_picker(self, live: tuple[Any, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
         """The picker of ``live``'s actions out of a step's action list; cached per live tuple."""

@@ -45,7 +45,7 @@ from npc_wrapper.agents import AgentLayout, build_layout
 from npc_wrapper.engine import EPISODE_KEY, NPCEngine
 from npc_wrapper.policies import NPCPolicy, SB3Policy, as_npc_policy
 from npc_wrapper.pool import NPCPool
-from npc_wrapper.sb3_vec_env import NPCVecEnv
+from npc_wrapper.frontends.sb3 import SB3VecEnv as NPCVecEnv
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from shared memory with no copy. Autoreset happens inside :class:`JointEnv`, so 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import multiprocessing
 import pickle
@@ -51,10 +52,16 @@ class Backend:
         raise NotImplementedError
 
     def step(
-        self, train_actions: np.ndarray, npc_actions: list[np.ndarray]
+        self, train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray
     ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]] | None]]:
-        """Step every env; return each env's training-agent step infos and, for envs that were
-        reset, their reset infos (``None`` elsewhere)."""
+        """Step every env, except that env ``i`` with ``held[i]`` only delivers the reset of the last
+        step (NEXT_STEP autoreset, see :meth:`JointEnv.deliver_reset`); return each env's
+        training-agent step infos and, for envs that were reset, their reset infos (``None`` elsewhere).
+
+        :param train_actions: ``(num_envs, n_train, ...)``
+        :param npc_actions: each NPC group's ``(num_envs, n_g, ...)``
+        :param held: ``(num_envs,)`` bool
+        """
         raise NotImplementedError
 
     def call(self, index: int, name: str, args: tuple, kwargs: dict[str, Any], or_get: bool = False) -> Any:
@@ -144,10 +151,32 @@ def _env_op(env: Any, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -
     return value(*args, **kwargs)
 
 
-def _step_all(joints: list[JointEnv], train_actions: np.ndarray, npc_actions: list[np.ndarray]):
+def _joint_envs(
+    envs: list[Any], layout: AgentLayout, reset_when_training_agents_dead: bool
+) -> tuple[JointBuffers, list[JointEnv]]:
+    """One :class:`JointEnv` per env of ``envs``, writing into one new batch of buffers."""
+    buffers = JointBuffers.allocate(layout, (len(envs),))
+    try:
+        joints = [
+            JointEnv(env, layout, buffers.at(i), reset_when_training_agents_dead) for i, env in enumerate(envs)
+        ]
+    except BaseException:  # an env that does not fit the layout: close them all, not just that one
+        for env in envs:
+            env.close()
+        raise
+    return buffers, joints
+
+
+def _step_all(
+    joints: list[JointEnv], train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray
+):
     step_infos, reset_infos = [], []
-    for joint, actions in zip(joints, env_actions(joints[0].layout, train_actions, npc_actions)):
-        joint.step(actions)
+    per_env = env_actions(joints[0].layout, train_actions, npc_actions)
+    for joint, actions, deliver_reset in zip(joints, per_env, held.tolist()):
+        if deliver_reset:
+            joint.deliver_reset()
+        else:
+            joint.step(actions)
         step_infos.append(joint.train_infos)
         reset_infos.append(joint.reset_infos if joint.buf.env_done[0] else None)
     return step_infos, reset_infos
@@ -168,18 +197,9 @@ class InProcessBackend(Backend):
     :param envs: the PettingZoo envs (already built)
     """
 
-    def __init__(self, envs: list[Any], layout: AgentLayout, early_reset: bool, hold_after_reset: bool = False) -> None:
+    def __init__(self, envs: list[Any], layout: AgentLayout, reset_when_training_agents_dead: bool) -> None:
         self.num_envs = len(envs)
-        self.buffers = JointBuffers.allocate(layout, (self.num_envs,))
-        try:
-            self.joints = [
-                JointEnv(env, layout, self.buffers.at(i), early_reset, hold_after_reset)
-                for i, env in enumerate(envs)
-            ]
-        except BaseException:  # an env that does not fit the layout: close them all, not just that one
-            for env in envs:
-                env.close()
-            raise
+        self.buffers, self.joints = _joint_envs(envs, layout, reset_when_training_agents_dead)
 
     def reset(
         self,
@@ -190,8 +210,8 @@ class InProcessBackend(Backend):
         _reset_all(self.joints, seeds, options, mask)
         return [joint.train_infos for joint in self.joints]
 
-    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
-        return _step_all(self.joints, train_actions, npc_actions)
+    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray):
+        return _step_all(self.joints, train_actions, npc_actions, held)
 
     def _sub_env_op(self, index: int, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         return _env_op(self.joints[self._index(index)].env, op, name, args, kwargs)
@@ -214,13 +234,12 @@ class JointBatchEnv(gym.Env):
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(
-        self, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool, hold_after_reset: bool
+        self, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, reset_when_training_agents_dead: bool
     ) -> None:
         self.env_fns = list(env_fns)
         self.first = first
         self.layout = layout
-        self.early_reset = early_reset
-        self.hold_after_reset = hold_after_reset
+        self.reset_when_training_agents_dead = reset_when_training_agents_dead
         self.observation_space = spaces.Dict(
             {k: spaces.Box(s.low.min(), s.high.max(), (len(self.env_fns), *s.shape), s.dtype)
              for k, s in buffer_spaces(layout).items()}
@@ -231,11 +250,8 @@ class JointBatchEnv(gym.Env):
 
     def _build(self) -> list[JointEnv]:
         if self.joints is None:
-            self.buffers = JointBuffers.allocate(self.layout, (len(self.env_fns),))
-            self.joints = [
-                JointEnv(fn(), self.layout, self.buffers.at(i), self.early_reset, self.hold_after_reset)
-                for i, fn in enumerate(self.env_fns)
-            ]
+            envs = [fn() for fn in self.env_fns]
+            self.buffers, self.joints = _joint_envs(envs, self.layout, self.reset_when_training_agents_dead)
         return self.joints
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -263,7 +279,7 @@ class JointBatchEnv(gym.Env):
     def step(self, action: dict[str, np.ndarray]):
         npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
         try:
-            step_infos, reset_infos = _step_all(self._build(), action["train"], npc)
+            step_infos, reset_infos = _step_all(self._build(), action["train"], npc, action["held"])
         except Exception as e:  # noqa: BLE001 - as a value, the worker loop (and its process) lives on
             return self._obs_now(), 0.0, False, False, {"error": _EnvOpError(e)}
         return self.buffers.as_arrays(), 0.0, False, False, {"infos": step_infos, "reset_infos": reset_infos}
@@ -325,7 +341,8 @@ class _EnvOpError:
 
 
 def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
-    """The action arrays a batch of ``n`` sub-envs takes: training agents', then each NPC group's."""
+    """The action arrays a batch of ``n`` sub-envs takes: training agents', then each NPC group's, and
+    which envs only deliver their reset (see :meth:`Backend.step`)."""
 
     def box(agents: int, space: spaces.Space) -> spaces.Box:
         shape = (n, agents, *space.shape)
@@ -336,6 +353,7 @@ def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
 
     out = {"train": box(layout.n_train, layout.action_space)}
     out.update({f"npc_{g}": box(len(group.agents), group.action_space) for g, group in enumerate(layout.groups)})
+    out["held"] = spaces.MultiBinary(n)
     return out
 
 
@@ -364,9 +382,8 @@ class WorkerBackend(Backend):
         env_fns: Sequence[EnvFn],
         num_workers: int,
         layout: AgentLayout,
-        early_reset: bool,
+        reset_when_training_agents_dead: bool,
         start_method: str | None = None,
-        hold_after_reset: bool = False,
     ) -> None:
         n = len(env_fns)
         check_worker_split(n, num_workers)
@@ -377,7 +394,8 @@ class WorkerBackend(Backend):
             layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups)
         )
         batch_fns = [
-            _batch_fn(env_fns[w * per:(w + 1) * per], w * per, env_layout, early_reset, hold_after_reset)
+            functools.partial(JointBatchEnv, env_fns[w * per:(w + 1) * per], w * per, env_layout,
+                              reset_when_training_agents_dead)
             for w in range(num_workers)
         ]
         try:
@@ -447,10 +465,11 @@ class WorkerBackend(Backend):
             self.buffers = self._views(obs)
         return [i for worker in infos["infos"] for i in worker]
 
-    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray]):
+    def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray):
         k = self.num_workers
         actions = {"train": train_actions.reshape(k, -1, *train_actions.shape[1:])}
         actions.update({f"npc_{g}": a.reshape(k, -1, *a.shape[1:]) for g, a in enumerate(npc_actions)})
+        actions["held"] = held.reshape(k, -1)
         _, _, _, _, infos = self._guard(lambda: self.vec.step(actions))
         step_infos = [i for worker in infos["infos"] for i in worker]
         reset_infos = [i for worker in infos["reset_infos"] for i in worker]
@@ -487,9 +506,3 @@ class WorkerBackend(Backend):
                 process.join(5)
             vec.closed = True
 
-
-def _batch_fn(
-    env_fns: Sequence[EnvFn], first: int, layout: AgentLayout, early_reset: bool, hold_after_reset: bool
-) -> Callable[[], JointBatchEnv]:
-    fns = list(env_fns)
-    return lambda: JointBatchEnv(fns, first, layout, early_reset, hold_after_reset)

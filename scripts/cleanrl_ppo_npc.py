@@ -42,8 +42,10 @@ if str(_REPO_ROOT) not in sys.path:  # run from a checkout without installing, a
 
 import npc_wrapper as nw
 from npc_wrapper.checkpoints import CheckpointError
-from npc_wrapper.cli.common import CLIError, choose_wandb_mode, data_path, one_line, with_trust_flag
+from npc_wrapper.cli.config import data_path
 from npc_wrapper.cli.envs import pad_observations
+from npc_wrapper.cli.errors import CLIError, one_line, with_trust_flag
+from npc_wrapper.cli.tracking import choose_wandb_mode
 
 __all__ = ["Args", "Agent", "make_env", "parse_args", "truncation_bootstrap", "train", "main"]
 

@@ -4,7 +4,8 @@
 # Usage: scripts/dual_policy_sky.sh [EXPERIMENT] [NPC_URI] [TIMESTEPS] [WORKERS] [OVERRIDE...]
 #
 #   EXPERIMENT  run name                (default: $USER.dual_policy_sky.<MM-DD>)
-#   NPC_URI     NPC checkpoint URI      (default: the seed's wandb://metta-research/... artifact)
+#   NPC_URI     NPC checkpoint URI      (default: wandb://metta-research/..., the NPC of the original
+#                                        dual-policy feature)
 #   TIMESTEPS   trainer.total_timesteps (default: 10000000000)
 #   WORKERS     trainer.num_workers     (default: 4)
 #   OVERRIDE    any further npc-train overrides, e.g. env=battle trainer.num_envs=64
@@ -58,11 +59,11 @@ try:
     import hydra  # noqa: F401
 except ImportError:
     sys.exit()
-from npc_wrapper.cli.common import CLIError
-from npc_wrapper.cli.train import _precheck
+from npc_wrapper.cli.checks import precheck
+from npc_wrapper.cli.errors import CLIError
 uri, run, steps, workers, *overrides = sys.argv[1:]
 try:  # npc-train's own pre-check of scripts/sky/train.yaml's run:, without the device (the cluster's)
-    _precheck([
+    precheck([
         "+user=dual_policy_checkpoint_example", f"run={run}", f"trainer.total_timesteps={steps}",
         f"trainer.num_workers={workers}", f"trainer.dual_policy.checkpoint_npc.uri='{uri}'",
         *(o for o in overrides if not o.startswith("device=")),

@@ -23,10 +23,12 @@ import npc_wrapper as nw
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import plot as plot_cli
 from npc_wrapper.cli.algos import ActionMaskVecEnv
-from npc_wrapper.cli.common import DATA_DIR, CLIError, config_dir
+from npc_wrapper.cli.build import _agent_list
+from npc_wrapper.cli.config import DATA_DIR, compose_config, config_dir, dual_policy_config
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
+from npc_wrapper.cli.errors import CLIError
 from npc_wrapper.cli.metrics import EpisodeStats, play_episodes, wilson_interval
-from npc_wrapper.cli.train import compose_config, dual_policy_config, train
+from npc_wrapper.cli.train import train
 from npc_wrapper.config import DualPolicyConfig
 from tests.checkpoint_agents import save_marker_torchscript
 
@@ -46,7 +48,7 @@ SMALL = [
     "trainer.progress_bar=false",
 ]
 
-SEED_COMMAND = [
+ORIGINAL_COMMAND = [
     "run=my_experiment",
     "trainer.dual_policy.enabled=true",
     "trainer.dual_policy.checkpoint_npc.uri=wandb://my_entity/my_project/model/my_npc_policy:v1",
@@ -89,15 +91,16 @@ def test_default_config_is_simple_tag_against_the_shipped_npc() -> None:
 
 
 def test_package_level_names_import_in_a_fresh_interpreter() -> None:
-    """npc_wrapper.cli's lazy compose_config and its __all__ (the submodule train shares the name train)."""
+    """npc_wrapper.cli's compose_config and its __all__ (the submodule train shares the name train)."""
     import subprocess
     import sys
 
     code = (
         "from npc_wrapper.cli import compose_config\n"
         "from npc_wrapper.cli import *\n"
+        "import npc_wrapper.cli.config as config\n"
         "import npc_wrapper.cli.train as module\n"
-        "assert compose_config is module.compose_config and callable(module.train)\n"
+        "assert compose_config is config.compose_config and callable(module.train)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -105,20 +108,20 @@ def test_package_level_names_import_in_a_fresh_interpreter() -> None:
 
 def test_config_dir_of_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside a source checkout the configs come from the wheel's data files (here a ``--target`` layout)."""
-    from npc_wrapper.cli import common
+    from npc_wrapper.cli import config as cli_config
 
     site = tmp_path / "site"
     installed = site / "share" / "npc-wrapper" / "configs"
     shutil.copytree(REPO / "configs", installed)
-    monkeypatch.setattr(common, "PACKAGE_ROOT", site / "npc_wrapper")
-    assert common.config_dir() == installed
+    monkeypatch.setattr(cli_config, "PACKAGE_ROOT", site / "npc_wrapper")
+    assert cli_config.config_dir() == installed
     monkeypatch.setenv("NPC_WRAPPER_CONFIG_DIR", str(tmp_path / "mine"))
-    assert common.config_dir() == tmp_path / "mine"
+    assert cli_config.config_dir() == tmp_path / "mine"
     monkeypatch.delenv("NPC_WRAPPER_CONFIG_DIR")
     shutil.rmtree(installed)
-    monkeypatch.setattr(common, "_installed_config_dirs", lambda: [])
-    with pytest.raises(common.CLIError, match="NPC_WRAPPER_CONFIG_DIR"):
-        common.config_dir()
+    monkeypatch.setattr(cli_config, "_installed_config_dirs", lambda: [])
+    with pytest.raises(CLIError, match="NPC_WRAPPER_CONFIG_DIR"):
+        cli_config.config_dir()
 
 
 def test_own_env_by_config_alone(tmp_path: Path) -> None:
@@ -136,8 +139,8 @@ def test_own_env_by_config_alone(tmp_path: Path) -> None:
     assert len(env.possible_agents) == 4
 
 
-def test_seed_override_forms_work_verbatim() -> None:
-    cfg = compose_config(SEED_COMMAND)
+def test_original_override_forms_work_verbatim() -> None:
+    cfg = compose_config(ORIGINAL_COMMAND)
     assert cfg.run == "my_experiment" and cfg.run_dir == "runs/my_experiment"
     dp = dual_policy_config(cfg)
     assert dp.enabled
@@ -146,12 +149,14 @@ def test_seed_override_forms_work_verbatim() -> None:
     # The rest comes from +user=dual_policy_checkpoint_example.
     assert cfg.trainer.num_workers == 4 and cfg.trainer.total_timesteps == 10_000_000_000
     assert cfg.wandb.enabled and cfg.wandb.project == "dual_policy_training"
-    # The seed quotes the URI for the shell; Hydra also accepts the quotes themselves.
-    quoted = compose_config([a.replace("uri=", 'uri="') + '"' if "uri=" in a else a for a in SEED_COMMAND])
+    # The original dual-policy feature quotes the URI for the shell; Hydra also accepts the quotes themselves.
+    quoted = compose_config(
+        [a.replace("uri=", 'uri="') + '"' if "uri=" in a else a for a in ORIGINAL_COMMAND]
+    )
     assert quoted.trainer.dual_policy.checkpoint_npc.uri == dp.checkpoint_npc.uri
 
 
-def test_user_example_is_the_seeds_complete_valid_example() -> None:
+def test_user_example_is_the_original_complete_valid_example() -> None:
     raw = yaml.safe_load((REPO / "configs/user/dual_policy_checkpoint_example.yaml").read_text())
     block = raw["trainer"]["dual_policy"]
     assert block["enabled"] is True and block["training_agents_pct"] == 0.5
@@ -231,8 +236,6 @@ def test_run_directory_contents(trained_run: dict[str, Any]) -> None:
 
 
 def test_the_start_log_line_elides_long_agent_lists() -> None:
-    from npc_wrapper.cli.train import _agent_list
-
     assert _agent_list(["agent_0"]) == "[agent_0]"
     blue = [f"blue_{i}" for i in range(81)]  # battle at map_size 45: the line listed all 162 names
     assert _agent_list(blue) == "[blue_0, blue_1, blue_2, ..., blue_79, blue_80]"

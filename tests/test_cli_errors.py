@@ -21,9 +21,11 @@ from stable_baselines3 import PPO
 
 import npc_wrapper as nw
 from npc_wrapper.cli.callbacks import atomic_save, checkpoint_path, latest_checkpoint
-from npc_wrapper.cli.common import DATA_DIR, CLIError
+from npc_wrapper.cli.checks import check_npc_uri
+from npc_wrapper.cli.config import DATA_DIR
 from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.train import _check_npc_uri, main, train
+from npc_wrapper.cli.errors import CLIError
+from npc_wrapper.cli.train import main, train
 from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from tests.test_cli import SMALL, run_cfg
 
@@ -179,7 +181,7 @@ def test_npc_uri_is_checked_as_the_loader_parses_it(tmp_path: Path) -> None:
     shutil.copy(DATA_DIR / "simple_tag_npc.zip", tmp_path / "sp ace" / "ck.zip")
 
     def check(uri: str) -> None:
-        _check_npc_uri(DualPolicyConfig(enabled=True, checkpoint_npc=CheckpointConfig(uri=uri)))
+        check_npc_uri(DualPolicyConfig(enabled=True, checkpoint_npc=CheckpointConfig(uri=uri)))
 
     for form in ("file://{}", "file://localhost{}", "file:{}"):
         check(form.format(quote(str(tmp_path / "sp ace" / "ck.zip"))))  # the loader reads these

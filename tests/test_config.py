@@ -12,7 +12,7 @@ import npc_wrapper as nw
 from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
 
-SEED_YAML = """
+ORIGINAL_YAML = """
 trainer:
   dual_policy:
     enabled: true
@@ -89,7 +89,7 @@ def test_checkpoint_validation_messages(kwargs: dict, match: str) -> None:
 
 
 def test_metric_is_the_default_or_used() -> None:
-    # The seed's example spells out metric: epoch (the default) with type specific.
+    # The original dual-policy feature's example spells out metric: epoch (the default) with type specific.
     CheckpointConfig(type="specific", metric="epoch").validate()
     CheckpointConfig(type="top", metric="score").validate()
     assert CheckpointConfig(type="top").metric == "epoch"
@@ -150,8 +150,8 @@ def test_from_dict_validates() -> None:
         DualPolicyConfig.from_dict(["enabled"])
 
 
-def test_from_omegaconf_dictconfig_of_the_seed_yaml() -> None:
-    conf = OmegaConf.create(SEED_YAML)
+def test_from_omegaconf_dictconfig_of_the_original_yaml() -> None:
+    conf = OmegaConf.create(ORIGINAL_YAML)
     cfg = DualPolicyConfig.from_dict(conf.trainer.dual_policy)
     assert cfg.enabled and cfg.training_agents_pct == 0.5
     assert cfg.checkpoint_npc.uri.endswith("bullm_dual_policy_against_roomba_v9:v2")
@@ -182,7 +182,7 @@ def test_structured_config_and_overrides() -> None:
 def test_hydra_compose(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    (tmp_path / "train.yaml").write_text(SEED_YAML)
+    (tmp_path / "train.yaml").write_text(ORIGINAL_YAML)
     with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
         conf = compose(
             "train",

@@ -12,10 +12,10 @@ MODULES = [
     "npc_wrapper.agents",
     "npc_wrapper.checkpoints",
     "npc_wrapper.factory",
-    "npc_wrapper.gym_vector_env",
+    "npc_wrapper.frontends.gymnasium",
+    "npc_wrapper.frontends.sb3",
     "npc_wrapper.policies",
     "npc_wrapper.pool",
-    "npc_wrapper.sb3_vec_env",
 ]
 REPO = Path(__file__).resolve().parents[1]
 

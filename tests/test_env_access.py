@@ -21,7 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
 import npc_wrapper as nw
-from npc_wrapper.engine import same_value
+from npc_wrapper.agents import same_value
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
 
 pytestmark = pytest.mark.timeout(120)

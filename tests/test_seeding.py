@@ -109,6 +109,42 @@ def test_same_seed_same_trajectory_gym() -> None:
     envs.close()
 
 
+def test_make_vector_env_seed_seeds_the_first_reset_as_reset_seed_does() -> None:
+    seeded = nw.make_vector_env(env_fn, num_envs=2, npc=npc_spec(), training_agents_pct=0.34, device="cpu",
+                                seed=7)
+    given = nw.make_vector_env(env_fn, num_envs=2, npc=npc_spec(), training_agents_pct=0.34, device="cpu")
+    assert_same(rollout(seeded, gym=True, seed=None), rollout(given, gym=True, seed=7))
+    assert seeded.np_random_seed == given.np_random_seed == 7
+    assert [seeds[0] for seeds in seeded.get_attr("reset_seeds")[::2]] == [7, 8]
+    seeded.reset()  # only the first reset takes it: later ones without a seed go on unseeded
+    assert [seeds[-1] for seeds in seeded.get_attr("reset_seeds")[::2]] == [None, None]
+    seeded.close()
+
+    overridden = nw.make_vector_env(env_fn, num_envs=2, npc=npc_spec(), training_agents_pct=0.34, device="cpu",
+                                    seed=7)
+    assert_same(rollout(overridden, gym=True, seed=3), rollout(given, gym=True, seed=3))
+    assert [seeds[0] for seeds in overridden.get_attr("reset_seeds")[::2]] == [3, 4]
+    overridden.close()
+    given.close()
+
+
+def test_both_front_ends_give_one_trajectory_for_one_seed() -> None:
+    kwargs: dict[str, Any] = dict(num_envs=2, training_agents_pct=0.34, device="cpu", seed=5)
+    sb3 = rollout(nw.make_vec_env(env_fn, npc=npc_spec(), **kwargs), seed=None)
+    gym = rollout(nw.make_vector_env(env_fn, npc=npc_spec(), **kwargs), gym=True, seed=None)
+    for key in ("obs", "done"):
+        np.testing.assert_array_equal(np.array(sb3[key]), np.array(gym[key]), err_msg=key)
+    np.testing.assert_array_equal(np.array(sb3["rew"]), np.array(gym["rew"], dtype=np.float32))  # SB3's dtype
+    assert sb3["npc_actions"] == gym["npc_actions"]
+    assert np.array(sb3["done"]).any()  # episodes ended and reset within the rollout
+
+
+@pytest.mark.parametrize("make", [nw.make_vec_env, nw.make_vector_env])
+def test_a_seed_that_is_not_an_int_is_refused(make: Any) -> None:
+    with pytest.raises(TypeError, match=r"seed must be an int \(sub-env i gets seed \+ i\) or None, got '3'"):
+        make(env_fn, seed="3")
+
+
 def test_gym_seed_list_and_per_env_seeds() -> None:
     envs = nw.make_vector_env(env_fn, num_envs=3, npc="random", training_agents_pct=0.34)
     envs.reset(seed=10)

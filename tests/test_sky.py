@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from npc_wrapper.cli.train import compose_config, dual_policy_config
+from npc_wrapper.cli.config import compose_config, dual_policy_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "dual_policy_sky.sh"
 TASK = REPO / "scripts" / "sky" / "train.yaml"
-SEED_URI = "wandb://metta-research/dual_policy_training/model/bullm_dual_policy_against_roomba_v9:v2"
+ORIGINAL_URI = "wandb://metta-research/dual_policy_training/model/bullm_dual_policy_against_roomba_v9:v2"
 
 
 def dry_run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,7 @@ def test_defaults_are_the_seeds() -> None:
     assert cmd[:2] == ["sky", "launch"] and cmd[-1] == str(TASK)
     envs = env_flags(cmd)
     assert envs["RUN"].startswith("tester.dual_policy_sky.")
-    assert envs["NPC_URI"] == SEED_URI
+    assert envs["NPC_URI"] == ORIGINAL_URI
     assert envs["TOTAL_TIMESTEPS"] == "10000000000" and envs["NUM_WORKERS"] == "4" and envs["OVERRIDES"] == ""
     assert (
         cmd[cmd.index("--secret") + 1] == "WANDB_API_KEY"

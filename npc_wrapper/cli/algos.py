@@ -13,7 +13,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
-from npc_wrapper.cli.common import CLIError, one_line
+from npc_wrapper.cli.errors import CLIError, one_line
 
 __all__ = [
     "ALGORITHMS",
@@ -57,7 +57,8 @@ def resolve_algorithm(name: str) -> type[BaseAlgorithm]:
     spec = ALGORITHMS.get(name, name)
     if ":" not in spec:
         raise CLIError(
-            f"trainer.algorithm={name!r} is not known: use one of {', '.join(ALGORITHMS)} or 'pkg.module:Class'"
+            f"trainer.algorithm={name!r} is not known: use one of {', '.join(ALGORITHMS)} "
+            "or 'pkg.module:Class'"
         )
     cls = _import(spec, "trainer.algorithm")
     if not (isinstance(cls, type) and issubclass(cls, BaseAlgorithm)):
@@ -86,7 +87,8 @@ def check_policy(algo: type[BaseAlgorithm], policy: str) -> str | type:
 
 
 def _resolve_classes(policy_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``activation_fn: torch.nn.ReLU`` and other ``*_class``/``*_fn`` strings become the objects they name."""
+    """``activation_fn: torch.nn.ReLU`` and other ``*_class``/``*_fn`` strings become the objects they
+    name."""
     out = dict(policy_kwargs)
     for key, value in policy_kwargs.items():
         if isinstance(value, str) and (key.endswith("_fn") or key.endswith("_class")):
@@ -114,7 +116,8 @@ def algorithm_kwargs(
     if unknown:
         valid = sorted(k for k in params if k not in reserved | {"self", "_init_setup_model"})
         raise CLIError(
-            f"trainer.hyperparameters {unknown} are not arguments of {algo.__name__}; valid: {', '.join(valid)}"
+            f"trainer.hyperparameters {unknown} are not arguments of {algo.__name__}; "
+            f"valid: {', '.join(valid)}"
         )
     kwargs = dict(hyperparameters)
     if policy_kwargs:

@@ -24,8 +24,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo.utils import BaseParallelWrapper
 
-from npc_wrapper.cli.common import CLIError, one_line
-from npc_wrapper.engine import check_parallel_env
+from npc_wrapper.cli.errors import CLIError, one_line
+from npc_wrapper.joint_env import check_parallel_env
 
 __all__ = ["EnvFactory", "PadObservations", "pad_observations", "mettagrid_arena", "ReseedOnReset"]
 
@@ -53,7 +53,8 @@ def _locate(target: Any, where: str) -> Any:
     """Import ``target`` (``pkg.module.attr``) or raise a one-line :class:`CLIError` naming ``where``."""
     if not isinstance(target, str) or "." not in target:
         raise CLIError(
-            f"{where}._target_ must be a dotted import path such as 'mpe2.simple_tag_v3.parallel_env', got {target!r}"
+            f"{where}._target_ must be a dotted import path such as 'mpe2.simple_tag_v3.parallel_env', "
+            f"got {target!r}"
         )
     module_name, _, attr = target.rpartition(".")
     parts = target.split(".")
@@ -77,8 +78,8 @@ def _locate(target: Any, where: str) -> Any:
                 obj = getattr(obj, name)
         except (AttributeError, ImportError):  # SuperSuit's module __getattr__ raises ImportError
             raise CLIError(
-                f"{where}._target_={target!r} cannot be imported: module {'.'.join(parts[:i])!r} has no attribute "
-                f"{'.'.join(parts[i:])!r} (fix the dotted path)"
+                f"{where}._target_={target!r} cannot be imported: module {'.'.join(parts[:i])!r} "
+                f"has no attribute {'.'.join(parts[i:])!r} (fix the dotted path)"
             ) from None
         return obj
     top = module_name.split(".")[0]

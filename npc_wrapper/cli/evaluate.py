@@ -29,22 +29,19 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError, parse_uri
-from npc_wrapper.cli.common import (
-    CLIError,
-    TrainConfig,
-    check_device,
-    die,
-    one_line,
-    register_configs,
-    with_trust_flag,
-)
-from npc_wrapper.cli.envs import EnvFactory
+from npc_wrapper.checkpoints import TrustRequiredError
+from npc_wrapper.cli.build import build_vec_env, env_factory
+from npc_wrapper.cli.checks import check_device, check_npc_uri
+from npc_wrapper.cli.config import compose_config, dual_policy_config, explain_config_error, register_configs
+from npc_wrapper.cli.errors import CLIError, die, one_line, with_trust_flag
 from npc_wrapper.cli.metrics import format_summary, play_episodes
+from npc_wrapper.cli.run_dir import find_run_config, resolve_policy_path
+from npc_wrapper.cli.schema import TrainConfig
 from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.league import NoEpisodeEnds
+from npc_wrapper.league import NoEpisodeEnds, round_robin
+from npc_wrapper.policies import as_npc_policy
 
-__all__ = ["main", "evaluate", "round_robin_run", "find_run_config", "resolve_policy_path"]
+__all__ = ["main", "evaluate", "round_robin_run"]
 
 PROG = "npc-eval"
 #: Config groups: an override that selects one means the config is composed from configs/.
@@ -54,41 +51,6 @@ _NPC_SELECTOR_KEYS = ("type", "range", "metric", "weights", "policy_class", "pol
 _NPC_DEFAULTS = CheckpointConfig()
 
 
-def _local_path(policy: str) -> Path | None:
-    """The local file or directory ``policy`` names, parsed as the loader parses it; else ``None``."""
-    try:
-        parsed = parse_uri(policy)
-    except CheckpointError:
-        return None  # not a local path; loading the policy reports what is wrong with it
-    return parsed.value if parsed.kind == "file" else None
-
-
-def find_run_config(policy: str) -> Path | None:
-    """The ``config.yaml`` of the run a policy path belongs to (run dir, its final.zip or a checkpoint)."""
-    path = _local_path(policy)
-    if path is None:
-        return None
-    for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / "config.yaml").is_file() and candidate.is_dir():
-            return candidate / "config.yaml"
-    return None
-
-
-def resolve_policy_path(policy: str) -> str:
-    """A run directory stands for its ``final.zip``, else its latest checkpoint."""
-    path = _local_path(policy)
-    if path is not None and path.is_dir() and (path / "config.yaml").is_file():
-        from npc_wrapper.cli.callbacks import latest_checkpoint
-
-        if (path / "final.zip").is_file():
-            return str(path / "final.zip")
-        latest = latest_checkpoint(path / "checkpoints")
-        if latest is None:
-            raise CLIError(f"run directory {path} has neither final.zip nor a checkpoint to evaluate")
-        return str(latest[1])
-    return policy
-
-
 def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -96,11 +58,7 @@ def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
     run_config = find_run_config(policy)
     selects_group = any(o.lstrip("+~").split("=", 1)[0] in _GROUPS for o in overrides)
     if run_config is None or selects_group:
-        from npc_wrapper.cli.train import compose_config
-
         return compose_config(list(overrides) + ["run=eval", "run_dir=."])
-    from npc_wrapper.cli.train import explain_config_error
-
     register_configs()
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_config))
@@ -145,9 +103,6 @@ def evaluate(
         source of trust: the config's ``checkpoint_npc.trusted`` is ignored
     :param device: where the policies run (default: the config's ``device``)
     """
-    from npc_wrapper.cli.train import build_vec_env, dual_policy_config
-    from npc_wrapper.policies import as_npc_policy
-
     if episodes < 1 or num_envs < 1:
         raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
     cfg = _load_config(policy, overrides)
@@ -176,16 +131,11 @@ def evaluate(
     dp = dual_policy_config(cfg)
     if not dp.enabled:
         raise CLIError(
-            "the config trains every agent (trainer.dual_policy.enabled=false), so there is no NPC to play: pass --npc URI"
+            "the config trains every agent (trainer.dual_policy.enabled=false), so there is no NPC to play: "
+            "pass --npc URI"
         )
-    from npc_wrapper.cli.train import _check_npc_uri
-
-    _check_npc_uri(dp, "trainer.dual_policy.checkpoint_npc.uri" if npc is None else "--npc")
-    env_fn = EnvFactory(
-        OmegaConf.to_container(cfg.env.factory, resolve=True),
-        OmegaConf.to_container(cfg.env.wrappers, resolve=True),
-    )
-    env_fn.check()
+    check_npc_uri(dp, "trainer.dual_policy.checkpoint_npc.uri" if npc is None else "--npc")
+    env_fn = env_factory(cfg)
     try:
         venv = build_vec_env(cfg, env_fn, dp, num_envs, seed, num_workers=0)
     except CLIError as e:
@@ -243,16 +193,10 @@ def round_robin_run(
 
     Uses the run's env and agent split (see :func:`npc_wrapper.league.round_robin`).
     """
-    from npc_wrapper.league import round_robin
-
     if not Path(run).is_dir():
         raise CLIError(f"--round-robin needs a run directory (runs/<run>), got {run!r}")
     cfg = _load_config(run, overrides)
-    env_fn = EnvFactory(
-        OmegaConf.to_container(cfg.env.factory, resolve=True),
-        OmegaConf.to_container(cfg.env.wrappers, resolve=True),
-    )
-    env_fn.check()
+    env_fn = env_factory(cfg)
     check_device(device or cfg.device, "device" if device is None else "--device")
     dp = cfg.trainer.dual_policy
     try:

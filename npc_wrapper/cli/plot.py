@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from npc_wrapper.cli.common import CLIError, die
+from npc_wrapper.cli.errors import CLIError, die
 
 __all__ = ["main", "read_progress", "plot_runs"]
 

@@ -1,6 +1,6 @@
 """``npc-train``: train a policy against frozen NPCs in a PettingZoo env, configured with Hydra.
 
-Usage (see ``configs/config.yaml`` and ``the README``)::
+Usage (see ``configs/config.yaml`` and the README)::
 
     npc-train                                      # simple_tag vs the NPC shipped with the package
     npc-train run=my_experiment trainer.dual_policy.enabled=true \\
@@ -16,488 +16,362 @@ after training), ``logs/progress*.csv`` and ``tb/`` (TensorBoard), and ``wandb/`
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.logger import Logger
 
-from npc_wrapper.checkpoints import CheckpointError, parse_uri, sidecar_metadata
-from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
+from npc_wrapper.cli.build import TrainingPlan, build_model, build_train_env, build_vec_env, plan_training
 from npc_wrapper.cli.callbacks import (
     CheckpointCallback,
     NPCMetricsCallback,
     atomic_save,
     atomic_write_text,
     epoch_of,
-    latest_checkpoint,
-    list_checkpoints,
 )
-from npc_wrapper.cli.common import (
-    CLIError,
-    TrainConfig,
-    check_device,
+from npc_wrapper.cli.checks import check_config, precheck
+from npc_wrapper.cli.config import check_schema, config_dir, register_configs
+from npc_wrapper.cli.errors import CLIError, die, one_line
+from npc_wrapper.cli.model_eval import TrainingEvaluation
+from npc_wrapper.cli.run_dir import ResumePoint, RunPaths, resume_hint, resume_point
+from npc_wrapper.cli.tracking import (
     choose_wandb_mode,
-    config_dir,
-    die,
-    one_line,
-    register_configs,
+    finish_wandb,
+    init_wandb,
+    log_model_artifact,
+    make_logger,
 )
-from npc_wrapper.cli.envs import EnvFactory
-from npc_wrapper.cli.metrics import format_summary, play_episodes
-from npc_wrapper.config import DualPolicyConfig
-from npc_wrapper.league import LeagueCallback, LeagueConfig, NoEpisodeEnds, check_league_venv
-from npc_wrapper.workers import check_worker_split
+from npc_wrapper.league import LeagueCallback
 
-__all__ = [
-    "RunPaths",
-    "train",
-    "main",
-    "build_vec_env",
-    "evaluate_model",
-    "dual_policy_config",
-    "league_config",
-    "compose_config",
-    "check_schema",
-    "explain_config_error",
-]
+__all__ = ["train", "main"]
 
 PROG = "npc-train"
 log = logging.getLogger("npc_wrapper.cli")
 
-#: Seed offset of the evaluation envs, so evaluation episodes differ from training ones.
-EVAL_SEED_OFFSET = 1_000_003
 
+# --------------------------------------------------------------------------- the job
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job as configured; return a summary (paths, step, evaluations).
 
-class RunPaths:
-    """The files of one run directory.
-
-    :param root: ``runs/<run>``
+    :param cfg: a composed ``npc-train`` config (:func:`npc_wrapper.cli.config.compose_config`)
+    :raises CLIError: on bad input, before any training
+    :raises SystemExit: with status 130 after Ctrl-C or SIGTERM, once a checkpoint is saved
     """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.checkpoints = self.root / "checkpoints"
-        self.final = self.root / "final.zip"
-        self.config = self.root / "config.yaml"
-        self.logs = self.root / "logs"
-        self.tensorboard = self.root / "tb"
-        self.eval = self.root / "eval.json"
-        self.wandb_id = self.root / "wandb_run_id"
-        self.artifact = self.root / "wandb_artifact.json"
-        self.league = self.root / "league"
-
-
-# --------------------------------------------------------------------------- config
-def compose_config(
-    overrides: Sequence[str] = (), config_name: str = "config", extra_dirs: Sequence[str] = ()
-) -> DictConfig:
-    """Compose the ``npc-train`` config with Hydra's compose API (no run directory, no logging set-up).
-
-    :param overrides: command-line style overrides (``trainer.total_timesteps=1000``)
-    :param config_name: primary config file name, without ``.yaml``
-    :param extra_dirs: more config directories searched before the shipped ones (``--config-dir``)
-    :raises CLIError: with a one-line message on an unknown key, a bad value or a missing group option
-    """
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    overrides = list(overrides)
-    if extra_dirs:
-        overrides.append(
-            f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in extra_dirs)}]"
-        )
+    started = time.time()
+    paths, resume = _prepare_run(cfg)
+    plan = plan_training(cfg)
+    session = _Session()
     try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides)
-        OmegaConf.resolve(cfg)
-    except CLIError:
-        raise
-    except Exception as e:
-        raise CLIError(explain_config_error(e)) from e
+        venv = build_vec_env(cfg, plan.env_fn, plan.dual_policy, cfg.trainer.num_envs, cfg.seed)
+        session.envs.append(venv)
+        train_env = build_train_env(cfg, plan, venv)
+        model = build_model(cfg, plan, train_env, resume)
+        logger = _open_outputs(cfg, paths, model, session)
+        evaluation = TrainingEvaluation(cfg, plan, paths, train_env, resumed=resume is not None)
+        session.envs.append(evaluation.venv)
+        evaluation.before(model, logger)
+        callbacks = _make_callbacks(cfg, paths, plan, model, venv, resume, session.wandb_run)
+        _learn(cfg, paths, plan, model, callbacks, resumed=resume is not None)
+        return _finish(cfg, paths, model, callbacks, evaluation, logger, session.wandb_run, started)
+    finally:
+        session.close()
+
+
+@dataclass
+class _Session:
+    """What a training session holds open: its envs and its W&B run."""
+
+    envs: list[Any] = field(default_factory=list)
+    wandb_run: Any = None
+
+    def close(self) -> None:
+        for v in self.envs:
+            if v is not None:
+                try:
+                    v.close()
+                except Exception as e:  # a worker killed by Ctrl-C must not hide the real outcome
+                    log.debug("closing env: %s", e)
+        if self.wandb_run is not None:
+            finish_wandb(self.wandb_run)
+
+
+def _prepare_run(cfg: DictConfig) -> tuple[RunPaths, ResumePoint | None]:
+    """Check the config and find where the run starts, before anything is built or written."""
     check_schema(cfg)
-    return cfg
+    check_config(cfg)
+    paths = RunPaths(cfg.run_dir)
+    return paths, resume_point(cfg, paths)
 
 
-def check_schema(cfg: DictConfig) -> None:
-    """Every key of ``cfg`` must be in the schema: ``+key=value`` overrides and config files can add
-    keys that Hydra's struct mode lets through."""
-    try:
-        # A plain container: merging the typed nodes themselves would carry the added keys along.
-        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, resolve=False))
-    except Exception as e:
-        raise CLIError(explain_config_error(e)) from e
+def _open_outputs(cfg: DictConfig, paths: RunPaths, model: Any, session: _Session) -> Logger:
+    """Write the run's ``config.yaml``, start its W&B run and give the model the session's logger."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.config, OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.wandb.enabled and choose_wandb_mode(cfg.wandb.mode) != "disabled":  # disabled: no run at all
+        session.wandb_run = init_wandb(cfg, paths)
+    logger = make_logger(cfg, paths, int(model.num_timesteps))
+    model.set_logger(logger)
+    return logger
 
 
-def explain_config_error(e: BaseException) -> str:
-    """One line for a Hydra/OmegaConf composition error, naming the key and what to do."""
-    from omegaconf.errors import (
-        ConfigAttributeError,
-        ConfigKeyError,
-        InterpolationResolutionError,
-        ValidationError,
-    )
+# --------------------------------------------------------------------------- callbacks
+@dataclass
+class _Callbacks:
+    """The callbacks of ``model.learn``, and the checkpoint metadata they write."""
 
-    cause = e.__cause__ or e
-    full_key = getattr(cause, "full_key", None)
-    first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
-        if _in_free_mapping(str(full_key)):
-            dotted = str(full_key).replace("[", ".").replace("]", "")  # the override grammar's form
-            return (
-                f"config key '{full_key}' is not set yet: add it with '+{dotted}=VALUE' "
-                "(keys of free-form mappings such as hyperparameters or factory arguments need the '+')"
-            )
-        return (
-            f"unknown config key '{full_key}': check its spelling ('npc-train --cfg job' prints every key "
-            "and the README describes them)"
-        )
-    if isinstance(cause, ValidationError) and full_key:
-        return f"bad value for '{full_key}': {first}"
-    if isinstance(cause, InterpolationResolutionError):
-        inner = cause.__cause__
-        return one_line(f"{first.split(':')[0]}: {inner}" if isinstance(inner, CLIError) else str(cause))
-    text = str(e)
-    if "Could not find" in text:
-        # Keep "Could not find 'env/nope'" and the available options; drop the search path dump.
-        keep = [
-            ln.strip()
-            for ln in text.splitlines()
-            if ln.strip() and not ln.startswith("\tprovider=") and not ln.startswith("Config search path")
-        ]
-        return one_line(" ".join(keep))
-    return one_line(text)
+    metrics: NPCMetricsCallback
+    checkpoints: CheckpointCallback
+    #: The metadata sidecar of a checkpoint of the model given.
+    metadata: Callable[[Any], dict[str, Any]]
+    league: LeagueCallback | None = None
+    wandb: Any = None
+
+    def all(self) -> list[Any]:
+        return [c for c in (self.metrics, self.checkpoints, self.league, self.wandb) if c is not None]
+
+    def save_checkpoint(self, model: Any) -> Path:
+        """``checkpoints/step_<n>.zip`` of ``model`` now (also outside ``learn``)."""
+        self.checkpoints.model = model
+        return self.checkpoints.save()
 
 
-def _in_free_mapping(full_key: str) -> bool:
-    """Whether ``full_key`` lies under a schema node that takes any key (``trainer.hyperparameters``,
-    ``env.factory``...), where a new key needs ``+``, rather than under a fixed schema."""
-    from omegaconf import DictConfig as _Dict
-
-    node: Any = OmegaConf.structured(TrainConfig)
-    for part in full_key.split(".")[:-1]:
-        name = part.split("[")[0]
-        if not (isinstance(node, _Dict) and dataclasses.is_dataclass(node._metadata.object_type)):
-            return True  # below a dict, a list or an Any node
-        if name not in node.keys():  # keys(), since `in` is False for a MISSING value such as env.factory
-            return False  # a misspelt parent
-        node = node._get_node(name)
-        if "[" in part:
-            return True
-    return not (isinstance(node, _Dict) and dataclasses.is_dataclass(node._metadata.object_type))
-
-
-def league_config(cfg: DictConfig) -> LeagueConfig:
-    """The ``trainer.league`` block, validated.
-
-    :raises CLIError: naming the key to fix
-    """
-    try:
-        return LeagueConfig.from_dict(cfg.trainer.league)
-    except ValueError as e:
-        raise CLIError(f"trainer.league: {one_line(e)}") from e
-
-
-def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:
-    """The validated ``trainer.dual_policy`` block."""
-    try:
-        return DualPolicyConfig.from_dict(cfg.trainer.dual_policy, where="trainer.dual_policy")
-    except ValueError as e:
-        raise CLIError(str(e)) from e
-
-
-def _check_npc_uri(dp: DualPolicyConfig, where: str = "trainer.dual_policy.checkpoint_npc.uri") -> None:
-    """A local NPC checkpoint must exist before anything is built (the URI parsed as the loader does).
-
-    :param where: how the user gave the URI (a config key, ``--npc``), for the message
-    """
-    if not dp.enabled:
-        return
-    try:
-        parsed = parse_uri(str(dp.checkpoint_npc.uri))
-    except CheckpointError as e:
-        raise CLIError(f"{where}: {one_line(e)}") from e
-    if parsed.kind == "file" and not parsed.value.exists():
-        raise CLIError(
-            f"{where}: no checkpoint at {str(parsed.value)!r}; give an "
-            "existing checkpoint file or directory (file://PATH), a wandb:// URI, 'random' or 'noop'"
-        )
-
-
-def _check_resumed_algorithm(cfg: DictConfig, paths: RunPaths) -> None:
-    """A checkpoint continues only with the algorithm and network that wrote it (A2C would load a PPO zip
-    as its own; SB3 rebuilds the stored network whatever ``trainer.policy``/``policy_kwargs`` say)."""
-    if not paths.config.is_file():
-        return
-    try:
-        stored_cfg = OmegaConf.load(paths.config)
-    except Exception as e:
-        raise CLIError(f"trainer.resume=true: cannot read {paths.config}: {one_line(e)}") from e
-    stored = OmegaConf.select(stored_cfg, "trainer.algorithm")
-    if stored is not None and resolve_algorithm(str(stored)) is not resolve_algorithm(cfg.trainer.algorithm):
-        raise CLIError(
-            f"trainer.resume=true: {paths.root} was trained with trainer.algorithm={stored} "
-            f"({paths.config}), but this session's is {cfg.trainer.algorithm}; resume with the original "
-            "trainer= (and its overrides), or start a new run=NAME"
-        )
-    for key in ("policy", "policy_kwargs"):
-        old, new = OmegaConf.select(stored_cfg, f"trainer.{key}"), cfg.trainer[key]
-        # Resolved: config.yaml was written resolved, this session's may hold interpolations.
-        plain = [OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (old, new)]
-        if old is not None and plain[0] != plain[1]:
-            raise CLIError(
-                f"trainer.resume=true: {paths.root} was trained with trainer.{key}={plain[0]} "
-                f"({paths.config}), but this session's is {plain[1]}; a checkpoint keeps its network: resume "
-                f"with the original trainer.{key}, or start a new run=NAME"
-            )
-
-
-def _check_numbers(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    for key, low in (
-        ("total_timesteps", 1),
-        ("num_envs", 1),
-        ("num_workers", 0),
-        ("checkpoint_interval", 0),
-        ("keep_checkpoints", 0),
-        ("eval_episodes", 0),
-        ("eval_num_envs", 1),
-    ):
-        if t[key] < low:
-            raise CLIError(f"trainer.{key} must be >= {low}, got {t[key]}")
-    if not str(cfg.run).strip() or "/" in str(cfg.run):
-        raise CLIError(
-            f"run must be a non-empty name without '/', got {cfg.run!r} (use run_dir=PATH to place it)"
-        )
-    try:
-        check_worker_split(t.num_envs, t.num_workers, prefix="trainer.")
-    except ValueError as e:
-        raise CLIError(str(e)) from e
-
-
-#: SB3 logger outputs that ``trainer.log_formats`` may add (CSV and TensorBoard are always on).
-_LOG_FORMATS = ("stdout", "log", "json")
-_WANDB_MODES = ("online", "offline", "disabled")
-
-
-def _check_options(cfg: DictConfig) -> None:
-    """Values with a fixed set of choices, and the device, checked before anything is built or written."""
-    bad = [f for f in cfg.trainer.log_formats if f not in _LOG_FORMATS]
-    if bad:
-        raise CLIError(f"trainer.log_formats: unknown format(s) {bad}; use any of {list(_LOG_FORMATS)}")
-    if cfg.wandb.mode is not None and cfg.wandb.mode not in _WANDB_MODES:
-        raise CLIError(
-            f"wandb.mode={cfg.wandb.mode!r} is not one of {', '.join(_WANDB_MODES)} (or null: online with an "
-            "API key, else offline)"
-        )
-    methods = multiprocessing.get_all_start_methods()
-    if cfg.trainer.start_method is not None and cfg.trainer.start_method not in methods:
-        raise CLIError(
-            f"trainer.start_method={cfg.trainer.start_method!r} is not a start method of this machine: "
-            f"use one of {methods}, or null for the platform's default"
-        )
-    check_device(cfg.device)
-
-
-# --------------------------------------------------------------------------- envs and evaluation
-def build_vec_env(
+def _make_callbacks(
     cfg: DictConfig,
-    env_fn: EnvFactory,
-    dp: DualPolicyConfig,
-    num_envs: int,
-    seed: int,
-    num_workers: int | None = None,
-) -> Any:
-    """The NPC vector env for ``cfg`` (one line of error on any failure to build it or load the NPC)."""
-    import npc_wrapper as nw
-
-    try:
-        venv = nw.make_vec_env(
-            env_fn,
-            num_envs=num_envs,
-            seed=seed,
-            num_workers=cfg.trainer.num_workers if num_workers is None else num_workers,
-            device=cfg.device,
-            reset_when_training_agents_dead=cfg.env.reset_when_training_agents_dead,
-            start_method=cfg.trainer.start_method,
-            **dp.env_kwargs(),
+    paths: RunPaths,
+    plan: TrainingPlan,
+    model: Any,
+    venv: Any,
+    resume: ResumePoint | None,
+    wandb_run: Any,
+) -> _Callbacks:
+    """Metrics, periodic checkpoints, the league (when enabled) and W&B (when it runs)."""
+    has_npc = bool(venv.npc_agents)
+    metrics = NPCMetricsCallback(
+        len(venv.training_agents),
+        has_npc,
+        window=getattr(model, "_stats_window_size", 100),
+        report=_progress_report(cfg, int(model.num_timesteps), has_npc),
+        start_episodes=resume.episodes if resume is not None else 0,
+    )
+    metadata = functools.partial(
+        _checkpoint_metadata,
+        cfg=cfg,
+        plan=plan,
+        metrics=metrics,
+        has_npc=has_npc,
+        resumed=resume.metadata if resume is not None else {},
+    )
+    checkpoints = CheckpointCallback(
+        paths.checkpoints, cfg.trainer.checkpoint_interval, cfg.trainer.keep_checkpoints, metadata
+    )
+    callbacks = _Callbacks(metrics, checkpoints, metadata)
+    if plan.league.enabled:
+        callbacks.league = LeagueCallback(
+            plan.league, venv=venv, save_dir=paths.league, device=cfg.device,
+            deterministic=plan.dual_policy.checkpoint_npc.deterministic, resume=resume is not None,
         )
-    except CLIError:
-        raise
-    except Exception as e:
-        # Only a failure to load or fit the NPC (a CheckpointError) is the NPC's fault.
-        npc = f" with the NPC {dp.checkpoint_npc.uri!r}" if isinstance(e, CheckpointError) else ""
-        raise CLIError(f"cannot build env {cfg.env.name!r}{npc}: {type(e).__name__}: {one_line(e)}") from e
-    if dp.enabled and not venv.npc_agents:
-        # A split with no NPC would train without the checkpoint the user asked to play against.
-        n = len(venv.training_agents)
-        venv.close()
-        if dp.training_agents is not None:
-            why, fix = f"training_agents {dp.training_agents} match them all", "name fewer training_agents"
-        else:
-            pct = dp.training_agents_pct
-            why = f"training_agents_pct={pct} gives the first floor({pct} * {n} + 0.5) = {n}"
-            fix = f"use training_agents_pct <= {(n - 1) / n:.4g}" if n > 1 else "use an env with 2+ agents"
-        raise CLIError(
-            f"trainer.dual_policy.enabled is true, but all {n} agents of env {cfg.env.name!r} train ({why}), "
-            f"so the NPC {dp.checkpoint_npc.uri!r} would play none; {fix}, or set "
-            "trainer.dual_policy.enabled=false to train every agent"
-        )
-    return venv
+        try:  # now rather than inside learn(): restoring a resumed league can fail
+            callbacks.league.init_callback(model)
+        except ValueError as e:
+            raise CLIError(f"trainer.league: {one_line(e)}") from e
+    if wandb_run is not None:
+        from wandb.integration.sb3 import WandbCallback
+
+        callbacks.wandb = WandbCallback(verbose=0)
+    return callbacks
 
 
-def _agent_list(agents: Sequence[Any], most: int = 8) -> str:
-    """``agents`` for a log line, elided in the middle beyond ``most`` (battle at map_size 45: 81 a side)."""
-    names = [str(a) for a in agents]
-    if len(names) <= most:
-        return f"[{', '.join(names)}]"
-    return f"[{', '.join(names[:3])}, ..., {', '.join(names[-2:])}]"
+def _checkpoint_metadata(
+    model: Any,
+    *,
+    cfg: DictConfig,
+    plan: TrainingPlan,
+    metrics: NPCMetricsCallback,
+    has_npc: bool,
+    resumed: dict[str, Any],
+) -> dict[str, Any]:
+    """A checkpoint's sidecar: where it stands, and the last window's metrics (``type: top`` sorts by them).
 
-
-def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = False) -> dict[str, Any]:
-    """Play ``episodes`` episodes of the SB3 ``model`` against the NPCs of ``venv``; the summary.
-
-    :param venv: the NPC vector env, wrapped in :class:`ActionMaskVecEnv` for ``MaskablePPO``
+    :param resumed: the metadata of the checkpoint the session resumed from (``{}``: a new run)
     """
-    state: Any = None
-    masked = isinstance(venv, ActionMaskVecEnv)
-
-    def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        nonlocal state
-        extra = {"action_masks": venv.action_masks()} if masked else {}
-        actions, state = model.predict(
-            obs, state=state, episode_start=episode_start, deterministic=deterministic, **extra
-        )
-        return actions
-
-    n_train = len(venv.training_agents)
-    try:
-        return play_episodes(act, venv, episodes, n_train).summary()
-    except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
-        raise CLIError(f"evaluation: {e} (env.factory), or set trainer.eval_episodes=0") from e
-
-
-# --------------------------------------------------------------------------- logging
-def wandb_mode(cfg: DictConfig) -> str:
-    """``wandb.mode``, else ``WANDB_MODE``, else online with an API key and offline without one."""
-    return choose_wandb_mode(cfg.wandb.mode)
-
-
-def _artifact_name(run: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in run)
-
-
-def _init_wandb(cfg: DictConfig, paths: RunPaths) -> Any:
-    try:
-        import wandb
-    except ImportError as e:
-        raise CLIError(
-            "wandb.enabled=true needs wandb: pip install 'npc-wrapper[wandb]' (or set wandb.enabled=false)"
-        ) from e
-    run_id = paths.wandb_id.read_text().strip() if paths.wandb_id.is_file() else None
-    mode = wandb_mode(cfg)
-    try:
-        run = wandb.init(
-            project=cfg.wandb.project,
-            entity=cfg.wandb.entity,
-            group=cfg.wandb.group,
-            tags=list(cfg.wandb.tags),
-            notes=cfg.wandb.notes,
-            name=cfg.run,
-            id=run_id,
-            resume="allow" if run_id else None,
-            dir=str(paths.root),
-            config=OmegaConf.to_container(cfg, resolve=True),
-            sync_tensorboard=True,
-            mode=mode,
-        )
-    except Exception as e:
-        raise CLIError(
-            f"wandb.init failed in {mode} mode: {one_line(e)} (run 'wandb login', set WANDB_API_KEY, "
-            "use wandb.mode=offline, or wandb.enabled=false)"
-        ) from e
-    atomic_write_text(paths.wandb_id, run.id)
-    log.info("wandb run %s (%s mode)", run.id, mode)
-    return run
-
-
-def _log_wandb_model(run: Any, cfg: DictConfig, paths: RunPaths, metadata: dict[str, Any]) -> dict[str, Any]:
-    import wandb
-
-    name = _artifact_name(cfg.run)
-    artifact = wandb.Artifact(
-        name=name,
-        type="model",
-        metadata=metadata,
-        description=f"npc-train {cfg.trainer.algorithm} on {cfg.env.name}, step {metadata['step']}",
-    )
-    artifact.add_file(str(paths.final), name="final.zip")
-    run.log_artifact(artifact, aliases=["latest", f"step_{metadata['step']}"])
-    entity = run.entity or cfg.wandb.entity or "<entity>"
-    info = {
-        "uri": f"wandb://{entity}/{run.project or cfg.wandb.project}/model/{name}:latest",
-        "name": name,
-        "metadata": metadata,
-        "mode": wandb_mode(cfg),
+    s = metrics.last_summary
+    meta: dict[str, Any] = {
+        "epoch": epoch_of(model),
+        "step": int(model.num_timesteps),
+        "run": str(cfg.run),
+        "env": str(cfg.env.name),
+        "algorithm": plan.algorithm.__name__,
+        "npc": str(plan.dual_policy.checkpoint_npc.uri) if has_npc else None,
+        "total_episodes": metrics.total_episodes,
     }
-    atomic_write_text(paths.artifact, json.dumps(info, indent=2, default=float))
-    return info
+    keys = ["train_return", "episode_length"]
+    if has_npc:
+        keys += ["win_rate", "loss_rate", "draw_rate", "npc_return"]
+    if s.get("episodes"):
+        meta.update({k: s[k] for k in keys})
+    else:
+        # No episode has ended in this session yet: keep the resumed checkpoint's window, so
+        # rewriting its metadata (nothing left to train) drops no metric `type: top` sorts by.
+        meta.update({k: resumed[k] for k in keys if k in resumed})
+    return meta
 
 
-def _make_logger(cfg: DictConfig, paths: RunPaths, start_step: int) -> Any:
-    from stable_baselines3.common.logger import (
-        CSVOutputFormat,
-        HumanOutputFormat,
-        JSONOutputFormat,
-        Logger,
-        TensorBoardOutputFormat,
-        make_output_format,
-    )
-
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    # SB3's file outputs truncate their files, so a resumed session (even from step 0) writes its own.
-    suffix = f"_from_{start_step}" if cfg.trainer.resume else ""
-    formats = [
-        CSVOutputFormat(str(paths.logs / f"progress{suffix}.csv")),
-        TensorBoardOutputFormat(str(paths.tensorboard)),
-    ]
-    for fmt in cfg.trainer.log_formats:  # checked by _check_options
-        if fmt == "json":
-            formats.append(JSONOutputFormat(str(paths.logs / f"progress{suffix}.json")))
-        elif fmt == "log":
-            formats.append(HumanOutputFormat(str(paths.logs / f"log{suffix}.txt")))
-        else:
-            formats.append(make_output_format(fmt, str(paths.logs)))
-    return Logger(str(paths.logs), formats)
+def _progress_bar(cfg: DictConfig) -> bool:
+    """Whether training shows a progress bar (asked for, on a terminal) instead of progress log lines."""
+    return bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
 
 
-def _record_eval(logger: Any, summary: dict[str, Any], step: int) -> None:
-    if not summary.get("episodes"):
+def _progress_report(
+    cfg: DictConfig, start_step: int, has_npc: bool
+) -> Callable[[int, dict[str, Any]], None] | None:
+    """A log line per rollout with the latest metrics and the speed; none under a progress bar."""
+    if _progress_bar(cfg):
+        return None
+    total = int(cfg.trainer.total_timesteps)
+    t_learn = time.time()
+
+    def report(step: int, s: dict[str, Any]) -> None:
+        fps = (step - start_step) / max(time.time() - t_learn, 1e-9)
+        win = f"win {s['win_rate']:.2f}  npc return {s['npc_return']:.2f}  " if has_npc else ""
+        log.info(
+            "step %d/%d  %strain return %.2f  length %.1f  %d steps/s",
+            step,
+            total,
+            win,
+            s["train_return"],
+            s["episode_length"],
+            fps,
+        )
+
+    return report
+
+
+# --------------------------------------------------------------------------- learning and the end
+def _learn(
+    cfg: DictConfig, paths: RunPaths, plan: TrainingPlan, model: Any, callbacks: _Callbacks, resumed: bool
+) -> None:
+    """Train up to ``trainer.total_timesteps``; on Ctrl-C or SIGTERM save a checkpoint and exit with 130."""
+    start_step, total = int(model.num_timesteps), int(cfg.trainer.total_timesteps)
+    remaining = total - start_step
+    if remaining <= 0:
+        log.info(
+            "%s already reached %d steps (trainer.total_timesteps=%d); nothing to train",
+            cfg.run,
+            start_step,
+            total,
+        )
         return
-    for key in (
-        "win_rate",
-        "loss_rate",
-        "draw_rate",
-        "win_rate_ci_low",
-        "win_rate_ci_high",
-        "train_return",
-        "npc_return",
-        "episode_length",
-        "episodes",
-    ):
-        logger.record(f"eval/{key}", summary[key])
-    logger.record("time/total_timesteps", step)  # the x axis of the progress CSV
-    logger.dump(step)
+    log.info(
+        "training %s for %d steps (%d -> %d) in %s",
+        plan.algorithm.__name__,
+        remaining,
+        start_step,
+        total,
+        paths.root,
+    )
+    try:
+        with _sigterm_as_interrupt():
+            model.learn(
+                total_timesteps=remaining,
+                callback=callbacks.all(),
+                reset_num_timesteps=not resumed,
+                progress_bar=_progress_bar(cfg),
+            )
+    except KeyboardInterrupt:
+        with _no_interrupts():
+            path = callbacks.save_checkpoint(model)
+            if callbacks.league is not None:
+                callbacks.league.save_state()
+        print(
+            f"\n{PROG}: interrupted at step {model.num_timesteps}; saved {path}. Continue with: "
+            f"{PROG} {resume_hint(cfg, paths)} trainer.resume=true (and the same overrides)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(130) from None
+
+
+def _finish(
+    cfg: DictConfig,
+    paths: RunPaths,
+    model: Any,
+    callbacks: _Callbacks,
+    evaluation: TrainingEvaluation,
+    logger: Logger,
+    wandb_run: Any,
+    started: float,
+) -> dict[str, Any]:
+    """Save the last checkpoint, evaluate, save ``final.zip`` (and its W&B artifact), print the report."""
+    with _no_interrupts():
+        callbacks.save_checkpoint(model)
+    evaluation.after(model, logger)
+    step = int(model.num_timesteps)
+    final_meta = callbacks.metadata(model)
+    if callbacks.league is not None:
+        final_meta["league_elo"] = callbacks.league.learner_elo
+    final_meta.update(evaluation.final_metrics(step))
+    with _no_interrupts():
+        atomic_save(model, paths.final, final_meta)
+    artifact = (
+        log_model_artifact(wandb_run, cfg, paths, final_meta)
+        if wandb_run is not None and cfg.wandb.log_model
+        else None
+    )
+    logger.close()
+    elapsed = time.time() - started
+    print(_final_report(cfg, paths, step, evaluation, artifact, elapsed), flush=True)
+    return {
+        "paths": paths,
+        "step": step,
+        "eval": evaluation.summaries,
+        "artifact": artifact,
+        "metadata": final_meta,
+        "seconds": elapsed,
+    }
+
+
+def _final_report(
+    cfg: DictConfig,
+    paths: RunPaths,
+    step: int,
+    evaluation: TrainingEvaluation,
+    artifact: dict[str, Any] | None,
+    elapsed: float,
+) -> str:
+    """What the run did and where its results are, and how to use the model as the next NPC."""
+    lines = [f"{PROG}: finished {cfg.run} at step {step} in {_fmt_duration(elapsed)}"]
+    lines += evaluation.report()
+    lines.append(
+        f"  final model: {paths.final} (as the next NPC: "
+        f"trainer.dual_policy.checkpoint_npc.uri=file://{paths.final})"
+    )
+    if artifact is not None:
+        lines.append(
+            f"  wandb model artifact: {artifact['uri']}"
+            + (" (offline: 'wandb sync' the run first)" if artifact["mode"] == "offline" else "")
+        )
+    lines.append(
+        f"  learning curve: npc-plot {paths.root}   TensorBoard: tensorboard --logdir {paths.tensorboard}"
+    )
+    return "\n".join(lines)
+
+
+def _fmt_duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @contextmanager
@@ -533,337 +407,12 @@ def _no_interrupts() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _fmt_duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-# --------------------------------------------------------------------------- the job
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job as configured; return a summary (paths, step, evaluations).
-
-    :raises CLIError: on bad input, before any training
-    :raises SystemExit: with status 130 after Ctrl-C or SIGTERM, once a checkpoint is saved
-    """
-    t0 = time.time()
-    check_schema(cfg)
-    _check_numbers(cfg)
-    _check_options(cfg)
-    paths = RunPaths(cfg.run_dir)
-    resume = bool(cfg.trainer.resume)
-    latest = latest_checkpoint(paths.checkpoints)
-    if resume and latest is None:
-        raise CLIError(
-            f"trainer.resume=true but {paths.checkpoints} holds no checkpoint (step_<n>.zip) to resume from; "
-            "check run=/run_dir=, or drop trainer.resume to start the run fresh"
-        )
-    if not resume and (list_checkpoints(paths.checkpoints) or paths.final.exists()):
-        raise CLIError(
-            f"{paths.root} already holds a run; pass trainer.resume=true to continue it, or choose another run=NAME"
-        )
-    start_episodes = 0
-    resumed_meta: dict[str, Any] = {}
-    if resume:
-        _check_resumed_algorithm(cfg, paths)
-        try:
-            resumed_meta = sidecar_metadata(latest[1])
-        except CheckpointError as e:
-            raise CLIError(f"cannot resume from {latest[1]}: {one_line(e)}") from e
-        # Checkpoints written before total_episodes was recorded lack it: the count restarts at 0.
-        start_episodes = resumed_meta.get("total_episodes", 0)
-        if not isinstance(start_episodes, int) or isinstance(start_episodes, bool) or start_episodes < 0:
-            raise CLIError(
-                f"cannot resume from {latest[1]}: its metadata's total_episodes must be a count, "
-                f"got {start_episodes!r}"
-            )
-
-    env_fn = EnvFactory(
-        OmegaConf.to_container(cfg.env.factory, resolve=True),
-        OmegaConf.to_container(cfg.env.wrappers, resolve=True),
-    )
-    env_fn.check()
-    dp = dual_policy_config(cfg)
-    _check_npc_uri(dp)
-    league_cfg = league_config(cfg)
-    algo = resolve_algorithm(cfg.trainer.algorithm)
-    policy = check_policy(algo, cfg.trainer.policy)
-    kwargs = algorithm_kwargs(
-        algo,
-        OmegaConf.to_container(cfg.trainer.hyperparameters, resolve=True),
-        OmegaConf.to_container(cfg.trainer.policy_kwargs, resolve=True),
-    )
-
-    venv = build_vec_env(cfg, env_fn, dp, cfg.trainer.num_envs, cfg.seed)
-    eval_venv = None
-    wandb_run = None
-    try:
-        n_train = len(venv.training_agents)
-        has_npc = bool(venv.npc_agents)
-        log.info(
-            "env %s: %d envs x %d training agents %s; %d NPC agents %s driven by %s",
-            cfg.env.name,
-            venv.num_sub_envs,
-            n_train,
-            _agent_list(venv.training_agents),
-            len(venv.npc_agents),
-            _agent_list(venv.npc_agents),
-            dp.checkpoint_npc.uri if has_npc else "-",
-        )
-        if league_cfg.enabled:
-            try:
-                check_league_venv(venv)
-            except ValueError as e:
-                raise CLIError(f"trainer.league: {one_line(e)}") from e
-        train_env: Any = venv
-        if algo.__name__ == "MaskablePPO":
-            train_env = ActionMaskVecEnv(venv)
-        try:
-            if resume:
-                assert latest is not None
-                # The session's hyperparameters, not the checkpoint's: config.yaml records them as used.
-                # (Not policy_kwargs: the network is the checkpoint's, and A2C stores its optimizer there.)
-                hyper = {k: v for k, v in kwargs.items() if k != "policy_kwargs"}
-                if "stats_window_size" in hyper:  # load() sets attributes; SB3 keeps this one private
-                    hyper["_stats_window_size"] = hyper.pop("stats_window_size")
-                model = algo.load(str(latest[1]), env=train_env, device=cfg.device, **hyper)
-                log.info("resuming %s from %s (step %d)", cfg.run, latest[1], model.num_timesteps)
-                if cfg.seed is not None:
-                    # load() reseeds the envs and RNGs with the run's seed, so the session would replay the
-                    # first session's env seeds and samples; its own seed comes from (seed, step) instead.
-                    seq = np.random.SeedSequence([int(cfg.seed), int(model.num_timesteps)])
-                    model.set_random_seed(int(seq.generate_state(1)[0]))
-            else:
-                model = algo(policy, train_env, seed=cfg.seed, device=cfg.device, verbose=0, **kwargs)
-        except Exception as e:
-            what = f"resume from {latest[1]}" if resume and latest else f"build {algo.__name__}"
-            raise CLIError(f"cannot {what}: {type(e).__name__}: {one_line(e)}") from e
-        if isinstance(train_env, ActionMaskVecEnv) and not any(
-            "action_mask" in i for i in getattr(venv, "reset_infos", [])
-        ):
-            log.warning("MaskablePPO: the env gives no info['action_mask'] at reset; every action is allowed")
-
-        paths.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(paths.config, OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":  # disabled: no run, id, callback or artifact
-            wandb_run = _init_wandb(cfg, paths)
-        start_step = int(model.num_timesteps)
-        logger = _make_logger(cfg, paths, start_step)
-        model.set_logger(logger)
-
-        eval_summaries: dict[str, Any] = (
-            json.loads(paths.eval.read_text()) if resume and paths.eval.is_file() else {}
-        )
-        do_eval = has_npc and cfg.trainer.eval_episodes > 0
-        if do_eval:
-            eval_venv = build_vec_env(
-                cfg, env_fn, dp, cfg.trainer.eval_num_envs, cfg.seed + EVAL_SEED_OFFSET, num_workers=0
-            )
-            if isinstance(train_env, ActionMaskVecEnv):
-                eval_venv = ActionMaskVecEnv(eval_venv)
-        if do_eval and not resume:
-            before = evaluate_model(
-                model, eval_venv, cfg.trainer.eval_episodes, cfg.trainer.eval_deterministic
-            )
-            eval_summaries["before"] = {"step": 0, **before}
-            # Now, not only at the end: an interrupted run's resumed session does not evaluate it again.
-            atomic_write_text(paths.eval, json.dumps(eval_summaries, indent=2, default=float))
-            _record_eval(logger, before, 0)
-            log.info("before training, vs the NPC:\n%s", format_summary(before, "  "))
-
-        interactive = bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
-        total = int(cfg.trainer.total_timesteps)
-        t_learn = time.time()
-
-        def report(step: int, s: dict[str, Any]) -> None:
-            if interactive:
-                return
-            fps = (step - start_step) / max(time.time() - t_learn, 1e-9)
-            win = f"win {s['win_rate']:.2f}  npc return {s['npc_return']:.2f}  " if has_npc else ""
-            log.info(
-                "step %d/%d  %strain return %.2f  length %.1f  %d steps/s",
-                step,
-                total,
-                win,
-                s["train_return"],
-                s["episode_length"],
-                fps,
-            )
-
-        metrics_cb = NPCMetricsCallback(
-            n_train,
-            has_npc,
-            window=getattr(model, "_stats_window_size", 100),
-            report=report,
-            start_episodes=start_episodes,
-        )
-
-        def metadata(m: Any) -> dict[str, Any]:
-            s = metrics_cb.last_summary
-            meta: dict[str, Any] = {
-                "epoch": epoch_of(m),
-                "step": int(m.num_timesteps),
-                "run": str(cfg.run),
-                "env": str(cfg.env.name),
-                "algorithm": algo.__name__,
-                "npc": str(dp.checkpoint_npc.uri) if has_npc else None,
-                "total_episodes": metrics_cb.total_episodes,
-            }
-            keys = ["train_return", "episode_length"]
-            if has_npc:
-                keys += ["win_rate", "loss_rate", "draw_rate", "npc_return"]
-            if s.get("episodes"):
-                meta.update({k: s[k] for k in keys})
-            else:
-                # No episode has ended in this session yet: keep the resumed checkpoint's window, so
-                # rewriting its metadata (nothing left to train) drops no metric `type: top` sorts by.
-                meta.update({k: resumed_meta[k] for k in keys if k in resumed_meta})
-            return meta
-
-        ckpt_cb = CheckpointCallback(
-            paths.checkpoints, cfg.trainer.checkpoint_interval, cfg.trainer.keep_checkpoints, metadata
-        )
-        callbacks: list[Any] = [metrics_cb, ckpt_cb]
-        league_cb = None
-        if league_cfg.enabled:
-            league_cb = LeagueCallback(
-                league_cfg, venv=venv, save_dir=paths.league, device=cfg.device,
-                deterministic=dp.checkpoint_npc.deterministic, resume=resume,
-            )
-            try:  # now rather than inside learn(): restoring a resumed league can fail
-                league_cb.init_callback(model)
-            except ValueError as e:
-                raise CLIError(f"trainer.league: {one_line(e)}") from e
-            callbacks.append(league_cb)
-        if wandb_run is not None:
-            from wandb.integration.sb3 import WandbCallback
-
-            callbacks.append(WandbCallback(verbose=0))
-
-        remaining = total - start_step
-        if remaining > 0:
-            log.info(
-                "training %s for %d steps (%d -> %d) in %s",
-                algo.__name__,
-                remaining,
-                start_step,
-                total,
-                paths.root,
-            )
-            try:
-                with _sigterm_as_interrupt():
-                    model.learn(
-                        total_timesteps=remaining,
-                        callback=callbacks,
-                        reset_num_timesteps=not resume,
-                        progress_bar=interactive,
-                    )
-            except KeyboardInterrupt:
-                with _no_interrupts():
-                    ckpt_cb.model = model
-                    path = ckpt_cb.save()
-                    if league_cb is not None:
-                        league_cb.save_state()
-                where = f"run={cfg.run}"
-                if paths.root != Path("runs") / str(cfg.run):  # run_dir=PATH, or a sweep's runs/<run>/<job>
-                    where += f" run_dir={paths.root}"
-                print(
-                    f"\n{PROG}: interrupted at step {model.num_timesteps}; saved {path}. Continue with: "
-                    f"{PROG} {where} trainer.resume=true (and the same overrides)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                raise SystemExit(130) from None
-        else:
-            log.info(
-                "%s already reached %d steps (trainer.total_timesteps=%d); nothing to train",
-                cfg.run,
-                start_step,
-                total,
-            )
-
-        with _no_interrupts():
-            ckpt_cb.model = model
-            ckpt_cb.save()
-        if do_eval:
-            after = evaluate_model(
-                model, eval_venv, cfg.trainer.eval_episodes, cfg.trainer.eval_deterministic
-            )
-            eval_summaries["after"] = {"step": int(model.num_timesteps), **after}
-            _record_eval(logger, after, int(model.num_timesteps))
-            atomic_write_text(paths.eval, json.dumps(eval_summaries, indent=2, default=float))
-        final_meta = metadata(model)
-        if league_cb is not None:
-            final_meta["league_elo"] = league_cb.learner_elo
-        # Not an earlier session's evaluation (this one ran none): it would be credited to another model.
-        if eval_summaries.get("after", {}).get("step") == int(model.num_timesteps):
-            final_meta.update(
-                {
-                    f"eval_{k}": v
-                    for k, v in eval_summaries["after"].items()
-                    if k != "per_npc" and not isinstance(v, dict)
-                }
-            )
-        with _no_interrupts():
-            atomic_save(model, paths.final, final_meta)
-        artifact = (
-            _log_wandb_model(wandb_run, cfg, paths, final_meta)
-            if wandb_run is not None and cfg.wandb.log_model
-            else None
-        )
-        logger.close()
-
-        elapsed = time.time() - t0
-        lines = [f"{PROG}: finished {cfg.run} at step {model.num_timesteps} in {_fmt_duration(elapsed)}"]
-        for when in ("before", "after"):
-            if when in eval_summaries:
-                lines.append(f"  {when} training (step {eval_summaries[when]['step']}), vs the NPC:")
-                lines.append(format_summary(eval_summaries[when], "    "))
-        lines.append(
-            f"  final model: {paths.final} (as the next NPC: "
-            f"trainer.dual_policy.checkpoint_npc.uri=file://{paths.final})"
-        )
-        if artifact is not None:
-            lines.append(
-                f"  wandb model artifact: {artifact['uri']}"
-                + (" (offline: 'wandb sync' the run first)" if artifact["mode"] == "offline" else "")
-            )
-        lines.append(
-            f"  learning curve: npc-plot {paths.root}   TensorBoard: tensorboard --logdir {paths.tensorboard}"
-        )
-        print("\n".join(lines), flush=True)
-        return {
-            "paths": paths,
-            "step": int(model.num_timesteps),
-            "eval": eval_summaries,
-            "artifact": artifact,
-            "metadata": final_meta,
-            "seconds": elapsed,
-        }
-    finally:
-        for v in (venv, eval_venv):
-            if v is not None:
-                try:
-                    v.close()
-                except Exception as e:  # a worker killed by Ctrl-C must not hide the real outcome
-                    log.debug("closing env: %s", e)
-        if wandb_run is not None:
-            wandb_run.finish()
-            # finish() leaves TensorBoard patched (sync_tensorboard), so the next run in this process
-            # (npc-train -m, train() called again) would get wandb's "several event log directories" warning.
-            import wandb
-
-            wandb.tensorboard.unpatch()
-
-
 # --------------------------------------------------------------------------- entry point
 def _debug() -> bool:
     return bool(os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("NPC_WRAPPER_DEBUG"))
 
 
 def _task(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         # Each job of a sweep gets its own run directory: runs/<run>/<job number>.
@@ -880,47 +429,16 @@ def _task(cfg: DictConfig) -> None:
         raise SystemExit(130) from None
 
 
-#: Hydra flags that take a value; anything else starting with '-' is left to Hydra alone.
-_VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
-
-
-def _precheck(argv: Sequence[str]) -> None:
-    """Compose the config once before Hydra does, so a bad override fails with one line."""
-    overrides: list[str] = []
-    extra_dirs: list[str] = []
-    config_name = "config"
-    it = iter(argv)
-    for arg in it:
-        flag, eq, inline = arg.partition("=")
-        if flag in _VALUE_FLAGS:
-            value = inline if eq else next(it, "")
-            if flag in ("--config-dir", "-cd"):
-                extra_dirs.append(value)
-            elif flag in ("--config-name", "-cn"):
-                config_name = value
-            else:
-                return  # a different primary config directory: leave it all to Hydra
-        elif arg.startswith("-"):
-            return  # --help, --cfg, --multirun...: Hydra's own behaviour
-        else:
-            overrides.append(arg)
-    cfg = compose_config(overrides, config_name=config_name, extra_dirs=extra_dirs)
-    # Before Hydra creates the output directory and anything is built.
-    _check_numbers(cfg)
-    _check_options(cfg)
-    dual_policy_config(cfg)
-    league_config(cfg)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point of ``npc-train`` (Hydra overrides on the command line)."""
-    import hydra
+    """Console entry point of ``npc-train`` (Hydra overrides on the command line).
 
+    :param argv: the arguments (default: ``sys.argv[1:]``)
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         register_configs()
         cdir = config_dir()
-        _precheck(argv)
+        precheck(argv)
     except CLIError as e:
         if _debug():
             raise

@@ -15,7 +15,7 @@ from tests.envs import RecordingEnvFactory as EnvFactory
 from tests.envs import ScriptedParallelEnv
 
 
-def make(factory: Any, num_envs: int = 2, **kwargs: Any) -> nw.NPCVectorEnv:
+def make(factory: Any, num_envs: int = 2, **kwargs: Any) -> nw.GymnasiumVectorEnv:
     kwargs.setdefault("training_agents_pct", 0.67)
     kwargs.setdefault("npc", "noop")
     return nw.make_vector_env(factory, num_envs=num_envs, **kwargs)
@@ -23,8 +23,8 @@ def make(factory: Any, num_envs: int = 2, **kwargs: Any) -> nw.NPCVectorEnv:
 
 def test_spaces_and_shapes() -> None:
     envs = make(EnvFactory(), num_envs=3)
-    assert isinstance(envs, VectorEnv)
-    assert envs.num_envs == 6
+    assert isinstance(envs, VectorEnv) and isinstance(envs, nw.NPCVectorEnv)  # the former name, kept
+    assert envs.num_envs == 6 and envs.num_sub_envs == 3
     assert envs.single_observation_space == spaces.Box(-np.inf, np.inf, (4,), np.float32)
     assert envs.single_action_space == spaces.Discrete(4)
     assert envs.observation_space == spaces.Box(-np.inf, np.inf, (6, 4), np.float32)

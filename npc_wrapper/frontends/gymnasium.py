@@ -10,13 +10,13 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from npc_wrapper.engine import EPISODE_KEY, NPCEngine, one_per_env
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.engine import EPISODE_KEY, NPCEngine
+from npc_wrapper.frontends.base import FrontEnd
 
-__all__ = ["NPCVectorEnv"]
+__all__ = ["GymnasiumVectorEnv"]
 
 
-class NPCVectorEnv(VectorEnv):
+class GymnasiumVectorEnv(FrontEnd, VectorEnv):
     """PettingZoo parallel envs with NPCs, as a Gymnasium ``VectorEnv`` over the training agents.
 
     Each training agent of each sub-env is one vector index ("slot"), env-major.
@@ -34,7 +34,10 @@ class NPCVectorEnv(VectorEnv):
     For a slot whose agent died while its env plays on, "the next episode" is padding: zero
     observations and rewards, ``infos["npc_wrapper/padding"]`` set, until the env resets.
 
-    Build it with :func:`npc_wrapper.make_vector_env`.
+    Build it with :func:`npc_wrapper.make_vector_env`. ``npc_wrapper.NPCVectorEnv`` is its former name.
+
+    :param engine: the shared engine that steps the sub-envs and runs the NPCs
+    :param seed: the seed of the first ``reset()`` that is given none
 
     Example::
 
@@ -49,42 +52,22 @@ class NPCVectorEnv(VectorEnv):
         >>> envs.close()
     """
 
-    def __init__(self, engine: NPCEngine) -> None:
-        self.engine = engine
-        self.autoreset_mode = AutoresetMode.NEXT_STEP if engine.next_step_autoreset else AutoresetMode.SAME_STEP
+    def __init__(self, engine: NPCEngine, seed: int | None = None) -> None:
+        FrontEnd.__init__(self, engine)
         layout = engine.layout
-        self.num_envs = engine.num_slots
+        self.num_envs = engine.slots.num_slots
         self.single_observation_space = layout.observation_space
         self.single_action_space = layout.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
-        self.render_mode = engine.render_mode
         self.closed = False
-        self._slot_envs = [k // engine.n_train for k in range(engine.num_slots)]  # the sub-env of each slot
+        self._seed = seed  # make_vector_env's seed=, until the first reset
 
     @property
-    def training_agents(self) -> list[Any]:
-        """Agents driven by the trainer, in slot order within each env."""
-        return list(self.engine.layout.training)
-
-    @property
-    def npc_agents(self) -> list[Any]:
-        """Agents driven by NPC policies."""
-        return [a for g in self.engine.layout.groups for a in g.agents]
-
-    @property
-    def pools(self) -> list[Any]:
-        """The NPC pool of each NPC group."""
-        return self.engine.pools
-
-    def add_npc(self, policy: NPCPolicy, group: int = 0, weight: float | None = None) -> int:
-        """Add an NPC policy to a group's pool (see :meth:`NPCEngine.add_npc`); returns its index."""
-        return self.engine.add_npc(policy, group, weight)
-
-    def slot_alive(self) -> np.ndarray:
-        """Whether each slot's agent is alive now; ``False`` marks padding observations."""
-        return self.engine.slot_alive()
+    def autoreset_mode(self) -> AutoresetMode:
+        """The engine's autoreset mode (also in ``metadata["autoreset_mode"]``)."""
+        return self.engine.autoreset_mode
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -93,16 +76,19 @@ class NPCVectorEnv(VectorEnv):
 
         :param seed: an int seeds PettingZoo env ``i`` with ``seed + i`` and the NPCs with ``seed``; a
             list gives one seed per PettingZoo env (``num_envs // n_train``), or one per slot with
-            equal seeds within each env's slots
+            equal seeds within each env's slots. The first reset given none takes ``make_vector_env``'s
+            ``seed``.
         :param options: passed to every reset env's ``reset``; ``"reset_mask"`` (bool array, one per
             slot, equal within each env's slots) resets only those envs, as in Gymnasium
         """
         engine = self.engine
-        E, n = engine.num_envs, engine.n_train
+        E = engine.num_envs
+        if seed is None:
+            seed = self._seed
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(E)]
         else:
-            seeds = one_per_env(list(seed), E, n, "reset(seed=[...])", per_env_ok=True)
+            seeds = self._slots.one_per_env(list(seed), "reset(seed=[...])", per_env_ok=True)
         options = dict(options) if options else {}
         mask = options.pop("reset_mask", None)
         if mask is not None:
@@ -110,6 +96,7 @@ class NPCVectorEnv(VectorEnv):
         if isinstance(seed, (int, np.integer)) and mask is None:
             self._np_random, self._np_random_seed = seeding.np_random(int(seed))
         obs, slot_infos = engine.reset(seeds, [options or None] * E, mask)
+        self._seed = None
         return obs, self._batch_infos([(k, info) for k, info in enumerate(slot_infos) if info])
 
     def _env_mask(self, mask: Any) -> np.ndarray:
@@ -124,8 +111,7 @@ class NPCVectorEnv(VectorEnv):
         if not mask.any():
             raise ValueError(f"options['reset_mask'] must contain at least one True value, got {mask}")
         # A PettingZoo env is reset whole: its slots' entries must agree.
-        return np.array(one_per_env(mask.tolist(), self.engine.num_envs, self.engine.n_train,
-                                    "options['reset_mask']"), dtype=bool)
+        return np.array(self._slots.one_per_env(mask.tolist(), "options['reset_mask']"), dtype=bool)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)
@@ -168,22 +154,18 @@ class NPCVectorEnv(VectorEnv):
     def render(self) -> tuple[Any, ...]:
         """One frame per slot, as Gymnasium's vector envs return: each sub-env is rendered once and its
         frame given to each of its slots."""
-        return tuple(self.engine.for_envs(self._slot_envs, self.engine.render))
+        return tuple(self._render_each(self._slots.env_of))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on the PettingZoo env behind each slot (found through its wrappers), once per
         sub-env, its result given to each of its slots. A ``name`` that is not callable is returned
         as it is, as in Gymnasium."""
-        backend = self.engine.backend
-        return tuple(
-            self.engine.for_envs(self._slot_envs, lambda e: backend.call(e, name, args, kwargs, or_get=True))
-        )
+        return tuple(self._call_each(self._slots.env_of, name, args, kwargs, or_get=True))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Attribute ``name`` of the PettingZoo env behind each slot, from the outermost of its wrappers
         that has it (as ``get_wrapper_attr``); each sub-env is read once."""
-        backend = self.engine.backend
-        return tuple(self.engine.for_envs(self._slot_envs, lambda e: backend.get_attr(e, name)))
+        return tuple(self._get_each(self._slots.env_of, name))
 
     def set_attr(self, name: str, values: Any) -> None:
         """Set ``name`` on each sub-env, on the wrapper that owns it (as ``set_wrapper_attr``), or on
@@ -192,13 +174,12 @@ class NPCVectorEnv(VectorEnv):
         :param values: one value for all, or a list/tuple of one per slot; a sub-env has one
             attribute, so its slots' values must be equal
         """
-        E, n_train = self.engine.num_envs, self.engine.n_train
+        E = self.engine.num_envs
         if isinstance(values, (list, tuple)):
-            per_env = one_per_env(values, E, n_train, f"set_attr({name!r})")
+            per_env = self._slots.one_per_env(values, f"set_attr({name!r})")
         else:
             per_env = [values] * E
-        backend = self.engine.backend
-        self.engine.for_envs(range(E), lambda e: backend.set_attr(e, name, per_env[e]))
+        self._set_each(range(E), name, per_env)
 
     def close_extras(self, **kwargs: Any) -> None:
         self.engine.close()
@@ -209,7 +190,7 @@ class _Irregular(Exception):
 
 
 def _batch_level(items: list[tuple[int, Any]], n: int) -> dict[str, Any]:
-    """One level of :meth:`NPCVectorEnv._batch_infos`: Gymnasium's ``_add_info`` rules (``final_obs``
+    """One level of :meth:`GymnasiumVectorEnv._batch_infos`: Gymnasium's ``_add_info`` rules (``final_obs``
     as an object array, dicts recursively, arrays typed by a key's first value, a ``_key`` mask per
     key, keys in order of first appearance), each value assigned in the order ``_add_info`` would."""
     groups: dict[str, list[tuple[int, Any]]] = {}

@@ -11,13 +11,13 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn, tile_images
 
-from npc_wrapper.engine import NPCEngine, one_per_env
-from npc_wrapper.policies import NPCPolicy
+from npc_wrapper.engine import NPCEngine
+from npc_wrapper.frontends.base import FrontEnd
 
-__all__ = ["NPCVecEnv"]
+__all__ = ["SB3VecEnv"]
 
 
-class NPCVecEnv(VecEnv):
+class SB3VecEnv(FrontEnd, VecEnv):
     """PettingZoo parallel envs with NPCs, as an SB3 ``VecEnv`` over the training agents only.
 
     Slot ``k`` is training agent ``k % n_train`` of sub-env ``k // n_train``. An env is reset
@@ -26,7 +26,7 @@ class NPCVecEnv(VecEnv):
     ``info["episode"]``. Dead agents' slots return zeros with ``info["npc_wrapper/padding"]``
     until their env resets.
 
-    Build it with :func:`npc_wrapper.make_vec_env`.
+    Build it with :func:`npc_wrapper.make_vec_env`. ``npc_wrapper.NPCVecEnv`` is its former name.
 
     Example::
 
@@ -44,50 +44,24 @@ class NPCVecEnv(VecEnv):
         >>> venv.close()
 
     :param engine: the shared engine that steps the sub-envs and runs the NPCs
+    :param seed: the seed of the first ``reset()`` (see :meth:`seed`)
     """
 
-    def __init__(self, engine: NPCEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: NPCEngine, seed: int | None = None) -> None:
+        FrontEnd.__init__(self, engine)
         layout = engine.layout
-        super().__init__(engine.num_slots, layout.observation_space, layout.action_space)
+        VecEnv.__init__(self, engine.slots.num_slots, layout.observation_space, layout.action_space)
         self.metadata = engine.metadata
         self.render_mode = engine.render_mode
         self._actions: np.ndarray | None = None
-
-    @property
-    def training_agents(self) -> list[Any]:
-        """Agents driven by the trainer, in slot order within each env."""
-        return list(self.engine.layout.training)
-
-    @property
-    def npc_agents(self) -> list[Any]:
-        """Agents driven by NPC policies."""
-        return [a for g in self.engine.layout.groups for a in g.agents]
-
-    @property
-    def num_sub_envs(self) -> int:
-        """Number of PettingZoo envs (``num_envs`` is the number of slots, as SB3 counts)."""
-        return self.engine.num_envs
-
-    @property
-    def pools(self) -> list[Any]:
-        """The NPC pool of each NPC group (see :class:`npc_wrapper.NPCPool`)."""
-        return self.engine.pools
-
-    def add_npc(self, policy: NPCPolicy, group: int = 0, weight: float | None = None) -> int:
-        """Add an NPC policy to a group's pool (see :meth:`NPCEngine.add_npc`); returns its index."""
-        return self.engine.add_npc(policy, group, weight)
-
-    def slot_alive(self) -> np.ndarray:
-        """Whether each slot's agent is alive now; ``False`` marks padding observations."""
-        return self.engine.slot_alive()
+        if seed is not None:
+            self.seed(seed)
 
     def reset(self) -> np.ndarray:
         """Reset every sub-env, with the seeds of :meth:`seed` and the options of ``set_options``
         (each sub-env takes its first slot's; they must be equal within a sub-env's slots)."""
-        n = self.engine.n_train
-        seeds = [self._seeds[k * n] for k in range(self.engine.num_envs)]
-        options = one_per_env([o or None for o in self._options], self.engine.num_envs, n, "set_options")
+        seeds = self._slots.first_of_env(self._seeds)
+        options = self._slots.one_per_env([o or None for o in self._options], "set_options")
         obs, infos = self.engine.reset(seeds, options)
         self.reset_infos = infos
         self._reset_seeds()
@@ -117,7 +91,7 @@ class NPCVecEnv(VecEnv):
         """Seed sub-env ``i`` with ``seed + i`` (and the NPCs with ``seed``) at the next ``reset()``."""
         if seed is None:
             seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
-        self._seeds = [seed + k // self.engine.n_train for k in range(self.num_envs)]
+        self._seeds = [seed + e for e in self._slots.env_of]
         return self._seeds
 
     def close(self) -> None:
@@ -131,7 +105,7 @@ class NPCVecEnv(VecEnv):
                 "to obtain images."
             )
             return [None] * self.num_envs
-        return self.engine.for_envs(self._sub_envs(None), self.engine.render)
+        return self._render_each(self._sub_envs(None))
 
     def render(self, mode: str | None = None) -> np.ndarray | None:
         """With ``render_mode="rgb_array"``, ``render("rgb_array")`` tiles one image per sub-env (not
@@ -139,7 +113,7 @@ class NPCVecEnv(VecEnv):
         ``render("human")`` shows that tiling with OpenCV, as SB3 does; other modes go through SB3's
         ``VecEnv.render``."""
         if self.render_mode == "rgb_array" and (mode or self.render_mode) in ("rgb_array", "human"):
-            image = tile_images(self.engine.for_envs(range(self.engine.num_envs), self.engine.render))
+            image = tile_images(self._render_each(range(self.engine.num_envs)))
             if mode != "human":
                 return image
             import cv2  # SB3's own choice for showing rgb_array frames; only needed here
@@ -158,30 +132,25 @@ class NPCVecEnv(VecEnv):
                 raise IndexError(
                     f"slot index {k} is out of range: there are {n} slots, so use {-n} <= index < {n}"
                 )
-            envs.append(int(k) % n // self.engine.n_train)
+            envs.append(self._slots.env(int(k) % n))
         return envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """Attribute of the PettingZoo env behind each slot, from the outermost of its wrappers that has
         it (as ``get_wrapper_attr``); each sub-env is read once."""
-        backend = self.engine.backend
-        return self.engine.for_envs(self._sub_envs(indices), lambda e: backend.get_attr(e, attr_name))
+        return self._get_each(self._sub_envs(indices), attr_name)
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set an attribute on the PettingZoo env behind each slot (each sub-env once), on the wrapper
         that owns it (as ``set_wrapper_attr``), or on the outermost if none does."""
-        backend = self.engine.backend
-        self.engine.for_envs(self._sub_envs(indices), lambda e: backend.set_attr(e, attr_name, value))
+        self._set_each(self._sub_envs(indices), attr_name, [value] * self.engine.num_envs)
 
     def env_method(
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
     ) -> list[Any]:
         """Call a method of the PettingZoo env behind each slot: once per sub-env, its result given to
         each of the sub-env's slots."""
-        backend = self.engine.backend
-        return self.engine.for_envs(
-            self._sub_envs(indices), lambda e: backend.call(e, method_name, method_args, method_kwargs)
-        )
+        return self._call_each(self._sub_envs(indices), method_name, method_args, method_kwargs)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """Whether the env behind each slot, or an env it wraps, is a ``wrapper_class``.

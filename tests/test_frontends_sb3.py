@@ -24,7 +24,7 @@ from tests.envs import RecordingEnvFactory as EnvFactory
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
 
 
-def make(factory: EnvFactory, num_envs: int = 2, **kwargs: Any) -> nw.NPCVecEnv:
+def make(factory: EnvFactory, num_envs: int = 2, **kwargs: Any) -> nw.SB3VecEnv:
     kwargs.setdefault("training_agents_pct", 0.67)
     kwargs.setdefault("npc", "noop")
     return nw.make_vec_env(factory, num_envs=num_envs, **kwargs)
@@ -32,7 +32,7 @@ def make(factory: EnvFactory, num_envs: int = 2, **kwargs: Any) -> nw.NPCVecEnv:
 
 def test_is_a_vec_env_with_the_training_agents_spaces() -> None:
     venv = make(EnvFactory())
-    assert isinstance(venv, VecEnv)
+    assert isinstance(venv, VecEnv) and isinstance(venv, nw.NPCVecEnv)  # the former name, kept
     assert venv.num_envs == 4 and venv.num_sub_envs == 2
     check_for_correct_spaces(venv, ScriptedParallelEnv(obs_shape=(4,)).observation_space("a_0"),
                              gymnasium.spaces.Discrete(4))

@@ -1,0 +1,229 @@
+"""Where the ``npc-train`` configs live and how they are composed, checked against the schema and explained.
+
+Config files live in the repository's top-level ``configs/`` directory. A source checkout (and an
+editable install) reads them from there; a regular install ships a copy as wheel data files under
+``<prefix>/share/npc-wrapper/configs``, found through the installed distribution's file list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    ValidationError,
+)
+
+from npc_wrapper.cli.errors import CLIError, one_line
+from npc_wrapper.cli.schema import TrainConfig
+from npc_wrapper.config import DualPolicyConfig
+from npc_wrapper.league import LeagueConfig
+
+__all__ = [
+    "DATA_DIR",
+    "config_dir",
+    "data_path",
+    "register_configs",
+    "compose_config",
+    "check_schema",
+    "explain_config_error",
+    "dual_policy_config",
+    "league_config",
+]
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+#: The shipped default NPC checkpoint(s).
+DATA_DIR = PACKAGE_ROOT / "data"
+
+
+def config_dir() -> Path:
+    """The directory holding ``config.yaml`` and the ``env/``, ``trainer/``, ``user/`` groups.
+
+    ``NPC_WRAPPER_CONFIG_DIR`` wins when set; then the source checkout's ``configs/``; then the
+    copy installed with the package.
+    """
+    env = os.environ.get("NPC_WRAPPER_CONFIG_DIR")
+    if env:
+        return Path(env).resolve()
+    source = PACKAGE_ROOT.parent / "configs"
+    if (source / "config.yaml").is_file():
+        return source
+    for installed in _installed_config_dirs():
+        if (installed / "config.yaml").is_file():
+            return installed
+    raise CLIError(
+        "cannot find the npc-wrapper config files (configs/config.yaml): reinstall the package, or point "
+        "NPC_WRAPPER_CONFIG_DIR at a copy of the repository's configs/ directory"
+    )
+
+
+def _installed_config_dirs() -> list[Path]:
+    """Where an install may have put the configs: the distribution's own record of the file, then the
+    data directories of the interpreter's install schemes (venv/system, user), then ``--target`` layouts."""
+    rel = Path("share", "npc-wrapper", "configs")
+    found: list[Path] = []
+    try:
+        files = importlib.metadata.distribution("npc-wrapper").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    recorded = f"{rel.as_posix()}/config.yaml"
+    found += [Path(f.locate()).resolve().parent for f in files if f.as_posix().endswith(recorded)]
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            data = sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")
+            found.append(Path(data) / rel)
+        except KeyError:
+            pass
+    found.append(PACKAGE_ROOT.parent / rel)
+    return found
+
+
+def data_path(name: str) -> str:
+    """Absolute path of a file shipped in ``npc_wrapper/data`` (the ``${npc_data:NAME}`` resolver).
+
+    A missing file is not an error here: the NPC check reports it only when the NPC is used.
+    """
+    return str(DATA_DIR / name)
+
+
+_registered = False
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore and the ``${npc_data:NAME}`` resolver (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    ConfigStore.instance().store(name="npc_train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("npc_data"):
+        OmegaConf.register_new_resolver("npc_data", data_path)
+    _registered = True
+
+
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "config", extra_dirs: Sequence[str] = ()
+) -> DictConfig:
+    """Compose the ``npc-train`` config with Hydra's compose API (no run directory, no logging set-up).
+
+    :param overrides: command-line style overrides (``trainer.total_timesteps=1000``)
+    :param config_name: primary config file name, without ``.yaml``
+    :param extra_dirs: more config directories searched before the shipped ones (``--config-dir``)
+    :raises CLIError: with a one-line message on an unknown key, a bad value or a missing group option
+    """
+    register_configs()
+    overrides = list(overrides)
+    if extra_dirs:
+        overrides.append(
+            f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in extra_dirs)}]"
+        )
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except CLIError:
+        raise
+    except Exception as e:
+        raise CLIError(explain_config_error(e)) from e
+    check_schema(cfg)
+    return cfg
+
+
+def check_schema(cfg: DictConfig) -> None:
+    """Every key of ``cfg`` must be in the schema: ``+key=value`` overrides and config files can add
+    keys that Hydra's struct mode lets through.
+
+    :param cfg: a composed config
+    :raises CLIError: naming the key
+    """
+    try:
+        # A plain container: merging the typed nodes themselves would carry the added keys along.
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, resolve=False))
+    except Exception as e:
+        raise CLIError(explain_config_error(e)) from e
+
+
+def explain_config_error(e: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error, naming the key and what to do.
+
+    :param e: the error Hydra or OmegaConf raised
+    """
+    cause = e.__cause__ or e
+    full_key = getattr(cause, "full_key", None)
+    first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        if _in_free_mapping(str(full_key)):
+            dotted = str(full_key).replace("[", ".").replace("]", "")  # the override grammar's form
+            return (
+                f"config key '{full_key}' is not set yet: add it with '+{dotted}=VALUE' "
+                "(keys of free-form mappings such as hyperparameters or factory arguments need the '+')"
+            )
+        return (
+            f"unknown config key '{full_key}': check its spelling ('npc-train --cfg job' prints every key "
+            "and the README describes them)"
+        )
+    if isinstance(cause, ValidationError) and full_key:
+        return f"bad value for '{full_key}': {first}"
+    if isinstance(cause, InterpolationResolutionError):
+        inner = cause.__cause__
+        return one_line(f"{first.split(':')[0]}: {inner}" if isinstance(inner, CLIError) else str(cause))
+    text = str(e)
+    if "Could not find" in text:
+        # Keep "Could not find 'env/nope'" and the available options; drop the search path dump.
+        keep = [
+            ln.strip()
+            for ln in text.splitlines()
+            if ln.strip() and not ln.startswith("\tprovider=") and not ln.startswith("Config search path")
+        ]
+        return one_line(" ".join(keep))
+    return one_line(text)
+
+
+def _in_free_mapping(full_key: str) -> bool:
+    """Whether ``full_key`` lies under a schema node that takes any key (``trainer.hyperparameters``,
+    ``env.factory``...), where a new key needs ``+``, rather than under a fixed schema."""
+    node: Any = OmegaConf.structured(TrainConfig)
+    for part in full_key.split(".")[:-1]:
+        name = part.split("[")[0]
+        if not (isinstance(node, DictConfig) and dataclasses.is_dataclass(node._metadata.object_type)):
+            return True  # below a dict, a list or an Any node
+        if name not in node.keys():  # keys(), since `in` is False for a MISSING value such as env.factory
+            return False  # a misspelt parent
+        node = node._get_node(name)
+        if "[" in part:
+            return True
+    return not (isinstance(node, DictConfig) and dataclasses.is_dataclass(node._metadata.object_type))
+
+
+def league_config(cfg: DictConfig) -> LeagueConfig:
+    """The ``trainer.league`` block, validated.
+
+    :param cfg: a composed config
+    :raises CLIError: naming the key to fix
+    """
+    try:
+        return LeagueConfig.from_dict(cfg.trainer.league)
+    except ValueError as e:
+        raise CLIError(f"trainer.league: {one_line(e)}") from e
+
+
+def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:
+    """The ``trainer.dual_policy`` block, validated.
+
+    :param cfg: a composed config
+    :raises CLIError: naming the key to fix
+    """
+    try:
+        return DualPolicyConfig.from_dict(cfg.trainer.dual_policy, where="trainer.dual_policy")
+    except ValueError as e:
+        raise CLIError(str(e)) from e
