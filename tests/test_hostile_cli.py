@@ -118,7 +118,6 @@ def test_npc_eval_of_a_checkpoint_runs_no_code_from_a_config_above_it(
     assert not marker.exists()
 
 
-@xfail14("finding 2: the README's safety section omits pkg.module:callable")
 def test_readme_safety_section_says_what_is_code() -> None:
     """Run configs and ``pkg.module:callable`` URIs (which import modules) are code; the section says so."""
     readme = (REPO / "README.md").read_text()
