@@ -21,8 +21,8 @@ def _act(policy: nw.NPCPolicy, obs: np.ndarray) -> np.ndarray:
 
 
 def _decoded(policy: nw.TorchPolicy, out: torch.Tensor) -> np.ndarray:
-    """The actions ``policy`` reads from the module output ``out`` (the finiteness column checked)."""
-    return _checked_actions(policy._to_actions(out).numpy(), policy.action_space.shape, policy)
+    """The actions ``policy`` reads from the module output ``out`` (NaN rows refused)."""
+    return _checked_actions(policy._to_actions(out).numpy(), policy.action_space, policy)
 
 
 def test_torchscript_module_is_accepted_directly_and_frozen() -> None:
