@@ -57,7 +57,7 @@ LAYERS = [
     ["npcs.pool"],
     ["npcs.policies"],
     ["npcs.device", "npcs"],
-    ["agents", "config", "errors"],
+    ["agents", "arguments", "config", "errors", "memory"],
 ]
 
 
