@@ -65,14 +65,17 @@ def _to_plain(d: Any, what: str) -> dict[str, Any]:
     return dict(d)
 
 
-def _check_keys(d: Mapping[str, Any], cls: type, what: str) -> None:
+def _config_dict(d: Any, cls: type, what: str) -> dict[str, Any]:
+    """``d`` as a plain dict (see :func:`_to_plain`) whose keys are all fields of ``cls``."""
+    plain = _to_plain(d, what)
     known = [f.name for f in fields(cls)]
-    unknown = [k for k in d if k not in known]
+    unknown = [k for k in plain if k not in known]
     if unknown:
         raise ValueError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {what}; known "
             f"keys: {', '.join(known)}"
         )
+    return plain
 
 
 def _is_int(x: Any) -> bool:
@@ -200,8 +203,7 @@ class CheckpointConfig:
         :param d: the ``checkpoint_npc`` block
         :param where: the config path used in messages
         """
-        plain = _to_plain(d, where)
-        _check_keys(plain, cls, where)
+        plain = _config_dict(d, cls, where)
         if plain.get("weights") is not None:
             plain["weights"] = list(plain["weights"])
         if plain.get("policy_kwargs") is None:
@@ -275,8 +277,7 @@ class DualPolicyConfig:
         :param d: the ``dual_policy`` block
         :param where: the config path used in messages
         """
-        plain = _to_plain(d, where)
-        _check_keys(plain, cls, where)
+        plain = _config_dict(d, cls, where)
         npc = plain.get("checkpoint_npc")
         if npc is None:
             plain.pop("checkpoint_npc", None)
@@ -356,8 +357,7 @@ class LeagueConfig:
         :param d: the ``league`` block
         :param where: the config path used in messages
         """
-        plain = _to_plain(d, where)
-        _check_keys(plain, cls, where)
+        plain = _config_dict(d, cls, where)
         cfg = cls(**plain)
         cfg.validate(where)
         return cfg

@@ -144,15 +144,13 @@ def test_an_argument_out_of_range_is_a_value_error_naming_it(argument: str, valu
     one_line_naming(str(exc.value), argument)
 
 
-@pytest.mark.parametrize("make", [nw.make_vec_env, nw.make_vector_env], ids=["sb3", "gymnasium"])
 @pytest.mark.parametrize("device", ["cudax", "tpu", 7])
-def test_a_bad_device_is_refused_even_when_no_npc_uses_it(make: Any, device: Any) -> None:
+def test_a_bad_device_is_refused_even_when_no_npc_uses_it(make_venv: Any, device: Any) -> None:
     with pytest.raises((TypeError, ValueError)) as exc:
-        make(ScriptedParallelEnv, npc="random", device=device).close()
+        make_venv(ScriptedParallelEnv, npc="random", device=device).close()
     one_line_naming(str(exc.value), "device")
 
 
-@pytest.mark.parametrize("make", [nw.make_vec_env, nw.make_vector_env], ids=["sb3", "gymnasium"])
 @pytest.mark.parametrize(
     "actions",
     [
@@ -163,10 +161,10 @@ def test_a_bad_device_is_refused_even_when_no_npc_uses_it(make: Any, device: Any
     ],
     ids=["bool", "complex", "complex-fraction", "object"],
 )
-def test_actions_of_a_non_numeric_dtype_are_refused_naming_it(make: Any, actions: np.ndarray) -> None:
-    venv = make(LAX, num_envs=2, device="cpu")
+def test_actions_of_a_non_numeric_dtype_are_refused_naming_it(make_venv: Any, actions: np.ndarray) -> None:
+    venv = make_venv(LAX, num_envs=2, device="cpu")
     try:
-        if make is nw.make_vec_env:
+        if make_venv is nw.make_vec_env:
             venv.reset()
         else:
             venv.reset(seed=0)

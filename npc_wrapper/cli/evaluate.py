@@ -225,7 +225,7 @@ def evaluate(
             return learner.act(obs, rows, episode_start)
 
         try:
-            summary = play_episodes(act, venv, episodes, len(venv.training_agents)).summary()
+            summary = play_episodes(act, venv, episodes).summary()
         except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
             raise CLIError(f"{e} (env.factory)") from e
         summary.update(

@@ -63,9 +63,8 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
         )
         return actions
 
-    n_train = len(venv.training_agents)
     try:
-        return play_episodes(act, venv, episodes, n_train).summary()
+        return play_episodes(act, venv, episodes).summary()
     except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
         raise CLIError(f"evaluation: {e} (env.factory), or set trainer.eval_episodes=0") from e
 

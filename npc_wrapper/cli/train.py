@@ -158,7 +158,7 @@ def _make_callbacks(
     """Metrics, periodic checkpoints, the league (when enabled) and W&B (when it runs)."""
     has_npc = bool(venv.npc_agents)
     metrics = NPCMetricsCallback(
-        len(venv.training_agents),
+        venv.slots,
         has_npc,
         window=getattr(model, "_stats_window_size", 100),
         report=_progress_report(cfg, int(model.num_timesteps), has_npc),

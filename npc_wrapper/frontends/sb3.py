@@ -62,8 +62,8 @@ class SB3VecEnv(FrontEnd, VecEnv):
         """Reset every sub-env, with the seeds of :meth:`seed` and the options of ``set_options``
         (each sub-env takes its first slot's; they must be equal within a sub-env's slots)."""
         self._actions = None  # a step_async without its step_wait is abandoned, as the envs start anew
-        seeds = self._slots.first_of_env(self._seeds)
-        options = self._slots.one_per_env([o or None for o in self._options], "set_options")
+        seeds = self.slots.first_of_env(self._seeds)
+        options = self.slots.one_per_env([o or None for o in self._options], "set_options")
         obs, infos = self.engine.reset(seeds, options)
         self.reset_infos = infos
         self._reset_seeds()
@@ -100,7 +100,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
         if seed is None:
             seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
         check_seed(seed)
-        self._seeds = [seed + e for e in self._slots.env_of]
+        self._seeds = [seed + e for e in self.slots.env_of]
         return self._seeds
 
     def close(self) -> None:
@@ -141,7 +141,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
                 raise IndexError(
                     f"slot index {k} is out of range: there are {n} slots, so use {-n} <= index < {n}"
                 )
-            envs.append(self._slots.env(int(k) % n))
+            envs.append(self.slots.env(int(k) % n))
         return envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

@@ -173,7 +173,7 @@ def _play(
 
         learner.reset(venv.num_envs, seed)
         try:
-            stats = play_episodes(act, venv, episodes, venv.engine.n_train, max_steps)
+            stats = play_episodes(act, venv, episodes, max_steps=max_steps)
         except NoEpisodeEnds as e:
             raise NoEpisodeEnds(
                 f"round_robin: no episode ended in the last max_steps={e.steps} vector steps ({e.played} of "
