@@ -9,10 +9,10 @@ NPC inference stays batched in this process with every backend.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 from npc_wrapper.agents import AgentLayout
-from npc_wrapper.ray_workers import RayBackend, check_worker_resources, require_ray
 from npc_wrapper.workers import Backend, EnvFn, InProcessBackend, WorkerBackend
 
 __all__ = ["BACKENDS", "check_backend", "make_backend"]
@@ -61,8 +61,9 @@ def check_backend(
                 f"{prefix}start_method={start_method!r} applies to {prefix}backend='process' only (Ray "
                 f"starts its own worker processes); leave {prefix}start_method out"
             )
-        check_worker_resources(worker_resources, prefix)
-        require_ray()
+        ray_workers = _ray_workers()
+        ray_workers.check_worker_resources(worker_resources, prefix)
+        ray_workers.require_ray()
         return
     for name, value in (("ray_address", ray_address), ("worker_resources", worker_resources)):
         if value is not None:
@@ -70,6 +71,14 @@ def check_backend(
                 f"{prefix}{name}={value!r} applies to {prefix}backend='ray' only; pass {prefix}backend='ray' "
                 f"(with {prefix}num_workers >= 1) or leave {prefix}{name} out"
             )
+
+
+def _ray_workers() -> ModuleType:
+    """The Ray backend's module, imported only when a Ray backend is asked for: it imports ray, which
+    takes about 0.7 s (every ``import npc_wrapper``, worker processes included, would pay it)."""
+    import npc_wrapper.ray_workers  # optional: the ray extra
+
+    return npc_wrapper.ray_workers
 
 
 def make_backend(
@@ -96,7 +105,7 @@ def make_backend(
         return InProcessBackend(envs, layout, reset_when_training_agents_dead)
     probe.close()
     if backend == "ray":
-        return RayBackend(
+        return _ray_workers().RayBackend(
             env_fns, num_workers, layout, reset_when_training_agents_dead, ray_address, worker_resources,
             timeout_s=step_timeout,
         )
