@@ -119,7 +119,6 @@ def test_npc_eval_of_a_checkpoint_runs_no_code_from_a_config_above_it(
     assert not marker.exists()
 
 
-@xfail14("finding 2: the README's safety section omits pkg.module:callable")
 def test_readme_safety_section_says_what_is_code() -> None:
     """Run configs and ``pkg.module:callable`` URIs (which import modules) are code; the section says so."""
     readme = (REPO / "README.md").read_text()
@@ -143,7 +142,6 @@ def damage(kind: str, src: Path, dst: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "empty-zip", "damaged-policy", "damaged-data"])
-@xfail14("finding 5: resume picks a damaged latest checkpoint and fails")
 def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(
     base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
@@ -158,7 +156,6 @@ def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(
     assert any("WARNING" in line and "step_192.zip" in line for line in log.splitlines()), log[-3000:]
 
 
-@xfail14("finding 5: temporary files of a killed save are never removed")
 def test_stale_temporary_files_of_a_killed_save_are_removed_at_the_next_start(
     base_run: Path, tmp_path: Path
 ) -> None:
