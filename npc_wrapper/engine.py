@@ -19,11 +19,12 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
+from npc_wrapper.backends import check_backend, make_backend
 from npc_wrapper.joint_env import check_parallel_env
 from npc_wrapper.npcs.policies import ConstantPolicy, NPCPolicy, RandomPolicy, check_npc_policy
 from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.npcs.resolve import as_npc_policy
-from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
+from npc_wrapper.workers import Backend
 
 __all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
 
@@ -156,12 +157,16 @@ class NPCEngine:
         trusted: bool = False,
         start_method: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+        backend: str = "process",
+        ray_address: str | None = None,
+        worker_resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if not env_fns:
             raise ValueError("num_envs must be at least 1")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}")
+        check_backend(backend, num_workers, start_method, ray_address, worker_resources)
         self.num_envs = len(env_fns)
         probe = env_fns[0]()
         try:
@@ -174,15 +179,10 @@ class NPCEngine:
         except BaseException:
             probe.close()
             raise
-        if num_workers == 0:
-            self.backend: Backend = InProcessBackend(
-                [probe] + [fn() for fn in env_fns[1:]], self.layout, reset_when_training_agents_dead
-            )
-        else:
-            probe.close()
-            self.backend = WorkerBackend(
-                env_fns, num_workers, self.layout, reset_when_training_agents_dead, start_method
-            )
+        self.backend: Backend = make_backend(
+            backend, env_fns, probe, self.layout, num_workers, reset_when_training_agents_dead, start_method,
+            ray_address, worker_resources,
+        )
 
         layout = self.layout
         self.n_train = layout.n_train

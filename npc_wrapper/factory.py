@@ -67,6 +67,9 @@ def make_vec_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
 ) -> SB3VecEnv:
     """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
@@ -83,14 +86,23 @@ def make_vec_env(
     :param training_agents_pct: fraction of each env's agents that train, in ``[0, 1]``
     :param training_agents: names or glob patterns of the training agents (overrides the fraction)
     :param seed: seed for the first ``reset()`` (sub-env ``i`` gets ``seed + i``)
-    :param num_workers: worker processes stepping the envs (0: in this process); NPC inference
-        always runs batched in this process
+    :param num_workers: workers stepping the envs, ``num_envs / num_workers`` each (0: in this
+        process); NPC inference always runs batched in this process
     :param device: where torch NPCs run; ``"auto"`` is CUDA when available
     :param reset_when_training_agents_dead: reset an env as soon as none of its training agents is alive
     :param deterministic_npc: NPCs take their most likely action instead of sampling
     :param trusted: allow checkpoint formats that run code, pickles and TorchScript (only for checkpoints
         you trust)
-    :param start_method: multiprocessing start method for the workers (platform default if ``None``)
+    :param start_method: multiprocessing start method for the worker processes (platform default if
+        ``None``)
+    :param backend: what a worker is: ``"process"``, a process on this machine, or ``"ray"``, a Ray actor
+        on a Ray cluster's nodes (``pip install 'npc-wrapper[ray]'``; needs ``num_workers >= 1``); both
+        give the same results for the same seeds
+    :param ray_address: the Ray cluster to connect to (``backend="ray"``); ``None``: the one this process
+        is connected to, else ``RAY_ADDRESS``, else a local Ray started for the env and stopped at
+        ``close()``
+    :param worker_resources: Ray resources each worker reserves (``backend="ray"``), e.g.
+        ``{"CPU": 2}``; ``None``: ``{"CPU": 1}``
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 
     Example::
@@ -108,7 +120,8 @@ def make_vec_env(
     engine = _engine(
         env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
-        deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
+        deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method, backend=backend,
+        ray_address=ray_address, worker_resources=worker_resources,
     )
     return SB3VecEnv(engine, seed)
 
@@ -127,6 +140,9 @@ def make_vector_env(
     trusted: bool = False,
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
 ) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
@@ -151,6 +167,7 @@ def make_vector_env(
         env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
-        autoreset_mode=autoreset_mode,
+        autoreset_mode=autoreset_mode, backend=backend, ray_address=ray_address,
+        worker_resources=worker_resources,
     )
     return GymnasiumVectorEnv(engine, seed)

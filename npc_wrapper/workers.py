@@ -30,7 +30,9 @@ from gymnasium.vector.async_vector_env import AsyncState
 from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
-__all__ = ["Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split"]
+__all__ = [
+    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split", "env_only_layout",
+]
 
 EnvFn = Callable[[], Any]
 
@@ -254,6 +256,15 @@ class JointBatchEnv(gym.Env):
             self.buffers, self.joints = _joint_envs(envs, self.layout, self.reset_when_training_agents_dead)
         return self.joints
 
+    @staticmethod
+    def reset_options(
+        seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None
+    ) -> dict[str, Any]:
+        """The ``options`` of :meth:`reset`: the whole vector's seeds, env options and reset mask (each
+        worker reads its own envs' part)."""
+        mask_list = None if mask is None else mask.tolist()
+        return {"seeds": list(seeds), "env_options": list(options), "mask": mask_list}
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         try:
             return self._reset(options or {})
@@ -369,6 +380,12 @@ def check_worker_split(num_envs: int, num_workers: int, prefix: str = "") -> Non
         )
 
 
+def env_only_layout(layout: AgentLayout) -> AgentLayout:
+    """``layout`` without its NPC specs: workers step envs only, so the NPC models and callables stay in
+    this process, unpickled and unsent."""
+    return dataclasses.replace(layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups))
+
+
 class WorkerBackend(Backend):
     """Sub-envs split evenly over ``num_workers`` processes.
 
@@ -389,10 +406,7 @@ class WorkerBackend(Backend):
         check_worker_split(n, num_workers)
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
-        # Workers step envs only: the NPC specs (models, callables) stay here, unpickled and unsent.
-        env_layout = dataclasses.replace(
-            layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups)
-        )
+        env_layout = env_only_layout(layout)
         batch_fns = [
             functools.partial(JointBatchEnv, env_fns[w * per:(w + 1) * per], w * per, env_layout,
                               reset_when_training_agents_dead)
@@ -455,11 +469,7 @@ class WorkerBackend(Backend):
         options: Sequence[dict[str, Any] | None],
         mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
-        request = {
-            "seeds": list(seeds),
-            "env_options": list(options),
-            "mask": None if mask is None else mask.tolist(),
-        }
+        request = JointBatchEnv.reset_options(seeds, options, mask)
         obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:
             self.buffers = self._views(obs)

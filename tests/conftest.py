@@ -17,6 +17,9 @@ import pytest
 # Headless / offline defaults; set before any test module imports wandb or pygame.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# The Ray clusters tests start stay on the loopback address (Ray otherwise binds its services to the
+# machine's network address); read by ray when it is imported, so set before any test imports it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Two cores shared by the envs, the trainer and (in some tests) worker processes: torch's default
 # thread pool oversubscribes them and slows SB3 training in tests many times over.

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import torch
 from omegaconf import DictConfig
 
+from npc_wrapper.backends import check_backend
 from npc_wrapper.checkpoints.uri import parse_uri
-from npc_wrapper.cli.config import compose_config, dual_policy_config, league_config
+from npc_wrapper.cli.config import backend_options, compose_config, dual_policy_config, league_config
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.config import DualPolicyConfig
 from npc_wrapper.errors import CheckpointError
@@ -72,6 +73,10 @@ def _check_options(cfg: DictConfig) -> None:
             f"wandb.mode={cfg.wandb.mode!r} is not one of {', '.join(WANDB_MODES)} (or null: online with an "
             "API key, else offline)"
         )
+    try:
+        check_backend(num_workers=cfg.trainer.num_workers, prefix="trainer.", **backend_options(cfg))
+    except (ValueError, ImportError) as e:
+        raise CLIError(str(e)) from e
     methods = multiprocessing.get_all_start_methods()
     if cfg.trainer.start_method is not None and cfg.trainer.start_method not in methods:
         raise CLIError(

@@ -39,6 +39,7 @@ __all__ = [
     "explain_config_error",
     "dual_policy_config",
     "league_config",
+    "backend_options",
 ]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +215,17 @@ def league_config(cfg: DictConfig) -> LeagueConfig:
         return LeagueConfig.from_dict(cfg.trainer.league)
     except ValueError as e:
         raise CLIError(f"trainer.league: {one_line(e)}") from e
+
+
+def backend_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` keys that say what the workers are, as ``make_vec_env``'s keyword arguments.
+
+    :param cfg: a composed config
+    """
+    t = cfg.trainer
+    resources = OmegaConf.to_container(t.worker_resources) or None  # empty: the backend's default
+    return {"backend": t.backend, "start_method": t.start_method, "ray_address": t.ray_address,
+            "worker_resources": resources}
 
 
 def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:
