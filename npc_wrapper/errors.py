@@ -91,7 +91,10 @@ class NoEpisodeEnds(RuntimeError):
 
 def corrupt_checkpoint(label: str | os.PathLike[str], e: BaseException) -> CheckpointError:
     """The error for a checkpoint file that cannot be read: ``label`` names it, ``e`` is what failed."""
-    detail = shorten(str(e).strip().splitlines()[0], 200) if str(e).strip() else ""
+    if isinstance(e, UnicodeDecodeError):  # its message quotes the file's bytes
+        detail = "not UTF-8 text"
+    else:
+        detail = shorten(str(e).strip().splitlines()[0], 200) if str(e).strip() else ""
     return CheckpointError(
         f"cannot read checkpoint {label}: the file is corrupt or truncated "
         f"({type(e).__name__}{': ' + detail if detail else ''}); re-save or re-download it. Nothing was "

@@ -25,7 +25,7 @@ from gymnasium import spaces
 import npc_wrapper as nw
 from npc_wrapper.checkpoints import CheckpointError, CheckpointLimitError, TrustRequiredError
 from npc_wrapper.checkpoints.bounded import MAX_DEPTH, MAX_PICKLE_OPS
-from npc_wrapper.checkpoints.store import remove_stale_temporaries
+from npc_wrapper.checkpoints.store import latest_checkpoint, remove_stale_temporaries
 from tests import hostile
 from tests.checkpoint_agents import MLPAgent
 from tests.hostile import ACT, OBS, one_line_naming
@@ -205,3 +205,11 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_checkpoint_too_large_to_check_is_still_the_latest(good_zip: Path, tmp_path: Path) -> None:
+    """Resume checks a run's own checkpoints within the default limits; one past them (a 300 MiB data,
+    as declared) is not damaged, so it is chosen, while a damaged one is skipped."""
+    hostile.padded_data_zip(good_zip, tmp_path / "step_200.zip", pad=300 * MiB)
+    hostile.empty_zip(tmp_path / "step_300.zip")
+    assert latest_checkpoint(tmp_path) == (200, tmp_path / "step_200.zip")

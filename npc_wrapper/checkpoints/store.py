@@ -25,7 +25,7 @@ from typing import Any
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from npc_wrapper.checkpoints.sb3 import check_sb3_zip
-from npc_wrapper.errors import CheckpointError
+from npc_wrapper.errors import CheckpointError, CheckpointLimitError
 
 __all__ = [
     "CHECKPOINT_RE",
@@ -159,10 +159,13 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     """The newest readable checkpoint in ``directory``: one whose ``data`` and ``policy.pth`` read
     (:func:`~npc_wrapper.checkpoints.sb3.check_sb3_zip`); a torn, empty or damaged one is skipped with
-    a warning saying why."""
+    a warning saying why. One too large to check within the default limits is not damaged: it is
+    chosen (resuming loads it with SB3's own loader; loading it as an NPC applies the limits again)."""
     for step, path in reversed(list_checkpoints(directory)):
         try:
             check_sb3_zip(path)
+        except CheckpointLimitError as e:
+            logger.info("%s is too large to check before it is loaded: %s", path, e)
         except CheckpointError as e:
             logger.warning("skipping unreadable checkpoint %s: %s", path, e)
             continue
