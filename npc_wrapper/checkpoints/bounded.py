@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 MiB = 1 << 20
-#: The most bytes any default limit allows: a member decompressed, the spaces declared, the network.
+#: The most bytes any default limit allows: a member decompressed, the spaces declared, a torch file.
 DEFAULT_MAX_BYTES = 256 * MiB
 #: How deep JSON and pickled values may nest (a legitimate SB3 ``data`` nests less than 10 deep).
 MAX_DEPTH = 100
