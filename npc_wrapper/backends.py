@@ -82,11 +82,14 @@ def make_backend(
     start_method: str | None = None,
     ray_address: str | None = None,
     worker_resources: Mapping[str, Any] | None = None,
+    step_timeout: float | None = None,
 ) -> Backend:
     """The backend for these arguments (checked first with :func:`check_backend`).
 
     :param probe: the env ``env_fns[0]`` built to read the layout: the first sub-env in this process,
         closed when the envs run elsewhere
+    :param step_timeout: seconds a worker may take to answer one step (``None``: no bound for processes,
+        :data:`~npc_wrapper.ray_workers.STEP_TIMEOUT_S` for Ray actors)
     """
     if num_workers == 0:
         envs = [probe] + [fn() for fn in env_fns[1:]]
@@ -94,6 +97,9 @@ def make_backend(
     probe.close()
     if backend == "ray":
         return RayBackend(
-            env_fns, num_workers, layout, reset_when_training_agents_dead, ray_address, worker_resources
+            env_fns, num_workers, layout, reset_when_training_agents_dead, ray_address, worker_resources,
+            timeout_s=step_timeout,
         )
-    return WorkerBackend(env_fns, num_workers, layout, reset_when_training_agents_dead, start_method)
+    return WorkerBackend(
+        env_fns, num_workers, layout, reset_when_training_agents_dead, start_method, step_timeout
+    )

@@ -178,8 +178,11 @@ class CheckpointConfig:
                     f"{where}.weights must be a list of numbers (one per selected checkpoint), got "
                     f"{self.weights!r}"
                 )
-            if any(x < 0 or not math.isfinite(x) for x in w) or sum(w) <= 0:
-                raise ValueError(f"{where}.weights must be non-negative with a positive sum, got {w}")
+            if any(x < 0 or not math.isfinite(x) for x in w) or not 0 < sum(w) < math.inf:
+                raise ValueError(
+                    f"{where}.weights must be non-negative with a positive sum that is finite (only their "
+                    f"ratios count: [3, 1] draws the first 3 times as often), got {w}"
+                )
             if self.type in ("specific", "latest", "top", "rand") and len(w) != self.range:
                 raise ValueError(
                     f"{where}.weights has {len(w)} entries but type {self.type!r} with range={self.range} "

@@ -19,8 +19,12 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
+from npc_wrapper.arguments import check_count, check_seed, check_timeout
 from npc_wrapper.backends import check_backend, make_backend
-from npc_wrapper.joint_env import check_parallel_env
+from npc_wrapper.errors import NPCOutputError
+from npc_wrapper.joint_env import buffer_spaces, check_parallel_env
+from npc_wrapper.memory import available_memory, format_bytes
+from npc_wrapper.npcs.device import resolve_device
 from npc_wrapper.npcs.policies import ConstantPolicy, NPCPolicy, RandomPolicy, check_npc_policy
 from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.npcs.resolve import as_npc_policy
@@ -66,6 +70,12 @@ def _integer_space(space: spaces.Space) -> bool:
     return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
 
 
+def _numeric(space: spaces.Space, a: np.ndarray) -> bool:
+    """Whether ``a``'s dtype can hold actions of ``space``: integers or floats (bools for ``MultiBinary``);
+    bool, complex, string and object arrays would be cast or compared into nonsense."""
+    return a.dtype.kind in "iuf" or (a.dtype.kind == "b" and isinstance(space, spaces.MultiBinary))
+
+
 def _outside(space: spaces.Space, a: np.ndarray) -> np.ndarray:
     """Per row of ``a`` (``(n, *space.shape)``), whether the action is not in ``space``."""
     n = len(a)
@@ -101,6 +111,29 @@ def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     if len(index) and (np.diff(index) == 1).all():
         return slice(int(index[0]), int(index[-1]) + 1)
     return index
+
+
+def _close_after_error(env: Any) -> None:
+    """Close an env whose construction step failed, without hiding that failure: ``env`` may be anything
+    ``env_fn`` returned (``None``, a half-built env), and the error being raised is the one to see."""
+    close = getattr(env, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - the construction error is raised instead
+            pass
+
+
+def _check_memory(layout: AgentLayout, num_envs: int) -> None:
+    """Refuse ``num_envs`` whose buffers alone exceed the memory available, before any is allocated."""
+    per_env = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in buffer_spaces(layout).values())
+    available = available_memory()
+    if available is not None and num_envs * per_env > available:
+        raise ValueError(
+            f"num_envs={num_envs} needs at least {format_bytes(num_envs * per_env)} for the wrapper's "
+            f"buffers alone ({format_bytes(per_env)} per env), more than the {format_bytes(available)} of "
+            "memory available; lower num_envs"
+        )
 
 
 @dataclass
@@ -160,28 +193,36 @@ class NPCEngine:
         backend: str = "process",
         ray_address: str | None = None,
         worker_resources: Mapping[str, Any] | None = None,
+        step_timeout: float | None = None,
     ) -> None:
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if not env_fns:
             raise ValueError("num_envs must be at least 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}")
+        num_workers = check_count(num_workers, "num_workers", 0, "0 steps the envs in this process")
+        step_timeout = check_timeout(step_timeout, "step_timeout")
+        if step_timeout is not None and num_workers == 0:
+            raise ValueError(
+                f"step_timeout={step_timeout} needs num_workers >= 1: an env stepping in this process cannot "
+                "be interrupted; pass num_workers, or drop step_timeout"
+            )
         check_backend(backend, num_workers, start_method, ray_address, worker_resources)
+        resolve_device(device)  # checked even when no NPC runs on it
         self.num_envs = len(env_fns)
         probe = env_fns[0]()
         try:
             check_parallel_env(probe)
             self.layout: AgentLayout = build_layout(probe, npc, training_agents_pct, training_agents)
+            _check_memory(self.layout, self.num_envs)
             self.metadata = dict(getattr(probe, "metadata", {}) or {})
             self.render_mode = getattr(probe, "render_mode", None)
             self.pools = [self._make_pool(g, device, deterministic_npc, trusted) for g in range(len(self.layout.groups))]
             self._check_unshared()
         except BaseException:
-            probe.close()
+            _close_after_error(probe)
             raise
         self.backend: Backend = make_backend(
             backend, env_fns, probe, self.layout, num_workers, reset_when_training_agents_dead, start_method,
-            ray_address, worker_resources,
+            ray_address, worker_resources, step_timeout,
         )
 
         layout = self.layout
@@ -269,6 +310,8 @@ class NPCEngine:
         E = self.num_envs
         if len(seeds) != E or (options is not None and len(options) != E):
             raise ValueError(f"reset needs one seed and one options entry per sub-env ({E})")
+        for seed in seeds:
+            check_seed(seed, "the reset seed")
         envs = np.ones(E, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(E)
         partial = not envs.all()
         if partial and self._needs_reset:
@@ -363,26 +406,48 @@ class NPCEngine:
 
     def _collect_npc_actions(self) -> None:
         """Wait for the launched NPC forwards and scatter their actions into the action buffers."""
-        for g, rows, wait, member in self._pending:
-            out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
-            actions = wait()
-            if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
-                n = self._rows[g] if rows is None else len(rows)
-                actions = self._check_npc_actions(g, member, actions, n)
-            if rows is None:
-                out[...] = actions
-            else:
-                out[rows] = actions
-        self._pending.clear()
+        try:
+            for g, rows, wait, member in self._pending:
+                out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
+                try:
+                    actions = wait()
+                except NPCOutputError as e:  # the policy knows its rows, the engine their envs
+                    where = self._row_place(g, rows, e.rows[0])
+                    raise NPCOutputError(f"{e}; first in {where}", e.rows) from None
+                if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
+                    actions = self._check_npc_actions(g, member, actions, rows)
+                if rows is None:
+                    out[...] = actions
+                else:
+                    out[rows] = actions
+        finally:
+            self._pending.clear()
 
-    def _check_npc_actions(self, g: int, member: NPCPolicy, actions: Any, n: int) -> np.ndarray:
-        """``member``'s actions for ``n`` rows, or a ``ValueError`` naming it: numpy would otherwise
-        broadcast, truncate or cast them silently into the env's actions."""
+    def _row_place(self, g: int, rows: np.ndarray | None, i: int) -> str:
+        """Where entry ``i`` of a forward over NPC group ``g``'s ``rows`` (``None``: all) acts: its env,
+        agent and the step of the env's episode the action is for."""
+        row = int(i if rows is None else rows[i])
+        agents = self.layout.groups[g].agents
+        env = row // len(agents)
+        step = int(self._env_length[env]) + 1
+        return f"env {env} (agent {agents[row % len(agents)]!r}), step {step} of its episode"
+
+    def _check_npc_actions(
+        self, g: int, member: NPCPolicy, actions: Any, rows: np.ndarray | None
+    ) -> np.ndarray:
+        """``member``'s actions for its ``rows`` (``None``: all of group ``g``'s), or a ``ValueError`` naming
+        it: numpy would otherwise broadcast, truncate or cast them silently into the env's actions."""
         space = self.layout.groups[g].action_space
+        n = self._rows[g] if rows is None else len(rows)
         a = np.asarray(actions)
         if a.shape == (n, 1) and isinstance(space, spaces.Discrete):
             a = a.reshape(n)
         where = f"NPC policy {member!r} (agents {list(self.layout.groups[g].agents)})"
+        if not _numeric(space, a):
+            raise ValueError(
+                f"{where} returned actions of dtype {a.dtype} ({a.ravel()[:1].tolist()!r}...); it must "
+                f"return numbers in its action space {space}"
+            )
         if a.shape != (n, *space.shape):
             raise ValueError(
                 f"{where} returned actions of shape {a.shape} for {n} live rows; it must return one action "
@@ -390,9 +455,11 @@ class NPCEngine:
             )
         bad = _outside(space, a)
         if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            nan = " (NaN: a diverged network?)" if a.dtype.kind == "f" and np.isnan(a[i]).any() else ""
             raise ValueError(
-                f"{where} returned action {a[int(np.flatnonzero(bad)[0])].tolist()!r}, which is outside its "
-                f"action space {space}"
+                f"{where} returned action {a[i].tolist()!r}, which is outside its action space {space}{nan}, "
+                f"in {self._row_place(g, rows, i)}"
             )
         return a
 
@@ -400,6 +467,11 @@ class NPCEngine:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
         space = self.layout.action_space
         a = np.asarray(actions)
+        if not _numeric(space, a):
+            raise TypeError(
+                f"actions must be integers or floats (bools for a MultiBinary space), got dtype {a.dtype}; "
+                f"each slot's action is in {space}"
+            )
         num_slots = self.slots.num_slots
         expected = (num_slots, *space.shape)
         if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (num_slots, 1)):

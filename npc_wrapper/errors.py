@@ -4,7 +4,8 @@
 catches ``ValueError`` around ``make_vec_env`` also catches a checkpoint that cannot be loaded.
 A :class:`CheckpointLimitError` is one that holds or declares more than a loading limit allows.
 The W&B errors are checkpoint errors of ``wandb://`` URIs. :class:`NoEpisodeEnds` is a
-``RuntimeError``: the env runs, but its episodes never end.
+``RuntimeError``: the env runs, but its episodes never end. :class:`NPCOutputError` is a
+``ValueError``: an NPC's network gave NaN or infinite output.
 
 The command-line programs' own ``CLIError`` lives in :mod:`npc_wrapper.cli.common`: it only
 carries a message to print as one line, and nothing outside the CLI raises it.
@@ -21,6 +22,7 @@ __all__ = [
     "TRUST_HINT",
     "CheckpointError",
     "CheckpointLimitError",
+    "NPCOutputError",
     "NoEpisodeEnds",
     "TrustRequiredError",
     "WandbError",
@@ -87,6 +89,22 @@ class NoEpisodeEnds(RuntimeError):
     def __reduce__(self) -> tuple[type, tuple[str, int, int]]:
         # Pickle rebuilds an exception from its args, which hold the message alone.
         return type(self), (str(self), self.steps, self.played)
+
+
+class NPCOutputError(ValueError):
+    """An NPC policy's network gave output it cannot act on: NaN or infinite logits or actions, as a
+    diverged checkpoint gives (sampling would silently pick action 0).
+
+    :param message: which policy, and what it gave
+    :param rows: the entries of the batch it was given whose output was invalid, ascending
+    """
+
+    def __init__(self, message: str, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[int]]]:
+        return type(self), (str(self), self.rows)
 
 
 def corrupt_checkpoint(label: str | os.PathLike[str], e: BaseException) -> CheckpointError:

@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
-import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from npc_wrapper.arguments import check_count, check_seed
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
 
 __all__ = ["make_vec_env", "make_vector_env"]
 
 EnvFn = Callable[[], Any]
+FrontEndT = TypeVar("FrontEndT", SB3VecEnv, GymnasiumVectorEnv)
+
+
+class _Repeated(Sequence):
+    """``n`` references to one env factory, without a list of ``n`` entries: ``num_envs`` is checked
+    against memory by the engine, which a list of ``10**9`` references (8 GB) would already exhaust."""
+
+    def __init__(self, fn: EnvFn, n: int) -> None:
+        self.fn, self.n = fn, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> EnvFn: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> _Repeated: ...
+
+    def __getitem__(self, index: int | slice) -> EnvFn | _Repeated:
+        if isinstance(index, slice):
+            return _Repeated(self.fn, len(range(*index.indices(self.n))))
+        if not -self.n <= index < self.n:
+            raise IndexError(f"env factory index {index} out of range for {self.n} envs")
+        return self.fn
 
 
 def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **engine_kwargs: Any) -> NPCEngine:
     """The engine over ``num_envs`` sub-envs of ``env_fn``, after checking the arguments the engine does
     not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s)."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed must be an int (sub-env i gets seed + i) or None, got {seed!r}")
+    check_seed(seed)
+    num_envs = check_count(num_envs, "num_envs", 1, "PettingZoo env copies")
     if _is_env(env_fn):
         raise TypeError(
             "env_fn must be a function that builds a PettingZoo ParallelEnv, not an env "
@@ -29,9 +54,7 @@ def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **
             "each sub-env needs its own instance; pass e.g. lambda: simple_tag_v3.parallel_env()"
         )
     if callable(env_fn):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        env_fns = [env_fn] * num_envs
+        env_fns: Sequence[EnvFn] = _Repeated(env_fn, num_envs)
     else:
         env_fns = list(env_fn)
         bad = [i for i, fn in enumerate(env_fns) if _is_env(fn) or not callable(fn)]
@@ -47,6 +70,16 @@ def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **
                 "leave num_envs out or make them agree"
             )
     return NPCEngine(env_fns, **engine_kwargs)
+
+
+def _front_end(cls: type[FrontEndT], engine: NPCEngine, seed: int | None) -> FrontEndT:
+    """``cls(engine, seed)``; the engine (its worker processes) is closed at once if that fails, not
+    left to the garbage collector."""
+    try:
+        return cls(engine, seed)
+    except BaseException:
+        engine.close()
+        raise
 
 
 def _is_env(obj: Any) -> bool:
@@ -70,6 +103,7 @@ def make_vec_env(
     backend: str = "process",
     ray_address: str | None = None,
     worker_resources: Mapping[str, float] | None = None,
+    step_timeout: float | None = None,
 ) -> SB3VecEnv:
     """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
@@ -103,6 +137,9 @@ def make_vec_env(
         ``close()``
     :param worker_resources: Ray resources each worker reserves (``backend="ray"``), e.g.
         ``{"CPU": 2}``; ``None``: ``{"CPU": 1}``
+    :param step_timeout: seconds the workers may take to answer one ``step()`` (with ``num_workers``
+        only): a worker stuck longer is an error naming it, and the vector env must then be closed
+        (``None``: wait as long as it takes; Ray workers: 300 s)
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 
     Example::
@@ -121,9 +158,9 @@ def make_vec_env(
         env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method, backend=backend,
-        ray_address=ray_address, worker_resources=worker_resources,
+        ray_address=ray_address, worker_resources=worker_resources, step_timeout=step_timeout,
     )
-    return SB3VecEnv(engine, seed)
+    return _front_end(SB3VecEnv, engine, seed)
 
 
 def make_vector_env(
@@ -143,6 +180,7 @@ def make_vector_env(
     backend: str = "process",
     ray_address: str | None = None,
     worker_resources: Mapping[str, float] | None = None,
+    step_timeout: float | None = None,
 ) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
@@ -168,6 +206,6 @@ def make_vector_env(
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
         autoreset_mode=autoreset_mode, backend=backend, ray_address=ray_address,
-        worker_resources=worker_resources,
+        worker_resources=worker_resources, step_timeout=step_timeout,
     )
-    return GymnasiumVectorEnv(engine, seed)
+    return _front_end(GymnasiumVectorEnv, engine, seed)

@@ -11,11 +11,16 @@ from shared memory with no copy. Autoreset happens inside :class:`JointEnv`, so 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import inspect
 import multiprocessing
+import os
 import pickle
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -314,6 +319,46 @@ class JointBatchEnv(gym.Env):
 
 _NOT_HERE = "__npc_wrapper_not_here__"
 
+#: Linux's prctl option that has the kernel signal a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+#: How often a worker's watchdog checks that its parent still lives, in seconds.
+_WATCHDOG_INTERVAL = 0.25
+
+
+def _die_with_parent(kernel_signal: bool) -> None:
+    """End this worker process when its parent dies, even while an env hangs in it.
+
+    An idle worker notices on its own (its pipe closes), but one stuck in an env's ``step`` would
+    outlive the parent. On Linux, with ``kernel_signal``, the kernel sends SIGKILL when the parent
+    thread ends (PR_SET_PDEATHSIG; only asked for when the main thread started the workers, since it is
+    tied to the starting thread); everywhere, a daemon thread polls the parent pid and exits the process
+    once it changes (the worker was re-parented: its parent died).
+    """
+    parent = os.getppid()
+    if kernel_signal and sys.platform == "linux":
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no libc prctl (an unusual libc): the watchdog still runs
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCHDOG_INTERVAL)
+        os._exit(1)  # the parent is gone: nothing is left to report to or clean up for
+
+    threading.Thread(target=watch, name="npc_wrapper-parent-watchdog", daemon=True).start()
+
+
+def _worker_batch(
+    parent: int, kernel_signal: bool, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout,
+    reset_when_training_agents_dead: bool,
+) -> JointBatchEnv:
+    """A worker's :class:`JointBatchEnv`, built in the worker (where it also arranges to die with its
+    parent) and once in ``parent``, the main process, where ``AsyncVectorEnv`` reads the spaces."""
+    if os.getpid() != parent:
+        _die_with_parent(kernel_signal)
+    return JointBatchEnv(env_fns, first, layout, reset_when_training_agents_dead)
+
 
 class _WorkerTraceback(Exception):
     """Shown as the cause of an exception re-raised from a worker: the traceback it had there."""
@@ -392,6 +437,8 @@ class WorkerBackend(Backend):
     :param env_fns: one factory per sub-env
     :param num_workers: processes; must divide ``len(env_fns)``
     :param start_method: multiprocessing start method (``None``: the platform default)
+    :param step_timeout: seconds the workers may take to answer a step (``None``: no limit); a worker
+        that takes longer is reported by index, and the backend is then broken, as after a dead worker
     """
 
     def __init__(
@@ -401,15 +448,17 @@ class WorkerBackend(Backend):
         layout: AgentLayout,
         reset_when_training_agents_dead: bool,
         start_method: str | None = None,
+        step_timeout: float | None = None,
     ) -> None:
         n = len(env_fns)
         check_worker_split(n, num_workers)
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
         env_layout = env_only_layout(layout)
+        kernel_signal = threading.current_thread() is threading.main_thread()
         batch_fns = [
-            functools.partial(JointBatchEnv, env_fns[w * per:(w + 1) * per], w * per, env_layout,
-                              reset_when_training_agents_dead)
+            functools.partial(_worker_batch, os.getpid(), kernel_signal, env_fns[w * per:(w + 1) * per],
+                              w * per, env_layout, reset_when_training_agents_dead)
             for w in range(num_workers)
         ]
         try:
@@ -426,6 +475,7 @@ class WorkerBackend(Backend):
                 "all it captures; use a module-level function (or functools.partial of one), or "
                 "start_method='fork'"
             ) from e
+        self.step_timeout = step_timeout
         self.buffers: JointBuffers | None = None  # views into shared memory, set at the first reset
         self._broken: str | None = None  # why the workers cannot go on, once they cannot
 
@@ -480,10 +530,30 @@ class WorkerBackend(Backend):
         actions = {"train": train_actions.reshape(k, -1, *train_actions.shape[1:])}
         actions.update({f"npc_{g}": a.reshape(k, -1, *a.shape[1:]) for g, a in enumerate(npc_actions)})
         actions["held"] = held.reshape(k, -1)
-        _, _, _, _, infos = self._guard(lambda: self.vec.step(actions))
+        _, _, _, _, infos = self._guard(lambda: self._step_within_timeout(actions))
         step_infos = [i for worker in infos["infos"] for i in worker]
         reset_infos = [i for worker in infos["reset_infos"] for i in worker]
         return step_infos, reset_infos
+
+    def _step_within_timeout(self, actions: dict[str, np.ndarray]) -> tuple:
+        """``AsyncVectorEnv.step``, or a ``TimeoutError`` naming the workers that did not answer within
+        ``step_timeout`` (their step goes on, so the workers cannot be used again: ``_guard`` marks them)."""
+        self.vec.step_async(actions)
+        try:
+            return self.vec.step_wait(timeout=self.step_timeout)
+        except multiprocessing.TimeoutError:
+            late = [w for w, pipe in enumerate(self.vec.parent_pipes) if not pipe.poll(0)]
+            which = ", ".join(f"worker {w} ({self._sub_envs_of(w)})" for w in late) or "the workers"
+            raise TimeoutError(
+                f"{which} timed out: no answer to step() within step_timeout={self.step_timeout} s (an env "
+                "hangs, or steps slower than that); close() this vector env, and raise step_timeout if "
+                "the env is only slow"
+            ) from None
+
+    def _sub_envs_of(self, worker: int) -> str:
+        """The sub-envs worker ``worker`` steps, for messages."""
+        per = self.num_envs // self.num_workers
+        return f"sub-env {worker * per}" if per == 1 else f"sub-envs {worker * per}-{(worker + 1) * per - 1}"
 
     def _sub_env_op(self, index: int, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         index = self._index(index)

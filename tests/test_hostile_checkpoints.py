@@ -307,7 +307,6 @@ def test_deep_wandb_cache_index_is_ignored_like_any_unreadable_index(
     assert "index.json" in caplog.text
 
 
-@xfail14("beyond the issue: weights summing to inf fail at reset, unnamed")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_pool_weights_that_overflow_are_refused_naming_weights(good_zip: Path, tmp_path: Path) -> None:
     """``weights: [1e308, 1e308]`` pass validation (each finite) but sum to inf: numpy's "Probabilities do

@@ -102,7 +102,6 @@ def plant_os_system(run: Path, marker: Path) -> None:
 
 
 @pytest.mark.parametrize("checkpoint", ["checkpoints/step_96.zip", "final.zip"])
-@xfail14("finding 2: npc-eval on a checkpoint runs its run's config.yaml")
 def test_npc_eval_of_a_checkpoint_runs_no_code_from_a_config_above_it(
     base_run: Path, tmp_path: Path, checkpoint: str
 ) -> None:
@@ -169,7 +168,6 @@ def test_stale_temporary_files_of_a_killed_save_are_removed_at_the_next_start(
     assert [p.name for p in stale if p.exists()] == []
 
 
-@xfail14("beyond the issue: a torn eval.json crashes resume with a traceback")
 def test_resume_with_a_torn_eval_json_is_one_line_naming_it(
     base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,7 +195,6 @@ train.main(sys.argv[1:])
 """
 
 
-@xfail14("finding 6: a failed checkpoint save prints a 72-line traceback")
 def test_a_full_disk_during_a_checkpoint_is_one_line_saying_what_and_where(tmp_path: Path) -> None:
     argv = [*SHORT, f"run_dir={tmp_path / 'run'}"]
     run = hostile.run_bounded(DISK_FULL, seconds=120, memory_mb=2000, argv=argv)
@@ -207,7 +204,6 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_saying_what_and_where(tmp_p
     assert "checkpoints" in line or "step_" in line, line
 
 
-@xfail14("finding 6: an unwritable run_dir prints a traceback")
 def test_an_unwritable_run_dir_is_one_line_before_training(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         train_cli.main([*SHORT, "run_dir=/proc/nope/run"])
@@ -215,7 +211,6 @@ def test_an_unwritable_run_dir_is_one_line_before_training(capsys: pytest.Captur
     one_error_line(stderr_lines(capsys), "npc-train", "/proc/nope")
 
 
-@xfail14("finding 6: an unwritable --json path prints a traceback")
 def test_npc_eval_with_an_unwritable_json_path_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         eval_cli.main(["random", "--episodes", "1", "--num-envs", "1", "--json", "/proc/nope/x.json"])
@@ -224,7 +219,6 @@ def test_npc_eval_with_an_unwritable_json_path_is_one_line(capsys: pytest.Captur
 
 
 # ------------------------------------------------------------------- 7. memory blow-ups from a typo
-@xfail14("finding 7: trainer.num_envs=1000000 builds envs until OOM")
 def test_a_million_envs_are_refused_up_front_with_an_estimate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -248,7 +242,6 @@ train.main(sys.argv[1:])
 """
 
 
-@xfail14("finding 7: net_arch=[60000,60000] allocates until OOM")
 def test_a_huge_network_is_refused_up_front_with_an_estimate(tmp_path: Path) -> None:
     run = hostile.run_bounded(TRAIN, seconds=60, memory_mb=1000, argv=[
         *SHORT, f"run_dir={tmp_path / 'run'}", "trainer.policy_kwargs.net_arch=[60000,60000]"])
@@ -283,7 +276,6 @@ def interpolation_bomb(levels: int = 40) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("bomb", ["yaml-aliases", "interpolations"])
-@xfail14("beyond the issue: a run's config.yaml can make npc-eval hang")
 def test_a_config_bomb_in_a_run_directory_is_refused_within_2s(
     base_run: Path, tmp_path: Path, bomb: str
 ) -> None:

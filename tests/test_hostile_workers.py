@@ -28,7 +28,6 @@ import pytest
 
 import npc_wrapper as nw
 from tests import hostile
-from tests.hostile import xfail14
 from tests.envs import ScriptedParallelEnv
 
 
@@ -41,7 +40,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-@xfail14("finding 9: a failed construction leaves its workers to the GC")
 def test_a_factory_failing_in_a_worker_tears_the_workers_down_at_once() -> None:
     """The factory's error is raised, and no worker outlives it: today they live until garbage collection,
     which then prints "Exception ignored ... Bad file descriptor"."""
@@ -83,7 +81,6 @@ result({"error": error, "seconds": took, "close_seconds": time.time() - t})
 """
 
 
-@xfail14("finding 9: a hung worker blocks step() forever (no step_timeout)")
 def test_step_timeout_turns_a_hung_worker_into_an_error_naming_it() -> None:
     run = hostile.run_bounded(HUNG_STEP, seconds=10.0, memory_mb=500)
     assert run.result is not None, f"killed for {run.killed} after {run.seconds:.1f} s: {run.errors[-2000:]}"
@@ -130,7 +127,6 @@ def workers_after_parent_killed(hang_at: int) -> list[int]:
         child.finish()  # ends whatever is left of its process group
 
 
-@xfail14("finding 9: hung workers outlive their killed parent")
 def test_hung_workers_die_with_their_parent() -> None:
     assert workers_after_parent_killed(hang_at=1) == []
 

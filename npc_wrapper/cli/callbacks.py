@@ -15,15 +15,23 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from npc_wrapper.checkpoints.store import atomic_save, checkpoint_path, list_checkpoints
+from npc_wrapper.cli.errors import writing
 from npc_wrapper.evaluation import EpisodeStats, episodes_from_infos
 
 __all__ = [
+    "SAVE_ADVICE",
     "epoch_of",
     "NPCMetricsCallback",
     "CheckpointCallback",
 ]
 
 log = logging.getLogger("npc_wrapper.cli")
+
+#: What to do when a run's file cannot be saved: the writes are atomic, so nothing saved before is lost.
+SAVE_ADVICE = (
+    "the files saved before are intact: free disk space (or fix the permissions), then continue the run "
+    "with trainer.resume=true"
+)
 
 
 def epoch_of(model: BaseAlgorithm) -> int:
@@ -133,11 +141,9 @@ class CheckpointCallback(BaseCallback):
     def save(self) -> Path:
         """Save a checkpoint at the current step now and prune old ones."""
         t = time.time()
-        path = atomic_save(
-            self.model,
-            checkpoint_path(self.directory, self.model.num_timesteps),
-            self.metadata(self.model) if self.metadata else None,
-        )
+        path = checkpoint_path(self.directory, self.model.num_timesteps)
+        with writing("checkpoint", path, SAVE_ADVICE):
+            atomic_save(self.model, path, self.metadata(self.model) if self.metadata else None)
         log.debug("saved %s in %.2fs", path, time.time() - t)
         self.prune()
         return path

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -20,7 +22,15 @@ from npc_wrapper.config import DualPolicyConfig
 from npc_wrapper.errors import CheckpointError
 from npc_wrapper.workers import check_worker_split
 
-__all__ = ["LOG_FORMATS", "WANDB_MODES", "check_config", "check_device", "check_npc_uri", "precheck"]
+__all__ = [
+    "LOG_FORMATS",
+    "WANDB_MODES",
+    "check_config",
+    "check_device",
+    "check_npc_uri",
+    "check_writable_dir",
+    "precheck",
+]
 
 #: SB3 logger outputs that ``trainer.log_formats`` may add (CSV and TensorBoard are always on).
 LOG_FORMATS = ("stdout", "log", "json")
@@ -113,6 +123,22 @@ def check_device(device: str, option: str = "device") -> None:
         )
 
 
+def check_writable_dir(directory: str | Path, what: str) -> None:
+    """Create ``directory`` (and its parents) where missing and write a file in it, so that a path where
+    nothing can be written fails now, in one line, rather than after the envs and the model are built.
+
+    :param what: how the user named it (``run_dir=runs/x``, ``--json out/x.json``), for the message
+    :raises CLIError: naming it and the reason
+    """
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        why = e.strerror or one_line(e)
+        raise CLIError(f"{what}: cannot write in {directory} ({why}); choose another path") from None
+
+
 def check_npc_uri(dp: DualPolicyConfig, where: str = "trainer.dual_policy.checkpoint_npc.uri") -> None:
     """A local NPC checkpoint must exist before anything is built (the URI parsed as the loader does).
 
@@ -162,3 +188,4 @@ def precheck(argv: Sequence[str]) -> None:
     check_config(cfg)
     dual_policy_config(cfg)
     league_config(cfg)
+    check_writable_dir(cfg.run_dir, f"run_dir={cfg.run_dir}")  # Hydra creates it next, with a traceback

@@ -17,7 +17,8 @@ from stable_baselines3.common.logger import Logger
 from npc_wrapper.checkpoints.store import atomic_write_text
 from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.build import TrainingPlan, build_vec_env
-from npc_wrapper.cli.errors import CLIError
+from npc_wrapper.cli.callbacks import SAVE_ADVICE
+from npc_wrapper.cli.errors import CLIError, one_line, writing
 from npc_wrapper.cli.run_dir import RunPaths
 from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.evaluation import format_summary, play_episodes
@@ -88,9 +89,7 @@ class TrainingEvaluation:
         self.paths = paths
         self.resumed = resumed
         #: ``{"before": summary, "after": summary}``, each with its ``step``.
-        self.summaries: dict[str, Any] = (
-            json.loads(paths.eval.read_text()) if resumed and paths.eval.is_file() else {}
-        )
+        self.summaries: dict[str, Any] = _earlier_evaluations(paths) if resumed else {}
         #: The evaluation env (``None``: no evaluation).
         self.venv: Any = None
         if train_env.npc_agents and cfg.trainer.eval_episodes > 0:
@@ -154,7 +153,24 @@ class TrainingEvaluation:
         return lines
 
     def _write(self) -> None:
-        atomic_write_text(self.paths.eval, json.dumps(self.summaries, indent=2, default=float))
+        with writing("the evaluations", self.paths.eval, SAVE_ADVICE):
+            atomic_write_text(self.paths.eval, json.dumps(self.summaries, indent=2, default=float))
+
+
+def _earlier_evaluations(paths: RunPaths) -> dict[str, Any]:
+    """The evaluations a resumed run's ``eval.json`` holds; none, with a warning, when it cannot be read
+    (torn by a crash or a full disk): they are only reported, and the run can go on without them."""
+    if not paths.eval.is_file():
+        return {}
+    try:
+        found = json.loads(paths.eval.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, ValueError, RecursionError) as e:
+        found = e
+    if isinstance(found, dict) and all(isinstance(v, dict) for v in found.values()):
+        return found
+    why = f"{type(found).__name__}: {one_line(found)}" if isinstance(found, Exception) else "not evaluations"
+    log.warning("ignoring %s (%s); the run's earlier evaluations are left out of its report", paths.eval, why)
+    return {}
 
 
 def _record(logger: Logger, summary: dict[str, Any], step: int) -> None:

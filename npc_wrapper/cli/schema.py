@@ -81,6 +81,8 @@ class TrainerConfig:
     eval_num_envs: int = 8
     #: The learner plays greedily in those evaluations.
     eval_deterministic: bool = False
+    #: Start even when the estimated memory (envs, buffers, network) exceeds what the machine has left.
+    skip_memory_check: bool = False
     #: SB3 logger outputs besides TensorBoard and the progress CSV (``stdout``, ``log``, ``json``).
     log_formats: list[str] = field(default_factory=list)
     #: The original dual-policy feature's keys: which agents train and which checkpoint the NPCs play.
