@@ -5,8 +5,8 @@ through the public ``npc_wrapper.load_npc``. A test whose finding is about time 
 in a fresh process bounded from outside (``hostile.run_bounded``), so a regression fails within
 seconds instead of hanging the suite or exhausting the machine.
 
-Tests marked ``xfail(strict=True)`` reproduce what today's code gets wrong: fixing the finding
-makes them pass, which strict mode reports as a failure, so drop the marker with the fix.
+Each test reproduced a finding that failed on the code of its time (they were strict xfails
+until fixed); now each guards its fix.
 
 Assumptions the implementer may adapt (names only, never the strength of an assertion):
 
@@ -35,7 +35,7 @@ import npc_wrapper as nw
 from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError
 from tests import hostile
 from tests.envs import ScriptedParallelEnv
-from tests.hostile import ACT, OBS, one_line_naming, xfail14
+from tests.hostile import ACT, OBS, one_line_naming
 
 #: The secret a file outside the checkpoint directory holds; no error may print any of it.
 SECRET = b"XK7QZ-not-for-your-eyes-0001"

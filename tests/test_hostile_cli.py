@@ -7,8 +7,8 @@ entry points (``npc_wrapper.cli.train.main`` / ``npc_wrapper.cli.evaluate.main``
 where nothing can hang or grow, in a bounded child process (``tests.hostile.run_bounded``) where
 something can.
 
-Tests marked ``xfail(strict=True)`` reproduce what today's code gets wrong; fixing the finding makes
-them pass, which strict mode reports as a failure: drop the marker with the fix.
+Each test reproduced a finding that failed on the code of its time (they were strict xfails
+until fixed); now each guards its fix.
 
 Assumptions the implementer may adapt (names only, never the strength of an assertion):
 
@@ -37,7 +37,7 @@ import yaml
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import train as train_cli
 from tests import hostile
-from tests.hostile import one_line_naming, xfail14
+from tests.hostile import one_line_naming
 
 REPO = Path(__file__).resolve().parent.parent
 
