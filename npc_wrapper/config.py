@@ -39,6 +39,7 @@ __all__ = [
     "CheckpointConfig",
     "DualPolicyConfig",
     "LeagueConfig",
+    "check_max_bytes",
 ]
 
 #: The checkpoint selectors ``CheckpointConfig.type`` accepts.
@@ -82,6 +83,15 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def check_max_bytes(value: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``None`` or a positive integer (a byte limit).
+
+    :param where: the argument or config key, for the message
+    """
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(f"{where} must be a positive number of bytes or null, got {value!r}")
+
+
 def _is_num(x: Any) -> bool:
     """A finite real number (numpy's too), not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
@@ -112,6 +122,9 @@ class CheckpointConfig:
     :param cache_dir: where ``wandb://`` artifacts are downloaded (default
         ``~/.cache/npc_wrapper/wandb``)
     :param seed: seed of the ``rand`` selector (``None``: a fresh draw each run)
+    :param max_checkpoint_bytes: the most bytes reading an untrusted checkpoint may take for each of
+        its parts (a zip member, the spaces it declares, its network, its weights); ``None``: limits
+        proportional to the NPC agents' spaces and the network, at most 256 MiB each
     """
 
     uri: str | None = None
@@ -126,6 +139,7 @@ class CheckpointConfig:
     noop_action: Any = None
     cache_dir: str | None = None
     seed: int | None = 0
+    max_checkpoint_bytes: int | None = None
 
     def validate(self, where: str = "checkpoint_npc") -> None:
         """Raise ``ValueError`` saying which key to change and how.
@@ -195,6 +209,7 @@ class CheckpointConfig:
             raise ValueError(f"{where}.cache_dir must be a directory path, got {self.cache_dir!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"{where}.seed must be an integer or null, got {self.seed!r}")
+        check_max_bytes(self.max_checkpoint_bytes, f"{where}.max_checkpoint_bytes")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "checkpoint_npc") -> CheckpointConfig:

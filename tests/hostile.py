@@ -46,7 +46,6 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
-import pytest
 import torch
 from gymnasium import spaces
 from mpe2 import simple_tag_v3
@@ -93,7 +92,6 @@ __all__ = [
     "uninitialised_box",
     "with_data_entries",
     "write_zip",
-    "xfail14",
     "yaml_alias_bomb",
     "zip_pieces",
 ]
@@ -114,12 +112,6 @@ def one_line_naming(message: str, *names: str, longest: int = 2000) -> None:
     assert len(message) <= longest, f"{len(message)} characters: {message[:500]!r}..."
     for name in names:
         assert name.lower() in message.lower(), f"{name!r} not named in: {message[:2000]!r}"
-
-
-def xfail14(why: str) -> pytest.MarkDecorator:
-    """``xfail(strict=True)`` for a test reproducing what issue #14 found: it passes once fixed, which strict
-    mode reports as a failure, telling the fixer to drop the marker."""
-    return pytest.mark.xfail(strict=True, reason=f"#14 {why}")
 
 
 def states_a_limit(message: str) -> bool:

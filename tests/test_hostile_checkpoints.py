@@ -5,8 +5,8 @@ through the public ``npc_wrapper.load_npc``. A test whose finding is about time 
 in a fresh process bounded from outside (``hostile.run_bounded``), so a regression fails within
 seconds instead of hanging the suite or exhausting the machine.
 
-Tests marked ``xfail(strict=True)`` reproduce what today's code gets wrong: fixing the finding
-makes them pass, which strict mode reports as a failure, so drop the marker with the fix.
+Each test reproduced a finding that failed on the code of its time (they were strict xfails
+until fixed); now each guards its fix.
 
 Assumptions the implementer may adapt (names only, never the strength of an assertion):
 
@@ -35,7 +35,7 @@ import npc_wrapper as nw
 from npc_wrapper.checkpoints import CheckpointError, TrustRequiredError
 from tests import hostile
 from tests.envs import ScriptedParallelEnv
-from tests.hostile import ACT, OBS, one_line_naming, xfail14
+from tests.hostile import ACT, OBS, one_line_naming
 
 #: The secret a file outside the checkpoint directory holds; no error may print any of it.
 SECRET = b"XK7QZ-not-for-your-eyes-0001"
@@ -98,7 +98,6 @@ def assert_refusal(error: dict[str, Any] | None, path: Path, limit: bool = False
 
 
 # ------------------------------------------------------------------------------- 1. pickle bombs
-@xfail14("finding 1: _unref copies shared references out in full")
 def test_shared_reference_pickle_in_policy_kwargs_is_refused_within_2s(
     good_zip: Path, tmp_path: Path
 ) -> None:
@@ -111,7 +110,6 @@ def test_shared_reference_pickle_in_policy_kwargs_is_refused_within_2s(
     assert_refusal(load_bounded(str(path), seconds=2.0), path)
 
 
-@xfail14("finding 1: no depth limit; a RecursionError reads as needing trust")
 def test_deeply_nested_pickle_is_refused_as_malformed_not_as_needing_trust(
     good_zip: Path, tmp_path: Path
 ) -> None:
@@ -138,7 +136,6 @@ def test_no_pickled_code_runs_without_trust(good_zip: Path, tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------------- 3. small files, big memory
-@xfail14("finding 3: declared Box shapes are allocated before any check")
 def test_huge_declared_observation_space_is_refused_without_allocating_it(
     good_zip: Path, tmp_path: Path
 ) -> None:
@@ -149,7 +146,6 @@ def test_huge_declared_observation_space_is_refused_without_allocating_it(
     assert_refusal(load_bounded(str(path), seconds=10.0), path)
 
 
-@xfail14("finding 3 (beyond the issue): many moderate Boxes add up")
 def test_many_moderate_boxes_are_refused_without_allocating_them(good_zip: Path, tmp_path: Path) -> None:
     """A ``Tuple`` of 200 Boxes of (1000, 1000), each built on its own (3.2 GB in all, a 10 kB file): a
     limit per declared space does not bound the total."""
@@ -160,7 +156,6 @@ def test_many_moderate_boxes_are_refused_without_allocating_them(good_zip: Path,
     assert_refusal(load_bounded(str(path), seconds=10.0), path)
 
 
-@xfail14("finding 3: zip members are read without a decompressed-size cap")
 def test_data_padded_to_1gb_is_refused_within_memory_bounds(good_zip: Path, tmp_path: Path) -> None:
     """``data`` is the model's JSON and 1 GiB of whitespace (valid JSON), 1 MB compressed: today 3.3 GB."""
     path = hostile.padded_data_zip(good_zip, tmp_path / "padded.zip")
@@ -168,7 +163,6 @@ def test_data_padded_to_1gb_is_refused_within_memory_bounds(good_zip: Path, tmp_
     assert_refusal(load_bounded(str(path), seconds=10.0), path, limit=True)
 
 
-@xfail14("finding 3: policy.pth is read and unpickled before any size check")
 def test_1gb_tensor_in_policy_pth_is_refused_within_memory_bounds(good_zip: Path, tmp_path: Path) -> None:
     """policy.pth holds one 1 GiB zero tensor (torch's archive, deflated to 1 MB): today 4.3 GB."""
     path = hostile.tensor_bomb_zip(good_zip, tmp_path / "tensor.zip")
@@ -176,7 +170,6 @@ def test_1gb_tensor_in_policy_pth_is_refused_within_memory_bounds(good_zip: Path
     assert_refusal(load_bounded(str(path), seconds=10.0), path)
 
 
-@xfail14("beyond the issue: a 20,000-layer net_arch takes 20 s to refuse")
 def test_thousands_of_layers_are_refused_quickly_in_one_short_line(good_zip: Path, tmp_path: Path) -> None:
     """``policy_kwargs: {"net_arch": [1] * 20000}`` as plain JSON (so no unpickler limit applies), 8 kB:
     the meta-device skeleton costs ~1 ms a layer (a million layers: 17 minutes), and the refusal then
@@ -187,7 +180,6 @@ def test_thousands_of_layers_are_refused_quickly_in_one_short_line(good_zip: Pat
     assert_refusal(load_bounded(str(path), seconds=2.0), path)
 
 
-@xfail14("beyond the issue: listing a directory reads every zip's data in full")
 def test_choosing_in_a_directory_does_not_read_a_padded_data_in_full(good_zip: Path, tmp_path: Path) -> None:
     """``type: latest`` over a directory reads each zip's ``data`` for its step count, the 1 GiB-padded one
     too, though the sidecars already order them: the good, newer checkpoint should load (or the padded
@@ -213,7 +205,6 @@ result({"error": error_of(round_robin, sys.argv[1], ScriptedParallelEnv, episode
 """
 
 
-@xfail14("beyond the issue: round robin reads each policy.pth in full to hash it")
 def test_round_robin_does_not_read_a_1gb_policy_in_full(good_zip: Path, tmp_path: Path) -> None:
     """``npc_wrapper.league.round_robin`` (``npc-eval RUN --round-robin``) tells copies of one network
     apart by hashing each zip's ``policy.pth``, read whole, before the loader sees it: the 1 MB zip
@@ -229,7 +220,6 @@ def test_round_robin_does_not_read_a_1gb_policy_in_full(good_zip: Path, tmp_path
 
 
 # ------------------------------------------------------------------------ 6. raw errors, malformed data
-@xfail14("finding 6: 200k-deep JSON data gives a raw RecursionError")
 def test_deep_json_data_is_a_checkpoint_error_naming_the_file(good_zip: Path, tmp_path: Path) -> None:
     path = hostile.replace_members(good_zip, tmp_path / "deep.zip", data=hostile.deep_json(200_000))
     one_line_naming(refusal(str(path)), str(path))
@@ -238,9 +228,9 @@ def test_deep_json_data_is_a_checkpoint_error_naming_the_file(good_zip: Path, tm
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(b'"policy_class"', marks=xfail14("finding 6: TypeError")),
-        pytest.param(b"42", marks=xfail14("finding 6: TypeError")),
-        pytest.param(b"null", marks=xfail14("finding 6: TypeError")),
+        b'"policy_class"',
+        b"42",
+        b"null",
         b'"hello"',
         b"[]",
     ],
@@ -254,7 +244,6 @@ def test_data_that_is_not_an_object_is_a_checkpoint_error_naming_the_file(
     one_line_naming(refusal(str(path)), str(path))
 
 
-@xfail14("finding 6: an uninitialised Box gives a raw AttributeError")
 def test_uninitialised_box_is_a_checkpoint_error_naming_the_file(good_zip: Path, tmp_path: Path) -> None:
     """``copyreg._reconstructor(Box, object, None)``: a Box whose ``__init__`` never ran."""
     space = hostile.sb3_serialized(hostile.uninitialised_box())
@@ -262,14 +251,12 @@ def test_uninitialised_box_is_a_checkpoint_error_naming_the_file(good_zip: Path,
     one_line_naming(refusal(str(path)), str(path))
 
 
-@xfail14("finding 6: 100k-deep sidecar JSON gives a raw RecursionError")
 def test_deep_sidecar_json_is_a_checkpoint_error_naming_the_sidecar(good_zip: Path, tmp_path: Path) -> None:
     shutil.copy(good_zip, tmp_path / "model.zip")
     (tmp_path / "model.json").write_bytes(hostile.deep_json(100_000))
     one_line_naming(refusal(str(tmp_path / "model.zip")), str(tmp_path / "model.json"))
 
 
-@xfail14("beyond the issue: a directory's deep JSON data is a raw RecursionError")
 def test_choosing_in_a_directory_with_a_deep_json_data(good_zip: Path, tmp_path: Path) -> None:
     """Listing reads each zip's ``data`` (for its step count) outside the loader's error handling: the
     good, newer checkpoint should load, or the bad one be refused by name."""
@@ -284,13 +271,11 @@ def test_choosing_in_a_directory_with_a_deep_json_data(good_zip: Path, tmp_path:
 
 
 @pytest.mark.parametrize("uri", ["x" * 100_000, "file:///" + "x" * 100_000], ids=["path", "file-uri"])
-@xfail14("finding 6: a 100k-character URI gives OSError: File name too long")
 def test_100k_character_uri_is_one_short_line_naming_the_uri(uri: str) -> None:
     one_line_naming(refusal(uri), "uri", longest=1000)
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo"])
-@xfail14("beyond the issue: a device or FIFO gives a raw NotADirectoryError")
 def test_a_path_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
     """``/dev/zero`` or a named pipe as the checkpoint: refused by name within 2 s (reading a FIFO with
     no writer would block forever, reading /dev/zero never ends)."""
@@ -304,7 +289,6 @@ def test_a_path_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind:
     one_line_naming(error["message"], str(path))
 
 
-@xfail14("beyond the issue: a deep W&B cache index is a raw RecursionError")
 def test_deep_wandb_cache_index_is_ignored_like_any_unreadable_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -348,7 +332,6 @@ def symlinked_dir(good_zip: Path, root: Path, link_name: str, target: Path) -> P
     return ckpts
 
 
-@xfail14("finding 8: symlinks out of a checkpoint directory are followed")
 def test_symlink_out_of_a_checkpoint_directory_is_refused(good_zip: Path, tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -357,7 +340,6 @@ def test_symlink_out_of_a_checkpoint_directory_is_refused(good_zip: Path, tmp_pa
     one_line_naming(refusal(nw.CheckpointConfig(uri=str(ckpts), type="all")), "b.zip")
 
 
-@xfail14("finding 8: a symlinked secret is followed and its first bytes printed")
 def test_symlink_to_a_secret_is_refused_without_printing_it(good_zip: Path, tmp_path: Path) -> None:
     secret = tmp_path / "target.txt"
     secret.write_bytes(SECRET)
@@ -367,7 +349,6 @@ def test_symlink_to_a_secret_is_refused_without_printing_it(good_zip: Path, tmp_
     assert SECRET[:4].decode() not in message
 
 
-@xfail14("finding 8: an unrecognised file's first 4 bytes are printed")
 def test_no_error_prints_a_files_contents(tmp_path: Path) -> None:
     path = tmp_path / "notes.bin"
     path.write_bytes(SECRET)
@@ -408,7 +389,6 @@ class _SymlinkApi:
         return self.art
 
 
-@xfail14("finding 8: a symlink in a W&B download is followed")
 def test_symlink_out_of_a_wandb_download_is_refused(
     good_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,8 +7,8 @@ entry points (``npc_wrapper.cli.train.main`` / ``npc_wrapper.cli.evaluate.main``
 where nothing can hang or grow, in a bounded child process (``tests.hostile.run_bounded``) where
 something can.
 
-Tests marked ``xfail(strict=True)`` reproduce what today's code gets wrong; fixing the finding makes
-them pass, which strict mode reports as a failure: drop the marker with the fix.
+Each test reproduced a finding that failed on the code of its time (they were strict xfails
+until fixed); now each guards its fix.
 
 Assumptions the implementer may adapt (names only, never the strength of an assertion):
 
@@ -37,7 +37,7 @@ import yaml
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import train as train_cli
 from tests import hostile
-from tests.hostile import one_line_naming, xfail14
+from tests.hostile import one_line_naming
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,6 @@ def damage(kind: str, src: Path, dst: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "empty-zip", "damaged-policy", "damaged-data"])
-@xfail14("finding 5: resume picks a damaged latest checkpoint and fails")
 def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(
     base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
@@ -156,7 +155,6 @@ def test_resume_skips_a_damaged_latest_checkpoint_with_a_warning(
     assert any("WARNING" in line and "step_192.zip" in line for line in log.splitlines()), log[-3000:]
 
 
-@xfail14("finding 5: temporary files of a killed save are never removed")
 def test_stale_temporary_files_of_a_killed_save_are_removed_at_the_next_start(
     base_run: Path, tmp_path: Path
 ) -> None:

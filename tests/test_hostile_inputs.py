@@ -4,8 +4,8 @@ Every test goes through the public entry points (``make_vec_env``, ``make_vector
 envs' methods) on :class:`tests.envs.ScriptedParallelEnv` (agents ``a_0``, ``a_1`` train, ``b_0`` is
 the NPC, by the default ``training_agents_pct=0.5``).
 
-Tests marked ``xfail(strict=True)`` reproduce what today's code gets wrong; fixing the finding makes
-them pass, which strict mode reports as a failure: drop the marker with the fix.
+Each test reproduced a finding that failed on the code of its time (they were strict xfails
+until fixed); now each guards its fix.
 
 Assumptions the implementer may adapt (names only, never the strength of an assertion):
 

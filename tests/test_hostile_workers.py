@@ -4,8 +4,8 @@ Envs that fail or hang only inside a worker (``tests.hostile.fails_in_worker``, 
 Anything that can hang runs in a bounded child process (``tests.hostile``), whose process group is
 killed afterwards, so neither a hung worker nor an orphan outlives the test.
 
-Tests marked ``xfail(strict=True)`` reproduce what today's code gets wrong; fixing the finding makes
-them pass, which strict mode reports as a failure: drop the marker with the fix.
+Each test reproduced a finding that failed on the code of its time (they were strict xfails
+until fixed); now each guards its fix.
 
 Assumptions the implementer may adapt (names only, never the strength of an assertion):
 

@@ -34,7 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import Logger
 
-from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text
+from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text, remove_stale_temporaries
 from npc_wrapper.cli.build import TrainingPlan, build_model, build_train_env, build_vec_env, plan_training
 from npc_wrapper.cli.callbacks import SAVE_ADVICE, CheckpointCallback, NPCMetricsCallback, epoch_of
 from npc_wrapper.cli.checks import check_config, check_writable_dir, precheck
@@ -111,6 +111,8 @@ def _prepare_run(cfg: DictConfig) -> tuple[RunPaths, ResumePoint | None]:
     check_config(cfg)
     check_writable_dir(cfg.run_dir, f"run_dir={cfg.run_dir}")
     paths = RunPaths(cfg.run_dir)
+    for directory in (paths.root, paths.checkpoints, paths.league):
+        remove_stale_temporaries(directory)  # what a killed save left
     return paths, resume_point(cfg, paths)
 
 
