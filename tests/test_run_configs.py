@@ -159,3 +159,17 @@ def test_unreadable_earlier_evaluations_are_left_out_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="npc_wrapper.cli"):
         assert _earlier_evaluations(paths) == {}
     assert f"ignoring {paths.eval}" in caplog.text
+
+
+def test_a_run_config_cannot_raise_the_npc_checkpoint_read_limit(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like trust, the NPC checkpoint's read limit comes from the command line only: a hostile config.yaml
+    could otherwise ask the loader for gigabytes. A tiny limit makes it observable: applied, the shipped
+    NPC cannot be read."""
+    key = "trainer.dual_policy.checkpoint_npc.max_checkpoint_bytes"
+    edit(run, **{key: 1000})
+    assert evaluate(run)["episodes"] == 1
+    assert f"ignoring {key}=1000 from the run's config.yaml" in capsys.readouterr().err
+    with pytest.raises(CLIError, match="1000"):
+        evaluate(run, f"{key}=1000")

@@ -61,6 +61,8 @@ _GROUPS = ("env", "trainer", "user")
 #: ``checkpoint_npc`` keys that say how the configured NPC is selected and read; ``--npc`` resets them.
 _NPC_SELECTOR_KEYS = ("type", "range", "metric", "weights", "policy_class", "policy_kwargs")
 _NPC_DEFAULTS = CheckpointConfig()
+#: The read limit of the NPC checkpoint: like trust, only the command line may raise it.
+_LIMIT_KEY = "trainer.dual_policy.checkpoint_npc.max_checkpoint_bytes"
 
 
 def _load_config(policy: str, overrides: Sequence[str], trusted: bool, config_npc: bool) -> DictConfig:
@@ -171,12 +173,12 @@ def evaluate(
         raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
     cfg = _load_config(policy, overrides, trusted, config_npc=npc is None)
     npc_cfg = cfg.trainer.dual_policy.checkpoint_npc
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
     if npc is not None:
         cfg.trainer.dual_policy.enabled = True
         npc_cfg.uri = npc
         # The run's selector picked and read its own NPC (a pool's type: top, range: 2 would refuse
         # a single file or 'random'); keep only what the command line sets.
-        given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
         for key in _NPC_SELECTOR_KEYS:
             if f"trainer.dual_policy.checkpoint_npc.{key}" not in given:
                 npc_cfg[key] = getattr(_NPC_DEFAULTS, key)
@@ -189,6 +191,15 @@ def evaluate(
             flush=True,
         )
     npc_cfg.trusted = trusted
+    if npc_cfg.max_checkpoint_bytes is not None and not trusted and _LIMIT_KEY not in given:
+        # Nor may it raise the loader's limits: a hostile config.yaml could ask for gigabytes.
+        print(
+            f"{PROG}: note: ignoring {_LIMIT_KEY}={npc_cfg.max_checkpoint_bytes} from the run's config.yaml; "
+            f"set it on the command line ({_LIMIT_KEY}=N) to raise the NPC checkpoint's read limits",
+            file=sys.stderr,
+            flush=True,
+        )
+        npc_cfg.max_checkpoint_bytes = None
     if device is not None:
         cfg.device = device
     check_device(cfg.device, "device" if device is None else "--device")
