@@ -7,6 +7,7 @@ numbers live in BENCHMARKS.md.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -243,7 +244,8 @@ def test_gpu_check_refuses_to_run_without_cuda(tmp_path: Path) -> None:
     """The GPU check must fail where CUDA is missing, not pass with every GPU test skipped."""
     out = tmp_path / "out"
     result = subprocess.run(["bash", str(SCRIPT.parent / "gpu_check.sh"), str(out)], capture_output=True,
-                            text=True, check=False, cwd=SCRIPT.parent.parent)
+                            text=True, check=False, cwd=SCRIPT.parent.parent,
+                            env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 1
     assert "CUDA is not available" in result.stderr
     assert not (out / "gpu_tests.log").exists()
