@@ -7,7 +7,7 @@ and expose only the training agents' observation and action slots to the trainer
 
 from __future__ import annotations
 
-from npc_wrapper.agents import split_agents
+from npc_wrapper.agents import SlotMap, split_agents
 from npc_wrapper.checkpoints import load_npc
 from npc_wrapper.config import CheckpointConfig, DualPolicyConfig, LeagueConfig
 from npc_wrapper.engine import EPISODE_KEY, PADDING_KEY
@@ -50,6 +50,7 @@ __all__ = [
     "LeagueConfig",
     "LeagueCallback",
     "split_agents",
+    "SlotMap",
     "PADDING_KEY",
     "EPISODE_KEY",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,12 @@ def split_agents(
         (['blue_0', 'blue_1'], ['red_0', 'red_1'])
     """
     agents = list(possible_agents)
+    pct = training_agents_pct
+    if pct is not None and (isinstance(pct, (bool, np.bool_)) or not isinstance(pct, numbers.Real)):
+        raise TypeError(
+            f"training_agents_pct must be a fraction in [0, 1] as a number (0.75 means 75% of agents train), "
+            f"got {pct!r} ({type(pct).__name__})"
+        )
     if training_agents is not None:
         if isinstance(training_agents, (str, bytes)):
             training_agents = [training_agents]

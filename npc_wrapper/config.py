@@ -39,6 +39,7 @@ __all__ = [
     "CheckpointConfig",
     "DualPolicyConfig",
     "LeagueConfig",
+    "check_max_bytes",
 ]
 
 #: The checkpoint selectors ``CheckpointConfig.type`` accepts.
@@ -65,18 +66,30 @@ def _to_plain(d: Any, what: str) -> dict[str, Any]:
     return dict(d)
 
 
-def _check_keys(d: Mapping[str, Any], cls: type, what: str) -> None:
+def _config_dict(d: Any, cls: type, what: str) -> dict[str, Any]:
+    """``d`` as a plain dict (see :func:`_to_plain`) whose keys are all fields of ``cls``."""
+    plain = _to_plain(d, what)
     known = [f.name for f in fields(cls)]
-    unknown = [k for k in d if k not in known]
+    unknown = [k for k in plain if k not in known]
     if unknown:
         raise ValueError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {what}; known "
             f"keys: {', '.join(known)}"
         )
+    return plain
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_max_bytes(value: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``None`` or a positive integer (a byte limit).
+
+    :param where: the argument or config key, for the message
+    """
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(f"{where} must be a positive number of bytes or null, got {value!r}")
 
 
 def _is_num(x: Any) -> bool:
@@ -109,6 +122,9 @@ class CheckpointConfig:
     :param cache_dir: where ``wandb://`` artifacts are downloaded (default
         ``~/.cache/npc_wrapper/wandb``)
     :param seed: seed of the ``rand`` selector (``None``: a fresh draw each run)
+    :param max_checkpoint_bytes: the most bytes reading an untrusted checkpoint may take for each of
+        its parts (a zip member, the spaces it declares, its network, its weights); ``None``: limits
+        proportional to the NPC agents' spaces and the network, at most 256 MiB each
     """
 
     uri: str | None = None
@@ -123,6 +139,7 @@ class CheckpointConfig:
     noop_action: Any = None
     cache_dir: str | None = None
     seed: int | None = 0
+    max_checkpoint_bytes: int | None = None
 
     def validate(self, where: str = "checkpoint_npc") -> None:
         """Raise ``ValueError`` saying which key to change and how.
@@ -164,8 +181,11 @@ class CheckpointConfig:
                     f"{where}.weights must be a list of numbers (one per selected checkpoint), got "
                     f"{self.weights!r}"
                 )
-            if any(x < 0 or not math.isfinite(x) for x in w) or sum(w) <= 0:
-                raise ValueError(f"{where}.weights must be non-negative with a positive sum, got {w}")
+            if any(x < 0 or not math.isfinite(x) for x in w) or not 0 < sum(w) < math.inf:
+                raise ValueError(
+                    f"{where}.weights must be non-negative with a positive sum that is finite (only their "
+                    f"ratios count: [3, 1] draws the first 3 times as often), got {w}"
+                )
             if self.type in ("specific", "latest", "top", "rand") and len(w) != self.range:
                 raise ValueError(
                     f"{where}.weights has {len(w)} entries but type {self.type!r} with range={self.range} "
@@ -189,6 +209,7 @@ class CheckpointConfig:
             raise ValueError(f"{where}.cache_dir must be a directory path, got {self.cache_dir!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"{where}.seed must be an integer or null, got {self.seed!r}")
+        check_max_bytes(self.max_checkpoint_bytes, f"{where}.max_checkpoint_bytes")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "checkpoint_npc") -> CheckpointConfig:
@@ -197,8 +218,7 @@ class CheckpointConfig:
         :param d: the ``checkpoint_npc`` block
         :param where: the config path used in messages
         """
-        plain = _to_plain(d, where)
-        _check_keys(plain, cls, where)
+        plain = _config_dict(d, cls, where)
         if plain.get("weights") is not None:
             plain["weights"] = list(plain["weights"])
         if plain.get("policy_kwargs") is None:
@@ -272,8 +292,7 @@ class DualPolicyConfig:
         :param d: the ``dual_policy`` block
         :param where: the config path used in messages
         """
-        plain = _to_plain(d, where)
-        _check_keys(plain, cls, where)
+        plain = _config_dict(d, cls, where)
         npc = plain.get("checkpoint_npc")
         if npc is None:
             plain.pop("checkpoint_npc", None)
@@ -353,8 +372,7 @@ class LeagueConfig:
         :param d: the ``league`` block
         :param where: the config path used in messages
         """
-        plain = _to_plain(d, where)
-        _check_keys(plain, cls, where)
+        plain = _config_dict(d, cls, where)
         cfg = cls(**plain)
         cfg.validate(where)
         return cfg

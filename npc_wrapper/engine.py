@@ -19,14 +19,19 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
-from npc_wrapper.joint_env import check_parallel_env
+from npc_wrapper.arguments import check_count, check_seed, check_timeout
+from npc_wrapper.backends import check_backend, make_backend
+from npc_wrapper.errors import NPCOutputError
+from npc_wrapper.joint_env import buffer_spaces, check_parallel_env
 from npc_wrapper.masks import ActionMask
+from npc_wrapper.memory import available_memory, format_bytes
+from npc_wrapper.npcs.device import resolve_device
 from npc_wrapper.npcs.policies import ConstantPolicy, NPCPolicy, RandomPolicy, check_npc_policy
 from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.npcs.resolve import as_npc_policy
-from npc_wrapper.workers import Backend, InProcessBackend, WorkerBackend
+from npc_wrapper.workers import Backend
 
-__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "check_buffer_memory"]
 
 #: NPC policies whose actions are in their space by construction (sampled from it, or one action checked
 #: once): every other policy's actions are checked at every step.
@@ -66,6 +71,12 @@ def _integer_space(space: spaces.Space) -> bool:
     return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
 
 
+def _numeric(space: spaces.Space, a: np.ndarray) -> bool:
+    """Whether ``a``'s dtype can hold actions of ``space``: integers or floats (bools for ``MultiBinary``);
+    bool, complex, string and object arrays would be cast or compared into nonsense."""
+    return a.dtype.kind in "iuf" or (a.dtype.kind == "b" and isinstance(space, spaces.MultiBinary))
+
+
 def _outside(space: spaces.Space, a: np.ndarray) -> np.ndarray:
     """Per row of ``a`` (``(n, *space.shape)``), whether the action is not in ``space``."""
     n = len(a)
@@ -101,6 +112,33 @@ def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     if len(index) and (np.diff(index) == 1).all():
         return slice(int(index[0]), int(index[-1]) + 1)
     return index
+
+
+def _close_after_error(env: Any) -> None:
+    """Close an env whose construction step failed, without hiding that failure: ``env`` may be anything
+    ``env_fn`` returned (``None``, a half-built env), and the error being raised is the one to see."""
+    close = getattr(env, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - the construction error is raised instead
+            pass
+
+
+def check_buffer_memory(buffers: Mapping[str, spaces.Box], num_envs: int) -> None:
+    """Refuse ``num_envs`` whose buffers alone exceed the memory available, before any is allocated.
+
+    :param buffers: one env's buffers (:func:`~npc_wrapper.joint_env.buffer_spaces` or its turn-based
+        counterpart)
+    """
+    per_env = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in buffers.values())
+    available = available_memory()
+    if available is not None and num_envs * per_env > available:
+        raise ValueError(
+            f"num_envs={num_envs} needs at least {format_bytes(num_envs * per_env)} for the wrapper's "
+            f"buffers alone ({format_bytes(per_env)} per env), more than the {format_bytes(available)} of "
+            "memory available; lower num_envs"
+        )
 
 
 @dataclass
@@ -158,6 +196,10 @@ class NPCEngine:
         trusted: bool = False,
         start_method: str | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+        backend: str = "process",
+        ray_address: str | None = None,
+        worker_resources: Mapping[str, Any] | None = None,
+        step_timeout: float | None = None,
         *,
         probe: Any = None,
     ) -> None:
@@ -165,13 +207,18 @@ class NPCEngine:
             self.autoreset_mode = _autoreset_mode(autoreset_mode)
             if not env_fns:
                 raise ValueError("num_envs must be at least 1")
-            if num_workers < 0:
+            num_workers = check_count(num_workers, "num_workers", 0, "0 steps the envs in this process")
+            step_timeout = check_timeout(step_timeout, "step_timeout")
+            if step_timeout is not None and num_workers == 0:
                 raise ValueError(
-                    f"num_workers must be >= 0 (0 steps the envs in this process), got {num_workers}"
+                    f"step_timeout={step_timeout} needs num_workers >= 1: an env stepping in this process "
+                    "cannot be interrupted; pass num_workers, or drop step_timeout"
                 )
+            check_backend(backend, num_workers, start_method, ray_address, worker_resources)
+            resolve_device(device)  # checked even when no NPC runs on it
         except BaseException:
             if probe is not None:
-                probe.close()
+                _close_after_error(probe)
             raise
         self.num_envs = len(env_fns)
         # The first env, built here or by the factory (which looks at it to pick the engine).
@@ -183,10 +230,11 @@ class NPCEngine:
             self.pools = [self._make_pool(g, device, deterministic_npc, trusted) for g in range(len(self.layout.groups))]
             self._check_unshared()
         except BaseException:
-            probe.close()
+            _close_after_error(probe)
             raise
         self.backend: Backend = self._build_backend(
-            probe, env_fns, num_workers, reset_when_training_agents_dead, start_method
+            backend, env_fns, probe, num_workers, reset_when_training_agents_dead, start_method, ray_address,
+            worker_resources, step_timeout,
         )
 
         layout = self.layout
@@ -235,18 +283,21 @@ class NPCEngine:
     ) -> AgentLayout:
         """The agent split of the first env (``probe``), which must be the kind of env this engine steps."""
         check_parallel_env(probe)
-        return build_layout(probe, npc, training_agents_pct, training_agents)
+        layout = build_layout(probe, npc, training_agents_pct, training_agents)
+        check_buffer_memory(buffer_spaces(layout), self.num_envs)
+        return layout
 
     def _build_backend(
-        self, probe: Any, env_fns: Sequence[EnvFn], num_workers: int, reset_when_training_agents_dead: bool,
-        start_method: str | None,
+        self, backend: str, env_fns: Sequence[EnvFn], probe: Any, num_workers: int,
+        reset_when_training_agents_dead: bool, start_method: str | None, ray_address: str | None,
+        worker_resources: Mapping[str, Any] | None, step_timeout: float | None,
     ) -> Backend:
-        """The backend stepping the sub-envs (``probe`` is the first one, already built)."""
-        if num_workers == 0:
-            envs = [probe] + [fn() for fn in env_fns[1:]]
-            return InProcessBackend(envs, self.layout, reset_when_training_agents_dead)
-        probe.close()
-        return WorkerBackend(env_fns, num_workers, self.layout, reset_when_training_agents_dead, start_method)
+        """The backend stepping the sub-envs (``probe`` is the first one, already built; see
+        :func:`~npc_wrapper.backends.make_backend`)."""
+        return make_backend(
+            backend, env_fns, probe, self.layout, num_workers, reset_when_training_agents_dead, start_method,
+            ray_address, worker_resources, step_timeout,
+        )
 
     def _init_step_state(self) -> None:
         """The arrays of this engine's way of stepping: agent positions, NPC actions, liveness."""
@@ -320,6 +371,8 @@ class NPCEngine:
         E = self.num_envs
         if len(seeds) != E or (options is not None and len(options) != E):
             raise ValueError(f"reset needs one seed and one options entry per sub-env ({E})")
+        for seed in seeds:
+            check_seed(seed, "the reset seed")
         envs = np.ones(E, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(E)
         partial = not envs.all()
         if partial and self._needs_reset:
@@ -448,27 +501,54 @@ class NPCEngine:
 
     def _collect_npc_actions(self) -> None:
         """Wait for the launched NPC forwards and scatter their actions into the action buffers."""
-        for g, rows, wait, member, mask in self._pending:
-            out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
-            actions = wait()
-            if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
-                n = self._rows[g] if rows is None else len(rows)
-                actions = self._check_npc_actions(g, member, actions, n)
-            if mask is not None and type(member) is not RandomPolicy:  # random draws among legal actions
-                self._check_legal(g, member, actions, self._all_rows[g] if rows is None else rows, mask)
-            if rows is None:
-                out[...] = actions
-            else:
-                out[rows] = actions
-        self._pending.clear()
+        try:
+            for g, rows, wait, member, mask in self._pending:
+                out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
+                actions = self._wait_npc(g, rows, wait)
+                if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
+                    actions = self._check_npc_actions(g, member, actions, rows)
+                if mask is not None and type(member) is not RandomPolicy:  # random draws among legal actions
+                    self._check_legal(g, member, actions, self._all_rows[g] if rows is None else rows, mask)
+                if rows is None:
+                    out[...] = actions
+                else:
+                    out[rows] = actions
+        finally:
+            self._pending.clear()
 
-    def _check_npc_actions(self, g: int, member: NPCPolicy, actions: Any, n: int) -> np.ndarray:
-        """``member``'s actions for ``n`` rows, or a ``ValueError`` naming it: numpy would otherwise
-        broadcast, truncate or cast them silently into the env's actions."""
+    def _wait_npc(self, g: int, rows: np.ndarray | None, wait: Callable[[], np.ndarray]) -> np.ndarray:
+        """The actions of a launched NPC forward over group ``g``'s ``rows`` (``None``: all); an output
+        fault comes back naming where it happened."""
+        try:
+            return wait()
+        except NPCOutputError as e:  # the policy knows its rows, the engine their envs
+            where = self._row_place(g, rows, e.rows[0])
+            raise NPCOutputError(f"{e}; first in {where}", e.rows) from None
+
+    def _row_place(self, g: int, rows: np.ndarray | None, i: int) -> str:
+        """Where entry ``i`` of a forward over NPC group ``g``'s ``rows`` (``None``: all) acts: its env,
+        agent and the step of the env's episode the action is for."""
+        row = int(i if rows is None else rows[i])
+        agents = self.layout.groups[g].agents
+        env = row // len(agents)
+        step = int(self._env_length[env]) + 1
+        return f"env {env} (agent {agents[row % len(agents)]!r}), step {step} of its episode"
+
+    def _check_npc_actions(
+        self, g: int, member: NPCPolicy, actions: Any, rows: np.ndarray | None
+    ) -> np.ndarray:
+        """``member``'s actions for its ``rows`` (``None``: all of group ``g``'s), or a ``ValueError`` naming
+        it: numpy would otherwise broadcast, truncate or cast them silently into the env's actions."""
         space = self.layout.groups[g].action_space
+        n = self._rows[g] if rows is None else len(rows)
         a = np.asarray(actions)
         if a.shape == (n, 1) and isinstance(space, spaces.Discrete):
             a = a.reshape(n)
+        if not _numeric(space, a):
+            raise ValueError(
+                f"{self._npc_where(g, member)} returned actions of dtype {a.dtype} "
+                f"({a.ravel()[:1].tolist()!r}...); it must return numbers in its action space {space}"
+            )
         if a.shape != (n, *space.shape):
             raise ValueError(
                 f"{self._npc_where(g, member)} returned actions of shape {a.shape} for {n} live rows; it "
@@ -476,9 +556,11 @@ class NPCEngine:
             )
         bad = _outside(space, a)
         if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            nan = " (NaN: a diverged network?)" if a.dtype.kind == "f" and np.isnan(a[i]).any() else ""
             raise ValueError(
-                f"{self._npc_where(g, member)} returned action {a[int(np.flatnonzero(bad)[0])].tolist()!r}, "
-                f"which is outside its action space {space}"
+                f"{self._npc_where(g, member)} returned action {a[i].tolist()!r}, which is outside its "
+                f"action space {space}{nan}, in {self._row_place(g, rows, i)}"
             )
         return a
 
@@ -490,6 +572,11 @@ class NPCEngine:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
         space = self.layout.action_space
         a = np.asarray(actions)
+        if not _numeric(space, a):
+            raise TypeError(
+                f"actions must be integers or floats (bools for a MultiBinary space), got dtype {a.dtype}; "
+                f"each slot's action is in {space}"
+            )
         num_slots = self.slots.num_slots
         expected = (num_slots, *space.shape)
         if a.shape != expected and not (isinstance(space, spaces.Discrete) and a.shape == (num_slots, 1)):

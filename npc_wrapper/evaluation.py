@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from npc_wrapper.agents import SlotMap
 from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.npcs.policies import NPCPolicy
@@ -56,16 +57,15 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return low, high
 
 
-def episodes_from_infos(infos: Sequence[Mapping[str, Any]], n_train: int) -> list[tuple[int, dict[str, Any]]]:
+def episodes_from_infos(infos: Sequence[Mapping[str, Any]], slots: SlotMap) -> list[tuple[int, dict[str, Any]]]:
     """``(env index, episode summary)`` for each env whose episode ended in this step.
 
     The engine puts the same summary on every training slot of the env; the first slot is read.
+
+    :param infos: SB3's per-slot infos of one step
+    :param slots: the vector env's slots (``venv.slots``)
     """
-    return [
-        (k // n_train, infos[k][EPISODE_KEY])
-        for k in range(0, len(infos), n_train)
-        if EPISODE_KEY in infos[k]
-    ]
+    return [(e, info[EPISODE_KEY]) for e, info in enumerate(slots.first_of_env(infos)) if EPISODE_KEY in info]
 
 
 def _npc_names(episode: Mapping[str, Any]) -> list[str]:
@@ -162,7 +162,7 @@ def play_episodes(
     act: Callable[[np.ndarray, np.ndarray], np.ndarray],
     venv: Any,
     episodes: int,
-    n_train: int,
+    *,
     max_steps: int | None = None,
 ) -> EpisodeStats:
     """Play ``venv`` with ``act(obs, episode_start) -> actions`` until ``episodes`` episodes ended.
@@ -177,15 +177,16 @@ def play_episodes(
     is padding until the env resets, and its next real observation is the reset's.
 
     :param act: the learner: observations of every slot and whether each slot starts an episode
-    :param venv: an :class:`~npc_wrapper.NPCVecEnv` (already seeded; reset here)
+    :param venv: an :class:`~npc_wrapper.SB3VecEnv`, or a ``VecEnvWrapper`` of one (already seeded;
+        reset here)
     :param episodes: how many episodes to record
-    :param n_train: training agents per sub-env
     :param max_steps: give up when no episode has ended for this many vector steps (an env without
         a time limit); a bound on episode length, not on the whole evaluation (default
         :data:`MAX_EPISODE_STEPS`)
     :raises NoEpisodeEnds: no counted episode ended for ``max_steps`` vector steps
     """
-    n_envs = venv.num_envs // n_train
+    slots = venv.slots
+    n_envs = slots.num_envs
     quota = np.full(n_envs, episodes // n_envs)
     quota[: episodes % n_envs] += 1
     done_count = np.zeros(n_envs, dtype=np.int64)
@@ -209,14 +210,14 @@ def play_episodes(
                 stats.add_no_move(info[NO_MOVE_KEY])
         reset = np.zeros(n_envs, dtype=bool)
         counted = False  # only a counted episode resets the bound: envs done with their share may end many
-        for e, episode in episodes_from_infos(infos, n_train):
+        for e, episode in episodes_from_infos(infos, slots):
             reset[e] = True
             if done_count[e] < quota[e]:
                 stats.add(episode)
                 done_count[e] += 1
                 counted = True
         since_end = 0 if counted else since_end + 1
-        episode_start = np.repeat(reset, n_train)
+        episode_start = slots.per_slot(reset)
     return stats
 
 

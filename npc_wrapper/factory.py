@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
-import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
 from pettingzoo import AECEnv
 
+from npc_wrapper.arguments import check_count, check_seed
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
 from npc_wrapper.turn_engine import TurnEngine
@@ -19,6 +19,31 @@ from npc_wrapper.turn_env import SEATS
 __all__ = ["make_vec_env", "make_vector_env"]
 
 EnvFn = Callable[[], Any]
+FrontEndT = TypeVar("FrontEndT", SB3VecEnv, GymnasiumVectorEnv)
+
+
+class _Repeated(Sequence):
+    """``n`` references to one env factory, without a list of ``n`` entries: ``num_envs`` is checked
+    against memory by the engine, which a list of ``10**9`` references (8 GB) would already exhaust."""
+
+    def __init__(self, fn: EnvFn, n: int) -> None:
+        self.fn, self.n = fn, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> EnvFn: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> _Repeated: ...
+
+    def __getitem__(self, index: int | slice) -> EnvFn | _Repeated:
+        if isinstance(index, slice):
+            return _Repeated(self.fn, len(range(*index.indices(self.n))))
+        if not -self.n <= index < self.n:
+            raise IndexError(f"env factory index {index} out of range for {self.n} envs")
+        return self.fn
 
 
 def _engine(
@@ -29,8 +54,8 @@ def _engine(
     :class:`~npc_wrapper.turn_engine.TurnEngine` where the first env is a PettingZoo ``AECEnv``."""
     if seat not in SEATS:
         raise ValueError(f"seat must be one of {list(SEATS)}, got {seat!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed must be an int (sub-env i gets seed + i) or None, got {seed!r}")
+    check_seed(seed)
+    num_envs = check_count(num_envs, "num_envs", 1, "PettingZoo env copies")
     if _is_env(env_fn):
         raise TypeError(
             "env_fn must be a function that builds a PettingZoo ParallelEnv, not an env "
@@ -38,9 +63,7 @@ def _engine(
             "each sub-env needs its own instance; pass e.g. lambda: simple_tag_v3.parallel_env()"
         )
     if callable(env_fn):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        env_fns = [env_fn] * num_envs
+        env_fns: Sequence[EnvFn] = _Repeated(env_fn, num_envs)
     else:
         env_fns = list(env_fn)
         bad = [i for i, fn in enumerate(env_fns) if _is_env(fn) or not callable(fn)]
@@ -68,6 +91,16 @@ def _engine(
     return NPCEngine(env_fns, probe=probe, **engine_kwargs)
 
 
+def _front_end(cls: type[FrontEndT], engine: NPCEngine, seed: int | None) -> FrontEndT:
+    """``cls(engine, seed)``; the engine (its worker processes) is closed at once if that fails, not
+    left to the garbage collector."""
+    try:
+        return cls(engine, seed)
+    except BaseException:
+        engine.close()
+        raise
+
+
 def _is_env(obj: Any) -> bool:
     """An env instance, where a factory was expected (a ParallelEnv is not callable; look at its API)."""
     return not isinstance(obj, type) and hasattr(obj, "possible_agents") and hasattr(obj, "step")
@@ -86,6 +119,10 @@ def make_vec_env(
     deterministic_npc: bool = False,
     trusted: bool = False,
     start_method: str | None = None,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
+    step_timeout: float | None = None,
     seat: str = "fixed",
 ) -> SB3VecEnv:
     """PettingZoo envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
@@ -109,14 +146,26 @@ def make_vec_env(
     :param training_agents_pct: fraction of each env's agents that train, in ``[0, 1]``
     :param training_agents: names or glob patterns of the training agents (overrides the fraction)
     :param seed: seed for the first ``reset()`` (sub-env ``i`` gets ``seed + i``)
-    :param num_workers: worker processes stepping the envs (0: in this process); NPC inference
-        always runs batched in this process
+    :param num_workers: workers stepping the envs, ``num_envs / num_workers`` each (0: in this
+        process); NPC inference always runs batched in this process
     :param device: where torch NPCs run; ``"auto"`` is CUDA when available
     :param reset_when_training_agents_dead: reset an env as soon as none of its training agents is alive
     :param deterministic_npc: NPCs take their most likely action instead of sampling
     :param trusted: allow checkpoint formats that run code, pickles and TorchScript (only for checkpoints
         you trust)
-    :param start_method: multiprocessing start method for the workers (platform default if ``None``)
+    :param start_method: multiprocessing start method for the worker processes (platform default if
+        ``None``)
+    :param backend: what a worker is: ``"process"``, a process on this machine, or ``"ray"``, a Ray actor
+        on a Ray cluster's nodes (``pip install 'npc-wrapper[ray]'``; needs ``num_workers >= 1``); both
+        give the same results for the same seeds
+    :param ray_address: the Ray cluster to connect to (``backend="ray"``); ``None``: the one this process
+        is connected to, else ``RAY_ADDRESS``, else a local Ray started for the env and stopped at
+        ``close()``
+    :param worker_resources: Ray resources each worker reserves (``backend="ray"``), e.g.
+        ``{"CPU": 2}``; ``None``: ``{"CPU": 1}``
+    :param step_timeout: seconds the workers may take to answer one ``step()`` (with ``num_workers``
+        only): a worker stuck longer is an error naming it, and the vector env must then be closed
+        (``None``: wait as long as it takes; Ray workers: 300 s)
     :param seat: turn-based games only: ``"fixed"`` (the learner plays the seat ``training_agents`` /
         ``training_agents_pct`` picks; it must pick one) or ``"random"`` (each env draws the learner's
         seat at every episode start among the seats with that seat's spaces; the seat played is in
@@ -139,9 +188,10 @@ def make_vec_env(
         env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
         training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
-        deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
+        deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method, backend=backend,
+        ray_address=ray_address, worker_resources=worker_resources, step_timeout=step_timeout,
     )
-    return SB3VecEnv(engine, seed)
+    return _front_end(SB3VecEnv, engine, seed)
 
 
 def make_vector_env(
@@ -158,6 +208,10 @@ def make_vector_env(
     trusted: bool = False,
     start_method: str | None = None,
     autoreset_mode: str | AutoresetMode = AutoresetMode.SAME_STEP,
+    backend: str = "process",
+    ray_address: str | None = None,
+    worker_resources: Mapping[str, float] | None = None,
+    step_timeout: float | None = None,
     seat: str = "fixed",
 ) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
@@ -184,6 +238,7 @@ def make_vector_env(
         training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
-        autoreset_mode=autoreset_mode,
+        autoreset_mode=autoreset_mode, backend=backend, ray_address=ray_address,
+        worker_resources=worker_resources, step_timeout=step_timeout,
     )
-    return GymnasiumVectorEnv(engine, seed)
+    return _front_end(GymnasiumVectorEnv, engine, seed)

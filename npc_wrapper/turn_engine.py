@@ -12,18 +12,25 @@ rewards, episode ends, seats and hands that end before the learner's first move.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from pettingzoo import AECEnv
 
-from npc_wrapper.engine import EPISODE_KEY, Ended, EnvFn, NPCEngine, StepResult
+from npc_wrapper.engine import EPISODE_KEY, Ended, EnvFn, NPCEngine, StepResult, check_buffer_memory
 from npc_wrapper.masks import MASK_KEY
 from npc_wrapper.npcs.policies import NPCPolicy, RandomPolicy
 from npc_wrapper.npcs.pool import NPCPool
-from npc_wrapper.turn_env import LEARNER, MaskCheck, Reached, TurnLayout, build_turn_layout
+from npc_wrapper.turn_env import (
+    LEARNER,
+    MaskCheck,
+    Reached,
+    TurnLayout,
+    build_turn_layout,
+    turn_buffer_spaces,
+)
 from npc_wrapper.turn_workers import TurnInProcessBackend, TurnWorkerBackend
 from npc_wrapper.workers import Backend
 
@@ -69,6 +76,7 @@ class TurnEngine(NPCEngine):
         """:param engine_kwargs: :class:`~npc_wrapper.engine.NPCEngine`'s other parameters"""
         self.seat = seat
         self._reset_when_training_agents_dead = reset_when_training_agents_dead
+        self._backend_kind = engine_kwargs.get("backend", "process")
         super().__init__(env_fns, reset_when_training_agents_dead=True, **engine_kwargs)
 
     # ------------------------------------------------------------------ construction
@@ -82,16 +90,24 @@ class TurnEngine(NPCEngine):
                 "reset_when_training_agents_dead=False does not apply to a turn-based (AEC) env: its episode "
                 "ends with the learner's; leave it True"
             )
-        return build_turn_layout(probe, npc, training_agents_pct, training_agents, self.seat)
+        if self._backend_kind == "ray":
+            raise ValueError(
+                "backend='ray' does not step turn-based (AEC) envs yet: use backend='process' (worker "
+                "processes on this machine) or num_workers=0"
+            )
+        layout = build_turn_layout(probe, npc, training_agents_pct, training_agents, self.seat)
+        check_buffer_memory(turn_buffer_spaces(layout), self.num_envs)
+        return layout
 
     def _build_backend(
-        self, probe: Any, env_fns: Sequence[EnvFn], num_workers: int, reset_when_training_agents_dead: bool,
-        start_method: str | None,
+        self, backend: str, env_fns: Sequence[EnvFn], probe: Any, num_workers: int,
+        reset_when_training_agents_dead: bool, start_method: str | None, ray_address: str | None,
+        worker_resources: Mapping[str, Any] | None, step_timeout: float | None,
     ) -> Backend:
         if num_workers == 0:
             return TurnInProcessBackend([probe] + [fn() for fn in env_fns[1:]], self.layout)
         probe.close()
-        return TurnWorkerBackend(env_fns, num_workers, self.layout, start_method)
+        return TurnWorkerBackend(env_fns, num_workers, self.layout, start_method, step_timeout)
 
     def _init_step_state(self) -> None:
         layout, E = self.layout, self.num_envs
@@ -248,8 +264,8 @@ class TurnEngine(NPCEngine):
             if self._mask_specs[g] is not None:
                 mask = np.take(all_masks, mine, axis=0, out=self._gathered_masks[g][:len(mine)], mode="clip")
                 self._check_masks.npcs(g, mask, mine)
-            actions = self._npc_forward(member, obs, mine, start[mine], mask)
-            actions = self._check_npc_actions(g, member, actions, len(mine))
+            actions = self._wait_npc(g, mine, self._npc_forward(member, obs, mine, start[mine], mask))
+            actions = self._check_npc_actions(g, member, actions, mine)
             if mask is not None and type(member) is not RandomPolicy:  # random draws among legal actions
                 self._check_legal(g, member, actions, mine, mask)
             self._npc_actions[g][envs[which]] = actions
@@ -258,11 +274,11 @@ class TurnEngine(NPCEngine):
     @staticmethod
     def _npc_forward(
         member: NPCPolicy, obs: np.ndarray, rows: np.ndarray, start: np.ndarray, mask: np.ndarray | None
-    ) -> np.ndarray:
-        """``member``'s actions for ``rows``, given their masks if it takes them."""
+    ) -> Callable[[], np.ndarray]:
+        """``member``'s forward for ``rows``, given their masks if it takes them."""
         if mask is not None and member.takes_mask:
-            return member.act_async(obs, rows, start, mask)()
-        return member.act_async(obs, rows, start)()
+            return member.act_async(obs, rows, start, mask)
+        return member.act_async(obs, rows, start)
 
     def _episode_summary(self, e: int) -> dict[str, Any]:
         summary = super()._episode_summary(e)

@@ -12,7 +12,6 @@ in it (see :data:`~npc_wrapper.turn_env.Reached`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -151,12 +150,18 @@ class TurnWorkerBackend(WorkerBackend):
     :param num_workers: processes; must divide ``len(env_fns)``
     :param layout: the sub-envs' seats and NPC rows
     :param start_method: multiprocessing start method (``None``: the platform default)
+    :param step_timeout: seconds the workers may take to answer one call (``None``: no limit)
     """
 
     def __init__(
-        self, env_fns: Sequence[EnvFn], num_workers: int, layout: TurnLayout, start_method: str | None = None
+        self,
+        env_fns: Sequence[EnvFn],
+        num_workers: int,
+        layout: TurnLayout,
+        start_method: str | None = None,
+        step_timeout: float | None = None,
     ) -> None:
-        super().__init__(env_fns, num_workers, layout, True, start_method)
+        super().__init__(env_fns, num_workers, layout, True, start_method, step_timeout)
         # One call's actions, every entry present (AsyncVectorEnv splits them by its action space; the
         # phase decides which the workers read), reused from call to call.
         per = self.num_envs // num_workers
@@ -165,10 +170,8 @@ class TurnWorkerBackend(WorkerBackend):
         }
 
     @staticmethod
-    def _batch_fn(
-        env_fns: Sequence[EnvFn], first: int, layout: Any, reset_when_training_agents_dead: bool
-    ) -> Callable[[], gym.Env]:
-        return functools.partial(TurnBatchEnv, env_fns, first, layout)
+    def _batch_class(reset_when_training_agents_dead: bool) -> Callable[..., gym.Env]:
+        return TurnBatchEnv
 
     def _views(self, obs: dict[str, np.ndarray]) -> TurnBuffers:  # type: ignore[override]
         flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
@@ -192,7 +195,7 @@ class TurnWorkerBackend(WorkerBackend):
         return self._call()
 
     def _call(self) -> Reached:
-        _, _, _, _, infos = self._guard(lambda: self.vec.step(self._request))
+        _, _, _, _, infos = self._guard(lambda: self._step_within_timeout(self._request))
         return self._merge(infos)
 
     @staticmethod

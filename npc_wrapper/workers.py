@@ -11,11 +11,16 @@ from shared memory with no copy. Autoreset happens inside :class:`JointEnv`, so 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import inspect
 import multiprocessing
+import os
 import pickle
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -32,7 +37,7 @@ from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_act
 
 __all__ = [
     "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "action_box", "batch_spaces",
-    "check_worker_split",
+    "check_worker_split", "env_only_layout",
 ]
 
 EnvFn = Callable[[], Any]
@@ -254,6 +259,15 @@ class JointBatchEnv(gym.Env):
             self.buffers, self.joints = _joint_envs(envs, self.layout, self.reset_when_training_agents_dead)
         return self.joints
 
+    @staticmethod
+    def reset_options(
+        seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None
+    ) -> dict[str, Any]:
+        """The ``options`` of :meth:`reset`: the whole vector's seeds, env options and reset mask (each
+        worker reads its own envs' part)."""
+        mask_list = None if mask is None else mask.tolist()
+        return {"seeds": list(seeds), "env_options": list(options), "mask": mask_list}
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         try:
             return self._reset(options or {})
@@ -309,6 +323,47 @@ class JointBatchEnv(gym.Env):
 
 
 _NOT_HERE = "__npc_wrapper_not_here__"
+
+#: Linux's prctl option that has the kernel signal a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+#: How often a worker's watchdog checks that its parent still lives, in seconds.
+_WATCHDOG_INTERVAL = 0.25
+
+
+def _die_with_parent(kernel_signal: bool) -> None:
+    """End this worker process when its parent dies, even while an env hangs in it.
+
+    An idle worker notices on its own (its pipe closes), but one stuck in an env's ``step`` would
+    outlive the parent. On Linux, with ``kernel_signal``, the kernel sends SIGKILL when the parent
+    thread ends (PR_SET_PDEATHSIG; only asked for when the main thread started the workers, since it is
+    tied to the starting thread); everywhere, a daemon thread polls the parent pid and exits the process
+    once it changes (the worker was re-parented: its parent died).
+    """
+    parent = os.getppid()
+    if kernel_signal and sys.platform == "linux":
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no libc prctl (an unusual libc): the watchdog still runs
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCHDOG_INTERVAL)
+        os._exit(1)  # the parent is gone: nothing is left to report to or clean up for
+
+    threading.Thread(target=watch, name="npc_wrapper-parent-watchdog", daemon=True).start()
+
+
+def _worker_batch(
+    parent: int, kernel_signal: bool, batch: Callable[..., gym.Env], env_fns: Sequence[EnvFn], first: int,
+    layout: Any,
+) -> gym.Env:
+    """A worker's batch env (``batch(env_fns, first, layout)``: a :class:`JointBatchEnv`, or its
+    turn-based counterpart), built in the worker (where it also arranges to die with its parent) and
+    once in ``parent``, the main process, where ``AsyncVectorEnv`` reads the spaces."""
+    if os.getpid() != parent:
+        _die_with_parent(kernel_signal)
+    return batch(env_fns, first, layout)
 
 
 class _WorkerTraceback(Exception):
@@ -391,12 +446,20 @@ def check_worker_split(num_envs: int, num_workers: int, prefix: str = "") -> Non
         )
 
 
+def env_only_layout(layout: AgentLayout) -> AgentLayout:
+    """``layout`` without its NPC specs: workers step envs only, so the NPC models and callables stay in
+    this process, unpickled and unsent."""
+    return dataclasses.replace(layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups))
+
+
 class WorkerBackend(Backend):
     """Sub-envs split evenly over ``num_workers`` processes.
 
     :param env_fns: one factory per sub-env
     :param num_workers: processes; must divide ``len(env_fns)``
     :param start_method: multiprocessing start method (``None``: the platform default)
+    :param step_timeout: seconds the workers may take to answer a step (``None``: no limit); a worker
+        that takes longer is reported by index, and the backend is then broken, as after a dead worker
     """
 
     def __init__(
@@ -406,18 +469,20 @@ class WorkerBackend(Backend):
         layout: AgentLayout,
         reset_when_training_agents_dead: bool,
         start_method: str | None = None,
+        step_timeout: float | None = None,
     ) -> None:
         n = len(env_fns)
         check_worker_split(n, num_workers)
         self.num_envs, self.num_workers, self.layout = n, num_workers, layout
         per = n // num_workers
-        # Workers step envs only: the NPC specs (models, callables) stay here, unpickled and unsent.
-        env_layout = dataclasses.replace(
-            layout, groups=tuple(dataclasses.replace(g, spec=None) for g in layout.groups)
-        )
-        reset_dead = reset_when_training_agents_dead
+        env_layout = env_only_layout(layout)
+        kernel_signal = threading.current_thread() is threading.main_thread()
+        batch = self._batch_class(reset_when_training_agents_dead)
         batch_fns = [
-            self._batch_fn(env_fns[w * per:(w + 1) * per], w * per, env_layout, reset_dead)
+            functools.partial(
+                _worker_batch, os.getpid(), kernel_signal, batch, env_fns[w * per:(w + 1) * per], w * per,
+                env_layout,
+            )
             for w in range(num_workers)
         ]
         try:
@@ -434,15 +499,16 @@ class WorkerBackend(Backend):
                 "all it captures; use a module-level function (or functools.partial of one), or "
                 "start_method='fork'"
             ) from e
+        self.step_timeout = step_timeout
         self.buffers: JointBuffers | None = None  # views into shared memory, set at the first reset
         self._broken: str | None = None  # why the workers cannot go on, once they cannot
 
     @staticmethod
-    def _batch_fn(
-        env_fns: Sequence[EnvFn], first: int, layout: Any, reset_when_training_agents_dead: bool
-    ) -> Callable[[], gym.Env]:
-        """The factory of one worker's batch env (picklable: it goes to the worker)."""
-        return functools.partial(JointBatchEnv, env_fns, first, layout, reset_when_training_agents_dead)
+    def _batch_class(reset_when_training_agents_dead: bool) -> Callable[..., gym.Env]:
+        """What a worker builds its batch env with, from ``(env_fns, first, layout)`` (picklable: it goes
+        to the worker): this backend's kind of batch env."""
+        reset_dead = reset_when_training_agents_dead
+        return functools.partial(JointBatchEnv, reset_when_training_agents_dead=reset_dead)
 
     def _views(self, obs: dict[str, np.ndarray]) -> JointBuffers:
         flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
@@ -491,11 +557,7 @@ class WorkerBackend(Backend):
         self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None
     ) -> dict[str, Any]:
         """Reset the workers' envs (see :meth:`reset`); their infos, as ``AsyncVectorEnv`` merges them."""
-        request = {
-            "seeds": list(seeds),
-            "env_options": list(options),
-            "mask": None if mask is None else mask.tolist(),
-        }
+        request = JointBatchEnv.reset_options(seeds, options, mask)
         obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:
             self.buffers = self._views(obs)
@@ -506,10 +568,30 @@ class WorkerBackend(Backend):
         actions = {"train": train_actions.reshape(k, -1, *train_actions.shape[1:])}
         actions.update({f"npc_{g}": a.reshape(k, -1, *a.shape[1:]) for g, a in enumerate(npc_actions)})
         actions["held"] = held.reshape(k, -1)
-        _, _, _, _, infos = self._guard(lambda: self.vec.step(actions))
+        _, _, _, _, infos = self._guard(lambda: self._step_within_timeout(actions))
         step_infos = [i for worker in infos["infos"] for i in worker]
         reset_infos = [i for worker in infos["reset_infos"] for i in worker]
         return step_infos, reset_infos
+
+    def _step_within_timeout(self, actions: dict[str, np.ndarray]) -> tuple:
+        """``AsyncVectorEnv.step``, or a ``TimeoutError`` naming the workers that did not answer within
+        ``step_timeout`` (their step goes on, so the workers cannot be used again: ``_guard`` marks them)."""
+        self.vec.step_async(actions)
+        try:
+            return self.vec.step_wait(timeout=self.step_timeout)
+        except multiprocessing.TimeoutError:
+            late = [w for w, pipe in enumerate(self.vec.parent_pipes) if not pipe.poll(0)]
+            which = ", ".join(f"worker {w} ({self._sub_envs_of(w)})" for w in late) or "the workers"
+            raise TimeoutError(
+                f"{which} timed out: no answer to step() within step_timeout={self.step_timeout} s (an env "
+                "hangs, or steps slower than that); close() this vector env, and raise step_timeout if "
+                "the env is only slow"
+            ) from None
+
+    def _sub_envs_of(self, worker: int) -> str:
+        """The sub-envs worker ``worker`` steps, for messages."""
+        per = self.num_envs // self.num_workers
+        return f"sub-env {worker * per}" if per == 1 else f"sub-envs {worker * per}-{(worker + 1) * per - 1}"
 
     def _sub_env_op(self, index: int, op: str, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         index = self._index(index)

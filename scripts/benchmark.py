@@ -29,7 +29,9 @@ Rows:
 After the table, a breakdown of one ``npc_wrapper`` step (env, per-env bookkeeping, NPC inference,
 engine). Torch runs with ``--torch-threads`` (default 1) intra-op threads in every row.
 
-Sections: ``--workers-check`` (``num_workers=0`` vs ``2`` on a butterfly image env),
+Sections: ``--workers-check`` (``num_workers=0`` vs ``2`` on a butterfly image env), ``--ray-check``
+(``backend="ray"`` vs ``backend="process"`` at the same worker count on that env, with the bytes each
+step moves and Ray's round trip),
 ``--memory-check`` (resident memory sampled while the wrapper runs for many steps, a mode of its
 own), the GPU inference section (automatic with ``--device cuda``) and ``--profile DIR``
 (cProfile of the ``npc_wrapper`` rows, top self-time functions).
@@ -65,6 +67,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(_REPO_ROOT))
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch
@@ -72,6 +75,7 @@ from gymnasium import spaces
 from torch import nn
 
 import npc_wrapper as nw
+from npc_wrapper.joint_env import buffer_spaces
 
 __all__ = [
     "AECFloorRunner",
@@ -94,6 +98,7 @@ __all__ = [
     "memory_check",
     "parse_args",
     "profile_wrapper",
+    "ray_check",
     "source_digest",
     "turn_based_section",
     "workers_check",
@@ -829,13 +834,7 @@ def parallel_headroom(n: int = 2_000_000, repeats: int = 3) -> float:
 def workers_check(args: argparse.Namespace) -> str:
     """``num_workers=0`` vs ``2`` on pistonball (32x32 grey obs, half the pistons NPCs, CNN NPC)."""
     num_envs = args.workers_num_envs
-    probe = _pistonball_env()
-    npcs = list(probe.possible_agents)[len(probe.possible_agents) // 2:]
-    train = [a for a in probe.possible_agents if a not in npcs]
-    model = build_npc("cnn", probe.observation_space(npcs[0]), probe.action_space(npcs[0]),
-                      torch.device(args.device), args.seed)
-    probe.close()
-    spec = EnvSpec("pistonball", _pistonball_env, tuple(train), _uniform_actions, lambda env: env)
+    spec, model, n_agents = _pistonball_wrapper_spec(args)
     runners = {w: WrapperRunner(spec, model, num_envs, args.seed, num_workers=w) for w in (0, 2)}
     rates: dict[int, list[float]] = {0: [], 2: []}
     try:
@@ -848,10 +847,10 @@ def workers_check(args: argparse.Namespace) -> str:
         for runner in runners.values():
             runner.close()
     ratio = statistics.median([b / a for a, b in zip(rates[0], rates[2])])
-    n_agents = len(train) + len(npcs)
+    n_train = len(spec.training_agents)
     lines = [
         (f"pistonball_v6 (continuous=False, color_reduction B, resize 32x32), {num_envs} envs, "
-        f"{len(npcs)} CNN NPCs + {len(train)} training pistons per env, {args.workers_steps} steps x "
+        f"{n_agents - n_train} CNN NPCs + {n_train} training pistons per env, {args.workers_steps} steps x "
         f"{args.workers_repeats} repeats"),
         "",
         "| num_workers | vec steps/s | agent steps/s |",
@@ -991,6 +990,124 @@ def turn_based_section(args: argparse.Namespace) -> str:
         lines.append(f"| {name} | {_fmt_rate(num_envs * args.turn_steps / statistics.median(ts))} |")
     lines += ["", f"npc_wrapper / aec_floor = {ratio:.2f} (median of per-round ratios; target >= 0.90); in "
               f"process time {cpu_ratio:.2f}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- ray check
+def _pistonball_wrapper_spec(args: argparse.Namespace) -> tuple[EnvSpec, NPCModel, int]:
+    """Pistonball with half the pistons CNN NPCs: its spec, the NPC and the agents per env."""
+    probe = _pistonball_env()
+    npcs = list(probe.possible_agents)[len(probe.possible_agents) // 2:]
+    train = [a for a in probe.possible_agents if a not in npcs]
+    model = build_npc("cnn", probe.observation_space(npcs[0]), probe.action_space(npcs[0]),
+                      torch.device(args.device), args.seed)
+    n_agents = len(probe.possible_agents)
+    probe.close()
+    spec = EnvSpec("pistonball", _pistonball_env, tuple(train), _uniform_actions, lambda env: env)
+    return spec, model, n_agents
+
+
+def _round_trips(backend: Any, n: int) -> tuple[float, float]:
+    """Median seconds of a call that brings every Ray worker's buffers back without stepping (a step's
+    round trip and transfer, less the envs' own time), and of copying them into the learner's buffers."""
+    import ray
+
+    trip, copy = [], []
+    for _ in range(n):
+        start = time.perf_counter()
+        # The batch method that returns its buffers as they are: the step's reply, with no env stepped.
+        results = ray.get([actor.run.remote("_obs_now") for actor in backend.actors])
+        mid = time.perf_counter()
+        backend._copy_buffers([(r,) for r in results])
+        trip.append(mid - start)
+        copy.append(time.perf_counter() - mid)
+    return statistics.median(trip), statistics.median(copy)
+
+
+def _time_backends(spec: EnvSpec, model: NPCModel, args: argparse.Namespace,
+                   measure: Callable[[Any], Any] | None = None) -> tuple[dict[str, list[float]], Any]:
+    """Per-round vec steps/s of ``backend="process"`` and ``"ray"`` on ``spec``, interleaved; and what
+    ``measure`` returns for the Ray backend (called before the envs close)."""
+    kinds = ("process", "ray")
+    runners: dict[str, WrapperRunner] = {}
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        for kind in kinds:
+            runners[kind] = WrapperRunner(spec, model, args.ray_num_envs, args.seed,
+                                          num_workers=args.ray_workers, options={"backend": kind})
+            runners[kind].run(args.warmup)
+        for r in range(args.ray_repeats):
+            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                rates[kind].append(args.ray_steps / runners[kind].run(args.ray_steps))
+        measured = measure(runners["ray"].venv.engine.backend) if measure is not None else None
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return rates, measured
+
+
+def ray_check(args: argparse.Namespace) -> str:
+    """``backend="ray"`` vs ``backend="process"``, ``--ray-workers`` workers each, on pistonball (32x32
+    grey obs, half the pistons CNN NPCs), interleaved; what one step moves through Ray; and both
+    backends on simple_tag, whose envs step so fast that the backends' own per-step cost shows.
+
+    The Ray workers run on the cluster this process is connected to, or ``RAY_ADDRESS``'s (spread over
+    its nodes: the round trip then includes the network), else on a local Ray the backend starts."""
+    import ray
+
+    if __name__ != "__main__":  # imported (the tests): the env factory must travel by value, as from a script
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    num_envs, workers = args.ray_num_envs, args.ray_workers
+    spec, model, n_agents = _pistonball_wrapper_spec(args)
+    started_ray = not ray.is_initialized()
+
+    how = "started by the backend" if started_ray and not os.environ.get("RAY_ADDRESS") else "connected"
+
+    def measure(backend: Any) -> tuple[float, float, Any, str]:
+        nodes = len({node["node_id"] for node in backend.nodes})
+        where = (f"Ray at {ray.get_runtime_context().gcs_address} ({how}), the Ray workers on {nodes} "
+                 f"node{'s' if nodes > 1 else ''}")
+        return (*_round_trips(backend, args.ray_steps), backend.layout, where)
+
+    rates, (trip_s, copy_s, layout, where) = _time_backends(spec, model, args, measure)
+    tag = ENV_SPECS["tag"]
+    tag_rates, _ = _time_backends(tag, _npc_model(tag, "mlp", args), args)
+    ratios = [r / p for p, r in zip(rates["process"], rates["ray"])]
+    added_ms = statistics.median([1e3 / r - 1e3 / p for p, r in zip(tag_rates["process"], tag_rates["ray"])])
+    sizes = {k: int(np.prod(s.shape)) * s.dtype.itemsize for k, s in buffer_spaces(layout).items()}
+    per_env = sum(sizes.values())
+    obs = sum(v for k, v in sizes.items() if k.endswith("obs") or k.startswith("npc_obs"))
+    action_bytes = 8 * n_agents  # int64 actions, the trainer's and the NPCs'
+    step_ms = 1e3 / statistics.median(rates["ray"])
+    n_train = len(spec.training_agents)
+    lines = [
+        (f"pistonball_v6 (continuous=False, color_reduction B, resize 32x32), {num_envs} envs in {workers} "
+         f"workers, {n_train} training pistons + {n_agents - n_train} CNN "
+         f"NPCs per env, {args.ray_steps} steps x {args.ray_repeats} repeats; {where}"),
+        "",
+        "| backend | vec steps/s | agent steps/s | ms/step |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind in ("process", "ray"):
+        rate = statistics.median(rates[kind])
+        agent_rate = _fmt_rate(rate * num_envs * n_agents)
+        lines.append(f"| {kind} | {_fmt_rate(rate)} | {agent_rate} | {1e3 / rate:.2f} |")
+    tag_ms = {k: 1e3 / statistics.median(v) for k, v in tag_rates.items()}
+    lines += [
+        "",
+        f"ray / process = {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}] (median of "
+        "per-round ratios)",
+        (f"per step, each env's buffers travel back: {per_env / 1024:.1f} KiB ({obs / 1024:.1f} KiB of "
+         f"observations: the training agents', their terminal ones and the NPCs'), "
+         f"{per_env * num_envs / 1024:.0f} KiB for all {num_envs} envs; the actions travel out: "
+         f"{action_bytes} B per env"),
+        (f"Ray round trip of one step without the envs (every worker's buffers brought back): "
+         f"{1e3 * trip_s:.2f} ms; copying them into the learner's buffers: {1e6 * copy_s:.0f} us "
+         f"({100 * copy_s / (step_ms / 1e3):.2f}% of a Ray step)"),
+        (f"simple_tag (fast envs: the backends' own cost shows), the same envs and workers, MLP NPC: process "
+         f"{tag_ms['process']:.2f} ms/step, ray {tag_ms['ray']:.2f} ms/step; Ray adds {added_ms:.2f} ms per "
+         "step (median of the per-round differences)"),
+    ]
     return "\n".join(lines)
 
 
@@ -1375,6 +1492,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers-num-envs", type=int, default=4, help="envs in the workers check (even)")
     p.add_argument("--workers-steps", type=int, default=30, help="vector steps per repeat in the workers check")
     p.add_argument("--workers-repeats", type=int, default=7, help="interleaved rounds in the workers check")
+    p.add_argument("--ray-check", action="store_true",
+                   help="also time backend='ray' against backend='process' on pistonball (needs ray)")
+    p.add_argument("--ray-num-envs", type=int, default=16, help="envs in the ray check")
+    p.add_argument("--ray-workers", type=int, default=2, help="workers of each backend in the ray check")
+    p.add_argument("--ray-steps", type=int, default=30, help="vector steps per repeat in the ray check")
+    p.add_argument("--ray-repeats", type=int, default=15, help="interleaved rounds in the ray check")
     p.add_argument("--breakdown-steps", type=int, default=100,
                    help="vector steps timed in the step breakdown")
     p.add_argument("--turn-based", action="store_true",
@@ -1395,13 +1518,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
     counts = ("num_envs", "steps", "repeats", "torch_threads", "workers_steps", "workers_repeats",
-              "breakdown_steps")
+              "breakdown_steps", "ray_num_envs", "ray_workers", "ray_steps", "ray_repeats")
     if min(getattr(args, c) for c in counts) < 1 or args.warmup < 0:
         p.error(", ".join("--" + c.replace("_", "-") for c in counts) + " must be >= 1, --warmup >= 0")
     if args.num_workers and args.num_envs % args.num_workers:
         p.error(f"--num-envs {args.num_envs} must be a multiple of --num-workers {args.num_workers}")
     if args.workers_num_envs % 2:
         p.error("--workers-num-envs must be even (2 workers split the envs evenly)")
+    if args.ray_num_envs % args.ray_workers:
+        p.error(f"--ray-num-envs {args.ray_num_envs} must be a multiple of --ray-workers {args.ray_workers}")
     return args
 
 
@@ -1483,6 +1608,8 @@ def main(argv: Sequence[str] | None = None) -> list[BlockResult]:
     print("\n## where an npc_wrapper step goes\n\n" + breakdown_section(args))
     if args.workers_check:
         print("\n## workers check\n\n" + workers_check(args))
+    if args.ray_check:
+        print("\n## ray check\n\n" + ray_check(args))
     if args.device == "cuda":
         print("\n## GPU inference\n\n" + inference_section(args))
     if args.profile is not None:

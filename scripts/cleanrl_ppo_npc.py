@@ -213,7 +213,7 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(x)
 
 
-def _ended_episodes(infos: dict[str, Any], n_train: int) -> list[dict[str, Any]]:
+def _ended_episodes(infos: dict[str, Any], slots: nw.SlotMap) -> list[dict[str, Any]]:
     """The episode summaries (``infos["npc_wrapper/episode"]``) of envs that ended this step, one per env."""
     key = nw.EPISODE_KEY
     ep = infos.get(key)
@@ -227,7 +227,7 @@ def _ended_episodes(infos: dict[str, Any], n_train: int) -> list[dict[str, Any]]
             "outcome": str(ep["outcome"][k]),
         }
         for k in np.flatnonzero(mask)
-        if k % n_train == 0
+        if slots.agent(int(k)) == 0
     ]
 
 
@@ -279,7 +279,6 @@ def train(args: Args) -> dict[str, Any]:
         device=device,
         trusted=args.npc_trusted,
     )
-    n_train = len(envs.training_agents)
     num_slots = envs.num_envs
     args.batch_size = num_slots * args.num_steps
     args.minibatch_size = args.batch_size // args.num_minibatches
@@ -359,7 +358,7 @@ def train(args: Args) -> dict[str, Any]:
             )
             rewards[step] = torch.as_tensor(reward, device=device).view(-1)
             next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-            recent.extend(_ended_episodes(infos, n_train))
+            recent.extend(_ended_episodes(infos, envs.slots))
 
         # GAE; a done slot's next observation starts a new episode, so nothing is bootstrapped across it
         # (a truncation's bootstrap is in its reward already, with --bootstrap-truncated).

@@ -10,6 +10,7 @@ Import them as ``from tests.envs import ScriptedParallelEnv, RecordingParallelEn
   check exactly what a wrapper did.
 * :class:`RecordingParallelEnv` -- a transparent wrapper around any ``ParallelEnv``
   that logs every action dict passed to ``step`` and every ``reset`` seed.
+* :func:`simple_tag` -- the real mpe2 ``simple_tag`` the tests play (25 cycles, discrete actions).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "ScriptedParallelEnv",
     "default_reward",
     "is_integer_action",
+    "simple_tag",
 ]
 
 AgentID = Hashable
@@ -432,3 +434,15 @@ class RecordingEnvFactory:
         env = RecordingParallelEnv(ScriptedParallelEnv(**self.kwargs))
         self.envs.append(env)
         return env
+
+
+def simple_tag(continuous: bool = False, max_cycles: int = 25) -> ParallelEnv:
+    """mpe2's ``simple_tag`` (3 predators, 1 prey, 2 obstacles) with short episodes: an env factory.
+
+    :param continuous: continuous actions (``Box``) instead of ``Discrete(5)``
+    :param max_cycles: episode length
+    """
+    # mpe2 (and pygame under it) stays out of the workers that import this module to unpickle an env.
+    from mpe2 import simple_tag_v3
+
+    return simple_tag_v3.parallel_env(continuous_actions=continuous, max_cycles=max_cycles)

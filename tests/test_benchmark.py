@@ -7,6 +7,7 @@ numbers live in BENCHMARKS.md.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -178,6 +179,25 @@ def test_workers_check_section(bench: ModuleType) -> None:
     assert re.search(r"parallel headroom: two busy processes did 2 units of work \d+\.\d\dx", text)
 
 
+@pytest.mark.timeout(180)
+def test_ray_check_section(bench: ModuleType) -> None:
+    """The Ray section starts a local Ray itself (none is running) and stops it with its last env."""
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    args = bench.parse_args(["--ray-num-envs", "2", "--ray-workers", "1", "--ray-steps", "2", "--warmup", "1",
+                             "--ray-repeats", "1"])
+    text = bench.ray_check(args)
+    assert not ray.is_initialized()
+    assert re.search(r"Ray at [\d.]+:\d+ \(started by the backend\), the Ray workers on 1 node\n", text)
+    assert [r[0] for r in _table_rows(text)[1:]] == ["process", "ray"]
+    assert re.search(r"ray / process = \d+\.\d\d \[", text)
+    assert "each env's buffers travel back: 30.2 KiB (30.0 KiB of observations" in text
+    assert re.search(r"Ray round trip of one step without the envs .*: \d+\.\d\d ms; copying them into the "
+                     r"learner's buffers: \d+ us", text)
+    assert re.search(r"simple_tag .*: process \d+\.\d\d ms/step, ray \d+\.\d\d ms/step; Ray adds -?\d+\.\d\d "
+                     r"ms per step", text)
+
+
 def test_inference_section_runs_on_cpu(bench: ModuleType) -> None:
     """The GPU section's code path on CPU (main() runs it only with --device cuda; graph capture needs CUDA)."""
     args = bench.parse_args(["--steps", "5", "--warmup", "2", "--num-envs", "2", "--envs", "tag"])
@@ -224,7 +244,8 @@ def test_gpu_check_refuses_to_run_without_cuda(tmp_path: Path) -> None:
     """The GPU check must fail where CUDA is missing, not pass with every GPU test skipped."""
     out = tmp_path / "out"
     result = subprocess.run(["bash", str(SCRIPT.parent / "gpu_check.sh"), str(out)], capture_output=True,
-                            text=True, check=False, cwd=SCRIPT.parent.parent)
+                            text=True, check=False, cwd=SCRIPT.parent.parent,
+                            env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 1
     assert "CUDA is not available" in result.stderr
     assert not (out / "gpu_tests.log").exists()

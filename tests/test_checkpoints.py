@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from mpe2 import simple_tag_v3
 from sb3_contrib import ARS, QRDQN, TRPO, MaskablePPO, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 
@@ -42,7 +41,7 @@ from tests.checkpoint_agents import (
     TinyExtractor,
     save_marker_torchscript,
 )
-from tests.envs import ScriptedParallelEnv
+from tests.envs import ScriptedParallelEnv, simple_tag
 
 ADVERSARIES = ["adversary_0", "adversary_1", "adversary_2"]
 SHIPPED = Path(nw.__file__).parent / "data" / "simple_tag_npc.zip"
@@ -50,15 +49,11 @@ TAG_OBS = spaces.Box(-np.inf, np.inf, (16,), np.float32)
 TAG_ACT = spaces.Discrete(5)
 
 
-def tag_env(continuous: bool = False):
-    return simple_tag_v3.parallel_env(continuous_actions=continuous, max_cycles=25)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
     """SB3 models trained for a few hundred steps on the adversaries of simple_tag, saved to zips."""
     root = tmp_path_factory.mktemp("sb3")
-    venv = nw.make_vec_env(tag_env, num_envs=2, training_agents_pct=0.75, seed=0)
+    venv = nw.make_vec_env(simple_tag, num_envs=2, training_agents_pct=0.75, seed=0)
     makers = {
         "ppo": lambda: PPO(
             "MlpPolicy",
@@ -100,7 +95,7 @@ def run_as_npc(npc, steps: int = 30, num_envs: int = 2, **kwargs) -> list[ObsRec
     envs: list[ObsRecordingEnv] = []
 
     def make():
-        env = ObsRecordingEnv(tag_env())
+        env = ObsRecordingEnv(simple_tag())
         envs.append(env)
         return env
 
@@ -189,7 +184,7 @@ def test_sb3_zip_loads_without_unpickling_and_logs_format(models, caplog, monkey
     ids=["sac", "td3", "ppo_gsde", "qrdqn", "trpo", "ars"],
 )
 def test_other_sb3_algorithms_load(tmp_path: Path, algo, continuous: bool, kwargs: dict) -> None:
-    venv = nw.make_vec_env(lambda: tag_env(continuous), num_envs=1, training_agents_pct=0.75, seed=0)
+    venv = nw.make_vec_env(lambda: simple_tag(continuous), num_envs=1, training_agents_pct=0.75, seed=0)
     model = algo("LinearPolicy" if algo is ARS else "MlpPolicy", venv, seed=0, **kwargs)
     model.save(tmp_path / "model.zip")
     venv.close()
@@ -243,7 +238,7 @@ def test_image_model_trained_through_the_wrapper_acts_as_npc(tmp_path: Path) -> 
 def test_checkpoint_for_other_spaces_fails_at_construction_with_both_spaces(models) -> None:
     path, _ = models["ppo"]  # trained on the adversaries (16 obs); agent_0 (the prey) sees 14
     with pytest.raises(CheckpointError) as err:
-        nw.make_vec_env(tag_env, num_envs=1, npc=str(path), training_agents_pct=0.75)
+        nw.make_vec_env(simple_tag, num_envs=1, npc=str(path), training_agents_pct=0.75)
     msg = str(err.value)
     assert str(path) in msg
     assert "Box(-inf, inf, (16,), float32)" in msg and "Box(-inf, inf, (14,), float32)" in msg
@@ -258,7 +253,7 @@ def test_state_dict_mismatch_fails_at_construction_with_the_spaces(tmp_path: Pat
         policy_kwargs={"obs_dim": 16, "n_actions": 5},
     )
     with pytest.raises(ValueError) as err:  # the prey's 14-dim observations do not fit a 16-input network
-        nw.make_vec_env(tag_env, num_envs=1, npc=cfg, training_agents_pct=0.75)
+        nw.make_vec_env(simple_tag, num_envs=1, npc=cfg, training_agents_pct=0.75)
     assert "Box(-inf, inf, (14,), float32)" in str(err.value) and "Discrete(5)" in str(err.value)
 
 
@@ -379,7 +374,7 @@ def test_pickled_module_needs_trusted(tmp_path: Path) -> None:
 
 
 def test_sb3_zip_with_custom_class_needs_trusted(tmp_path: Path) -> None:
-    venv = nw.make_vec_env(tag_env, num_envs=1, training_agents_pct=0.75, seed=0)
+    venv = nw.make_vec_env(simple_tag, num_envs=1, training_agents_pct=0.75, seed=0)
     model = PPO(
         "MlpPolicy",
         venv,

@@ -1,4 +1,4 @@
-"""npc-train's bad-input messages, Ctrl-C, and atomic checkpoints.
+"""npc-train's bad-input messages and Ctrl-C.
 
 Bad input must stop the program before any training with one clear line on stderr and a
 non-zero exit status; Ctrl-C must save a checkpoint that a resumed run continues from.
@@ -6,7 +6,6 @@ non-zero exit status; Ctrl-C must save a checkpoint that a resumed run continues
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -19,8 +18,7 @@ from urllib.parse import quote
 import pytest
 from stable_baselines3 import PPO
 
-import npc_wrapper as nw
-from npc_wrapper.checkpoints.store import atomic_save, checkpoint_path, latest_checkpoint
+from npc_wrapper.checkpoints.store import latest_checkpoint
 from npc_wrapper.cli.checks import check_npc_uri
 from npc_wrapper.cli.config import DATA_DIR
 from npc_wrapper.cli.envs import EnvFactory
@@ -274,72 +272,6 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path: Path) -
         )
     )
     assert result["step"] >= step + 384
-
-
-def _tiny_model() -> tuple[PPO, object]:
-    venv = nw.make_vec_env(
-        EnvFactory(
-            {"_target_": "mpe2.simple_tag_v3.parallel_env", "max_cycles": 5},
-            [{"_target_": "npc_wrapper.cli.envs.pad_observations"}],
-        ),
-        num_envs=1,
-        npc="random",
-        training_agents_pct=0.75,
-        seed=0,
-        device="cpu",
-    )
-    return PPO("MlpPolicy", venv, n_steps=8, batch_size=8, device="cpu", seed=0), venv
-
-
-def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    model, venv = _tiny_model()
-    try:
-        ckpts = tmp_path / "checkpoints"
-        good = atomic_save(model, checkpoint_path(ckpts, 100), {"step": 100, "epoch": 1})
-        good_bytes = good.read_bytes()
-
-        def torn_save(path: object, *args: object, **kwargs: object) -> None:
-            # What a kill during the write leaves: half a file, then nothing more happens.
-            Path(str(path)).write_bytes(good_bytes[: len(good_bytes) // 2])
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(model, "save", torn_save)
-        with pytest.raises(KeyboardInterrupt):
-            atomic_save(model, checkpoint_path(ckpts, 200), {"step": 200, "epoch": 2})
-        assert not checkpoint_path(ckpts, 200).exists()
-        assert sorted(p.name for p in ckpts.iterdir()) == ["step_100.json", "step_100.zip"]
-        assert latest_checkpoint(ckpts) == (100, good)
-        assert PPO.load(str(good), device="cpu").num_timesteps == model.num_timesteps
-
-        # A torn file that did reach its final name (e.g. copied in by hand) is skipped, not loaded.
-        checkpoint_path(ckpts, 300).write_bytes(good_bytes[:1000])
-        with caplog.at_level("WARNING"):
-            assert latest_checkpoint(ckpts) == (100, good)
-        assert "skipping unreadable checkpoint" in caplog.text
-    finally:
-        venv.close()
-
-
-def test_checkpoint_metadata_is_written_before_the_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model, venv = _tiny_model()
-    seen: list[bool] = []
-    real_replace = os.replace
-
-    def spy(src: str, dst: str) -> None:
-        if str(dst).endswith(".zip"):
-            seen.append(Path(dst).with_suffix(".json").is_file())
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", spy)
-    try:
-        atomic_save(model, tmp_path / "final.zip", {"step": 0, "epoch": 0})
-    finally:
-        venv.close()
-    assert seen == [True]
 
 
 def test_pad_observations_refuses_an_aec_env() -> None:

@@ -22,11 +22,10 @@ from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
 import npc_wrapper as nw
 from npc_wrapper.agents import same_value
-from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
+from tests.envs import RecordingParallelEnv, ScriptedParallelEnv, simple_tag
 
 pytestmark = pytest.mark.timeout(120)
 
-KIND = pytest.mark.parametrize("kind", ["sb3", "gym"])
 WORKERS = pytest.mark.parametrize("workers", [0, 2])
 
 
@@ -98,10 +97,8 @@ def scripted(**kwargs: Any) -> Callable[[], Probe]:
     return lambda: Probe(ScriptedParallelEnv(agents=AGENTS, obs_shape=(4,), **kwargs))
 
 
-def simple_tag() -> Probe:
-    from mpe2 import simple_tag_v3
-
-    return Probe(RecordingParallelEnv(simple_tag_v3.parallel_env(max_cycles=25)))
+def tag_probe() -> Probe:
+    return Probe(RecordingParallelEnv(simple_tag()))
 
 
 def pistonball() -> Probe:
@@ -149,7 +146,6 @@ def step(envs: Any, action: int = 0) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ once per sub-env
 @WORKERS
-@KIND
 def test_methods_run_once_per_sub_env_and_each_slot_gets_it(kind: str, workers: int, make: Any) -> None:
     envs = make(kind, scripted(), workers)
     assert call(envs, "ping") == [1, 1, 1, 1]  # a second call per sub-env would answer 2
@@ -161,7 +157,6 @@ def test_methods_run_once_per_sub_env_and_each_slot_gets_it(kind: str, workers: 
 
 
 @WORKERS
-@KIND
 def test_human_render_draws_each_sub_env_once(kind: str, workers: int, make: Any) -> None:
     envs = make(kind, lambda: HumanProbe(ScriptedParallelEnv(agents=AGENTS)), workers)
     assert envs.render_mode == "human"
@@ -172,7 +167,6 @@ def test_human_render_draws_each_sub_env_once(kind: str, workers: int, make: Any
 
 # ------------------------------------------------------------------------------------ errors in envs
 @WORKERS
-@KIND
 def test_errors_keep_their_type_and_the_workers_live_on(kind: str, workers: int, make: Any) -> None:
     envs = make(kind, scripted(), workers)
     with pytest.raises(AttributeError, match="no_such_attr"):
@@ -191,7 +185,6 @@ def test_errors_keep_their_type_and_the_workers_live_on(kind: str, workers: int,
 
 
 @WORKERS
-@KIND
 def test_an_error_that_cannot_travel_is_a_runtime_error_naming_it(kind: str, workers: int, make: Any) -> None:
     envs = make(kind, scripted(), workers)
     with pytest.raises(RuntimeError if workers else UnpicklableError, match="holds a lock") as error:
@@ -231,11 +224,10 @@ def test_negative_slot_indices_count_from_the_end(workers: int, make: Any) -> No
 
 # ------------------------------------------------------------------------------------ wrapper chains
 @WORKERS
-@KIND
 def test_names_resolve_through_pettingzoo_wrapper_chains(kind: str, workers: int, make: Any) -> None:
     # Probe -> RecordingParallelEnv -> aec_to_parallel_wrapper (.aec_env) -> OrderEnforcingWrapper ->
     # AssertOutOfBoundsWrapper -> raw_env, which alone owns max_cycles.
-    envs = make(kind, simple_tag, workers)
+    envs = make(kind, tag_probe, workers)
     assert get(envs, "max_cycles") == [25] * 4
     assert call(envs, "holders", "max_cycles") == [["raw_env"]] * 4
     # set_attr sets it on the env that owns it (not on a wrapper forwarding to it), so the env obeys.
@@ -254,7 +246,7 @@ def test_names_resolve_through_pettingzoo_wrapper_chains(kind: str, workers: int
 
 @WORKERS
 def test_gym_call_returns_an_attribute_that_is_not_callable(workers: int, make: Any) -> None:
-    envs = make("gym", simple_tag, workers)
+    envs = make("gym", tag_probe, workers)
     assert envs.call("max_cycles") == (25,) * 4
     assert envs.call("ping") == (1,) * 4
 
@@ -263,7 +255,7 @@ def test_gym_call_returns_an_attribute_that_is_not_callable(workers: int, make: 
 def test_sb3_env_is_wrapped_walks_the_chain_and_fakes_only_monitor(workers: int, make: Any) -> None:
     from mpe2.simple_tag.simple_tag import raw_env
 
-    venv = make("sb3", simple_tag, workers)
+    venv = make("sb3", tag_probe, workers)
     present = (Monitor, SubMonitor, Probe, RecordingParallelEnv, OrderEnforcingWrapper, BaseWrapper, raw_env)
     for wrapper in present:
         assert venv.env_is_wrapped(wrapper) == [True] * 4, wrapper
@@ -295,7 +287,6 @@ def test_gym_set_attr_refuses_different_values_within_a_sub_env(workers: int, ma
 
 # ------------------------------------------------------------------------------------ rendering
 @WORKERS
-@KIND
 def test_rgb_array_frames_one_per_slot_each_sub_env_rendered_once(kind: str, workers: int, make: Any) -> None:
     envs = make(kind, pistonball, workers)
     frames = envs.get_images() if kind == "sb3" else envs.render()
@@ -353,7 +344,6 @@ def test_sb3_get_images_without_rgb_array_warns_and_renders_nothing(make: Any) -
 
 # ------------------------------------------------------------------------------------ after close
 @WORKERS
-@KIND
 def test_access_after_close_is_the_closed_error(kind: str, workers: int, make: Any) -> None:
     probes: list[Probe] = []
 

@@ -15,7 +15,6 @@ import npc_wrapper as nw
 from tests.envs import ScriptedParallelEnv
 
 PAD, EPISODE = nw.PADDING_KEY, nw.EPISODE_KEY
-FRONT_ENDS = ["sb3", "gym"]
 
 
 class Runner:
@@ -74,11 +73,6 @@ def scripted(**kwargs: Any):
     return lambda: ScriptedParallelEnv(**kwargs)
 
 
-@pytest.fixture(params=FRONT_ENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 # -------------------------------------------------------------------------------- whole-env ends
 def test_truncation_resets_the_env_and_reports_terminal_obs(kind: str) -> None:
     r = Runner(kind, scripted(max_steps=3), num_envs=2, seed=10)
@@ -94,9 +88,10 @@ def test_truncation_resets_the_env_and_reports_terminal_obs(kind: str) -> None:
     obs, rew, term, trunc, infos, final = r.step(actions)
     assert trunc.all() and not term.any()
     np.testing.assert_allclose(rew, 3 + 0.01 * idx + 0.001 * actions, rtol=1e-6)
+    episode_id = np.array([10, 10, 11, 11])  # the seed of each slot's env
     for k in range(4):
         # The terminal observation is the env's last observation of that agent, exactly.
-        np.testing.assert_array_equal(final[k], [3, idx[k], actions[k], 10 + k // 2])
+        np.testing.assert_array_equal(final[k], [3, idx[k], actions[k], episode_id[k]])
         assert final[k].dtype == np.float32
     # The returned observation is the first of the new episode (unseeded reset: a new episode id).
     np.testing.assert_array_equal(obs[:, :3], np.stack([np.zeros(4), idx, -np.ones(4)], axis=1))
@@ -414,23 +409,11 @@ def test_reset_mid_episode_restarts_statistics_and_padding(kind: str) -> None:
         assert infos[1]["episode"]["l"] == 4 and infos[1]["episode"]["r"] == pytest.approx(10.04)
 
 
-class StartLog(nw.NPCPolicy):
-    """Stands still and records each call's rows and episode-start flags."""
-
-    def __init__(self) -> None:
-        space = ScriptedParallelEnv(obs_shape=(4,))
-        super().__init__(space.observation_space("b_0"), space.action_space("b_0"), "startlog")
-        self.calls: list[tuple[list[int], list[bool]]] = []
-
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        self.calls.append((rows.tolist(), episode_start.tolist()))
-        return np.zeros(len(rows), dtype=np.int64)
-
-
-def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str) -> None:
+def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str, recording_npc: Any) -> None:
     """a_1 (training) joins env.agents at step 2 and b_0 (NPC) at step 3: padding until then, then
     their own rewards, dones and episode statistics; the NPC's first act is an episode start."""
-    npc = StartLog()
+    probe = ScriptedParallelEnv(obs_shape=(4,))
+    npc = recording_npc(probe.observation_space("b_0"), probe.action_space("b_0"))  # stands still
     r = Runner(kind, scripted(max_steps=6, join_steps={"a_1": 2, "b_0": 3}), num_envs=1, npc=npc)
     npc.calls.clear()  # the construction's dry run
     obs = r.reset()
@@ -448,8 +431,9 @@ def test_agents_that_join_after_reset_start_a_life_of_their_own(kind: str) -> No
         ([5, 1, 1], pytest.approx(5.011), False, False),
         ([0, 0, 0], pytest.approx(6.011), False, True),  # truncated; absent again in the next episode
     ]
-    assert [c for c in npc.calls if c[0]][0] == ([0], [True])  # b_0's first forward starts its episode
-    assert [c for c in npc.calls if c[0]][1] == ([0], [False])
+    starts = [(c.rows, c.episode_start) for c in npc.calls if c.rows]
+    assert starts[0] == ([0], [True])  # b_0's first forward starts its episode
+    assert starts[1] == ([0], [False])
     if kind == "sb3":
         assert infos[1]["episode"]["l"] == 4 and infos[0]["episode"]["l"] == 6
     r.close()

@@ -15,9 +15,6 @@ from stable_baselines3 import PPO
 import npc_wrapper as nw
 from tests.envs import RecordingEnvFactory, ScriptedParallelEnv
 
-FRONT_ENDS = [nw.make_vec_env, nw.make_vector_env]
-
-
 class CountingFactory:
     """Counts env constructions, so a test can tell construction-time errors from later ones."""
 
@@ -31,19 +28,17 @@ class CountingFactory:
         return env
 
 
-@pytest.mark.parametrize("make", FRONT_ENDS)
-def test_bad_split_fails_at_construction(make) -> None:
+def test_bad_split_fails_at_construction(make_venv: Any) -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        make(lambda: ScriptedParallelEnv(), training_agents_pct=1.5)
+        make_venv(lambda: ScriptedParallelEnv(), training_agents_pct=1.5)
     with pytest.raises(ValueError, match="match none"):
-        make(lambda: ScriptedParallelEnv(), training_agents=["zz_*"])
+        make_venv(lambda: ScriptedParallelEnv(), training_agents=["zz_*"])
 
 
-@pytest.mark.parametrize("make", FRONT_ENDS)
-def test_npc_torch_module_with_wrong_input_size_names_both_spaces(make) -> None:
+def test_npc_torch_module_with_wrong_input_size_names_both_spaces(make_venv: Any) -> None:
     factory = CountingFactory(agents=["a_0", "b_0"])
     with pytest.raises(ValueError) as err:
-        make(factory, num_envs=4, npc=torch.nn.Linear(5, 4), device="cpu")
+        make_venv(factory, num_envs=4, npc=torch.nn.Linear(5, 4), device="cpu")
     msg = str(err.value)
     assert "['b_0']" in msg and "dry-run" in msg
     assert "Box(-inf, inf, (3,), float32)" in msg and "Discrete(4)" in msg
@@ -51,11 +46,10 @@ def test_npc_torch_module_with_wrong_input_size_names_both_spaces(make) -> None:
     assert len(factory.built) == 1 and factory.built[0].closed  # the probe env only, closed again
 
 
-@pytest.mark.parametrize("make", FRONT_ENDS)
-def test_npc_torch_module_with_one_float_output_is_rejected_at_construction(make) -> None:
+def test_npc_torch_module_with_one_float_output_is_rejected_at_construction(make_venv: Any) -> None:
     # A float (B, 1) for Discrete(4) is neither logits nor actions; it must not be cast to actions.
     with pytest.raises(ValueError) as err:
-        make(lambda: ScriptedParallelEnv(), npc=torch.nn.Linear(3, 1), device="cpu")
+        make_venv(lambda: ScriptedParallelEnv(), npc=torch.nn.Linear(3, 1), device="cpu")
     msg = str(err.value)
     assert "dry-run" in msg and "shape (2, 1) and dtype torch.float32" in msg and "(B, 4)" in msg
 
@@ -138,13 +132,12 @@ def test_unknown_npc_kind_is_a_type_error() -> None:
         nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=42)
 
 
-@pytest.mark.parametrize("make", FRONT_ENDS)
-def test_aec_env_with_several_learners_is_a_value_error_with_a_hint(make) -> None:
+def test_aec_env_with_several_learners_is_a_value_error_with_a_hint(make_venv: Any) -> None:
     """An AEC env is a turn-based game: one learner per env (simple_tag's AEC form, half of 4 agents)."""
     from mpe2 import simple_tag_v3
 
     with pytest.raises(ValueError, match=r"one learner per env .* training_agents=\['adversary_0'\]"):
-        make(lambda: simple_tag_v3.env(max_cycles=5))
+        make_venv(lambda: simple_tag_v3.env(max_cycles=5))
 
 
 @pytest.mark.parametrize("who", [["a_0", "a_1", "b_0"], ["b_0"]], ids=["training", "npc"])
@@ -306,5 +299,5 @@ def test_npc_actions_as_a_column_and_whole_floats_are_accepted() -> None:
                            npc=_Scripted(lambda n: np.full((n, 1), 3.0)))
     venv.reset()
     venv.step(np.zeros(4, dtype=np.int64))
-    assert [log[-1]["b_0"] for log in venv.get_attr("action_log")[::2]] == [3, 3]
+    assert [log[-1]["b_0"] for log in venv.slots.first_of_env(venv.get_attr("action_log"))] == [3, 3]
     venv.close()

@@ -41,10 +41,10 @@ def test_evaluation_plays_episodes_longer_than_1000_steps() -> None:
     )
     try:
         act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
-        assert play_episodes(act, venv, 1, 3).summary()["episode_length"] == 1100
+        assert play_episodes(act, venv, 1).summary()["episode_length"] == 1100
         # An env whose episodes do not end is still an error, once no episode ended for max_steps steps.
         with pytest.raises(RuntimeError, match="no episode ended in the last 20 vector steps"):
-            play_episodes(act, venv, 1, 3, max_steps=20)
+            play_episodes(act, venv, 1, max_steps=20)
     finally:
         venv.close()
 
@@ -64,7 +64,7 @@ def test_episodes_of_envs_done_with_their_share_do_not_reset_the_bound() -> None
     try:
         act = lambda obs, start: np.zeros(len(obs), dtype=np.int64)
         with pytest.raises(RuntimeError, match=r"no episode ended in the last 20 vector steps \(1 of 2"):
-            play_episodes(act, venv, 2, 3, max_steps=20)
+            play_episodes(act, venv, 2, max_steps=20)
     finally:
         venv.close()
 
@@ -86,7 +86,7 @@ def test_episode_start_marks_each_slots_first_observation_of_an_episode() -> Non
         return np.zeros(len(obs), dtype=np.int64)
 
     try:
-        play_episodes(act, venv, 4, 2)
+        play_episodes(act, venv, 4)
     finally:
         venv.close()
     assert len(seen) == 10  # two episodes of 5 steps in each env

@@ -21,7 +21,7 @@ from gymnasium import spaces
 from torch import nn
 
 import npc_wrapper as nw
-from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
+from tests.envs import RecordingParallelEnv, ScriptedParallelEnv, simple_tag
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,12 +40,6 @@ def _full_float32() -> Iterator[None]:
     torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def _tag_env() -> Any:
-    from mpe2 import simple_tag_v3
-
-    return simple_tag_v3.parallel_env(continuous_actions=False, max_cycles=25)
 
 
 def _battle_env() -> Any:
@@ -106,13 +100,13 @@ def _same_rollouts(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 def test_torch_policy_cuda_matches_cpu_in_tag(cuda_graphs: bool) -> None:
     torch.manual_seed(0)
     module = _MLP(14, 5)
-    cpu = _rollout(_tag_env, nw.TorchPolicy(module, spaces.Box(-np.inf, np.inf, (14,), np.float32),
+    cpu = _rollout(simple_tag, nw.TorchPolicy(module, spaces.Box(-np.inf, np.inf, (14,), np.float32),
                                             spaces.Discrete(5), device=CPU, deterministic=True), CPU, ["adversary_*"])
     extra = {"cuda_graphs": True} if cuda_graphs else {}
     gpu_policy = nw.TorchPolicy(module, spaces.Box(-np.inf, np.inf, (14,), np.float32), spaces.Discrete(5),
                                 device=CUDA, deterministic=True, **extra)
     assert next(gpu_policy.module.parameters()).device.type == "cuda"
-    _same_rollouts(cpu, _rollout(_tag_env, gpu_policy, CUDA, ["adversary_*"]))
+    _same_rollouts(cpu, _rollout(simple_tag, gpu_policy, CUDA, ["adversary_*"]))
 
 
 @pytest.mark.parametrize("cuda_graphs", _graph_modes(nw.TorchPolicy))
@@ -140,17 +134,17 @@ def test_sb3_policy_cuda_matches_cpu(cuda_graphs: bool) -> None:
     gpu_model = PPO("MlpPolicy", _SpacesEnv(obs_space, act_space), n_steps=64, batch_size=64, seed=0, device=CUDA)
     gpu_model.policy.load_state_dict(cpu_model.policy.state_dict())
 
-    cpu = _rollout(_tag_env, cpu_model, CPU, ["adversary_*"])
+    cpu = _rollout(simple_tag, cpu_model, CPU, ["adversary_*"])
     gpu_npc = gpu_model
     if cuda_graphs:
         gpu_npc = nw.SB3Policy(gpu_model, obs_space, act_space, device=CUDA, deterministic=True,
                                cuda_graphs=True)
-    gpu = _rollout(_tag_env, gpu_npc, CUDA, ["adversary_*"])
+    gpu = _rollout(simple_tag, gpu_npc, CUDA, ["adversary_*"])
     assert next(gpu_model.policy.parameters()).device.type == "cuda"
     _same_rollouts(cpu, gpu)
 
     # The adapter on its own, on one batch of real observations.
-    env = _tag_env()
+    env = simple_tag()
     obs, _ = env.reset(seed=0)
     batch = np.stack([obs["agent_0"]] * 8) + np.linspace(-1, 1, 8, dtype=np.float32)[:, None]
     acts = []

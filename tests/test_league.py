@@ -95,7 +95,7 @@ class PoolRecorder(BaseCallback):
         engine = self.league.engine
         self.steps.append((self.num_timesteps, names(engine.pools[0])))
         infos = self.locals["infos"]
-        eps = {e: infos[e * engine.n_train].get(EPISODE_KEY) for e in range(engine.num_envs)}
+        eps = {e: info.get(EPISODE_KEY) for e, info in enumerate(engine.slots.first_of_env(infos))}
         self.playing.append(self._playing())
         self.ended.append(np.array([eps[e] is not None for e in range(engine.num_envs)]))
         self.episode_npc.append({e: ep["npc"] for e, ep in eps.items() if ep is not None})

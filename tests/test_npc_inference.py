@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 
 import npc_wrapper as nw
-from tests.envs import RecordingParallelEnv, ScriptedParallelEnv, is_integer_action
+from tests.envs import RecordingEnvFactory, ScriptedParallelEnv, is_integer_action
 
 OBS3 = spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACT4 = spaces.Discrete(4)
@@ -30,8 +31,8 @@ class CountingPolicy(nw.NPCPolicy):
         return actions
 
 
-def recording_env(**kwargs):
-    return lambda: RecordingParallelEnv(ScriptedParallelEnv(**kwargs))
+#: Recording scripted envs with 3-dim observations (:data:`OBS3`).
+recording_env = functools.partial(RecordingEnvFactory, obs_shape=(3,))
 
 
 FOUR = ["a_0", "a_1", "b_0", "b_1"]

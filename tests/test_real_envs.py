@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import npc_wrapper as nw
-from tests.envs import RecordingParallelEnv
+from tests.envs import RecordingParallelEnv, simple_tag
 
 # MettaGrid supports Python 3.11-3.12 (the dev extra leaves it out on 3.10); where it is supported, a
 # missing mettagrid fails these tests rather than skipping them.
@@ -28,19 +28,19 @@ def run_and_replay(venv: nw.NPCVecEnv, env_fn: Callable[[], Any], seed: int, ste
     """Step ``venv`` with seeded random trainer actions, then replay sub-env 0's logged actions (the
     NPCs' included) on a fresh env: the training slots must have seen exactly that env's observations,
     rewards and dones. Returns the per-step infos of slot 0."""
-    n_train = len(venv.training_agents)
+    env0 = venv.slots.of_env(0)  # sub-env 0's slots
     rng = np.random.default_rng(seed)
     venv.seed(seed)
-    seen = [venv.reset()[:n_train]]
+    seen = [venv.reset()[env0]]
     rewards, dones, infos0 = [], [], []
     for _ in range(steps):
         actions = np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]) \
             if not hasattr(venv.action_space, "n") else rng.integers(0, venv.action_space.n, venv.num_envs)
         obs, rew, done, infos = venv.step(actions)
-        seen.append(obs[:n_train])
-        rewards.append(rew[:n_train])
-        dones.append(done[:n_train])
-        infos0.append(infos[:n_train])
+        seen.append(obs[env0])
+        rewards.append(rew[env0])
+        dones.append(done[env0])
+        infos0.append([infos[k] for k in env0])
     log = venv.get_attr("action_log", indices=[0])[0]
 
     env = env_fn()
@@ -66,15 +66,12 @@ def run_and_replay(venv: nw.NPCVecEnv, env_fn: Callable[[], Any], seed: int, ste
 
 # ------------------------------------------------------------------------------------------- MPE
 def test_simple_tag_predators_train_against_a_prey_npc() -> None:
-    from mpe2 import simple_tag_v3
-
-    fn = lambda: simple_tag_v3.parallel_env(max_cycles=25, continuous_actions=False)
-    venv = nw.make_vec_env(recorded(fn), num_envs=4, npc="random", training_agents_pct=0.75)
+    venv = nw.make_vec_env(recorded(simple_tag), num_envs=4, npc="random", training_agents_pct=0.75)
     assert venv.training_agents == ["adversary_0", "adversary_1", "adversary_2"]
     assert venv.npc_agents == ["agent_0"]
     assert venv.observation_space.shape == (16,) and venv.num_envs == 12
     assert venv.pools[0].members[0].observation_space.shape == (14,)  # the prey's own space
-    infos = run_and_replay(venv, fn, seed=3, steps=26)
+    infos = run_and_replay(venv, simple_tag, seed=3, steps=26)
     ends = [t for t, step in enumerate(infos) if EPISODE in step[0]]
     assert ends == [24]  # max_cycles=25: a truncation ...
     assert all(i["TimeLimit.truncated"] for i in infos[24])

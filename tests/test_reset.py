@@ -9,23 +9,10 @@ import pytest
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import npc_wrapper as nw
-from npc_wrapper.npcs.policies import NPCPolicy
 from tests.envs import RecordingEnvFactory
 
 WORKERS = [0, 2]
 ACT = np.zeros(4, dtype=np.int64)  # 2 envs x 2 training agents
-
-
-class RowLog(NPCPolicy):
-    """Stands still and records which rows each call acted for."""
-
-    def __init__(self, observation_space: Any, action_space: Any) -> None:
-        super().__init__(observation_space, action_space, "rowlog")
-        self.calls: list[list[int]] = []
-
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        self.calls.append(rows.tolist())
-        return np.zeros(len(rows), dtype=np.int64)
 
 
 def gym_envs(num_workers: int, **kwargs: Any) -> nw.NPCVectorEnv:
@@ -75,20 +62,20 @@ def test_episode_statistics_restart_with_the_masked_envs(num_workers: int) -> No
         envs.close()
 
 
-def test_partial_reset_runs_the_npcs_of_the_reset_envs_only() -> None:
+def test_partial_reset_runs_the_npcs_of_the_reset_envs_only(recording_npc: Any) -> None:
     """One NPC per env (rows 0 and 1): the kept env's NPC keeps the action computed for its next step."""
     factory = RecordingEnvFactory(max_steps=10)
     probe = factory()
     agent = probe.possible_agents[-1]
-    log = RowLog(probe.observation_space(agent), probe.action_space(agent))
+    log = recording_npc(probe.observation_space(agent), probe.action_space(agent))  # stands still
     envs = nw.make_vector_env(factory, num_envs=2, training_agents_pct=0.67, npc=log)
     envs.reset(seed=0)
     envs.step(ACT)
     log.calls.clear()
     envs.reset(options={"reset_mask": np.array([False, False, True, True])})
-    assert log.calls == [[1]]  # env 0's NPC keeps the action computed for its coming step
+    assert [c.rows for c in log.calls] == [[1]]  # env 0's NPC keeps the action computed for its coming step
     envs.step(ACT)
-    assert log.calls == [[1], [0, 1]]
+    assert [c.rows for c in log.calls] == [[1], [0, 1]]
     envs.close()
 
 

@@ -9,14 +9,11 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecTransposeImage
 
 import npc_wrapper as nw
-from tests.envs import RecordingParallelEnv
+from tests.envs import RecordingParallelEnv, simple_tag
 
 
 def test_ppo_learns_simple_tag_predators_against_a_random_prey() -> None:
-    from mpe2 import simple_tag_v3
-
-    venv = nw.make_vec_env(lambda: simple_tag_v3.parallel_env(max_cycles=25, continuous_actions=False), num_envs=4,
-                           npc="random", training_agents_pct=0.75, seed=0)
+    venv = nw.make_vec_env(simple_tag, num_envs=4, npc="random", training_agents_pct=0.75, seed=0)
     model = PPO("MlpPolicy", venv, n_steps=128, batch_size=256, n_epochs=2, seed=0, device="cpu",
                 policy_kwargs={"net_arch": [32, 32]})
     model.learn(3072)

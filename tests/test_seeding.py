@@ -36,6 +36,11 @@ def npc_spec() -> dict[str, Any]:
     return {"b_*": "random", "c_*": FlatLogits(), "d_*": ppo, "e_*": pool}
 
 
+def per_env(venv: Any, name: str) -> list[Any]:
+    """Attribute ``name`` of each sub-env (``get_attr`` gives one per slot)."""
+    return venv.slots.first_of_env(venv.get_attr(name))
+
+
 def rollout(venv: Any, steps: int = 20, gym: bool = False, seed: int | list[int] | None = 0) -> dict[str, list]:
     """Reset with ``seed``, step with a fixed action sequence; return everything observable."""
     if gym:
@@ -60,10 +65,9 @@ def rollout(venv: Any, steps: int = 20, gym: bool = False, seed: int | list[int]
         out["rew"].append(rew.copy())
         out["done"].append(done.copy())
         out["outcome"].append([str(s) for s in summaries])
-    n_train = len(venv.training_agents)
     out["npc_actions"] = [
         [{k: v for k, v in step.items() if k not in venv.training_agents} for step in log]
-        for log in venv.get_attr("action_log")[::n_train]
+        for log in per_env(venv, "action_log")
     ]
     return out
 
@@ -105,7 +109,7 @@ def test_same_seed_same_trajectory_gym() -> None:
     assert_same(first, rollout(envs, gym=True))
     other = rollout(envs, gym=True, seed=5)
     assert npc_action_series(first, "b_0") != npc_action_series(other, "b_0")
-    assert [seeds[0] for seeds in envs.get_attr("reset_seeds")[::2]] == [0, 1]  # seed + sub-env index
+    assert [seeds[0] for seeds in per_env(envs, "reset_seeds")] == [0, 1]  # seed + sub-env index
     envs.close()
 
 
@@ -115,15 +119,15 @@ def test_make_vector_env_seed_seeds_the_first_reset_as_reset_seed_does() -> None
     given = nw.make_vector_env(env_fn, num_envs=2, npc=npc_spec(), training_agents_pct=0.34, device="cpu")
     assert_same(rollout(seeded, gym=True, seed=None), rollout(given, gym=True, seed=7))
     assert seeded.np_random_seed == given.np_random_seed == 7
-    assert [seeds[0] for seeds in seeded.get_attr("reset_seeds")[::2]] == [7, 8]
+    assert [seeds[0] for seeds in per_env(seeded, "reset_seeds")] == [7, 8]
     seeded.reset()  # only the first reset takes it: later ones without a seed go on unseeded
-    assert [seeds[-1] for seeds in seeded.get_attr("reset_seeds")[::2]] == [None, None]
+    assert [seeds[-1] for seeds in per_env(seeded, "reset_seeds")] == [None, None]
     seeded.close()
 
     overridden = nw.make_vector_env(env_fn, num_envs=2, npc=npc_spec(), training_agents_pct=0.34, device="cpu",
                                     seed=7)
     assert_same(rollout(overridden, gym=True, seed=3), rollout(given, gym=True, seed=3))
-    assert [seeds[0] for seeds in overridden.get_attr("reset_seeds")[::2]] == [3, 4]
+    assert [seeds[0] for seeds in per_env(overridden, "reset_seeds")] == [3, 4]
     overridden.close()
     given.close()
 
@@ -139,18 +143,17 @@ def test_both_front_ends_give_one_trajectory_for_one_seed() -> None:
     assert np.array(sb3["done"]).any()  # episodes ended and reset within the rollout
 
 
-@pytest.mark.parametrize("make", [nw.make_vec_env, nw.make_vector_env])
-def test_a_seed_that_is_not_an_int_is_refused(make: Any) -> None:
+def test_a_seed_that_is_not_an_int_is_refused(make_venv: Any) -> None:
     with pytest.raises(TypeError, match=r"seed must be an int \(sub-env i gets seed \+ i\) or None, got '3'"):
-        make(env_fn, seed="3")
+        make_venv(env_fn, seed="3")
 
 
 def test_gym_seed_list_and_per_env_seeds() -> None:
     envs = nw.make_vector_env(env_fn, num_envs=3, npc="random", training_agents_pct=0.34)
     envs.reset(seed=10)
-    assert [s[-1] for s in envs.get_attr("reset_seeds")[::2]] == [10, 11, 12]
+    assert [s[-1] for s in per_env(envs, "reset_seeds")] == [10, 11, 12]
     obs, _ = envs.reset(seed=[7, 3, 5])
-    assert [s[-1] for s in envs.get_attr("reset_seeds")[::2]] == [7, 3, 5]
+    assert [s[-1] for s in per_env(envs, "reset_seeds")] == [7, 3, 5]
     np.testing.assert_array_equal(obs[:, 3], [7, 7, 3, 3, 5, 5])
     # A list seeds only the envs; the same list twice still gives the same trajectory.
     assert_same(rollout(envs, gym=True, seed=[7, 3, 5]), rollout(envs, gym=True, seed=[7, 3, 5]))
@@ -158,7 +161,7 @@ def test_gym_seed_list_and_per_env_seeds() -> None:
         envs.reset(seed=[1, 2])
     # Gymnasium's own form, one seed per vector index, works when each env's slots agree...
     envs.reset(seed=[7, 7, 3, 3, 5, 5])
-    assert [s[-1] for s in envs.get_attr("reset_seeds")[::2]] == [7, 3, 5]
+    assert [s[-1] for s in per_env(envs, "reset_seeds")] == [7, 3, 5]
     # ...and is refused when they do not: one PettingZoo env takes one seed.
     with pytest.raises(ValueError, match=r"slots 2-3 different values \[3, 4\]"):
         envs.reset(seed=[7, 7, 3, 4, 5, 5])
@@ -186,7 +189,7 @@ def test_npcs_are_seeded_from_the_first_seed_given() -> None:
 def test_sb3_seed_is_seed_plus_env_index() -> None:
     venv = nw.make_vec_env(env_fn, num_envs=3, npc="random", training_agents_pct=0.34, seed=40)
     venv.reset()
-    assert [s for s in venv.get_attr("reset_seeds")[::2]] == [[40], [41], [42]]
+    assert [s for s in per_env(venv, "reset_seeds")] == [[40], [41], [42]]
     venv.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from npc_wrapper import ray_workers
 from npc_wrapper.cli.config import compose_config, dual_policy_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "dual_policy_sky.sh"
 TASK = REPO / "scripts" / "sky" / "train.yaml"
+RAY_TASK = REPO / "scripts" / "sky" / "train_ray.yaml"
 ORIGINAL_URI = "wandb://metta-research/dual_policy_training/model/bullm_dual_policy_against_roomba_v9:v2"
 
 
@@ -158,10 +161,11 @@ def test_task_installs_every_env_extra() -> None:
 
 def test_help() -> None:
     proc = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
-    assert (
-        proc.returncode == 0
-        and "Usage: scripts/dual_policy_sky.sh [EXPERIMENT] [NPC_URI] [TIMESTEPS] [WORKERS]" in proc.stdout
+    assert proc.returncode == 0 and (
+        "Usage: scripts/dual_policy_sky.sh [--dry-run] [--nodes N] [EXPERIMENT] [NPC_URI] [TIMESTEPS] "
+        "[WORKERS]" in proc.stdout
     )
+    assert "--nodes N" in proc.stdout and "set -euo" not in proc.stdout
 
 
 def test_the_jobs_command_composes_against_the_real_configs(tmp_path: Path) -> None:
@@ -200,3 +204,126 @@ def test_the_jobs_command_composes_against_the_real_configs(tmp_path: Path) -> N
     dp = dual_policy_config(cfg)
     assert dp.enabled and dp.checkpoint_npc.uri == "wandb://ent/proj/model/npc:v3"
     assert cfg.wandb.enabled
+
+
+# --------------------------------------------------------------------------- several nodes (Ray)
+def test_ray_task_yaml_is_a_valid_skypilot_task() -> None:
+    task = yaml.safe_load(RAY_TASK.read_text())
+    assert task["num_nodes"] >= 2 and task["resources"]["accelerators"]
+    assert "WANDB_API_KEY" in task["secrets"] and "WANDB_API_KEY" not in task["envs"]
+    assert re.search(r"pip install -e \".*[\[,]ray[,\]]", task["setup"])  # every node can run the workers
+    for extra in ("mpe", "magent", "butterfly", "sisl", "mettagrid"):
+        assert re.search(rf"[\[,]{extra}[,\]]", task["setup"]), extra
+    # The same job inputs as the one-node task, so the launcher can pick either.
+    assert set(yaml.safe_load(TASK.read_text())["envs"]) <= set(task["envs"])
+    sky = pytest.importorskip("sky")
+    parsed = sky.Task.from_yaml(str(RAY_TASK))
+    assert parsed.name == "npc-train-ray" and parsed.num_nodes == task["num_nodes"]
+
+
+def test_nodes_picks_the_ray_task() -> None:
+    proc = dry_run("--nodes=3", "exp", "wandb://e/p/model/npc:v3", "1000", "6", "trainer.num_envs=12")
+    assert proc.returncode == 0, proc.stderr
+    cmd = launch_command(proc)
+    assert cmd[-1] == str(RAY_TASK) and cmd[cmd.index("--num-nodes") + 1] == "3"
+    assert env_flags(cmd)["NUM_WORKERS"] == "6" and "Nodes: 3" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "0", "exp"], "--nodes must be a positive integer, got '0'"),
+        (["--nodes", "two"], "--nodes must be a positive integer, got 'two'"),
+        (["--nodes"], "--nodes needs a number of nodes"),
+        (["--nodes", "2", "exp", "wandb://x", "100", "0"], "--nodes 2 needs WORKERS >= 1"),
+        (["--nodes", "2", "exp", "wandb://x", "100", "2", "trainer.backend=process"],
+         "--nodes 2 sets trainer.backend=ray and trainer.ray_address"),
+        (["--nodes", "2", "exp", "wandb://x", "100", "2", "+trainer.ray_address=h:1"],
+         "drop '+trainer.ray_address=h:1'"),
+    ],
+)
+def test_bad_nodes_arguments_are_refused(args: list[str], message: str) -> None:
+    proc = dry_run(*args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "would run" not in proc.stdout
+
+
+def _recorder(path: Path, name: str) -> None:
+    """An executable ``name`` in ``path`` that appends its arguments, one per line, to ``name``.log."""
+    tool = path / name
+    log = path / f"{name}.log"
+    tool.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {log}\necho ---- >> {log}\n')
+    tool.chmod(0o755)
+
+
+#: What the launcher passes the job for `--nodes 2 exp1 wandb://ent/proj/model/npc:v3 123456 4
+#: trainer.num_envs=16` (test_nodes_picks_the_ray_task checks the launcher itself).
+RAY_JOB = {"RUN": "exp1", "NPC_URI": "wandb://ent/proj/model/npc:v3", "TOTAL_TIMESTEPS": "123456",
+           "NUM_WORKERS": "4", "OVERRIDES": "trainer.num_envs=16 "}
+
+
+def _run_ray_task(tmp_path: Path, rank: int, ray_port: int) -> subprocess.CompletedProcess[str]:
+    """The Ray task's `run:` script on node ``rank`` of 2, with recording ray, python3 and npc-train."""
+    for name in ("ray", "python3", "npc-train"):
+        _recorder(tmp_path, name)
+    task = yaml.safe_load(RAY_TASK.read_text())
+    run_env = {
+        **os.environ,
+        **{k: str(v) for k, v in task["envs"].items()},
+        **RAY_JOB,
+        "RAY_PORT": str(ray_port),
+        "SKYPILOT_NODE_RANK": str(rank),
+        "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.2",
+        "SKYPILOT_NUM_NODES": "2",
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+    }
+    return subprocess.run(["bash", "-c", task["run"]], env=run_env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _log(path: Path, name: str) -> list[list[str]]:
+    log = path / f"{name}.log"
+    if not log.exists():
+        return []
+    calls, call = [], []
+    for line in log.read_text().splitlines():
+        if line == "----":
+            calls.append(call)
+            call = []
+        else:
+            call.append(line)
+    return calls
+
+
+def test_the_ray_jobs_head_starts_ray_waits_for_the_nodes_and_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as free:  # a port where no Ray head listens yet
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proc = _run_ray_task(tmp_path, 0, port)
+    assert proc.returncode == 0, proc.stderr
+    head = ["start", "--head", "--port", str(port), "--include-dashboard=false", "--disable-usage-stats"]
+    assert _log(tmp_path, "ray") == [head]
+    (python_call,) = _log(tmp_path, "python3")
+    waited: list[tuple] = []
+    monkeypatch.setattr(ray_workers, "wait_for_nodes", lambda *a, **kw: waited.append((a, kw)))
+    exec(python_call[1], {})  # the head's wait, as it would run (python3 -c CODE)
+    assert python_call[0] == "-c" and waited == [((2,), {"address": f"127.0.0.1:{port}", "timeout_s": 600})]
+    (argv,) = _log(tmp_path, "npc-train")
+    cfg = compose_config(argv)
+    assert cfg.trainer.backend == "ray" and cfg.trainer.ray_address == f"127.0.0.1:{port}"
+    assert cfg.trainer.num_workers == 4 and cfg.trainer.num_envs == 16
+    assert cfg.trainer.total_timesteps == 123456 and cfg.device == "cuda"
+    assert dual_policy_config(cfg).checkpoint_npc.uri == "wandb://ent/proj/model/npc:v3"
+
+
+def test_the_ray_jobs_other_nodes_join_the_head_and_do_not_train(tmp_path: Path) -> None:
+    with socket.socket() as head:  # the head's Ray listening
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        port = head.getsockname()[1]
+        proc = _run_ray_task(tmp_path, 1, port)
+    assert proc.returncode == 0, proc.stderr
+    assert _log(tmp_path, "ray") == [["start", "--address", f"127.0.0.1:{port}", "--disable-usage-stats"]]
+    assert _log(tmp_path, "npc-train") == [] and _log(tmp_path, "python3") == []

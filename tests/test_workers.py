@@ -104,7 +104,6 @@ def assert_equal(a: Any, b: Any, where: str = "") -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["sb3", "gym"])
 def test_workers_give_the_same_results_as_in_process(kind: str) -> None:
     in_process = run(kind, num_workers=0)
     workers = run(kind, num_workers=2)

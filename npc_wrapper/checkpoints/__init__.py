@@ -5,7 +5,8 @@ Loading (:func:`load_npc`) reads untrusted files without running code from them 
 :mod:`~npc_wrapper.checkpoints.select` picks among a directory's files or a W&B artifact's
 versions (:mod:`~npc_wrapper.checkpoints.wandb`), and :mod:`~npc_wrapper.checkpoints.load` detects
 each file's format and hands it to its loader (:mod:`~npc_wrapper.checkpoints.sb3`,
-:mod:`~npc_wrapper.checkpoints.torch`, both over :mod:`~npc_wrapper.checkpoints.safe_pickle`).
+:mod:`~npc_wrapper.checkpoints.torch`, both over :mod:`~npc_wrapper.checkpoints.safe_pickle`), all
+reading untrusted files within the limits of :mod:`~npc_wrapper.checkpoints.bounded`.
 Writing: :mod:`~npc_wrapper.checkpoints.store` (atomic saves, ``step_<n>.zip``, league snapshots).
 """
 
@@ -19,13 +20,14 @@ from npc_wrapper.checkpoints.select import (
     sidecar_metadata,
 )
 from npc_wrapper.checkpoints.uri import ParsedURI, parse_uri
-from npc_wrapper.errors import TRUST_HINT, CheckpointError, TrustRequiredError
+from npc_wrapper.errors import TRUST_HINT, CheckpointError, CheckpointLimitError, TrustRequiredError
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "TRUST_HINT",
     "Candidate",
     "CheckpointError",
+    "CheckpointLimitError",
     "ParsedURI",
     "TrustRequiredError",
     "detect_format",

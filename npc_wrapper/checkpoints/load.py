@@ -11,7 +11,7 @@ class comes with SB3 or sb3-contrib; :mod:`~npc_wrapper.checkpoints.sb3`), Torch
 only: it is code), and ``torch.save`` state_dicts with ``policy_class``
 (:mod:`~npc_wrapper.checkpoints.torch`). Nothing is unpickled from a checkpoint unless ``trusted``
 (:mod:`~npc_wrapper.checkpoints.safe_pickle`); anything that needs it is refused with an error
-saying how to opt in.
+saying how to opt in. Untrusted files are read within limits (:mod:`~npc_wrapper.checkpoints.bounded`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
+from npc_wrapper.checkpoints.bounded import Limits, contained, open_zip, regular_file
 from npc_wrapper.checkpoints.sb3 import load_sb3
 from npc_wrapper.checkpoints.select import CHECKPOINT_SUFFIXES, Candidate, as_config, choose
 from npc_wrapper.checkpoints.torch import load_torch
 from npc_wrapper.checkpoints.uri import import_object
-from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.errors import CheckpointError, corrupt_checkpoint
+from npc_wrapper.config import CheckpointConfig, check_max_bytes
+from npc_wrapper.errors import CheckpointError, short_repr
 from npc_wrapper.npcs.policies import CallablePolicy, ConstantPolicy, NPCPolicy, RandomPolicy
 from npc_wrapper.npcs.pool import NPCPool
 
@@ -53,22 +54,17 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     :raises CheckpointError: missing, empty, truncated or unrecognised files
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint file not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; a checkpoint file is needed here")
-    if path.stat().st_size == 0:
+    if regular_file(path, "checkpoint file") == 0:
         raise CheckpointError(
             f"checkpoint file {path} is empty (0 bytes): the save or download did not complete"
         )
     with open(path, "rb") as f:
         head = f.read(4)
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise corrupt_checkpoint(path, e) from e
+        with open_zip(path, f"checkpoint {path}") as z:
+            names = z.namelist()
         if "data" in names and "policy.pth" in names:
             return "sb3"
         if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
@@ -76,9 +72,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         raise CheckpointError(
-            f"{path} is a zip archive but not a checkpoint format this library reads (it holds {names[:8]}); "
-            "expected a Stable-Baselines3 model (model.save), a TorchScript module (torch.jit.save) or a "
-            "torch.save state_dict"
+            f"{path} is a zip archive but not a checkpoint format this library reads (it holds "
+            f"{short_repr(names)}); expected a Stable-Baselines3 model (model.save), a TorchScript module "
+            "(torch.jit.save) or a torch.save state_dict"
         )
     if head.startswith(b"PK"):
         raise CheckpointError(
@@ -89,20 +85,20 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "torch-legacy"
     raise CheckpointError(
         f"{path} is not a checkpoint format this library reads (Stable-Baselines3 .zip, TorchScript, "
-        f"torch.save state_dict); it starts with {head!r}. The file may be corrupt or truncated"
+        "torch.save state_dict); the file may be corrupt or truncated"
     )
 
 
 def _checkpoint_in_dir(root: Path, source: str) -> Path:
-    """The one checkpoint file in a downloaded artifact directory."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    """The one checkpoint file in a downloaded artifact directory (none may link outside it)."""
+    files = sorted(contained(root, p, f"the download of {source}") for p in root.rglob("*") if p.is_file())
     ckpts = [p for p in files if p.suffix.lower() in CHECKPOINT_SUFFIXES]
     if not ckpts:
         ckpts = [p for p in files if p.suffix.lower() not in (".json", ".md", ".txt", ".yaml", ".yml")]
     if len(ckpts) != 1:
         raise CheckpointError(
             f"{source} ({root}) holds {len(ckpts)} checkpoint files "
-            f"{[str(p.relative_to(root)) for p in ckpts]}; an artifact version must hold exactly one (log "
+            f"{short_repr([str(p.relative_to(root)) for p in ckpts])}; an artifact version must hold exactly one (log "
             "each checkpoint as its own version)"
         )
     return ckpts[0]
@@ -117,19 +113,17 @@ def _load_candidate(
     trusted: bool,
     device: Any,
     deterministic: bool,
+    limits: Limits,
 ) -> NPCPolicy:
     path = cand.local_path()
     if path.is_dir():
         path = _checkpoint_in_dir(path, cand.source)
     fmt = detect_format(path)
     logger.info("NPC %r: %s detected as %s", cand.name, path, _FORMAT_NAMES[fmt])
+    common = {"trusted": trusted, "device": device, "deterministic": deterministic, "name": cand.name}
     if fmt == "sb3":
-        return load_sb3(
-            path, obs, act, trusted=trusted, device=device, deterministic=deterministic, name=cand.name
-        )
-    return load_torch(
-        path, fmt, obs, act, cfg, trusted=trusted, device=device, deterministic=deterministic, name=cand.name
-    )
+        return load_sb3(path, obs, act, limits=limits, **common)
+    return load_torch(path, fmt, obs, act, cfg, limits=limits, **common)
 
 
 def _load_import(spec: str, obs: spaces.Space, act: spaces.Space) -> NPCPolicy:
@@ -169,6 +163,7 @@ def load_npc(
     device: str | torch.device = "auto",
     deterministic: bool = False,
     trusted: bool = False,
+    max_checkpoint_bytes: int | None = None,
 ) -> NPCPolicy | NPCPool:
     """Load the NPC policy a URI or :class:`~npc_wrapper.config.CheckpointConfig` names.
 
@@ -179,11 +174,17 @@ def load_npc(
     :param action_space: the NPC agents' action space
     :param device: where the network runs (``"auto"``: CUDA when available)
     :param deterministic: greedy actions (or set ``CheckpointConfig.deterministic``)
-    :param trusted: allow formats that run code: pickles, TorchScript (or set ``CheckpointConfig.trusted``)
+    :param trusted: allow formats that run code: pickles, TorchScript (or set ``CheckpointConfig.trusted``);
+        a trusted checkpoint is also read without the limits below
+    :param max_checkpoint_bytes: the most bytes reading an untrusted checkpoint may take for each of:
+        a zip member decompressed, the spaces its data declares, the network it describes, its
+        weights (or set ``CheckpointConfig.max_checkpoint_bytes``). ``None``: limits proportional to
+        the NPC agents' spaces and to the network, at most 256 MiB each (README, "Safety")
     :return: an :class:`NPCPolicy` for one checkpoint; an :class:`NPCPool` whose members are named
         after their checkpoints when the selector picks several
     :raises CheckpointError: missing/corrupt files, formats needing ``trusted``, selector problems,
-        spaces that do not fit (the message shows both; torch networks are dry-run on them)
+        spaces that do not fit (the message shows both; torch networks are dry-run on them); a
+        :class:`~npc_wrapper.errors.CheckpointLimitError` for a file past a limit
 
     Example (from a clone of the repository; the shipped prey of mpe2 simple_tag, whose observations
     ``npc-train`` pads to 16 values)::
@@ -199,7 +200,10 @@ def load_npc(
     cfg = as_config(spec)
     deterministic = deterministic or cfg.deterministic
     trusted = trusted or cfg.trusted
-    parsed, chosen = choose(cfg)
+    check_max_bytes(max_checkpoint_bytes, "max_checkpoint_bytes")
+    max_bytes = max_checkpoint_bytes if max_checkpoint_bytes is not None else cfg.max_checkpoint_bytes
+    limits = Limits.of(observation_space, action_space, max_bytes, trusted)
+    parsed, chosen = choose(cfg, limits)
     if parsed.kind in ("scripted", "import"):
         if cfg.type != "specific":
             raise CheckpointError(
@@ -226,6 +230,7 @@ def load_npc(
             trusted=trusted,
             device=device,
             deterministic=deterministic,
+            limits=limits,
         )
         for c in chosen
     ]

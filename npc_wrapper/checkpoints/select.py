@@ -11,13 +11,11 @@ artifact's metadata. Nothing is loaded or downloaded here.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
 import re
-import zipfile
-import zlib
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from npc_wrapper.checkpoints.bounded import (
+    Limits,
+    contained,
+    open_zip,
+    read_json_file,
+)
+from npc_wrapper.checkpoints.sb3 import read_sb3_data
 from npc_wrapper.checkpoints.uri import ParsedURI, parse_uri
 from npc_wrapper.checkpoints.wandb import WandbSource
 from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.errors import CheckpointError
+from npc_wrapper.errors import CheckpointError, CheckpointLimitError, shorten
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -75,21 +80,11 @@ class Candidate:
         return self.fetch()
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{what} {path} is not valid JSON ({type(e).__name__}: {e}); fix or remove it"
-        ) from e
-
-
 def sidecar_metadata(path: Path) -> dict[str, Any]:
     """Metadata from ``<file>.json`` or ``<stem>.json`` next to the checkpoint (the first that exists)."""
     for side in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
         if side.is_file():
-            meta = _read_json(side, f"the metadata file of checkpoint {path.name}:")
+            meta = read_json_file(side, f"the metadata file of checkpoint {path.name}:")
             if not isinstance(meta, dict):
                 raise CheckpointError(
                     f"metadata file {side} must hold a JSON object, got {type(meta).__name__}"
@@ -98,25 +93,31 @@ def sidecar_metadata(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _embedded_metadata(path: Path) -> dict[str, Any]:
-    """``num_timesteps`` of an SB3 model (read from its JSON, nothing unpickled), as step/epoch fallbacks."""
+def _embedded_metadata(path: Path, limits: Limits) -> dict[str, Any]:
+    """``num_timesteps`` of an SB3 model (read from its JSON, nothing unpickled), as step/epoch fallbacks.
+
+    A file that is not a readable SB3 model has none (loading it says why, if it is chosen); one past
+    a limit is refused here, as loading it would be.
+    """
     if path.suffix.lower() != ".zip":
         return {}
     try:
-        with zipfile.ZipFile(path) as z:
-            data = json.loads(z.read("data").decode("utf-8"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        with open_zip(path, f"SB3 model {path}") as z:
+            data = read_sb3_data(z, path, limits)
+    except CheckpointLimitError:
+        raise
+    except (CheckpointError, ValueError) as e:
         logger.debug("no embedded metadata in %s: %s", path, e)
         return {}
-    n = data.get("num_timesteps") if isinstance(data, dict) else None
+    n = data.get("num_timesteps")
     if isinstance(n, int) and not isinstance(n, bool):
         return {"num_timesteps": n, "step": n, "epoch": n}
     return {}
 
 
-def _file_candidate(path: Path) -> Candidate:
+def _file_candidate(path: Path, limits: Limits) -> Candidate:
     meta = sidecar_metadata(path)
-    for key, value in _embedded_metadata(path).items():
+    for key, value in _embedded_metadata(path, limits).items():
         meta.setdefault(key, value)
     numbers = re.findall(r"\d+", path.stem)
     return Candidate(
@@ -129,23 +130,35 @@ def _file_candidate(path: Path) -> Candidate:
     )
 
 
-def _file_candidates(path: Path, uri: str) -> list[Candidate]:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path} (from uri {uri!r}); check the path")
-    if path.is_file():
-        return [_file_candidate(path)]
+def _file_candidates(path: Path, uri: str, limits: Limits) -> list[Candidate]:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path} (from uri {shorten(uri)!r}); check the path") from None
+    except OSError as e:  # a name too long, a loop of links...
+        raise CheckpointError(
+            f"uri {shorten(uri)!r} does not name a readable file ({e.strerror or type(e).__name__}); check "
+            "the path"
+        ) from e
+    if stat.S_ISREG(mode):
+        return [_file_candidate(path, limits)]
+    if not stat.S_ISDIR(mode):
+        raise CheckpointError(
+            f"checkpoint {path} (from uri {shorten(uri)!r}) is a device, a named pipe or a socket, not a "
+            "checkpoint file or a directory of them"
+        )
     files = sorted(
-        p
+        contained(path, p, "checkpoint directory")
         for p in path.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CHECKPOINT_SUFFIXES
     )
     if not files:
         present = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
-            f"directory {path} (from uri {uri!r}) holds no checkpoint files "
+            f"directory {path} (from uri {shorten(uri)!r}) holds no checkpoint files "
             f"({', '.join(CHECKPOINT_SUFFIXES)}); it has {present or 'nothing'}"
         )
-    cands = [_file_candidate(p) for p in files]
+    cands = [_file_candidate(p, limits) for p in files]
     stems = [c.name for c in cands]
     if len(set(stems)) != len(stems):  # model.pt and model.zip: name them by file name
         for c, p in zip(cands, files, strict=True):
@@ -265,7 +278,7 @@ def as_config(spec: str | os.PathLike[str] | CheckpointConfig) -> CheckpointConf
     raise TypeError(f"expected a URI string or a CheckpointConfig, got {type(spec).__name__}: {spec!r}")
 
 
-def _candidates_for(cfg: CheckpointConfig) -> tuple[ParsedURI, list[Candidate], str]:
+def _candidates_for(cfg: CheckpointConfig, limits: Limits) -> tuple[ParsedURI, list[Candidate], str]:
     if cfg.uri is None:
         raise CheckpointError(
             "checkpoint_npc.uri is not set; give a wandb:// or file:// URI, a path, 'random', 'noop' or "
@@ -275,13 +288,18 @@ def _candidates_for(cfg: CheckpointConfig) -> tuple[ParsedURI, list[Candidate], 
     if parsed.kind == "wandb":
         return parsed, _wandb_candidates(parsed, cfg), str(parsed.value)
     if parsed.kind == "file":
-        return parsed, _file_candidates(parsed.value, parsed.text), str(parsed.value)
+        return parsed, _file_candidates(parsed.value, parsed.text, limits), str(parsed.value)
     return parsed, [], parsed.text
 
 
-def choose(cfg: CheckpointConfig) -> tuple[ParsedURI, list[Candidate]]:
-    """Parse ``cfg.uri`` and apply the selector (scripted NPCs select nothing)."""
-    parsed, cands, where = _candidates_for(cfg)
+def choose(cfg: CheckpointConfig, limits: Limits | None = None) -> tuple[ParsedURI, list[Candidate]]:
+    """Parse ``cfg.uri`` and apply the selector (scripted NPCs select nothing).
+
+    :param limits: of reading the files for their metadata (default: ``cfg.max_checkpoint_bytes``, or
+        every default limit at its most)
+    """
+    limits = limits or Limits(cfg.max_checkpoint_bytes)
+    parsed, cands, where = _candidates_for(cfg, limits)
     if parsed.kind not in ("file", "wandb"):
         return parsed, []
     chosen = _select(cands, cfg, where)

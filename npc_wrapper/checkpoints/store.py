@@ -1,9 +1,11 @@
 """Writing checkpoints: every model, sidecar and state file the package saves goes through here.
 
-Files are written atomically: the content goes to a hidden temporary file in the same directory,
-is flushed to disk, and is renamed over its final name with ``os.replace``. A run killed at any
-moment leaves either the previous file or the new one, never a torn file; :func:`latest_checkpoint`
-also skips any checkpoint that is not a readable zip archive.
+Files are written atomically: the content goes to a hidden temporary file in the same directory
+(``.<name>.<pid>.tmp``, ``.<stem>.<pid>.tmp.zip``), is flushed to disk, and is renamed over its final
+name with ``os.replace``. A run killed at any moment leaves either the previous file or the new one,
+never a torn file, and its temporary files, which :func:`remove_stale_temporaries` deletes at the next
+start; :func:`latest_checkpoint` also skips any checkpoint whose members cannot be read (a copy
+damaged after the save).
 
 Names: a training run's periodic checkpoints are ``step_<num_timesteps>.zip``
 (:func:`checkpoint_path`), the league's snapshots ``snapshot_<steps>.zip`` (:func:`snapshot_path`),
@@ -16,12 +18,14 @@ import json
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
+
+from npc_wrapper.checkpoints.sb3 import check_sb3_zip
+from npc_wrapper.errors import CheckpointError, CheckpointLimitError
 
 __all__ = [
     "CHECKPOINT_RE",
@@ -31,6 +35,7 @@ __all__ = [
     "checkpoint_path",
     "latest_checkpoint",
     "list_checkpoints",
+    "remove_stale_temporaries",
     "snapshot_path",
 ]
 
@@ -38,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: Periodic checkpoint files: ``checkpoints/step_<num_timesteps>.zip``.
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.zip$")
+#: The temporary files of :func:`atomic_write_text` and :func:`atomic_save`, with the writer's pid.
+_TEMPORARY_RE = re.compile(r"^\..+\.(\d+)\.tmp(\.zip)?$")
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -109,12 +116,36 @@ def atomic_save(model: BaseAlgorithm, path: Path, metadata: Mapping[str, Any] | 
     return path
 
 
-def _readable_zip(path: Path) -> bool:
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (one of another user's too)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip() is None
-    except (OSError, zipfile.BadZipFile):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files an interrupted save left in ``directory``: those of this process
+    (none is being written when a run starts) and of processes that no longer run.
+
+    :return: what was deleted (each is logged)
+    """
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in sorted(directory.iterdir()):
+        m = _TEMPORARY_RE.match(path.name)
+        if m is None or not path.is_file() or (int(m.group(1)) != os.getpid() and _alive(int(m.group(1)))):
+            continue
+        path.unlink(missing_ok=True)
+        logger.info("removed %s, left by an interrupted save", path)
+        removed.append(path)
+    return removed
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -126,9 +157,17 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
-    """The newest readable checkpoint in ``directory`` (a torn or corrupt file is skipped with a warning)."""
+    """The newest readable checkpoint in ``directory``: one whose ``data`` and ``policy.pth`` read
+    (:func:`~npc_wrapper.checkpoints.sb3.check_sb3_zip`); a torn, empty or damaged one is skipped with
+    a warning saying why. One too large to check within the default limits is not damaged: it is
+    chosen (resuming loads it with SB3's own loader; loading it as an NPC applies the limits again)."""
     for step, path in reversed(list_checkpoints(directory)):
-        if _readable_zip(path):
-            return step, path
-        logger.warning("skipping unreadable checkpoint %s", path)
+        try:
+            check_sb3_zip(path)
+        except CheckpointLimitError as e:
+            logger.info("%s is too large to check before it is loaded: %s", path, e)
+        except CheckpointError as e:
+            logger.warning("skipping unreadable checkpoint %s: %s", path, e)
+            continue
+        return step, path
     return None

@@ -20,10 +20,19 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
+from npc_wrapper.checkpoints.bounded import Limits, archive_bytes, open_zip
 from npc_wrapper.checkpoints.safe_pickle import torch_load
 from npc_wrapper.checkpoints.uri import import_object
 from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.errors import TRUST_HINT, CheckpointError, TrustRequiredError, corrupt_checkpoint
+from npc_wrapper.errors import (
+    TRUST_HINT,
+    CheckpointError,
+    TrustRequiredError,
+    byte_size,
+    corrupt_checkpoint,
+    short_repr,
+    shorten,
+)
 from npc_wrapper.npcs.policies import NPCPolicy, TorchPolicy, check_npc_policy
 
 __all__ = ["load_torch"]
@@ -43,7 +52,7 @@ def _find_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
         for key in ("state_dict", "model_state_dict", "model", "policy", "agent"):
             if _is_state_dict(obj.get(key)):
                 return obj[key]
-    what = f"a dict with keys {list(obj)[:10]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    what = f"a dict with keys {short_repr(list(obj)[:10])}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
     raise CheckpointError(
         f"{path} holds {what}, not a state_dict (a dict of tensors, possibly under 'state_dict' or "
         "'model_state_dict') nor a torch module"
@@ -58,7 +67,7 @@ def _build_module(
     cfg: CheckpointConfig, state: Mapping[str, torch.Tensor], path: Path, obs: spaces.Space, act: spaces.Space
 ) -> torch.nn.Module:
     if cfg.policy_class is None:
-        keys = list(state)[:3]
+        keys = short_repr(list(state)[:3])
         raise CheckpointError(
             f"{path} holds a state_dict ({len(state)} tensors, e.g. {keys}) but no network class; name it "
             "with policy_class='pkg.module:Class' (checkpoint_npc.policy_class in config) and its "
@@ -96,7 +105,7 @@ def _build_module(
     except (RuntimeError, TypeError, KeyError) as e:
         raise CheckpointError(
             f"the state_dict in {path} does not fit {cfg.policy_class}(**{cfg.policy_kwargs}); the NPC "
-            f"agents have observation space {obs} and action space {act}. {e}"
+            f"agents have observation space {obs} and action space {act}. {shorten(str(e), 1000)}"
         ) from e
     return module
 
@@ -144,6 +153,16 @@ def _forward_module(module: torch.nn.Module, path: Path, deterministic: bool) ->
     )
 
 
+def _check_size(path: Path, fmt: str, limits: Limits) -> None:
+    """Refuse a file whose tensors would take more than ``limits.file``: an archive's records as declared
+    (they may be compressed), a legacy file's size."""
+    if fmt == "torch":
+        with open_zip(path, f"checkpoint {path}") as z:
+            archive_bytes(z, limits.file, limits, f"checkpoint {path}")
+    elif (size := path.stat().st_size) > limits.file:
+        raise limits.refuse(f"checkpoint {path}", f"holds {byte_size(size)},", limits.file)
+
+
 def load_torch(
     path: Path,
     fmt: str,
@@ -155,6 +174,7 @@ def load_torch(
     device: Any,
     deterministic: bool,
     name: str,
+    limits: Limits,
 ) -> NPCPolicy:
     """The NPC policy of a torch checkpoint: TorchScript (``trusted`` only), a state_dict with
     ``cfg.policy_class``, or (``trusted`` only) a pickled module; dry-run on the NPC agents' spaces.
@@ -167,6 +187,7 @@ def load_torch(
     :param device: where the network runs
     :param deterministic: greedy actions
     :param name: the NPC's name in episode infos
+    :param limits: what an untrusted file's records may hold in all (torch allocates each as declared)
     """
     if fmt == "torchscript":
         if not trusted:
@@ -185,6 +206,8 @@ def load_torch(
         except Exception as e:
             raise corrupt_checkpoint(path, e) from e
     else:
+        if not trusted:
+            _check_size(path, fmt, limits)
         obj = torch_load(str(path), str(path), trusted)
         if isinstance(obj, torch.nn.Module):  # only reachable with trusted: a full pickled module
             module = obj

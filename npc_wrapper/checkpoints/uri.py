@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from npc_wrapper.checkpoints.wandb import parse_wandb_uri
 from npc_wrapper.config import IMPORT_SPEC
-from npc_wrapper.errors import CheckpointError
+from npc_wrapper.errors import CheckpointError, shorten
 
 __all__ = ["ParsedURI", "import_object", "parse_uri"]
 
@@ -49,13 +49,24 @@ def parse_uri(uri: str | os.PathLike[str]) -> ParsedURI:
     scheme = re.match(r"^([A-Za-z][\w+.-]*)://", text)
     if scheme:
         raise CheckpointError(
-            f"unsupported URI scheme {scheme.group(1)!r}:// in {text!r}; use file://PATH, a plain path, "
-            "wandb://entity/project/[type/]name[:version], 'random', 'noop' or 'pkg.module:callable'"
+            f"unsupported URI scheme {shorten(scheme.group(1), 40)!r}:// in {shorten(text)!r}; use file://PATH, "
+            "a plain path, wandb://entity/project/[type/]name[:version], 'random', 'noop' or "
+            "'pkg.module:callable'"
         )
     path = Path(text).expanduser()
-    if not path.exists() and IMPORT_SPEC.match(text):
+    if IMPORT_SPEC.match(text) and not _exists(path, text):
         return ParsedURI("import", text, text)
     return ParsedURI("file", path, text)
+
+
+def _exists(path: Path, text: str) -> bool:
+    """Whether ``path`` exists; a name the OS cannot look up (too long) is an error naming the uri."""
+    try:
+        return path.exists()
+    except OSError as e:
+        raise CheckpointError(
+            f"uri {shorten(text)!r} does not name a readable file ({e.strerror or type(e).__name__})"
+        ) from e
 
 
 def _file_uri_path(text: str) -> Path:

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npc_wrapper.errors import WandbError, WandbNotFoundError, WandbUnavailableError
+from npc_wrapper.checkpoints.bounded import read_json_file
+from npc_wrapper.errors import (
+    CheckpointError,
+    WandbError,
+    WandbNotFoundError,
+    WandbUnavailableError,
+    shorten,
+)
 
 __all__ = [
     "ArtifactVersion",
@@ -92,18 +99,19 @@ def parse_wandb_uri(uri: str) -> WandbURI:
     :raises WandbError: the URI does not have one of those forms
     """
     forms = "wandb://entity/project/type/name:version or wandb://entity/project/name[:version]"
+    quoted = repr(shorten(uri))
     if not uri.startswith("wandb://"):
-        raise WandbError(f"{uri!r} is not a wandb URI; expected {forms}")
+        raise WandbError(f"{quoted} is not a wandb URI; expected {forms}")
     parts = uri[len("wandb://") :].strip("/").split("/")
     if len(parts) not in (3, 4) or not all(parts):
         raise WandbError(
-            f"cannot parse {uri!r}: expected {forms} (version is vN, an alias such as latest, or absent)"
+            f"cannot parse {quoted}: expected {forms} (version is vN, an alias such as latest, or absent)"
         )
     last = parts[-1]
     name, sep, version = last.partition(":")
     if sep and not version:
         raise WandbError(
-            f"cannot parse {uri!r}: empty version after ':'; use :vN, an alias such as :latest, or drop it"
+            f"cannot parse {quoted}: empty version after ':'; use :vN, an alias such as :latest, or drop it"
         )
     entity, project = parts[0], parts[1]
     art_type = parts[2] if len(parts) == 4 else None
@@ -116,7 +124,8 @@ def parse_wandb_uri(uri: str) -> WandbURI:
     ):
         if value is not None and not _PART.match(value):
             raise WandbError(
-                f"cannot parse {uri!r}: {label} {value!r} has characters W&B does not allow; expected {forms}"
+                f"cannot parse {quoted}: {label} {shorten(value)!r} has characters W&B does not allow; expected "
+                f"{forms}"
             )
     return WandbURI(entity, project, name, art_type, version or None)
 
@@ -224,14 +233,9 @@ class WandbSource:
 
     def _read_index(self) -> dict[str, Any]:
         try:
-            with open(self.index_path, encoding="utf-8") as f:
-                index = json.load(f)
-        except FileNotFoundError:
-            index = {}
-        except (OSError, ValueError) as e:
-            logger.warning(
-                "ignoring the unreadable wandb cache index %s (%s); it will be rebuilt", self.index_path, e
-            )
+            index = read_json_file(self.index_path, "the wandb cache index") if self.index_path.exists() else {}
+        except CheckpointError as e:  # corrupt, too large or too deep: the next resolution rewrites it
+            logger.warning("ignoring the unreadable wandb cache index (%s); it will be rebuilt", e)
             index = {}
         if not isinstance(index, dict):
             index = {}

@@ -20,7 +20,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.checks import check_npc_uri
-from npc_wrapper.cli.config import dual_policy_config, league_config
+from npc_wrapper.cli.config import backend_options, dual_policy_config, league_config
 from npc_wrapper.cli.envs import EnvFactory
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.cli.run_dir import ResumePoint
@@ -103,12 +103,13 @@ def build_vec_env(
 ) -> Any:
     """The NPC vector env for ``cfg`` (one line of error on any failure to build it or load the NPC).
 
-    :param cfg: the job's config (``env``, ``device``, ``trainer.num_workers``, ``trainer.start_method``)
+    :param cfg: the job's config (``env``, ``device``, ``trainer.num_workers`` and the backend keys)
     :param env_fn: builds one PettingZoo env
     :param dp: the agent split and the NPC
     :param num_envs: PettingZoo env copies
     :param seed: the first env's seed
-    :param num_workers: worker processes (default: ``trainer.num_workers``)
+    :param num_workers: workers (default: ``trainer.num_workers``, in ``trainer.backend``; another count,
+        such as an evaluation's 0, takes none of the backend keys)
     """
     try:
         venv = make_vec_env(
@@ -118,8 +119,8 @@ def build_vec_env(
             num_workers=cfg.trainer.num_workers if num_workers is None else num_workers,
             device=cfg.device,
             reset_when_training_agents_dead=cfg.env.reset_when_training_agents_dead,
-            start_method=cfg.trainer.start_method,
             seat=cfg.env.seat,
+            **(backend_options(cfg) if num_workers is None else {}),
             **dp.env_kwargs(),
         )
     except CLIError:

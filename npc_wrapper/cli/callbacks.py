@@ -14,16 +14,25 @@ from typing import Any
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from npc_wrapper.agents import SlotMap
 from npc_wrapper.checkpoints.store import atomic_save, checkpoint_path, list_checkpoints
+from npc_wrapper.cli.errors import writing
 from npc_wrapper.evaluation import EpisodeStats, episodes_from_infos
 
 __all__ = [
+    "SAVE_ADVICE",
     "epoch_of",
     "NPCMetricsCallback",
     "CheckpointCallback",
 ]
 
 log = logging.getLogger("npc_wrapper.cli")
+
+#: What to do when a run's file cannot be saved: the writes are atomic, so nothing saved before is lost.
+SAVE_ADVICE = (
+    "the files saved before are intact: free disk space (or fix the permissions), then continue the run "
+    "with trainer.resume=true"
+)
 
 
 def epoch_of(model: BaseAlgorithm) -> int:
@@ -41,7 +50,7 @@ class NPCMetricsCallback(BaseCallback):
     (episodes ended so far), and ``npc/<name>/win_rate`` / ``npc/<name>/train_team_return`` per
     NPC when a pool plays.
 
-    :param n_train: training agents per sub-env
+    :param slots: the training env's slots (``venv.slots``)
     :param has_npc: whether the env has NPC agents (without them only returns and length are logged)
     :param window: episodes the means are taken over
     :param start_episodes: episodes ended before this session (``npc/episodes`` counts on from there)
@@ -50,14 +59,14 @@ class NPCMetricsCallback(BaseCallback):
 
     def __init__(
         self,
-        n_train: int,
+        slots: SlotMap,
         has_npc: bool = True,
         window: int = 100,
         report: Callable[[int, dict[str, Any]], None] | None = None,
         start_episodes: int = 0,
     ) -> None:
         super().__init__()
-        self.n_train = n_train
+        self.slots = slots
         self.has_npc = has_npc
         self.stats = EpisodeStats(window=window)
         self.total_episodes = start_episodes  # a resumed run continues its count
@@ -65,7 +74,7 @@ class NPCMetricsCallback(BaseCallback):
         self.last_summary: dict[str, Any] = {"episodes": 0}
 
     def _on_step(self) -> bool:
-        ended = episodes_from_infos(self.locals["infos"], self.n_train)
+        ended = episodes_from_infos(self.locals["infos"], self.slots)
         if ended:
             self.stats.extend(e for _, e in ended)
             self.total_episodes += len(ended)
@@ -133,11 +142,9 @@ class CheckpointCallback(BaseCallback):
     def save(self) -> Path:
         """Save a checkpoint at the current step now and prune old ones."""
         t = time.time()
-        path = atomic_save(
-            self.model,
-            checkpoint_path(self.directory, self.model.num_timesteps),
-            self.metadata(self.model) if self.metadata else None,
-        )
+        path = checkpoint_path(self.directory, self.model.num_timesteps)
+        with writing("checkpoint", path, SAVE_ADVICE):
+            atomic_save(self.model, path, self.metadata(self.model) if self.metadata else None)
         log.debug("saved %s in %.2fs", path, time.time() - t)
         self.prune()
         return path

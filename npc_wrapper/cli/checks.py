@@ -7,19 +7,30 @@
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from npc_wrapper.backends import check_backend
 from npc_wrapper.checkpoints.uri import parse_uri
-from npc_wrapper.cli.config import compose_config, dual_policy_config, league_config
+from npc_wrapper.cli.config import backend_options, compose_config, dual_policy_config, league_config
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.config import DualPolicyConfig
 from npc_wrapper.errors import CheckpointError
 from npc_wrapper.workers import check_worker_split
 
-__all__ = ["LOG_FORMATS", "WANDB_MODES", "check_config", "check_device", "check_npc_uri", "precheck"]
+__all__ = [
+    "LOG_FORMATS",
+    "WANDB_MODES",
+    "check_config",
+    "check_device",
+    "check_npc_uri",
+    "check_writable_dir",
+    "precheck",
+]
 
 #: SB3 logger outputs that ``trainer.log_formats`` may add (CSV and TensorBoard are always on).
 LOG_FORMATS = ("stdout", "log", "json")
@@ -72,6 +83,10 @@ def _check_options(cfg: DictConfig) -> None:
             f"wandb.mode={cfg.wandb.mode!r} is not one of {', '.join(WANDB_MODES)} (or null: online with an "
             "API key, else offline)"
         )
+    try:
+        check_backend(num_workers=cfg.trainer.num_workers, prefix="trainer.", **backend_options(cfg))
+    except (ValueError, ImportError) as e:
+        raise CLIError(str(e)) from e
     methods = multiprocessing.get_all_start_methods()
     if cfg.trainer.start_method is not None and cfg.trainer.start_method not in methods:
         raise CLIError(
@@ -106,6 +121,22 @@ def check_device(device: str, option: str = "device") -> None:
             f"{option}={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
             f"use {option}=cuda:0..{torch.cuda.device_count() - 1}"
         )
+
+
+def check_writable_dir(directory: str | Path, what: str) -> None:
+    """Create ``directory`` (and its parents) where missing and write a file in it, so that a path where
+    nothing can be written fails now, in one line, rather than after the envs and the model are built.
+
+    :param what: how the user named it (``run_dir=runs/x``, ``--json out/x.json``), for the message
+    :raises CLIError: naming it and the reason
+    """
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        why = e.strerror or one_line(e)
+        raise CLIError(f"{what}: cannot write in {directory} ({why}); choose another path") from None
 
 
 def check_npc_uri(dp: DualPolicyConfig, where: str = "trainer.dual_policy.checkpoint_npc.uri") -> None:
@@ -157,3 +188,4 @@ def precheck(argv: Sequence[str]) -> None:
     check_config(cfg)
     dual_policy_config(cfg)
     league_config(cfg)
+    check_writable_dir(cfg.run_dir, f"run_dir={cfg.run_dir}")  # Hydra creates it next, with a traceback

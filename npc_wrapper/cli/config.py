@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,9 @@ __all__ = [
     "explain_config_error",
     "dual_policy_config",
     "league_config",
+    "backend_options",
+    "read_run_config",
+    "shipped_env_targets",
 ]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +90,39 @@ def _installed_config_dirs() -> list[Path]:
             pass
     found.append(PACKAGE_ROOT.parent / rel)
     return found
+
+
+def _shipped_env_configs() -> list[dict[str, Any]]:
+    """The env configs of :func:`config_dir`, as plain dicts (files that do not read as one are left out:
+    npc-train cannot compose them either, and leaving them out only refuses more)."""
+    configs = []
+    for file in sorted((config_dir() / "env").glob("*.yaml")):
+        try:
+            env = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeError, yaml.YAMLError):
+            continue
+        if isinstance(env, dict):
+            configs.append(env)
+    return configs
+
+
+def shipped_env_targets() -> frozenset[str]:
+    """The ``_target_`` s that the env configs of :func:`config_dir` name (env factories and wrappers): the
+    code a run directory's ``config.yaml`` may name without ``npc-eval --trusted``.
+    """
+    targets: set[str] = set()
+    for env in _shipped_env_configs():
+        nodes = [env.get("factory"), *(env.get("wrappers") or [])]
+        found = (n.get("_target_") for n in nodes if isinstance(n, dict))
+        targets.update(t for t in found if isinstance(t, str))
+    return frozenset(targets)
+
+
+def shipped_env_npcs() -> frozenset[str]:
+    """The NPCs (``env.npc``) that the env configs of :func:`config_dir` name, such as the shipped
+    connect-four bot ``npc_wrapper.bots:ConnectFourBot``: a ``pkg.module:callable`` among them is shipped
+    code, which a run directory's ``config.yaml`` may name without ``npc-eval --trusted``."""
+    return frozenset(env["npc"] for env in _shipped_env_configs() if isinstance(env.get("npc"), str))
 
 
 def data_path(name: str) -> str:
@@ -204,6 +241,65 @@ def _in_free_mapping(full_key: str) -> bool:
     return not (isinstance(node, DictConfig) and dataclasses.is_dataclass(node._metadata.object_type))
 
 
+#: Limits of a run directory's ``config.yaml`` (npc-train writes about 150 values in 4 kB): a file past
+#: them is not one npc-train wrote, and reading it could take the machine (YAML aliases expand).
+RUN_CONFIG_MAX_BYTES = 256 * 1024
+RUN_CONFIG_MAX_NODES = 20_000
+RUN_CONFIG_MAX_DEPTH = 64
+
+
+def read_run_config(path: Path) -> DictConfig:
+    """A run directory's ``config.yaml``, read within limits: a file of at most 256 KiB, at most 20,000
+    values and 64 levels once its YAML aliases are expanded, and no ``${...}`` interpolation (npc-train
+    writes it resolved). A run directory may come from anyone; a YAML alias bomb or a chain of doubling
+    interpolations would otherwise take minutes and gigabytes to read.
+
+    :param path: the ``config.yaml``
+    :raises CLIError: naming the file and the limit
+    """
+    try:
+        size = path.stat().st_size
+        if size > RUN_CONFIG_MAX_BYTES:
+            raise CLIError(
+                f"{path} is {size} bytes, more than the limit of {RUN_CONFIG_MAX_BYTES} for a run's "
+                "config.yaml (npc-train writes about 4 kB): it is not a config npc-train wrote"
+            )
+        text = path.read_text(encoding="utf-8")
+        _check_run_config_nodes(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        return OmegaConf.create(text)  # type: ignore[return-value]
+    except CLIError:
+        raise
+    except (OSError, UnicodeError, yaml.YAMLError, RecursionError) as e:
+        raise CLIError(f"cannot read {path}: {type(e).__name__}: {one_line(e)}") from None
+    except Exception as e:  # OmegaConf's own refusals (a list at the top, a bad key)
+        raise CLIError(f"{path}: {explain_config_error(e)}") from e
+
+
+def _check_run_config_nodes(root: yaml.Node | None, path: Path) -> None:
+    """Walk the YAML node graph as it would be copied out, alias by alias, stopping at the limits."""
+    stack = [(root, 1)] if root is not None else []
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > RUN_CONFIG_MAX_NODES or depth > RUN_CONFIG_MAX_DEPTH:
+            raise CLIError(
+                f"{path} holds more than {RUN_CONFIG_MAX_NODES} values or is nested more than "
+                f"{RUN_CONFIG_MAX_DEPTH} levels deep once its YAML aliases (*name) are expanded: it is not a "
+                "config npc-train wrote"
+            )
+        if isinstance(node, yaml.ScalarNode):
+            if "${" in str(node.value):
+                raise CLIError(
+                    f"{path} holds the interpolation {one_line(node.value)[:80]!r}, but npc-train writes a "
+                    "run's config.yaml resolved, without interpolations: it is not a config npc-train wrote"
+                )
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((item, depth + 1) for pair in node.value for item in pair)
+
+
 def league_config(cfg: DictConfig) -> LeagueConfig:
     """The ``trainer.league`` block, validated.
 
@@ -214,6 +310,17 @@ def league_config(cfg: DictConfig) -> LeagueConfig:
         return LeagueConfig.from_dict(cfg.trainer.league)
     except ValueError as e:
         raise CLIError(f"trainer.league: {one_line(e)}") from e
+
+
+def backend_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` keys that say what the workers are, as ``make_vec_env``'s keyword arguments.
+
+    :param cfg: a composed config
+    """
+    t = cfg.trainer
+    resources = OmegaConf.to_container(t.worker_resources) or None  # empty: the backend's default
+    return {"backend": t.backend, "start_method": t.start_method, "ray_address": t.ray_address,
+            "worker_resources": resources}
 
 
 def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:

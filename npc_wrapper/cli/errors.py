@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from npc_wrapper.errors import TRUST_HINT
 
-__all__ = ["CLIError", "one_line", "die", "with_trust_flag"]
+__all__ = ["CLIError", "one_line", "die", "with_trust_flag", "writing"]
 
 
 class CLIError(Exception):
@@ -43,3 +47,21 @@ def with_trust_flag(text: str, flag: str) -> str:
     return text.replace(
         TRUST_HINT, f"pass {flag} (only for checkpoints you trust: loading then runs code stored in the file)"
     )
+
+
+@contextmanager
+def writing(what: str, path: str | os.PathLike[str], advice: str = "") -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` (a full disk, a file-size limit, permissions) into a
+    one-line :class:`CLIError` that says what could not be written, where, and why.
+
+    :param what: what is being written (``"checkpoint"``)
+    :param path: where
+    :param advice: what to do about it, appended to the message
+    """
+    try:
+        yield
+    except OSError as e:
+        code = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
+        raise CLIError(
+            f"cannot write {what} {path}: {e.strerror or one_line(e)}{code}{'; ' + advice if advice else ''}"
+        ) from e

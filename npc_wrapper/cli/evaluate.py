@@ -12,8 +12,12 @@ The policy is loaded with the same safe loader as NPC checkpoints (nothing that 
 checkpoint unless ``--trusted``), so anything that can be an NPC can be evaluated: SB3 ``.zip``,
 TorchScript (with ``--trusted``), ``wandb://`` artifacts, ``random``, ``noop``. Only ``--trusted``
 grants trust: a ``checkpoint_npc.trusted`` in the run's ``config.yaml`` or an override is ignored.
-A run directory's ``config.yaml`` is still code-equivalent (its ``_target_``s are called), so only
-evaluate run directories you trust.
+
+A run directory given as the policy is evaluated in its own ``config.yaml`` (read within size and
+expansion limits); a checkpoint file, in the default config and the overrides, never in a
+``config.yaml`` near it. A run's config is code where it names env factories or wrappers that no
+shipped env config names, a ``pkg.module:callable`` NPC or a ``checkpoint_npc.policy_class``: those
+are imported and called only with ``--trusted``; without it the run directory is refused, naming them.
 """
 
 from __future__ import annotations
@@ -28,14 +32,23 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.build import build_vec_env, env_factory
-from npc_wrapper.cli.checks import check_device, check_npc_uri
-from npc_wrapper.cli.config import compose_config, dual_policy_config, explain_config_error, register_configs
-from npc_wrapper.cli.errors import CLIError, die, one_line, with_trust_flag
+from npc_wrapper.cli.checks import check_device, check_npc_uri, check_writable_dir
+from npc_wrapper.cli.config import (
+    compose_config,
+    dual_policy_config,
+    explain_config_error,
+    read_run_config,
+    register_configs,
+    shipped_env_npcs,
+    shipped_env_targets,
+)
+from npc_wrapper.cli.errors import CLIError, die, one_line, with_trust_flag, writing
 from npc_wrapper.cli.run_dir import find_run_config, resolve_policy_path
 from npc_wrapper.cli.schema import TrainConfig
 from npc_wrapper.config import CheckpointConfig
-from npc_wrapper.errors import NoEpisodeEnds, TrustRequiredError
+from npc_wrapper.errors import CheckpointError, NoEpisodeEnds, TrustRequiredError
 from npc_wrapper.evaluation import format_summary, play_episodes, policy_actor
 from npc_wrapper.league import round_robin
 from npc_wrapper.npcs.resolve import as_npc_policy
@@ -48,9 +61,16 @@ _GROUPS = ("env", "trainer", "user")
 #: ``checkpoint_npc`` keys that say how the configured NPC is selected and read; ``--npc`` resets them.
 _NPC_SELECTOR_KEYS = ("type", "range", "metric", "weights", "policy_class", "policy_kwargs")
 _NPC_DEFAULTS = CheckpointConfig()
+#: The read limit of the NPC checkpoint: like trust, only the command line may raise it.
+_LIMIT_KEY = "trainer.dual_policy.checkpoint_npc.max_checkpoint_bytes"
 
 
-def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
+def _load_config(policy: str, overrides: Sequence[str], trusted: bool, config_npc: bool) -> DictConfig:
+    """The config ``policy`` is evaluated in: a run directory's own ``config.yaml`` (whose code needs
+    ``trusted``), else the default config; then the ``overrides``.
+
+    :param config_npc: whether the NPC comes from the config (no ``--npc``, no round robin)
+    """
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise CLIError(f"overrides must look like key=value, got {bad}")
@@ -59,8 +79,17 @@ def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
     if run_config is None or selects_group:
         return compose_config(list(overrides) + ["run=eval", "run_dir=."])
     register_configs()
+    stored = read_run_config(run_config)
+    if not trusted:
+        code = _code_in_run_config(stored, overrides, config_npc)
+        if code:
+            raise CLIError(
+                f"{run_config} names code that npc-eval would import and run: {'; '.join(code)}; pass "
+                "--trusted if you trust this run directory (a run's config.yaml is code), or evaluate its "
+                "final.zip in a shipped env config (npc-eval RUN/final.zip env=NAME)"
+            )
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_config))
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
     except Exception as e:
         raise CLIError(f"{run_config}: {explain_config_error(e)}") from e
     try:
@@ -71,6 +100,45 @@ def _load_config(policy: str, overrides: Sequence[str]) -> DictConfig:
     except Exception as e:
         raise CLIError(f"command-line override: {explain_config_error(e)}") from e
     return cfg  # type: ignore[return-value]
+
+
+def _code_in_run_config(stored: DictConfig, overrides: Sequence[str], config_npc: bool) -> list[str]:
+    """What a run's ``config.yaml`` names that npc-eval would import and call: env factories and wrappers
+    that no shipped env config names, and (``config_npc``) a ``pkg.module:callable`` NPC or a
+    ``checkpoint_npc.policy_class``. What an override replaces is the user's own and not listed."""
+    given = [o.lstrip("+~").split("=", 1)[0].replace("[", ".").replace("]", "") for o in overrides]
+
+    def replaced(key: str) -> bool:
+        return any(key == g or key.startswith(g + ".") for g in given)
+
+    data = OmegaConf.to_container(stored, resolve=False)
+    env = data.get("env") if isinstance(data, dict) else None
+    env = env if isinstance(env, dict) else {}
+    wrappers = env.get("wrappers") if isinstance(env.get("wrappers"), list) else []
+    shipped = shipped_env_targets()
+    found = []
+    nodes = [("env.factory", env.get("factory")), *((f"env.wrappers.{i}", w) for i, w in enumerate(wrappers))]
+    for key, node in nodes:
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if target is not None and target not in shipped and not replaced(f"{key}._target_"):
+            found.append(f"{key}._target_={target!r} (not an env of the shipped configs)")
+    if config_npc:
+        prefix = "trainer.dual_policy.checkpoint_npc"
+        uri, policy_class = (OmegaConf.select(stored, f"{prefix}.{k}") for k in ("uri", "policy_class"))
+        shipped_code = uri in shipped_env_npcs()  # such as the connect-four bot
+        if isinstance(uri, str) and not replaced(f"{prefix}.uri") and _imports(uri) and not shipped_code:
+            found.append(f"{prefix}.uri={uri!r} (a pkg.module:callable NPC is imported and called)")
+        if policy_class is not None and not replaced(f"{prefix}.policy_class"):
+            found.append(f"{prefix}.policy_class={policy_class!r} (imported and built)")
+    return found
+
+
+def _imports(uri: str) -> bool:
+    """Whether the NPC URI ``uri`` names a Python callable to import (``pkg.module:callable``)."""
+    try:
+        return parse_uri(uri).kind == "import"
+    except CheckpointError:
+        return False  # loading the NPC reports what is wrong with it
 
 
 def _trust_advice(msg: str, cause: BaseException | None) -> str:
@@ -104,14 +172,14 @@ def evaluate(
     """
     if episodes < 1 or num_envs < 1:
         raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
-    cfg = _load_config(policy, overrides)
+    cfg = _load_config(policy, overrides, trusted, config_npc=npc is None)
     npc_cfg = cfg.trainer.dual_policy.checkpoint_npc
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
     if npc is not None:
         cfg.trainer.dual_policy.enabled = True
         npc_cfg.uri = npc
         # The run's selector picked and read its own NPC (a pool's type: top, range: 2 would refuse
         # a single file or 'random'); keep only what the command line sets.
-        given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
         for key in _NPC_SELECTOR_KEYS:
             if f"trainer.dual_policy.checkpoint_npc.{key}" not in given:
                 npc_cfg[key] = getattr(_NPC_DEFAULTS, key)
@@ -124,6 +192,15 @@ def evaluate(
             flush=True,
         )
     npc_cfg.trusted = trusted
+    if npc_cfg.max_checkpoint_bytes is not None and not trusted and _LIMIT_KEY not in given:
+        # Nor may it raise the loader's limits: a hostile config.yaml could ask for gigabytes.
+        print(
+            f"{PROG}: note: ignoring {_LIMIT_KEY}={npc_cfg.max_checkpoint_bytes} from the run's config.yaml; "
+            f"set it on the command line ({_LIMIT_KEY}=N) to raise the NPC checkpoint's read limits",
+            file=sys.stderr,
+            flush=True,
+        )
+        npc_cfg.max_checkpoint_bytes = None
     if device is not None:
         cfg.device = device
     check_device(cfg.device, "device" if device is None else "--device")
@@ -155,8 +232,7 @@ def evaluate(
             raise CLIError(_trust_advice(msg, e)) from e
         learner.reset(venv.num_envs, seed=seed)
         try:
-            act = policy_actor(learner, venv)
-            summary = play_episodes(act, venv, episodes, venv.engine.n_train).summary()
+            summary = play_episodes(policy_actor(learner, venv), venv, episodes).summary()
         except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
             raise CLIError(f"{e} (env.factory)") from e
         summary.update(
@@ -190,7 +266,7 @@ def round_robin_run(
     """
     if not Path(run).is_dir():
         raise CLIError(f"--round-robin needs a run directory (runs/<run>), got {run!r}")
-    cfg = _load_config(run, overrides)
+    cfg = _load_config(run, overrides, trusted, config_npc=False)
     env_fn = env_factory(cfg)
     check_device(device or cfg.device, "device" if device is None else "--device")
     dp = cfg.trainer.dual_policy
@@ -242,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``npc-eval``."""
     # Intermixed: overrides may follow options (npc-eval runs/x --episodes 2 env.factory.max_cycles=50).
     args = _parser().parse_intermixed_args(argv)
+    try:
+        if args.json is not None:  # now, not after the episodes have been played
+            check_writable_dir(args.json.parent, f"--json {args.json}")
+    except CLIError as e:
+        die(PROG, e)
     if args.round_robin:
         if args.npc is not None:  # the checkpoints play each other: there is no NPC to choose
             die(PROG, "--npc has no effect with --round-robin (every checkpoint of the run plays every "
@@ -255,9 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if os.environ.get("NPC_WRAPPER_DEBUG"):
                 raise
             die(PROG, e)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(table, indent=2, default=float))
+        _write_json(args.json, table)
         return
     try:
         summary = evaluate(
@@ -280,10 +359,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"({', '.join(summary['npc_agents'])}) on {summary['env']}:"
     )
     print(format_summary(summary, "  "))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2, default=float))
+    _write_json(args.json, summary)
     sys.stdout.flush()
+
+
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """``--json``: write ``result`` to ``path`` (nothing without it), one line on failure."""
+    if path is None:
+        return
+    try:
+        with writing("the --json output", path):
+            path.write_text(json.dumps(result, indent=2, default=float))
+    except CLIError as e:
+        die(PROG, e)
 
 
 if __name__ == "__main__":

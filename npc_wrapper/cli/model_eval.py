@@ -18,7 +18,8 @@ from stable_baselines3.common.logger import Logger
 from npc_wrapper.checkpoints.store import atomic_write_text
 from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.build import TrainingPlan, build_vec_env
-from npc_wrapper.cli.errors import CLIError
+from npc_wrapper.cli.callbacks import SAVE_ADVICE
+from npc_wrapper.cli.errors import CLIError, one_line, writing
 from npc_wrapper.cli.run_dir import RunPaths
 from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.evaluation import format_summary, play_episodes
@@ -66,7 +67,7 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
         return actions
 
     try:
-        return play_episodes(act, venv, episodes, venv.engine.n_train).summary()
+        return play_episodes(act, venv, episodes).summary()
     except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
         raise CLIError(f"evaluation: {e} (env.factory), or set trainer.eval_episodes=0") from e
 
@@ -90,9 +91,7 @@ class TrainingEvaluation:
         self.paths = paths
         self.resumed = resumed
         #: ``{"before": summary, "after": summary}``, each with its ``step``.
-        self.summaries: dict[str, Any] = (
-            json.loads(paths.eval.read_text()) if resumed and paths.eval.is_file() else {}
-        )
+        self.summaries: dict[str, Any] = _earlier_evaluations(paths) if resumed else {}
         #: The evaluation env (``None``: no evaluation).
         self.venv: Any = None
         if train_env.npc_agents and cfg.trainer.eval_episodes > 0:
@@ -156,7 +155,24 @@ class TrainingEvaluation:
         return lines
 
     def _write(self) -> None:
-        atomic_write_text(self.paths.eval, json.dumps(self.summaries, indent=2, default=float))
+        with writing("the evaluations", self.paths.eval, SAVE_ADVICE):
+            atomic_write_text(self.paths.eval, json.dumps(self.summaries, indent=2, default=float))
+
+
+def _earlier_evaluations(paths: RunPaths) -> dict[str, Any]:
+    """The evaluations a resumed run's ``eval.json`` holds; none, with a warning, when it cannot be read
+    (torn by a crash or a full disk): they are only reported, and the run can go on without them."""
+    if not paths.eval.is_file():
+        return {}
+    try:
+        found = json.loads(paths.eval.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, ValueError, RecursionError) as e:
+        found = e
+    if isinstance(found, dict) and all(isinstance(v, dict) for v in found.values()):
+        return found
+    why = f"{type(found).__name__}: {one_line(found)}" if isinstance(found, Exception) else "not evaluations"
+    log.warning("ignoring %s (%s); the run's earlier evaluations are left out of its report", paths.eval, why)
+    return {}
 
 
 def _record(logger: Logger, summary: dict[str, Any], step: int) -> None:

@@ -17,6 +17,7 @@ from npc_wrapper.checkpoints.select import sidecar_metadata
 from npc_wrapper.checkpoints.store import latest_checkpoint, list_checkpoints
 from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.algos import resolve_algorithm
+from npc_wrapper.cli.config import read_run_config
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.errors import CheckpointError
 
@@ -98,9 +99,9 @@ def _check_resumed_algorithm(cfg: DictConfig, paths: RunPaths) -> None:
     if not paths.config.is_file():
         return
     try:
-        stored_cfg = OmegaConf.load(paths.config)
-    except Exception as e:
-        raise CLIError(f"trainer.resume=true: cannot read {paths.config}: {one_line(e)}") from e
+        stored_cfg = read_run_config(paths.config)
+    except CLIError as e:
+        raise CLIError(f"trainer.resume=true: {e}") from e
     stored = OmegaConf.select(stored_cfg, "trainer.algorithm")
     if stored is not None and resolve_algorithm(str(stored)) is not resolve_algorithm(cfg.trainer.algorithm):
         raise CLIError(
@@ -142,17 +143,18 @@ def _local_path(policy: str) -> Path | None:
 
 
 def find_run_config(policy: str) -> Path | None:
-    """The ``config.yaml`` of the run a policy path belongs to (run dir, its final.zip or a checkpoint).
+    """The ``config.yaml`` of a run directory given as the policy; ``None`` for anything else.
+
+    Only a directory given itself counts: a checkpoint file is evaluated in the default config (and
+    the overrides), never in a ``config.yaml`` found near it, which would be code run from wherever
+    the file happens to lie (its ``_target_`` s are called).
 
     :param policy: a path or URI of a policy
     """
     path = _local_path(policy)
-    if path is None:
+    if path is None or not path.is_dir() or not (path / "config.yaml").is_file():
         return None
-    for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / "config.yaml").is_file() and candidate.is_dir():
-            return candidate / "config.yaml"
-    return None
+    return path / "config.yaml"
 
 
 def resolve_policy_path(policy: str) -> str:

@@ -61,10 +61,16 @@ class TrainerConfig:
     total_timesteps: int = 200_000
     #: PettingZoo env copies (each contributes one slot per training agent).
     num_envs: int = 8
-    #: Worker processes stepping the envs (0: in this process).
+    #: Workers stepping the envs (0: in this process).
     num_workers: int = 0
-    #: Multiprocessing start method for the workers (platform default when null).
+    #: What a worker is: ``process`` (a process on this machine) or ``ray`` (a Ray actor on a Ray cluster).
+    backend: str = "process"
+    #: Multiprocessing start method for the worker processes (platform default when null).
     start_method: str | None = None
+    #: ``backend=ray``: the Ray cluster to connect to (null: ``RAY_ADDRESS``, else a local Ray).
+    ray_address: str | None = None
+    #: ``backend=ray``: Ray resources each worker reserves (empty: ``{CPU: 1}``).
+    worker_resources: dict[str, float] = field(default_factory=dict)
     #: Continue the run from its latest checkpoint, keeping the step count.
     resume: bool = False
     #: Save a checkpoint every this many steps (0: only at the end).
@@ -79,6 +85,8 @@ class TrainerConfig:
     eval_num_envs: int = 8
     #: The learner plays greedily in those evaluations.
     eval_deterministic: bool = False
+    #: Start even when the estimated memory (envs, buffers, network) exceeds what the machine has left.
+    skip_memory_check: bool = False
     #: SB3 logger outputs besides TensorBoard and the progress CSV (``stdout``, ``log``, ``json``).
     log_formats: list[str] = field(default_factory=list)
     #: The original dual-policy feature's keys: which agents train and which checkpoint the NPCs play.

@@ -34,12 +34,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import Logger
 
-from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text
+from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text, remove_stale_temporaries
 from npc_wrapper.cli.build import TrainingPlan, build_model, build_train_env, build_vec_env, plan_training
-from npc_wrapper.cli.callbacks import CheckpointCallback, NPCMetricsCallback, epoch_of
-from npc_wrapper.cli.checks import check_config, precheck
+from npc_wrapper.cli.callbacks import SAVE_ADVICE, CheckpointCallback, NPCMetricsCallback, epoch_of
+from npc_wrapper.cli.checks import check_config, check_writable_dir, precheck
 from npc_wrapper.cli.config import check_schema, config_dir, register_configs
-from npc_wrapper.cli.errors import CLIError, die, one_line
+from npc_wrapper.cli.errors import CLIError, die, one_line, writing
+from npc_wrapper.cli.estimate import check_memory
 from npc_wrapper.cli.model_eval import TrainingEvaluation
 from npc_wrapper.cli.run_dir import ResumePoint, RunPaths, resume_hint, resume_point
 from npc_wrapper.cli.tracking import (
@@ -68,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     paths, resume = _prepare_run(cfg)
     plan = plan_training(cfg)
+    check_memory(cfg, plan)
     session = _Session()
     try:
         venv = build_vec_env(cfg, plan.env_fn, plan.dual_policy, cfg.trainer.num_envs, cfg.seed)
@@ -107,14 +109,17 @@ def _prepare_run(cfg: DictConfig) -> tuple[RunPaths, ResumePoint | None]:
     """Check the config and find where the run starts, before anything is built or written."""
     check_schema(cfg)
     check_config(cfg)
+    check_writable_dir(cfg.run_dir, f"run_dir={cfg.run_dir}")
     paths = RunPaths(cfg.run_dir)
+    for directory in (paths.root, paths.checkpoints, paths.league):
+        remove_stale_temporaries(directory)  # what a killed save left
     return paths, resume_point(cfg, paths)
 
 
 def _open_outputs(cfg: DictConfig, paths: RunPaths, model: Any, session: _Session) -> Logger:
     """Write the run's ``config.yaml``, start its W&B run and give the model the session's logger."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(paths.config, OmegaConf.to_yaml(cfg, resolve=True))
+    with writing("the run's config", paths.config):
+        atomic_write_text(paths.config, OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.wandb.enabled and choose_wandb_mode(cfg.wandb.mode) != "disabled":  # disabled: no run at all
         session.wandb_run = init_wandb(cfg, paths)
     logger = make_logger(cfg, paths, int(model.num_timesteps))
@@ -155,7 +160,7 @@ def _make_callbacks(
     """Metrics, periodic checkpoints, the league (when enabled) and W&B (when it runs)."""
     has_npc = bool(venv.npc_agents)
     metrics = NPCMetricsCallback(
-        venv.engine.n_train,
+        venv.slots,
         has_npc,
         window=getattr(model, "_stats_window_size", 100),
         report=_progress_report(cfg, int(model.num_timesteps), has_npc),
@@ -318,7 +323,7 @@ def _finish(
     if callbacks.league is not None:
         final_meta["league_elo"] = callbacks.league.learner_elo
     final_meta.update(evaluation.final_metrics(step))
-    with _no_interrupts():
+    with _no_interrupts(), writing("the final model", paths.final, SAVE_ADVICE):
         atomic_save(model, paths.final, final_meta)
     artifact = (
         log_model_artifact(wandb_run, cfg, paths, final_meta)

@@ -32,7 +32,9 @@ class FrontEnd:
     def __init__(self, engine: NPCEngine) -> None:
         self.engine = engine
         self.render_mode = engine.render_mode
-        self._slots = engine.slots
+        #: Slot <-> sub-env arithmetic: slot ``k`` is training agent ``slots.agent(k)`` of sub-env
+        #: ``slots.env(k)`` (see :class:`~npc_wrapper.agents.SlotMap`).
+        self.slots = engine.slots
 
     @property
     def training_agents(self) -> list[Any]:

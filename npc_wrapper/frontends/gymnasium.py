@@ -91,7 +91,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(E)]
         else:
-            seeds = self._slots.one_per_env(list(seed), "reset(seed=[...])", per_env_ok=True)
+            seeds = self.slots.one_per_env(list(seed), "reset(seed=[...])", per_env_ok=True)
         options = dict(options) if options else {}
         mask = options.pop("reset_mask", None)
         if mask is not None:
@@ -115,7 +115,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         if not mask.any():
             raise ValueError(f"options['reset_mask'] must contain at least one True value, got {mask}")
         # A PettingZoo env is reset whole: its slots' entries must agree.
-        return np.array(self._slots.one_per_env(mask.tolist(), "options['reset_mask']"), dtype=bool)
+        return np.array(self.slots.one_per_env(mask.tolist(), "options['reset_mask']"), dtype=bool)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.engine.step(actions)
@@ -165,18 +165,18 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
     def render(self) -> tuple[Any, ...]:
         """One frame per slot, as Gymnasium's vector envs return: each sub-env is rendered once and its
         frame given to each of its slots."""
-        return tuple(self._render_each(self._slots.env_of))
+        return tuple(self._render_each(self.slots.env_of))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on the PettingZoo env behind each slot (found through its wrappers), once per
         sub-env, its result given to each of its slots. A ``name`` that is not callable is returned
         as it is, as in Gymnasium."""
-        return tuple(self._call_each(self._slots.env_of, name, args, kwargs, or_get=True))
+        return tuple(self._call_each(self.slots.env_of, name, args, kwargs, or_get=True))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Attribute ``name`` of the PettingZoo env behind each slot, from the outermost of its wrappers
         that has it (as ``get_wrapper_attr``); each sub-env is read once."""
-        return tuple(self._get_each(self._slots.env_of, name))
+        return tuple(self._get_each(self.slots.env_of, name))
 
     def set_attr(self, name: str, values: Any) -> None:
         """Set ``name`` on each sub-env, on the wrapper that owns it (as ``set_wrapper_attr``), or on
@@ -187,7 +187,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         """
         E = self.engine.num_envs
         if isinstance(values, (list, tuple)):
-            per_env = self._slots.one_per_env(values, f"set_attr({name!r})")
+            per_env = self.slots.one_per_env(values, f"set_attr({name!r})")
         else:
             per_env = [values] * E
         self._set_each(range(E), name, per_env)

@@ -11,6 +11,7 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn, tile_images
 
+from npc_wrapper.arguments import check_seed
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.frontends.base import FrontEnd
 
@@ -64,8 +65,9 @@ class SB3VecEnv(FrontEnd, VecEnv):
     def reset(self) -> np.ndarray:
         """Reset every sub-env, with the seeds of :meth:`seed` and the options of ``set_options``
         (each sub-env takes its first slot's; they must be equal within a sub-env's slots)."""
-        seeds = self._slots.first_of_env(self._seeds)
-        options = self._slots.one_per_env([o or None for o in self._options], "set_options")
+        self._actions = None  # a step_async without its step_wait is abandoned, as the envs start anew
+        seeds = self.slots.first_of_env(self._seeds)
+        options = self.slots.one_per_env([o or None for o in self._options], "set_options")
         obs, infos = self.engine.reset(seeds, options)
         self.reset_infos = infos
         self._reset_seeds()
@@ -73,13 +75,19 @@ class SB3VecEnv(FrontEnd, VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
+        if self._actions is not None:
+            # The first call's actions would be replaced silently, and one step lost.
+            raise RuntimeError(
+                "step_async() was called twice without step_wait() in between: call step_wait() to finish "
+                "the pending step first (or step(actions), which does both)"
+            )
         self._actions = self.engine.validate_actions(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("step_wait() was called without step_async(actions)")
-        result = self.engine.step(self._actions, validated=True)
-        self._actions = None
+        actions, self._actions = self._actions, None  # taken even if the step fails
+        result = self.engine.step(actions, validated=True)
         infos = result.infos
         # SB3's rule: a time-limit truncation only where the agent did not also terminate.
         for info, truncated in zip(infos, (result.truncated & ~result.terminated).tolist()):
@@ -95,7 +103,8 @@ class SB3VecEnv(FrontEnd, VecEnv):
         """Seed sub-env ``i`` with ``seed + i`` (and the NPCs with ``seed``) at the next ``reset()``."""
         if seed is None:
             seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
-        self._seeds = [seed + e for e in self._slots.env_of]
+        check_seed(seed)
+        self._seeds = [seed + e for e in self.slots.env_of]
         return self._seeds
 
     def close(self) -> None:
@@ -154,7 +163,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
 
     def _sub_envs(self, indices: VecEnvIndices) -> list[int]:
         """The sub-env behind each slot of ``indices``."""
-        return [self._slots.env(k) for k in self._slot_indices(indices)]
+        return [self.slots.env(k) for k in self._slot_indices(indices)]
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """Attribute of the PettingZoo env behind each slot, from the outermost of its wrappers that has

@@ -241,7 +241,7 @@ class LeagueCallback(BaseCallback):
         infos = self.locals.get("infos")
         if not infos:
             return True
-        for _, episode in episodes_from_infos(infos, self.engine.n_train):
+        for _, episode in episodes_from_infos(infos, self.engine.slots):
             self.record_episode(episode["npc"], episode["outcome"])
         return True
 

@@ -23,6 +23,7 @@ from gymnasium import spaces
 from pettingzoo import AECEnv
 
 from npc_wrapper.agents import build_layout
+from npc_wrapper.checkpoints.bounded import Limits, member_chunks, open_zip
 from npc_wrapper.checkpoints.select import CHECKPOINT_SUFFIXES
 from npc_wrapper.config import _is_int
 from npc_wrapper.errors import NoEpisodeEnds
@@ -101,12 +102,20 @@ def _checkpoint_files(root: Path) -> list[Path]:
 
 def _policy_digest(path: Path) -> str:
     """A digest of the network a checkpoint holds: an SB3 zip's ``policy.pth`` (its other entries differ
-    between two saves of one model, e.g. their step counts), else the whole file. Reads bytes only."""
+    between two saves of one model, e.g. their step counts), else the whole file. Reads bytes only, in
+    chunks, and a member only within the loader's limits (a refusal names the file)."""
+    digest = hashlib.sha256()
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
+        with open_zip(path, f"checkpoint {path}") as z:
             if "policy.pth" in z.namelist():
-                return hashlib.sha256(z.read("policy.pth")).hexdigest()
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+                unknown = Limits()  # the players' spaces are not known yet: the default ceiling
+                for chunk in member_chunks(z, "policy.pth", unknown.file, unknown, f"SB3 model {path}"):
+                    digest.update(chunk)
+                return digest.hexdigest()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _distinct(files: list[Path], root: Path) -> list[Path]:
@@ -170,7 +179,7 @@ def _play(
     try:
         learner.reset(venv.num_envs, seed)
         try:
-            stats = play_episodes(policy_actor(learner, venv), venv, episodes, venv.engine.n_train, max_steps)
+            stats = play_episodes(policy_actor(learner, venv), venv, episodes, max_steps=max_steps)
         except NoEpisodeEnds as e:
             raise NoEpisodeEnds(
                 f"round_robin: no episode ended in the last max_steps={e.steps} vector steps ({e.played} of "

@@ -19,27 +19,44 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["DeviceRunner", "resolve_device"]
+__all__ = ["DEVICE_FORMS", "DeviceRunner", "resolve_device"]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 #: Network output and action masks (bool, or ``None``) -> actions.
 Post = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``.
+#: The device forms the wrapper takes, as its messages name them.
+DEVICE_FORMS = "'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device"
 
-    A CUDA device where torch sees no CUDA is a ``ValueError`` that says so (otherwise torch's own
-    error, raised while the NPC's weights are copied, tells you to call ``torch.load`` with a
-    ``map_location``).
+
+def resolve_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is parsed by ``torch.device``.
+
+    Anything but a string or a ``torch.device`` (an int would be read as a CUDA ordinal) is a
+    ``TypeError``; a string torch cannot parse, or a CUDA device torch cannot see, a ``ValueError``
+    that says so (otherwise torch's own error, raised while the NPC's weights are copied, tells you
+    to call ``torch.load`` with a ``map_location``).
+
+    :param name: the argument, for the messages
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be {DEVICE_FORMS}, got {device!r} ({type(device).__name__})")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{name}={device!r} is not a torch device: use {DEVICE_FORMS}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device={str(device)!r} but CUDA is not available (torch {torch.__version__}); "
-            "use device='auto' (CUDA when available) or device='cpu'"
+            f"{name}={str(device)!r} but CUDA is not available (torch {torch.__version__}); "
+            f"use {name}='auto' (CUDA when available) or {name}='cpu'"
+        )
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"{name}={str(device)!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
         )
     return resolved
 

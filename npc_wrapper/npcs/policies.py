@@ -39,6 +39,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.vec_env import VecTransposeImage
 
+from npc_wrapper.errors import NPCOutputError
 from npc_wrapper.masks import ActionMask, mask_width
 from npc_wrapper.npcs.device import DeviceRunner, resolve_device
 
@@ -289,6 +290,48 @@ def _split_logits(logits: torch.Tensor, nvec: np.ndarray) -> list[torch.Tensor]:
     return list(torch.split(logits, [int(n) for n in nvec.ravel()], dim=-1))
 
 
+def _logit_faults(logits: torch.Tensor, nvec: np.ndarray | None = None) -> torch.Tensor:
+    """Per row of categorical logits ``(B, n)`` (``(B, sum(nvec))`` for several categoricals): 0 where it
+    can be sampled from, NaN where a logit is NaN or +inf, or every logit (of one categorical) is -inf,
+    which Gumbel-max would silently turn into action 0. A -inf alone is legal (an action the network
+    rules out). Read on the network's raw output, before any action mask: a row a mask empties is not
+    the network's fault. (``amax`` propagates NaN; ``inf * 0`` is NaN.)"""
+    if nvec is None:
+        return logits.amax(dim=-1) * 0
+    return torch.stack([p.amax(dim=-1) for p in _split_logits(logits, nvec)], dim=-1).sum(dim=-1) * 0
+
+
+def _bernoulli_faults(logits: torch.Tensor) -> torch.Tensor:
+    """Per row of Bernoulli logits ``(B, ...)``: 0, or NaN where one is NaN (an infinite logit is a
+    certainty, not a fault; ``clamp`` keeps NaN and makes infinities finite)."""
+    return logits.clamp(-1e30, 1e30).reshape(len(logits), -1).sum(dim=-1) * 0
+
+
+def _with_faults(actions: torch.Tensor, faults: torch.Tensor) -> torch.Tensor:
+    """Integer ``actions`` ``(B, ...)`` as float64 (exact up to 2**53), NaN in the rows whose ``faults``
+    (:func:`_logit_faults`) are NaN: sampling loses the NaN of a diverged network, this puts it back.
+    The NaN travels with the actions in the one copy to the host (inside the CUDA graph, when one is
+    captured), so the check adds no synchronisation; :func:`_checked_actions` reads it."""
+    return actions.to(torch.float64) + faults.reshape(len(faults), *[1] * (actions.ndim - 1))
+
+
+def _checked_actions(actions: np.ndarray, space: spaces.Space, policy: NPCPolicy) -> np.ndarray:
+    """A batch of actions from the device (``(B, *space.shape)``, float where sampled), or an
+    :class:`NPCOutputError` naming ``policy`` and the rows that are NaN; integer spaces' actions are cast
+    back to the space's dtype."""
+    if actions.dtype.kind != "f":
+        return actions
+    if np.isnan(actions).any():
+        bad = np.flatnonzero(np.isnan(actions.reshape(len(actions), -1)).any(axis=1))
+        raise NPCOutputError(
+            f"NPC policy {policy!r} gave NaN or infinite network output for {len(bad)} of its {len(actions)} "
+            "rows, which it cannot act on (a diverged network?); retrain it, or load an earlier checkpoint",
+            bad.tolist(),
+        )
+    integer = isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+    return actions.astype(space.dtype) if integer else actions
+
+
 class TorchPolicy(NPCPolicy):
     """A ``torch.nn.Module`` mapping an observation batch to logits or actions.
 
@@ -369,16 +412,19 @@ class TorchPolicy(NPCPolicy):
     def act_async(
         self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
     ) -> Callable[[], np.ndarray]:
-        return self.runner.run(self.forward, obs, self._to_actions, mask)
+        wait = self.runner.run(self.forward, obs, self._to_actions, mask)
+        return lambda: _checked_actions(wait(), self.action_space, self)
 
     def _to_actions(self, out: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The module's output as actions, legal under ``mask`` where given (NaN in the rows it gives no
+        usable output for)."""
         space = self.action_space
         floating = out.is_floating_point()
         integer = not floating and not out.is_complex() and out.dtype != torch.bool
         if isinstance(space, spaces.Discrete):
             if floating and out.ndim == 2 and out.shape[1] == space.n:
-                logits = _masked_logits(out, mask)
-                return _sample_logits(logits, self.deterministic, self._generator) + space.start
+                actions = _sample_logits(_masked_logits(out, mask), self.deterministic, self._generator)
+                return _with_faults(actions + space.start, _logit_faults(out))
             if integer and (out.ndim == 1 or out.ndim == 2 and out.shape[1] == 1):
                 return out.reshape(-1).long()
             raise self._bad_output(out, f"float logits (B, {space.n}) or integer actions (B,)")
@@ -389,7 +435,8 @@ class TorchPolicy(NPCPolicy):
                 acts = torch.stack(
                     [_sample_logits(p, self.deterministic, self._generator) for p in parts], dim=-1
                 )
-                return acts.reshape(-1, *space.shape) + torch.as_tensor(space.start, device=out.device)
+                actions = acts.reshape(-1, *space.shape) + torch.as_tensor(space.start, device=out.device)
+                return _with_faults(actions, _logit_faults(out, space.nvec))
             if integer and tuple(out.shape[1:]) == space.shape:
                 return out.long()
             shape = ", ".join(map(str, space.shape))
@@ -400,18 +447,19 @@ class TorchPolicy(NPCPolicy):
                 raise self._bad_output(out, f"float logits or integer/bool actions, both (B, {shape})")
             if not floating:
                 return out.to(torch.int8)
+            faults = _bernoulli_faults(out)  # of the network's output, before the mask
             out = _masked_bernoulli(out.reshape(len(out), -1), mask).reshape(out.shape)
             if self.deterministic:
-                return (out > 0).to(torch.int8)
+                return _with_faults((out > 0).to(torch.int8), faults)
             u = torch.rand(out.shape, generator=self._generator, device=out.device)
-            return (u < torch.sigmoid(out)).to(torch.int8)
+            return _with_faults((u < torch.sigmoid(out)).to(torch.int8), faults)
         if isinstance(space, spaces.Box):
             if out.ndim == 0 or math.prod(out.shape[1:]) != math.prod(space.shape):
                 shape = ", ".join(map(str, space.shape))
                 raise self._bad_output(out, f"actions (B, {shape})")
             low = torch.as_tensor(space.low, device=out.device, dtype=out.dtype)
             high = torch.as_tensor(space.high, device=out.device, dtype=out.dtype)
-            return torch.clamp(out.reshape(-1, *space.shape), low, high)
+            return torch.clamp(out.reshape(-1, *space.shape), low, high)  # NaN stays NaN
         raise TypeError(
             f"TorchPolicy does not support the action space {space}; wrap the module in an NPCPolicy"
         )
@@ -564,7 +612,7 @@ class SB3Policy(NPCPolicy):
         space = self.policy.action_space
 
         def actions() -> np.ndarray:
-            a = wait().reshape((-1, *space.shape))
+            a = _checked_actions(wait().reshape((-1, *space.shape)), space, self)
             if isinstance(space, spaces.Box) and self.policy.squash_output:
                 a = self.policy.unscale_action(a)
             return self._in_bounds(a)
@@ -586,20 +634,23 @@ class SB3Policy(NPCPolicy):
 
     def _sample(self, params: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Actions from :meth:`forward`'s output, sampled with the NPC's own generator, legal under
-        ``mask`` where given."""
+        ``mask`` where given (NaN in the rows whose output cannot be sampled from)."""
         det, gen, policy = self.deterministic, self._generator, self.policy
         dist = policy.action_dist
         if isinstance(dist, _CATEGORICAL):
-            return _sample_logits(_masked_logits(params, mask), det, gen)
+            return _with_faults(_sample_logits(_masked_logits(params, mask), det, gen), _logit_faults(params))
         if isinstance(dist, _MULTI_CATEGORICAL):  # MaskablePPO's Bernoulli too: two logits per entry
-            parts = _split_logits(_masked_logits(params, mask), np.asarray(dist.action_dims))
-            return torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
+            nvec = np.asarray(dist.action_dims)
+            parts = _split_logits(_masked_logits(params, mask), nvec)
+            actions = torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
+            return _with_faults(actions, _logit_faults(params, nvec))
         if isinstance(dist, d.BernoulliDistribution):
+            faults = _bernoulli_faults(params)  # of the network's output, before the mask
             params = _masked_bernoulli(params, mask)
             if det:
-                return (params > 0).to(torch.int8)  # probability > 0.5, as SB3's round(probs)
+                return _with_faults((params > 0).to(torch.int8), faults)  # probability > 0.5, as SB3 rounds
             u = torch.rand(params.shape, generator=gen, device=params.device)
-            return (u < torch.sigmoid(params)).to(torch.int8)
+            return _with_faults((u < torch.sigmoid(params)).to(torch.int8), faults)
         # DiagGaussian, squashed or not: mean + exp(log_std) * N(0, 1), as SB3 samples it.
         actions = params
         if not det:
@@ -608,7 +659,8 @@ class SB3Policy(NPCPolicy):
         return torch.tanh(actions) if isinstance(dist, d.SquashedDiagGaussianDistribution) else actions
 
     def _sample_distribution(self, obs: torch.Tensor) -> torch.Tensor:
-        """gSDE and custom distributions: SB3's own sampling (torch's global RNG)."""
+        """gSDE and custom distributions: SB3's own sampling (torch's global RNG; torch's distributions
+        refuse NaN parameters themselves)."""
         if self._to_chw:
             obs = obs.permute(0, 3, 1, 2)
         return self.policy.get_distribution(obs).get_actions(deterministic=self.deterministic)

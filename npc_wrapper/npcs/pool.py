@@ -42,12 +42,14 @@ class NPCPool:
         if weights is None:
             return None
         w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(self.members),) or (w < 0).any() or w.sum() <= 0:
+        with np.errstate(over="ignore"):  # a sum past the float range is refused below, not warned about
+            total = w.sum()
+        if w.shape != (len(self.members),) or not (w >= 0).all() or not 0 < total < np.inf:
             raise ValueError(
-                f"pool weights must be {len(self.members)} non-negative numbers with a positive sum, got "
-                f"{list(weights)}"
+                f"pool weights must be {len(self.members)} non-negative numbers with a positive sum that is "
+                f"finite (only their ratios count), got {list(weights)}"
             )
-        return w / w.sum()
+        return w / total
 
     def set_weights(self, weights: Sequence[float] | None) -> None:
         """Change the sampling weights (takes effect at the next episode starts)."""
@@ -59,8 +61,8 @@ class NPCPool:
         :param weight: its sampling weight on the pool's normalised scale (the current weights sum
             to 1; ``0`` never draws it); default: the mean of the current weights
         """
-        if weight is not None and not weight >= 0:
-            raise ValueError(f"a pool member's weight must be a non-negative number, got {weight!r}")
+        if weight is not None and not 0 <= weight < np.inf:
+            raise ValueError(f"a pool member's weight must be a finite, non-negative number, got {weight!r}")
         n = len(self.members)
         current = self.weights if self.weights is not None else np.full(n, 1 / n)
         self.members.append(policy)

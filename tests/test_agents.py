@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,19 +12,6 @@ from gymnasium import spaces
 import npc_wrapper as nw
 from npc_wrapper.agents import split_agents
 from tests.envs import RecordingParallelEnv, ScriptedParallelEnv
-
-
-class SpyPolicy(nw.NPCPolicy):
-    """Records the observations it is asked to act on; always takes action ``fixed``."""
-
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, fixed: int = 0) -> None:
-        super().__init__(observation_space, action_space, name=f"spy{fixed}")
-        self.fixed = fixed
-        self.seen: list[np.ndarray] = []
-
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        self.seen.append(np.array(obs, copy=True))
-        return np.full(len(rows), self.fixed, dtype=np.int64)
 
 
 def agents_of(n: int) -> list[str]:
@@ -179,17 +167,17 @@ def test_training_agents_with_differing_spaces_name_agents_spaces_and_padding() 
     assert "Discrete(6)" in str(err.value) and "pad_action_space_v0" in str(err.value)
 
 
-def test_npcs_may_have_other_spaces_than_the_trainers() -> None:
+def test_npcs_may_have_other_spaces_than_the_trainers(recording_npc: Any) -> None:
     npc_obs = spaces.Box(-np.inf, np.inf, (5,), np.float32)
     npc_act = spaces.Discrete(2)
-    spy = SpyPolicy(npc_obs, npc_act, fixed=1)
+    spy = recording_npc(npc_obs, npc_act, action=1)
     fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(per_agent_spaces={"b_0": (npc_obs, npc_act)}))
     venv = nw.make_vec_env(fn, num_envs=2, training_agents_pct=0.67, npc=spy)
     assert venv.observation_space.shape == (3,)
-    venv.reset(), spy.seen.clear()
+    venv.reset(), spy.calls.clear()
     venv.step(np.zeros(4, dtype=np.int64))
-    assert len(spy.seen) == 1 and spy.seen[0].shape == (2, 5)
-    np.testing.assert_array_equal(spy.seen[0][:, 1], [2, 2])  # only b_0 rows
+    assert len(spy.calls) == 1 and spy.calls[0].obs.shape == (2, 5)
+    np.testing.assert_array_equal(spy.calls[0].obs[:, 1], [2, 2])  # only b_0 rows
     assert venv.get_attr("action_log", indices=[0])[0][-1]["b_0"] == 1
     venv.close()
 
@@ -216,16 +204,16 @@ def test_npcs_with_differing_spaces_get_separate_policies() -> None:
     venv.close()
 
 
-def test_npc_mapping_by_pattern() -> None:
+def test_npc_mapping_by_pattern(recording_npc: Any) -> None:
     obs_space, act_space = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
-    spy_b = SpyPolicy(obs_space, act_space, fixed=3)
+    spy_b = recording_npc(obs_space, act_space, action=3)
     fn = lambda: RecordingParallelEnv(ScriptedParallelEnv(agents=["a_0", "b_0", "b_1", "c_0"]))
     venv = nw.make_vec_env(fn, num_envs=3, training_agents_pct=0.25, npc={"b_*": spy_b, "c_*": "noop"})
-    venv.reset(), spy_b.seen.clear()
+    venv.reset(), spy_b.calls.clear()
     venv.step(np.array([1, 1, 1]))
     # One call over the b rows of all three envs, env-major.
-    assert len(spy_b.seen) == 1
-    np.testing.assert_array_equal(spy_b.seen[0][:, 1], [1, 2] * 3)
+    assert len(spy_b.calls) == 1
+    np.testing.assert_array_equal(spy_b.calls[0].obs[:, 1], [1, 2] * 3)
     for log in venv.get_attr("action_log", indices=[0, 1, 2]):
         assert log[-1] == {"a_0": 1, "b_0": 3, "b_1": 3, "c_0": 0}
     assert venv.engine.layout.groups[1].spec == "noop"
@@ -238,9 +226,9 @@ def test_npc_not_matched_by_the_mapping_is_rejected() -> None:
         nw.make_vec_env(fn, training_agents_pct=0.34, npc={"b_*": "random"})
 
 
-def test_one_policy_object_for_two_npc_groups_is_rejected() -> None:
+def test_one_policy_object_for_two_npc_groups_is_rejected(recording_npc: Any) -> None:
     small = (spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4))
-    spy = SpyPolicy(*small)
+    spy = recording_npc(*small)
     fn = lambda: ScriptedParallelEnv(agents=["a_0", "b_0", "c_0"])
     with pytest.raises(ValueError, match="give each group its own instance"):
         nw.make_vec_env(fn, training_agents_pct=0.34, npc={"b_*": spy, "c_*": spy})

@@ -11,12 +11,18 @@ from gymnasium import spaces
 
 import npc_wrapper as nw
 from npc_wrapper.npcs.device import DeviceRunner, resolve_device
+from npc_wrapper.npcs.policies import _checked_actions
 
 OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)
 
 
 def _act(policy: nw.NPCPolicy, obs: np.ndarray) -> np.ndarray:
     return policy.act(obs, np.arange(len(obs)), np.zeros(len(obs), dtype=bool))
+
+
+def _decoded(policy: nw.TorchPolicy, out: torch.Tensor) -> np.ndarray:
+    """The actions ``policy`` reads from the module output ``out`` (NaN rows refused)."""
+    return _checked_actions(policy._to_actions(out).numpy(), policy.action_space, policy)
 
 
 def test_torchscript_module_is_accepted_directly_and_frozen() -> None:
@@ -41,7 +47,7 @@ def test_torchscript_module_is_accepted_directly_and_frozen() -> None:
 def test_torch_outputs_decode_per_action_space(space: spaces.Space, out: torch.Tensor, expected: list) -> None:
     policy = nw.TorchPolicy(torch.nn.Identity(), OBS, space, device="cpu", deterministic=True)
     policy.reset(1, seed=0)
-    decoded = policy._to_actions(out).numpy()
+    decoded = _decoded(policy, out)
     np.testing.assert_allclose(decoded, np.asarray(expected))
     assert all(space.contains(np.asarray(a, dtype=space.dtype) if a.ndim else int(a)) for a in decoded)
 
@@ -73,7 +79,7 @@ def test_torch_outputs_of_the_wrong_shape_are_an_error(
 
 def test_integer_column_is_accepted_as_discrete_actions() -> None:
     policy = nw.TorchPolicy(torch.nn.Identity(), OBS, spaces.Discrete(5), device="cpu")
-    np.testing.assert_array_equal(policy._to_actions(torch.tensor([[3], [0]])).numpy(), [3, 0])
+    np.testing.assert_array_equal(_decoded(policy, torch.tensor([[3], [0]])), [3, 0])
 
 
 def test_sampling_follows_the_policy_seed() -> None:
