@@ -43,12 +43,6 @@ from npc_wrapper.errors import NPCOutputError
 from npc_wrapper.masks import ActionMask, mask_width
 from npc_wrapper.npcs.device import DeviceRunner, resolve_device
 
-try:  # sb3-contrib is optional: MaskablePPO policies are then sampled like SB3's own, with masks
-    from sb3_contrib.common.maskable import distributions as maskable_d
-    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-except ImportError:
-    maskable_d = MaskableActorCriticPolicy = None
-
 __all__ = [
     "NPCPolicy",
     "RandomPolicy",
@@ -511,13 +505,7 @@ class SB3Policy(NPCPolicy):
         self.recurrent = hasattr(self.policy, "lstm_actor")
         # MaskablePPO's policies share the actor-critic network layout; their distributions are
         # categorical (logits), sampled as SB3's with the mask applied to the logits.
-        maskable = (
-            MaskableActorCriticPolicy is not None
-            and isinstance(self.policy, MaskableActorCriticPolicy)
-            and type(self.policy)._get_action_dist_from_latent
-            is MaskableActorCriticPolicy._get_action_dist_from_latent
-            and isinstance(self.policy.action_dist, _MASKABLE_DISTRIBUTIONS)
-        )
+        maskable = _is_maskable_actor_critic(self.policy)
         # Plain actor-critic policies are sampled from their distribution with our own generator.
         self._direct = maskable or (
             not self.recurrent
@@ -637,9 +625,10 @@ class SB3Policy(NPCPolicy):
         ``mask`` where given (NaN in the rows whose output cannot be sampled from)."""
         det, gen, policy = self.deterministic, self._generator, self.policy
         dist = policy.action_dist
-        if isinstance(dist, _CATEGORICAL):
+        categorical, multi_categorical = _categorical_distributions(dist)
+        if isinstance(dist, categorical):
             return _with_faults(_sample_logits(_masked_logits(params, mask), det, gen), _logit_faults(params))
-        if isinstance(dist, _MULTI_CATEGORICAL):  # MaskablePPO's Bernoulli too: two logits per entry
+        if isinstance(dist, multi_categorical):  # MaskablePPO's Bernoulli too: two logits per entry
             nvec = np.asarray(dist.action_dims)
             parts = _split_logits(_masked_logits(params, mask), nvec)
             actions = torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
@@ -705,12 +694,42 @@ _SPLIT_DISTRIBUTIONS = (
     d.BernoulliDistribution,
     d.DiagGaussianDistribution,
 )
-_MASKABLE_DISTRIBUTIONS: tuple[type, ...] = () if maskable_d is None else (
-    maskable_d.MaskableCategoricalDistribution,
-    maskable_d.MaskableMultiCategoricalDistribution,
-)
-_CATEGORICAL = (d.CategoricalDistribution, *_MASKABLE_DISTRIBUTIONS[:1])
-_MULTI_CATEGORICAL = (d.MultiCategoricalDistribution, *_MASKABLE_DISTRIBUTIONS[1:])
+
+
+def _from_sb3_contrib(obj: Any) -> bool:
+    """Whether ``obj``'s class comes from sb3-contrib (then importing sb3-contrib costs nothing more)."""
+    return type(obj).__module__.startswith("sb3_contrib.")
+
+
+def _is_maskable_actor_critic(policy: Any) -> bool:
+    """Whether ``policy`` is an sb3-contrib ``MaskableActorCriticPolicy`` (MaskablePPO's) whose actions come
+    from its action network's logits, as an actor-critic policy's do (then masked and sampled like them)."""
+    if not _from_sb3_contrib(policy):
+        return False
+    from sb3_contrib.common.maskable import distributions as md  # optional: sb3-contrib
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    from_latent = MaskableActorCriticPolicy._get_action_dist_from_latent
+    return (
+        isinstance(policy, MaskableActorCriticPolicy)
+        and type(policy)._get_action_dist_from_latent is from_latent
+        and isinstance(
+            policy.action_dist, (md.MaskableCategoricalDistribution, md.MaskableMultiCategoricalDistribution)
+        )
+    )
+
+
+def _categorical_distributions(dist: Any) -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """The categorical and multi-categorical distribution classes ``dist`` may be: SB3's, and sb3-contrib's
+    maskable ones where ``dist`` is one of sb3-contrib's."""
+    if not _from_sb3_contrib(dist):
+        return (d.CategoricalDistribution,), (d.MultiCategoricalDistribution,)
+    from sb3_contrib.common.maskable import distributions as md  # optional: sb3-contrib
+
+    return (
+        (d.CategoricalDistribution, md.MaskableCategoricalDistribution),
+        (d.MultiCategoricalDistribution, md.MaskableMultiCategoricalDistribution),
+    )
 
 def check_npc_policy(policy: NPCPolicy, agents: list[Any] | None, observation_space: spaces.Space,
                      action_space: spaces.Space) -> None:
