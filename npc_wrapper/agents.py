@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from npc_wrapper.masks import masked_observation_space, served_observation_space
+
 __all__ = ["AgentLayout", "NPCGroup", "SlotMap", "split_agents", "build_layout", "same_value"]
 
 AgentID = Hashable
@@ -99,12 +101,15 @@ class NPCGroup:
     :param spec: what the user passed for them (``"random"``, a model, a URI...)
     :param observation_space: their shared observation space
     :param action_space: their shared action space
+    :param masked: whether the env gives these agents action masks in their observations (a classic
+        ``Dict``; their NPCs must take masks), the ``observation`` entry being ``observation_space``
     """
 
     agents: tuple[AgentID, ...]
     spec: Any
     observation_space: spaces.Space
     action_space: spaces.Space
+    masked: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,9 @@ class AgentLayout:
     groups: tuple[NPCGroup, ...]
     observation_space: spaces.Space
     action_space: spaces.Space
+    #: Whether the training agents' observations are classic ``Dict(observation, action_mask)``s: they
+    #: observe the ``observation`` entry and their masks are served (see :mod:`npc_wrapper.masks`).
+    masked: bool = False
 
     @property
     def n_agents(self) -> int:
@@ -259,8 +267,13 @@ def build_layout(
     possible = tuple(env.possible_agents)
     if len(set(possible)) != len(possible):
         raise ValueError(f"the env's possible_agents has duplicates: {list(possible)}")
+    # A classic Dict(observation, action_mask) is served as its observation entry, its mask apart.
+    try:
+        served = {a: served_observation_space(env.observation_space(a)) for a in possible}
+    except ValueError as e:
+        raise ValueError(f"{e} (the env's agents {list(possible)})") from None
     # Agents are batched as fixed-shape arrays; Dict/Tuple spaces have no shape to batch.
-    nested = [a for a in possible if env.observation_space(a).shape is None or env.action_space(a).shape is None]
+    nested = [a for a in possible if served[a].shape is None or env.action_space(a).shape is None]
     if nested:
         raise ValueError(
             f"agents {nested} have spaces without a fixed array shape (observation spaces: "
@@ -269,8 +282,9 @@ def build_layout(
             "(e.g. gymnasium.spaces.flatten_space and gymnasium.spaces.flatten for Dict/Tuple observations)"
         )
     train, npcs = split_agents(possible, training_agents_pct, training_agents)
-    obs_space, act_space = env.observation_space(train[0]), env.action_space(train[0])
-    odd = [a for a in train if env.observation_space(a) != obs_space or env.action_space(a) != act_space]
+    obs_space, act_space = served[train[0]], env.action_space(train[0])
+    raw_obs = env.observation_space(train[0])
+    odd = [a for a in train if env.observation_space(a) != raw_obs or env.action_space(a) != act_space]
     if odd:
         raise ValueError(
             "all training agents must share one observation space and one action space, but they differ:\n"
@@ -321,9 +335,11 @@ def build_layout(
         NPCGroup(
             agents=tuple(members),
             spec=npc[key] if isinstance(npc, Mapping) else npc,
-            observation_space=space_ids[sid][0],
+            observation_space=served_observation_space(space_ids[sid][0]),
             action_space=space_ids[sid][1],
+            masked=masked_observation_space(space_ids[sid][0]) is not None,
         )
         for (key, sid), members in grouped.items()
     )
-    return AgentLayout(possible, tuple(train), groups, obs_space, act_space)
+    masked = masked_observation_space(env.observation_space(train[0])) is not None
+    return AgentLayout(possible, tuple(train), groups, obs_space, act_space, masked)

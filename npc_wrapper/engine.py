@@ -23,6 +23,7 @@ from npc_wrapper.arguments import check_count, check_seed, check_timeout
 from npc_wrapper.backends import check_backend, make_backend
 from npc_wrapper.errors import NPCOutputError
 from npc_wrapper.joint_env import buffer_spaces, check_parallel_env
+from npc_wrapper.masks import ActionMask
 from npc_wrapper.memory import available_memory, format_bytes
 from npc_wrapper.npcs.device import resolve_device
 from npc_wrapper.npcs.policies import ConstantPolicy, NPCPolicy, RandomPolicy, check_npc_policy
@@ -30,7 +31,7 @@ from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.npcs.resolve import as_npc_policy
 from npc_wrapper.workers import Backend
 
-__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY"]
+__all__ = ["NPCEngine", "StepResult", "Ended", "PADDING_KEY", "EPISODE_KEY", "check_buffer_memory"]
 
 #: NPC policies whose actions are in their space by construction (sampled from it, or one action checked
 #: once): every other policy's actions are checked at every step.
@@ -124,9 +125,13 @@ def _close_after_error(env: Any) -> None:
             pass
 
 
-def _check_memory(layout: AgentLayout, num_envs: int) -> None:
-    """Refuse ``num_envs`` whose buffers alone exceed the memory available, before any is allocated."""
-    per_env = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in buffer_spaces(layout).values())
+def check_buffer_memory(buffers: Mapping[str, spaces.Box], num_envs: int) -> None:
+    """Refuse ``num_envs`` whose buffers alone exceed the memory available, before any is allocated.
+
+    :param buffers: one env's buffers (:func:`~npc_wrapper.joint_env.buffer_spaces` or its turn-based
+        counterpart)
+    """
+    per_env = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in buffers.values())
     available = available_memory()
     if available is not None and num_envs * per_env > available:
         raise ValueError(
@@ -171,6 +176,7 @@ class NPCEngine:
 
     See :func:`npc_wrapper.make_vec_env` for the parameters.
 
+    :param probe: the first env, already built by ``env_fns[0]`` (the engine owns it from then on)
     :param autoreset_mode: what a step returns for an env whose episode ended (see
         :func:`npc_wrapper.make_vector_env`): ``SAME_STEP`` returns the next episode's first
         observation at once, ``NEXT_STEP`` the terminal one, and the next step only delivers the
@@ -194,25 +200,31 @@ class NPCEngine:
         ray_address: str | None = None,
         worker_resources: Mapping[str, Any] | None = None,
         step_timeout: float | None = None,
+        *,
+        probe: Any = None,
     ) -> None:
-        self.autoreset_mode = _autoreset_mode(autoreset_mode)
-        if not env_fns:
-            raise ValueError("num_envs must be at least 1")
-        num_workers = check_count(num_workers, "num_workers", 0, "0 steps the envs in this process")
-        step_timeout = check_timeout(step_timeout, "step_timeout")
-        if step_timeout is not None and num_workers == 0:
-            raise ValueError(
-                f"step_timeout={step_timeout} needs num_workers >= 1: an env stepping in this process cannot "
-                "be interrupted; pass num_workers, or drop step_timeout"
-            )
-        check_backend(backend, num_workers, start_method, ray_address, worker_resources)
-        resolve_device(device)  # checked even when no NPC runs on it
-        self.num_envs = len(env_fns)
-        probe = env_fns[0]()
         try:
-            check_parallel_env(probe)
-            self.layout: AgentLayout = build_layout(probe, npc, training_agents_pct, training_agents)
-            _check_memory(self.layout, self.num_envs)
+            self.autoreset_mode = _autoreset_mode(autoreset_mode)
+            if not env_fns:
+                raise ValueError("num_envs must be at least 1")
+            num_workers = check_count(num_workers, "num_workers", 0, "0 steps the envs in this process")
+            step_timeout = check_timeout(step_timeout, "step_timeout")
+            if step_timeout is not None and num_workers == 0:
+                raise ValueError(
+                    f"step_timeout={step_timeout} needs num_workers >= 1: an env stepping in this process "
+                    "cannot be interrupted; pass num_workers, or drop step_timeout"
+                )
+            check_backend(backend, num_workers, start_method, ray_address, worker_resources)
+            resolve_device(device)  # checked even when no NPC runs on it
+        except BaseException:
+            if probe is not None:
+                _close_after_error(probe)
+            raise
+        self.num_envs = len(env_fns)
+        # The first env, built here or by the factory (which looks at it to pick the engine).
+        probe = env_fns[0]() if probe is None else probe
+        try:
+            self.layout: AgentLayout = self._build_layout(probe, npc, training_agents_pct, training_agents)
             self.metadata = dict(getattr(probe, "metadata", {}) or {})
             self.render_mode = getattr(probe, "render_mode", None)
             self.pools = [self._make_pool(g, device, deterministic_npc, trusted) for g in range(len(self.layout.groups))]
@@ -220,27 +232,21 @@ class NPCEngine:
         except BaseException:
             _close_after_error(probe)
             raise
-        self.backend: Backend = make_backend(
-            backend, env_fns, probe, self.layout, num_workers, reset_when_training_agents_dead, start_method,
-            ray_address, worker_resources, step_timeout,
+        self.backend: Backend = self._build_backend(
+            backend, env_fns, probe, num_workers, reset_when_training_agents_dead, start_method, ray_address,
+            worker_resources, step_timeout,
         )
 
         layout = self.layout
         self.n_train = layout.n_train
         #: Which slot is which training agent of which sub-env.
         self.slots = SlotMap(self.num_envs, self.n_train)
-        self._train_pos = _as_slice(layout.train_index)
-        self._npc_pos = _as_slice(layout.npc_index)
-        self._group_pos = [_as_slice(layout.group_index(g)) for g in range(len(layout.groups))]
         self._group_sizes = [len(grp.agents) for grp in layout.groups]
         self._slot_obs_shape = (self.slots.num_slots, *layout.observation_space.shape)
         E = self.num_envs
         act = layout.action_space
         floating_box = isinstance(act, spaces.Box) and np.issubdtype(act.dtype, np.floating)
         self._act_rounding = _rounding_bounds(act) if floating_box else None
-        self._npc_actions = [
-            np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype) for grp in layout.groups
-        ]
         self._rows = [E * len(grp.agents) for grp in layout.groups]
         self._all_rows = [np.arange(n) for n in self._rows]
         self._episode_start = [np.ones(n, dtype=bool) for n in self._rows]
@@ -248,10 +254,13 @@ class NPCEngine:
             np.zeros((n, *grp.observation_space.shape), dtype=grp.observation_space.dtype)
             for n, grp in zip(self._rows, layout.groups)
         ]
-        self._pending: list[tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy]] = []
         self._member = [np.zeros(E, dtype=np.intp) for _ in layout.groups]
-        self._alive = np.zeros((E, layout.n_agents), dtype=bool)
-        self._joined = np.zeros((E, layout.n_agents), dtype=bool)
+        #: Each NPC group's and the training agents' action masks (``None``: no discrete actions).
+        self._mask_specs = [
+            ActionMask(g.action_space) if _integer_space(g.action_space) else None for g in layout.groups
+        ]
+        act_space = layout.action_space
+        self._train_mask_spec = ActionMask(act_space) if _integer_space(act_space) else None
         self._slot_return = np.zeros(self.slots.num_slots, dtype=np.float64)
         self._slot_length = np.zeros(self.slots.num_slots, dtype=np.int64)
         self._team_return = np.zeros((E, 2), dtype=np.float64)  # training team, NPC team
@@ -266,8 +275,46 @@ class NPCEngine:
         self._t_start = time.time()
         self._needs_reset = True
         self.closed = False
+        self._init_step_state()
 
     # ------------------------------------------------------------------ construction
+    def _build_layout(
+        self, probe: Any, npc: Any, training_agents_pct: float | None, training_agents: Sequence[Any] | None
+    ) -> AgentLayout:
+        """The agent split of the first env (``probe``), which must be the kind of env this engine steps."""
+        check_parallel_env(probe)
+        layout = build_layout(probe, npc, training_agents_pct, training_agents)
+        check_buffer_memory(buffer_spaces(layout), self.num_envs)
+        return layout
+
+    def _build_backend(
+        self, backend: str, env_fns: Sequence[EnvFn], probe: Any, num_workers: int,
+        reset_when_training_agents_dead: bool, start_method: str | None, ray_address: str | None,
+        worker_resources: Mapping[str, Any] | None, step_timeout: float | None,
+    ) -> Backend:
+        """The backend stepping the sub-envs (``probe`` is the first one, already built; see
+        :func:`~npc_wrapper.backends.make_backend`)."""
+        return make_backend(
+            backend, env_fns, probe, self.layout, num_workers, reset_when_training_agents_dead, start_method,
+            ray_address, worker_resources, step_timeout,
+        )
+
+    def _init_step_state(self) -> None:
+        """The arrays of this engine's way of stepping: agent positions, NPC actions, liveness."""
+        layout, E = self.layout, self.num_envs
+        self._train_pos = _as_slice(layout.train_index)
+        self._npc_pos = _as_slice(layout.npc_index)
+        self._group_pos = [_as_slice(layout.group_index(g)) for g in range(len(layout.groups))]
+        self._npc_actions = [
+            np.zeros((E, len(grp.agents), *grp.action_space.shape), dtype=grp.action_space.dtype)
+            for grp in layout.groups
+        ]
+        self._pending: list[
+            tuple[int, np.ndarray | None, Callable[[], np.ndarray], NPCPolicy, np.ndarray | None]
+        ] = []
+        self._alive = np.zeros((E, layout.n_agents), dtype=bool)
+        self._joined = np.zeros((E, layout.n_agents), dtype=bool)
+
     def _make_pool(self, g: int, device: Any, deterministic: bool, trusted: bool) -> NPCPool:
         group = self.layout.groups[g]
         spec = group.spec
@@ -276,8 +323,22 @@ class NPCEngine:
                                  device=device, deterministic=deterministic, trusted=trusted)
         pool = spec if isinstance(spec, NPCPool) else NPCPool([spec])
         for member in pool.members:
-            check_npc_policy(member, list(group.agents), group.observation_space, group.action_space)
+            self._check_member(g, member)
         return pool
+
+    def _check_member(self, g: int, member: NPCPolicy) -> None:
+        """Dry-run ``member`` on NPC group ``g``'s spaces; where the env gives the group action masks,
+        refuse a policy that cannot take them (it would play illegal actions)."""
+        group = self.layout.groups[g]
+        check_npc_policy(member, list(group.agents), group.observation_space, group.action_space)
+        if group.masked and not member.takes_mask and type(member) is not ConstantPolicy:
+            raise ValueError(
+                f"NPC policy {member!r} for agents {list(group.agents)} does not take action masks, but the "
+                "env gives those agents masks: it would play illegal actions. Give a callable a `mask` "
+                "parameter (fn(obs, mask)), set takes_mask = True on an NPCPolicy subclass whose act() "
+                "accepts mask=None, or use 'random', a torch module or an SB3 model (masks applied to their "
+                "logits)"
+            )
 
     def _check_unshared(self) -> None:
         owner: dict[int, int] = {}
@@ -334,6 +395,13 @@ class NPCEngine:
             None if not partial else envs,
         )
         self._needs_reset = False
+        return self._reset_result(env_infos, envs, partial)
+
+    def _reset_result(
+        self, env_infos: Any, envs: np.ndarray, partial: bool
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The slots' observations and infos after the backend reset ``envs`` (all, unless ``partial``),
+        which gave ``env_infos``; the episodes' bookkeeping starts anew there."""
         # NEXT_STEP: an ended env that is not reset now keeps showing its terminal obs, as in Gymnasium's
         # vector envs; the backend already holds its next episode's first obs, which its next step delivers.
         shown = self.slots.per_slot(self._held & ~envs)
@@ -347,6 +415,7 @@ class NPCEngine:
         self._held[envs] = False
         self._start_episodes(envs)
         infos = [_copy_info(info) if r else {} for env, r in zip(env_infos, envs) for info in env]
+        self._check_train_masks()
         self._launch_npcs(envs if partial else None)
         obs = buf.train_obs.reshape(self._slot_obs_shape).copy()
         if shown.any():
@@ -380,8 +449,10 @@ class NPCEngine:
         """
         buf = self.backend.buffers
         pending = self._pending
+        masked = self._npc_masks_given()
         for g, pool in enumerate(self.pools):
             obs = buf.npc_obs[g].reshape(self._rows[g], *buf.npc_obs[g].shape[2:])
+            masks = buf.npc_mask[g].reshape(self._rows[g], -1) if masked[g] else None
             alive = self._alive[:, self._group_pos[g]]
             if envs is not None:
                 alive = alive & envs[:, None]
@@ -389,7 +460,9 @@ class NPCEngine:
             start = self._episode_start[g]
             if len(pool) == 1 and alive.all():
                 member = pool.members[0]
-                pending.append((g, None, member.act_async(obs, self._all_rows[g], start), member))
+                mask = None if masks is None else masks.copy()  # the buffer is rewritten by the next step
+                wait = self._act_async(g, member, obs, self._all_rows[g], start, mask)
+                pending.append((g, None, wait, member, mask))
             else:
                 member_of_row = np.repeat(self._member[g], self._group_sizes[g]) if len(pool) > 1 else None
                 gathered, offset = self._gathered[g], 0
@@ -401,27 +474,56 @@ class NPCEngine:
                         part = gathered[offset:offset + len(rows)]
                         np.take(obs, rows, axis=0, out=part, mode="clip")
                         offset += len(rows)
-                        pending.append((g, rows, member.act_async(part, rows, start[rows]), member))
+                        mask = None if masks is None else masks[rows]
+                        wait = self._act_async(g, member, part, rows, start[rows], mask)
+                        pending.append((g, rows, wait, member, mask))
             start[...] = False
+
+    def _npc_masks_given(self) -> list[bool]:
+        """Per NPC group, whether the env gives its agents masks (in their observations, or in infos)."""
+        in_infos = bool(self.backend.buffers.info_masks.any())
+        groups = self.layout.groups
+        return [g.masked or (in_infos and spec is not None) for g, spec in zip(groups, self._mask_specs)]
+
+    def _act_async(
+        self, g: int, member: NPCPolicy, obs: np.ndarray, rows: np.ndarray, start: np.ndarray,
+        mask: np.ndarray | None,
+    ) -> Callable[[], np.ndarray]:
+        """Launch ``member`` on ``rows``, with their masks if it takes them (after checking that each row
+        allows an action: an all-false mask is the env's bug)."""
+        if mask is None:
+            return member.act_async(obs, rows, start)
+        group = self.layout.groups[g]
+        self._mask_specs[g].check(mask, lambda i: group.agents[rows[i] % len(group.agents)])
+        if member.takes_mask:
+            return member.act_async(obs, rows, start, mask)
+        return member.act_async(obs, rows, start)
 
     def _collect_npc_actions(self) -> None:
         """Wait for the launched NPC forwards and scatter their actions into the action buffers."""
         try:
-            for g, rows, wait, member in self._pending:
+            for g, rows, wait, member, mask in self._pending:
                 out = self._npc_actions[g].reshape(self._rows[g], *self._npc_actions[g].shape[2:])
-                try:
-                    actions = wait()
-                except NPCOutputError as e:  # the policy knows its rows, the engine their envs
-                    where = self._row_place(g, rows, e.rows[0])
-                    raise NPCOutputError(f"{e}; first in {where}", e.rows) from None
+                actions = self._wait_npc(g, rows, wait)
                 if type(member) not in _IN_SPACE_BY_CONSTRUCTION:  # exact types: a subclass may act otherwise
                     actions = self._check_npc_actions(g, member, actions, rows)
+                if mask is not None and type(member) is not RandomPolicy:  # random draws among legal actions
+                    self._check_legal(g, member, actions, self._all_rows[g] if rows is None else rows, mask)
                 if rows is None:
                     out[...] = actions
                 else:
                     out[rows] = actions
         finally:
             self._pending.clear()
+
+    def _wait_npc(self, g: int, rows: np.ndarray | None, wait: Callable[[], np.ndarray]) -> np.ndarray:
+        """The actions of a launched NPC forward over group ``g``'s ``rows`` (``None``: all); an output
+        fault comes back naming where it happened."""
+        try:
+            return wait()
+        except NPCOutputError as e:  # the policy knows its rows, the engine their envs
+            where = self._row_place(g, rows, e.rows[0])
+            raise NPCOutputError(f"{e}; first in {where}", e.rows) from None
 
     def _row_place(self, g: int, rows: np.ndarray | None, i: int) -> str:
         """Where entry ``i`` of a forward over NPC group ``g``'s ``rows`` (``None``: all) acts: its env,
@@ -442,26 +544,29 @@ class NPCEngine:
         a = np.asarray(actions)
         if a.shape == (n, 1) and isinstance(space, spaces.Discrete):
             a = a.reshape(n)
-        where = f"NPC policy {member!r} (agents {list(self.layout.groups[g].agents)})"
         if not _numeric(space, a):
             raise ValueError(
-                f"{where} returned actions of dtype {a.dtype} ({a.ravel()[:1].tolist()!r}...); it must "
-                f"return numbers in its action space {space}"
+                f"{self._npc_where(g, member)} returned actions of dtype {a.dtype} "
+                f"({a.ravel()[:1].tolist()!r}...); it must return numbers in its action space {space}"
             )
         if a.shape != (n, *space.shape):
             raise ValueError(
-                f"{where} returned actions of shape {a.shape} for {n} live rows; it must return one action "
-                f"per row it is given, shape {(n, *space.shape)}"
+                f"{self._npc_where(g, member)} returned actions of shape {a.shape} for {n} live rows; it "
+                f"must return one action per row it is given, shape {(n, *space.shape)}"
             )
         bad = _outside(space, a)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             nan = " (NaN: a diverged network?)" if a.dtype.kind == "f" and np.isnan(a[i]).any() else ""
             raise ValueError(
-                f"{where} returned action {a[i].tolist()!r}, which is outside its action space {space}{nan}, "
-                f"in {self._row_place(g, rows, i)}"
+                f"{self._npc_where(g, member)} returned action {a[i].tolist()!r}, which is outside its "
+                f"action space {space}{nan}, in {self._row_place(g, rows, i)}"
             )
         return a
+
+    def _npc_where(self, g: int, member: NPCPolicy) -> str:
+        """Names ``member`` and the agents it drives, in errors (formatted only for one: its repr is slow)."""
+        return f"NPC policy {member!r} (agents {list(self.layout.groups[g].agents)})"
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """The trainer's actions as ``(num_slots, *action_shape)``, or a ``ValueError`` saying what is wrong."""
@@ -493,9 +598,49 @@ class NPCEngine:
             )
             raise ValueError(
                 f"action {a[i].tolist()!r} for slot {i} (env {self.slots.env(i)}, agent "
-                f"{self.layout.training[self.slots.agent(i)]!r}) is outside the action space {space}{hint}"
+                f"{self._slot_agent(i)!r}) is outside the action space {space}{hint}"
             )
         return a.astype(space.dtype) if a.dtype.kind == "f" and _integer_space(space) else a
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the env gives the training agents action masks (see :meth:`action_masks`): in their
+        observations, or in their infos (known from the first reset)."""
+        if self._train_mask_spec is None:
+            return False
+        return self.layout.masked or bool(self.backend.buffers.info_masks.any())
+
+    def action_masks(self) -> np.ndarray:
+        """Every slot's legal actions now, bool ``(num_slots, width)``; a dead agent's slot allows all."""
+        masks = self.backend.buffers.train_mask.reshape(self.slots.num_slots, -1).copy()
+        masks[~self.slot_alive()] = True
+        return masks
+
+    def _check_train_masks(self) -> None:
+        """Raise ``ValueError`` naming the agent where a live training agent's mask allows no action."""
+        if self.has_masks:
+            alive = np.flatnonzero(self.slot_alive())
+            masks = self.backend.buffers.train_mask.reshape(self.slots.num_slots, -1)[alive]
+            self._train_mask_spec.check(masks, lambda i: self._slot_agent(int(alive[i])))
+
+    def _check_legal(
+        self, g: int, member: NPCPolicy, actions: np.ndarray, rows: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """Raise ``ValueError`` naming the policy, agent, action and legal actions where an NPC's action
+        is illegal under its mask."""
+        legal = self._mask_specs[g].allows(mask, actions)
+        if not legal.all():
+            i = int(np.flatnonzero(~legal)[0])
+            group = self.layout.groups[g]
+            raise ValueError(
+                f"NPC policy {member!r} played {np.asarray(actions[i]).tolist()!r} for agent "
+                f"{group.agents[rows[i] % len(group.agents)]!r}, an action its mask forbids (legal: "
+                f"{np.flatnonzero(mask[i]).tolist()} of the mask's {mask.shape[1]} flags)"
+            )
+
+    def _slot_agent(self, slot: int) -> Any:
+        """The agent slot ``slot`` plays."""
+        return self.layout.training[self.slots.agent(slot)]
 
     def step(self, actions: Any, validated: bool = False) -> StepResult:
         """Step every sub-env with the trainer's actions (one per slot) and the NPCs' actions.
@@ -574,6 +719,7 @@ class NPCEngine:
             self._start_episodes(held)
         else:
             self._start_episodes(env_done)
+        self._check_train_masks()
         self._launch_npcs()
         return StepResult(obs, slot_reward, terminated, truncated, infos, slot_reset_infos, ended)
 
@@ -594,8 +740,7 @@ class NPCEngine:
 
         The policy is dry-run checked against the group's spaces first. Returns its pool index.
         """
-        grp = self.layout.groups[group]
-        check_npc_policy(policy, list(grp.agents), grp.observation_space, grp.action_space)
+        self._check_member(group, policy)
         policy.reset(self._rows[group], int(self._rng.integers(2**31)))
         return self.pools[group].add(policy, weight)
 

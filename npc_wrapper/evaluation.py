@@ -19,6 +19,8 @@ import numpy as np
 from npc_wrapper.agents import SlotMap
 from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.errors import NoEpisodeEnds
+from npc_wrapper.npcs.policies import NPCPolicy
+from npc_wrapper.turn_engine import NO_MOVE_KEY
 
 __all__ = [
     "MAX_EPISODE_STEPS",
@@ -26,6 +28,7 @@ __all__ = [
     "EpisodeStats",
     "episodes_from_infos",
     "play_episodes",
+    "policy_actor",
     "format_summary",
 ]
 
@@ -81,6 +84,10 @@ class EpisodeStats:
 
     window: int | None = None
     episodes: deque = field(default_factory=deque)
+    #: Turn-based games: episodes that ended before the learner's first move (not in the rates), and the
+    #: learner's return in them.
+    no_move_episodes: int = 0
+    no_move_return: float = 0.0
 
     def __post_init__(self) -> None:
         self.episodes = deque(self.episodes, maxlen=self.window)
@@ -123,17 +130,31 @@ class EpisodeStats:
             "episode_length": float(length.mean()),
         }
 
+    def add_no_move(self, no_move: Mapping[str, Any]) -> None:
+        """Record one ``info["npc_wrapper/no_move"]``: episodes that ended before the learner moved."""
+        self.no_move_episodes += int(no_move["episodes"])
+        self.no_move_return += float(no_move["train_return"])
+
     def summary(self) -> dict[str, Any]:
-        """Rates, mean returns and length over the recorded episodes, plus ``per_npc`` when a pool played."""
+        """Rates, mean returns and length over the recorded episodes, plus ``per_npc`` when a pool played,
+        ``per_seat`` in turn-based games, and the episodes without a learner's move where there were any."""
         eps = list(self.episodes)
-        if not eps:
-            return {"episodes": 0}
-        out: dict[str, Any] = self._summarise(eps)
-        by_npc: dict[str, list[Mapping[str, Any]]] = {}
-        for e in eps:
-            by_npc.setdefault("+".join(_npc_names(e)) or "none", []).append(e)
-        if len(by_npc) > 1:
-            out["per_npc"] = {name: self._summarise(group) for name, group in sorted(by_npc.items())}
+        out: dict[str, Any] = self._summarise(eps) if eps else {"episodes": 0}
+        if eps:
+            by_npc: dict[str, list[Mapping[str, Any]]] = {}
+            for e in eps:
+                by_npc.setdefault("+".join(_npc_names(e)) or "none", []).append(e)
+            if len(by_npc) > 1:
+                out["per_npc"] = {name: self._summarise(group) for name, group in sorted(by_npc.items())}
+            by_seat: dict[str, list[Mapping[str, Any]]] = {}
+            for e in eps:
+                if "seat" in e:
+                    by_seat.setdefault(str(e["seat"]), []).append(e)
+            if by_seat:
+                out["per_seat"] = {seat: self._summarise(group) for seat, group in sorted(by_seat.items())}
+        if self.no_move_episodes:
+            out["no_move_episodes"] = self.no_move_episodes
+            out["no_move_return"] = self.no_move_return
         return out
 
 
@@ -184,6 +205,9 @@ def play_episodes(
                 played,
             )
         obs, _, _, infos = venv.step(act(obs, episode_start))
+        for info in infos:
+            if NO_MOVE_KEY in info:
+                stats.add_no_move(info[NO_MOVE_KEY])
         reset = np.zeros(n_envs, dtype=bool)
         counted = False  # only a counted episode resets the bound: envs done with their share may end many
         for e, episode in episodes_from_infos(infos, slots):
@@ -197,10 +221,29 @@ def play_episodes(
     return stats
 
 
+def policy_actor(policy: NPCPolicy, venv: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``act(obs, episode_start)`` for :func:`play_episodes` from an :class:`~npc_wrapper.NPCPolicy` playing
+    every slot of ``venv`` (reset it for ``venv.num_envs`` rows first), given the slots' action masks
+    where the env has them and the policy takes them."""
+    rows = np.arange(venv.num_envs)
+
+    def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        if policy.takes_mask and venv.engine.has_masks:
+            return policy.act(obs, rows, episode_start, mask=venv.action_masks())
+        return policy.act(obs, rows, episode_start)
+
+    return act
+
+
 def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
     """Human-readable lines for :meth:`EpisodeStats.summary`."""
+    no_move = (
+        [f"{indent}hands without a learner move: {summary['no_move_episodes']} "
+         f"(learner return {summary['no_move_return']:.2f})"]
+        if summary.get("no_move_episodes") else []
+    )
     if not summary.get("episodes"):
-        return f"{indent}no episode ended"
+        return "\n".join([f"{indent}no episode ended", *no_move])
     s = summary
     lines = [
         f"{indent}win rate {s['win_rate']:.3f} "
@@ -216,4 +259,10 @@ def format_summary(summary: Mapping[str, Any], indent: str = "") -> str:
             f"({sub['win_rate_ci_low']:.3f}-{sub['win_rate_ci_high']:.3f}) over {sub['episodes']} episodes, "
             f"training-team return {sub['train_return']:.2f}"
         )
-    return "\n".join(lines)
+    for seat, sub in summary.get("per_seat", {}).items():
+        lines.append(
+            f"{indent}  as {seat}: win rate {sub['win_rate']:.3f} "
+            f"({sub['win_rate_ci_low']:.3f}-{sub['win_rate_ci_high']:.3f}) over {sub['episodes']} episodes: "
+            f"{sub['wins']} wins, {sub['losses']} losses, {sub['draws']} draws"
+        )
+    return "\n".join([*lines, *no_move])

@@ -8,9 +8,13 @@ from typing import Any, TypeVar, overload
 import torch
 from gymnasium.vector import AutoresetMode
 
+from pettingzoo import AECEnv
+
 from npc_wrapper.arguments import check_count, check_seed
 from npc_wrapper.engine import NPCEngine
 from npc_wrapper.frontends import GymnasiumVectorEnv, SB3VecEnv
+from npc_wrapper.turn_engine import TurnEngine
+from npc_wrapper.turn_env import SEATS
 
 __all__ = ["make_vec_env", "make_vector_env"]
 
@@ -42,9 +46,14 @@ class _Repeated(Sequence):
         return self.fn
 
 
-def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **engine_kwargs: Any) -> NPCEngine:
+def _engine(
+    env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, seat: str, **engine_kwargs: Any
+) -> NPCEngine:
     """The engine over ``num_envs`` sub-envs of ``env_fn``, after checking the arguments the engine does
-    not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s)."""
+    not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s): a
+    :class:`~npc_wrapper.turn_engine.TurnEngine` where the first env is a PettingZoo ``AECEnv``."""
+    if seat not in SEATS:
+        raise ValueError(f"seat must be one of {list(SEATS)}, got {seat!r}")
     check_seed(seed)
     num_envs = check_count(num_envs, "num_envs", 1, "PettingZoo env copies")
     if _is_env(env_fn):
@@ -69,7 +78,17 @@ def _engine(env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, **
                 f"num_envs={num_envs} but env_fn is a list of {len(env_fns)} factories (one sub-env each): "
                 "leave num_envs out or make them agree"
             )
-    return NPCEngine(env_fns, **engine_kwargs)
+    probe = env_fns[0]()
+    if isinstance(probe, AECEnv):
+        return TurnEngine(env_fns, seat=seat, probe=probe, **engine_kwargs)
+    if seat != "fixed":
+        probe.close()
+        raise ValueError(
+            f"seat={seat!r} draws the learner's seat of a turn-based game, but env_fn builds a "
+            f"{type(probe).__name__}, not a PettingZoo AECEnv: leave seat='fixed' (training_agents picks who "
+            "trains in a parallel env)"
+        )
+    return NPCEngine(env_fns, probe=probe, **engine_kwargs)
 
 
 def _front_end(cls: type[FrontEndT], engine: NPCEngine, seed: int | None) -> FrontEndT:
@@ -104,14 +123,21 @@ def make_vec_env(
     ray_address: str | None = None,
     worker_resources: Mapping[str, float] | None = None,
     step_timeout: float | None = None,
+    seat: str = "fixed",
 ) -> SB3VecEnv:
-    """PettingZoo parallel envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
+    """PettingZoo envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
     In each of ``num_envs`` envs the first ``floor(training_agents_pct * n_agents + 0.5)`` agents
     of ``possible_agents`` are driven by the trainer (one ``VecEnv`` slot each, env-major) and the
     rest by ``npc``, run batched over all envs inside ``step()``.
 
-    :param env_fn: factory of a PettingZoo ``ParallelEnv`` (or one factory per env)
+    A turn-based game (a PettingZoo ``AECEnv``, detected) has one slot per env, the learner: each step
+    plays its move and then every NPC move up to its next turn, and returns its observation there (see
+    the README's "Turn-based games"). Action masks (a classic ``Dict`` observation's ``action_mask``,
+    or ``info["action_mask"]``) are served by ``venv.action_masks()``, as sb3-contrib's
+    ``MaskablePPO`` reads them.
+
+    :param env_fn: factory of a PettingZoo ``ParallelEnv`` or ``AECEnv`` (or one factory per env)
     :param num_envs: number of env copies
     :param npc: the NPC policy: ``"random"``, ``"noop"``, a checkpoint URI or path, an
         :class:`~npc_wrapper.NPCPolicy`, an :class:`~npc_wrapper.NPCPool`, a ``torch.nn.Module``,
@@ -140,6 +166,10 @@ def make_vec_env(
     :param step_timeout: seconds the workers may take to answer one ``step()`` (with ``num_workers``
         only): a worker stuck longer is an error naming it, and the vector env must then be closed
         (``None``: wait as long as it takes; Ray workers: 300 s)
+    :param seat: turn-based games only: ``"fixed"`` (the learner plays the seat ``training_agents`` /
+        ``training_agents_pct`` picks; it must pick one) or ``"random"`` (each env draws the learner's
+        seat at every episode start among the seats with that seat's spaces; the seat played is in
+        ``info["npc_wrapper/episode"]["seat"]``)
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 
     Example::
@@ -155,7 +185,8 @@ def make_vec_env(
         >>> venv.close()
     """
     engine = _engine(
-        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
+        training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method, backend=backend,
         ray_address=ray_address, worker_resources=worker_resources, step_timeout=step_timeout,
@@ -181,6 +212,7 @@ def make_vector_env(
     ray_address: str | None = None,
     worker_resources: Mapping[str, float] | None = None,
     step_timeout: float | None = None,
+    seat: str = "fixed",
 ) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
@@ -202,7 +234,8 @@ def make_vector_env(
         >>> envs.close()
     """
     engine = _engine(
-        env_fn, num_envs, seed, npc=npc, training_agents_pct=training_agents_pct, training_agents=training_agents,
+        env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
+        training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,
         autoreset_mode=autoreset_mode, backend=backend, ray_address=ray_address,

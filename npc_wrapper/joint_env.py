@@ -21,6 +21,7 @@ from gymnasium import spaces
 from pettingzoo import AECEnv
 
 from npc_wrapper.agents import AgentLayout
+from npc_wrapper.masks import MASK_KEY, OBSERVATION_KEY, ActionMask, mask_width, served_observation_space
 
 __all__ = ["JointBuffers", "JointEnv", "buffer_spaces", "check_parallel_env", "env_actions"]
 
@@ -41,10 +42,20 @@ def buffer_spaces(layout: AgentLayout) -> dict[str, spaces.Box]:
         "truncated": box((layout.n_agents,), np.int8),
         "alive": box((layout.n_agents,), np.int8),
         "env_done": box((1,), np.int8),
+        # Action masks (all allowed where the env gives none), and whether the env gives them in infos.
+        "train_mask": box((layout.n_train, _width(layout.action_space)), np.int8),
+        "info_masks": box((1,), np.int8),
     }
     for g, group in enumerate(layout.groups):
         out[f"npc_obs_{g}"] = box((len(group.agents), *group.observation_space.shape), group.observation_space.dtype)
+        out[f"npc_mask_{g}"] = box((len(group.agents), _width(group.action_space)), np.int8)
     return out
+
+
+def _width(space: spaces.Space) -> int:
+    """The mask width of ``space``'s actions, 0 for spaces without discrete choices."""
+    maskable = isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+    return mask_width(space) if maskable else 0
 
 
 @dataclass
@@ -53,7 +64,9 @@ class JointBuffers:
 
     ``reward``/``terminated``/``truncated`` describe the step just taken, for the agents alive at its
     start; ``alive`` is after the step (after the reset, if the env was reset); ``final_obs`` holds
-    the training agents' terminal observations for those done at this step.
+    the training agents' terminal observations for those done at this step. ``train_mask`` /
+    ``npc_mask`` hold the agents' legal actions (all allowed where the env gives no masks);
+    ``info_masks`` says the env gives them in infos.
     """
 
     train_obs: np.ndarray
@@ -64,6 +77,9 @@ class JointBuffers:
     alive: np.ndarray
     env_done: np.ndarray
     npc_obs: list[np.ndarray]
+    train_mask: np.ndarray
+    info_masks: np.ndarray
+    npc_mask: list[np.ndarray]
 
     @classmethod
     def allocate(cls, layout: AgentLayout, leading: tuple[int, ...] = ()) -> JointBuffers:
@@ -82,6 +98,9 @@ class JointBuffers:
             alive=arrays["alive"].view(np.bool_),
             env_done=arrays["env_done"].view(np.bool_),
             npc_obs=[arrays[f"npc_obs_{g}"] for g in range(n_groups)],
+            train_mask=arrays["train_mask"].view(np.bool_),
+            info_masks=arrays["info_masks"].view(np.bool_),
+            npc_mask=[arrays[f"npc_mask_{g}"].view(np.bool_) for g in range(n_groups)],
         )
 
     def as_arrays(self) -> dict[str, np.ndarray]:
@@ -93,15 +112,19 @@ class JointBuffers:
             "truncated": self.truncated.view(np.int8),
             "alive": self.alive.view(np.int8),
             "env_done": self.env_done.view(np.int8),
+            "train_mask": self.train_mask.view(np.int8),
+            "info_masks": self.info_masks.view(np.int8),
         }
         out.update({f"npc_obs_{g}": a for g, a in enumerate(self.npc_obs)})
+        out.update({f"npc_mask_{g}": a.view(np.int8) for g, a in enumerate(self.npc_mask)})
         return out
 
     def at(self, i: int) -> JointBuffers:
         """The views of sub-env ``i`` of a batch."""
         return JointBuffers(
             self.train_obs[i], self.final_obs[i], self.reward[i], self.terminated[i], self.truncated[i],
-            self.alive[i], self.env_done[i], [a[i] for a in self.npc_obs],
+            self.alive[i], self.env_done[i], [a[i] for a in self.npc_obs], self.train_mask[i],
+            self.info_masks[i], [a[i] for a in self.npc_mask],
         )
 
 
@@ -161,7 +184,8 @@ def _check_same_env(env: Any, layout: AgentLayout) -> None:
     expected = [(a, layout.observation_space, layout.action_space) for a in layout.training]
     expected += [(a, g.observation_space, g.action_space) for g in layout.groups for a in g.agents]
     for agent, obs_space, act_space in expected:
-        if env.observation_space(agent) != obs_space or env.action_space(agent) != act_space:
+        served = served_observation_space(env.observation_space(agent))
+        if served != obs_space or env.action_space(agent) != act_space:
             raise ValueError(
                 f"{where}: agent {agent!r} has observation space {env.observation_space(agent)} and action "
                 f"space {env.action_space(agent)} there, {obs_space} and {act_space} in the first env; "
@@ -202,6 +226,20 @@ class JointEnv:
         }
         for g, group in enumerate(layout.groups):
             self._obs_view.update({a: buffers.npc_obs[g][i, ...] for i, a in enumerate(group.agents)})
+        # Action masks: each agent's row (all actions allowed until the env says otherwise), and how to
+        # read its masks. Agents with classic Dict observations are served their observation entry.
+        self._mask_view: dict[Any, np.ndarray] = {}
+        self._mask_spec: dict[Any, ActionMask] = {}
+        rows = [(a, layout.action_space, buffers.train_mask[i, ...]) for i, a in enumerate(layout.training)]
+        rows += [(a, g.action_space, buffers.npc_mask[k][i, ...])
+                 for k, g in enumerate(layout.groups) for i, a in enumerate(g.agents)]
+        for agent, space, view in rows:
+            if view.size:
+                view[...] = True
+                self._mask_view[agent], self._mask_spec[agent] = view, ActionMask(space)
+        masked_npcs = [a for g in layout.groups if g.masked for a in g.agents]
+        self._dict_agents = frozenset([*(layout.training if layout.masked else ()), *masked_npcs])
+        self._info_masks = False  # set at each reset: whether the env gives masks in its infos
         self._train_pos = layout.train_index
         self._group_pos = [layout.group_index(g) for g in range(len(layout.groups))]
         self._was_alive = np.zeros(layout.n_agents, dtype=bool)
@@ -219,11 +257,39 @@ class JointEnv:
 
     def _write_obs(self, obs: dict[Any, Any]) -> None:
         views = self._obs_view
+        if self._dict_agents:
+            self._write_dict_obs(obs)
+            return
         try:
             for agent, value in obs.items():
                 views[agent][...] = value
         except KeyError as e:
             raise self._unknown_agent(e.args[0], "observations") from None
+
+    def _write_dict_obs(self, obs: dict[Any, Any]) -> None:
+        """:meth:`_write_obs` where some agents observe classic Dicts: their entry, and their mask."""
+        views, dict_agents = self._obs_view, self._dict_agents
+        for agent, value in obs.items():
+            view = views.get(agent)
+            if view is None:
+                raise self._unknown_agent(agent, "observations")
+            if agent in dict_agents:
+                view[...] = value[OBSERVATION_KEY]
+                self._mask_spec[agent].write(value[MASK_KEY], self._mask_view[agent], agent)
+            else:
+                view[...] = value
+
+    def _write_info_masks(self, infos: dict[Any, Any]) -> None:
+        """Each agent's mask from its ``info["action_mask"]`` (all actions allowed where it has none)."""
+        views, specs = self._mask_view, self._mask_spec
+        for agent, info in infos.items():
+            view = views.get(agent)
+            if view is not None:
+                mask = info.get(MASK_KEY) if info else None
+                if mask is None:
+                    view[...] = True
+                else:
+                    specs[agent].write(mask, view, agent)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         obs, infos = self.env.reset(seed=seed, options=options)
@@ -232,6 +298,10 @@ class JointEnv:
         for a in buf.npc_obs:
             a[...] = 0
         self._write_obs(obs)
+        self._info_masks = any(MASK_KEY in info for info in infos.values() if info)
+        buf.info_masks[...] = self._info_masks
+        if self._info_masks:
+            self._write_info_masks(infos)
         buf.alive[...] = False
         buf.alive[self._positions(self.env.agents)] = True
         self._lingering[...] = False
@@ -252,6 +322,8 @@ class JointEnv:
             buf.reward[...] = 0.0
         buf.reward[pos] = list(rewards.values())
         self._write_obs(obs)
+        if self._info_masks:
+            self._write_info_masks(infos)
         step_infos = list(map(infos.get, layout.training))
         if not (any(terms.values()) or any(truncs.values())) and len(self.env.agents) == len(live):
             # Fast path, nearly every step: nobody left, so flags and alive masks stay as they were.

@@ -36,7 +36,8 @@ from npc_wrapper.agents import AgentLayout
 from npc_wrapper.joint_env import JointBuffers, JointEnv, buffer_spaces, env_actions
 
 __all__ = [
-    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "check_worker_split", "env_only_layout",
+    "Backend", "InProcessBackend", "WorkerBackend", "JointBatchEnv", "action_box", "batch_spaces",
+    "check_worker_split", "env_only_layout",
 ]
 
 EnvFn = Callable[[], Any]
@@ -247,10 +248,7 @@ class JointBatchEnv(gym.Env):
         self.first = first
         self.layout = layout
         self.reset_when_training_agents_dead = reset_when_training_agents_dead
-        self.observation_space = spaces.Dict(
-            {k: spaces.Box(s.low.min(), s.high.max(), (len(self.env_fns), *s.shape), s.dtype)
-             for k, s in buffer_spaces(layout).items()}
-        )
+        self.observation_space = batch_spaces(buffer_spaces(layout), len(self.env_fns))
         self.action_space = spaces.Dict(action_spaces(layout, len(self.env_fns)))
         self.joints: list[JointEnv] | None = None
         self.buffers: JointBuffers | None = None
@@ -285,19 +283,26 @@ class JointBatchEnv(gym.Env):
 
     def _reset(self, options: dict[str, Any]):
         joints = self._build()
-        mine = slice(self.first, self.first + len(joints))  # the whole vector's lists, this worker's part
+        _reset_all(joints, *self._reset_args(options))
+        return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
+
+    def _reset_args(self, options: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any] | None]:
+        """This worker's part of a reset request: its envs' seeds, options and mask (or ``None``)."""
+        mine = slice(self.first, self.first + len(self.env_fns))  # its part of the whole vector's lists
         seeds = options.get("seeds") or [None] * mine.stop
         env_options = options.get("env_options") or [None] * mine.stop
         mask = options.get("mask")
-        _reset_all(joints, seeds[mine], env_options[mine], None if mask is None else mask[mine])
-        return self.buffers.as_arrays(), {"infos": [j.train_infos for j in joints]}
+        return seeds[mine], env_options[mine], None if mask is None else mask[mine]
 
     def step(self, action: dict[str, np.ndarray]):
-        npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
         try:
-            step_infos, reset_infos = _step_all(self._build(), action["train"], npc, action["held"])
+            return self._step(action)
         except Exception as e:  # noqa: BLE001 - as a value, the worker loop (and its process) lives on
             return self._obs_now(), 0.0, False, False, {"error": _EnvOpError(e)}
+
+    def _step(self, action: dict[str, np.ndarray]):
+        npc = [action[f"npc_{g}"] for g in range(len(self.layout.groups))]
+        step_infos, reset_infos = _step_all(self._build(), action["train"], npc, action["held"])
         return self.buffers.as_arrays(), 0.0, False, False, {"infos": step_infos, "reset_infos": reset_infos}
 
     def npc_env_call(self, index: int, op: str, name: str, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -350,14 +355,15 @@ def _die_with_parent(kernel_signal: bool) -> None:
 
 
 def _worker_batch(
-    parent: int, kernel_signal: bool, env_fns: Sequence[EnvFn], first: int, layout: AgentLayout,
-    reset_when_training_agents_dead: bool,
-) -> JointBatchEnv:
-    """A worker's :class:`JointBatchEnv`, built in the worker (where it also arranges to die with its
-    parent) and once in ``parent``, the main process, where ``AsyncVectorEnv`` reads the spaces."""
+    parent: int, kernel_signal: bool, batch: Callable[..., gym.Env], env_fns: Sequence[EnvFn], first: int,
+    layout: Any,
+) -> gym.Env:
+    """A worker's batch env (``batch(env_fns, first, layout)``: a :class:`JointBatchEnv`, or its
+    turn-based counterpart), built in the worker (where it also arranges to die with its parent) and
+    once in ``parent``, the main process, where ``AsyncVectorEnv`` reads the spaces."""
     if os.getpid() != parent:
         _die_with_parent(kernel_signal)
-    return JointBatchEnv(env_fns, first, layout, reset_when_training_agents_dead)
+    return batch(env_fns, first, layout)
 
 
 class _WorkerTraceback(Exception):
@@ -396,19 +402,34 @@ class _EnvOpError:
         raise error from _WorkerTraceback(self.traceback)
 
 
+def batch_spaces(per_env: dict[str, spaces.Box], n: int) -> spaces.Dict:
+    """A batch of ``n`` envs' buffers (leading axis = env) as a Dict of Boxes, a worker's "observation"
+    (a zero-width buffer, such as the masks of Box actions, has no bounds to take)."""
+    def bound(values: np.ndarray, default: int, pick: Any) -> Any:
+        return pick(values) if values.size else default
+
+    return spaces.Dict({
+        k: spaces.Box(bound(s.low, 0, np.min), bound(s.high, 1, np.max), (n, *s.shape), s.dtype)
+        for k, s in per_env.items()
+    })
+
+
+def action_box(shape: tuple[int, ...], space: spaces.Space) -> spaces.Box:
+    """A Box of ``shape`` arrays of ``space``'s actions (``shape + space.shape``), int64 for integer
+    spaces and float64 otherwise, as a worker's action arrays travel."""
+    shape = (*shape, *space.shape)
+    if space.dtype is not None and space.dtype.kind in "iub":
+        info = np.iinfo(np.int64)
+        return spaces.Box(info.min, info.max, shape, np.int64)
+    return spaces.Box(-np.inf, np.inf, shape, np.float64)
+
+
 def action_spaces(layout: AgentLayout, n: int) -> dict[str, spaces.Box]:
     """The action arrays a batch of ``n`` sub-envs takes: training agents', then each NPC group's, and
     which envs only deliver their reset (see :meth:`Backend.step`)."""
-
-    def box(agents: int, space: spaces.Space) -> spaces.Box:
-        shape = (n, agents, *space.shape)
-        if space.dtype is not None and space.dtype.kind in "iub":
-            info = np.iinfo(np.int64)
-            return spaces.Box(info.min, info.max, shape, np.int64)
-        return spaces.Box(-np.inf, np.inf, shape, np.float64)
-
-    out = {"train": box(layout.n_train, layout.action_space)}
-    out.update({f"npc_{g}": box(len(group.agents), group.action_space) for g, group in enumerate(layout.groups)})
+    out = {"train": action_box((n, layout.n_train), layout.action_space)}
+    for g, group in enumerate(layout.groups):
+        out[f"npc_{g}"] = action_box((n, len(group.agents)), group.action_space)
     out["held"] = spaces.MultiBinary(n)
     return out
 
@@ -456,9 +477,12 @@ class WorkerBackend(Backend):
         per = n // num_workers
         env_layout = env_only_layout(layout)
         kernel_signal = threading.current_thread() is threading.main_thread()
+        batch = self._batch_class(reset_when_training_agents_dead)
         batch_fns = [
-            functools.partial(_worker_batch, os.getpid(), kernel_signal, env_fns[w * per:(w + 1) * per],
-                              w * per, env_layout, reset_when_training_agents_dead)
+            functools.partial(
+                _worker_batch, os.getpid(), kernel_signal, batch, env_fns[w * per:(w + 1) * per], w * per,
+                env_layout,
+            )
             for w in range(num_workers)
         ]
         try:
@@ -478,6 +502,13 @@ class WorkerBackend(Backend):
         self.step_timeout = step_timeout
         self.buffers: JointBuffers | None = None  # views into shared memory, set at the first reset
         self._broken: str | None = None  # why the workers cannot go on, once they cannot
+
+    @staticmethod
+    def _batch_class(reset_when_training_agents_dead: bool) -> Callable[..., gym.Env]:
+        """What a worker builds its batch env with, from ``(env_fns, first, layout)`` (picklable: it goes
+        to the worker): this backend's kind of batch env."""
+        reset_dead = reset_when_training_agents_dead
+        return functools.partial(JointBatchEnv, reset_when_training_agents_dead=reset_dead)
 
     def _views(self, obs: dict[str, np.ndarray]) -> JointBuffers:
         flat = {k: v.reshape(self.num_envs, *v.shape[2:]) for k, v in obs.items()}
@@ -519,11 +550,18 @@ class WorkerBackend(Backend):
         options: Sequence[dict[str, Any] | None],
         mask: np.ndarray | None = None,
     ) -> list[list[dict[str, Any]]]:
+        infos = self._reset_workers(seeds, options, mask)
+        return [i for worker in infos["infos"] for i in worker]
+
+    def _reset_workers(
+        self, seeds: Sequence[int | None], options: Sequence[dict[str, Any] | None], mask: np.ndarray | None
+    ) -> dict[str, Any]:
+        """Reset the workers' envs (see :meth:`reset`); their infos, as ``AsyncVectorEnv`` merges them."""
         request = JointBatchEnv.reset_options(seeds, options, mask)
         obs, infos = self._guard(lambda: self.vec.reset(options=request))
         if self.buffers is None:
             self.buffers = self._views(obs)
-        return [i for worker in infos["infos"] for i in worker]
+        return infos
 
     def step(self, train_actions: np.ndarray, npc_actions: list[np.ndarray], held: np.ndarray):
         k = self.num_workers

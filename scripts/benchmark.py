@@ -78,6 +78,8 @@ import npc_wrapper as nw
 from npc_wrapper.joint_env import buffer_spaces
 
 __all__ = [
+    "AECFloorRunner",
+    "AECWrapperRunner",
     "ENV_SPECS",
     "BlockResult",
     "DictFloorRunner",
@@ -98,6 +100,7 @@ __all__ = [
     "profile_wrapper",
     "ray_check",
     "source_digest",
+    "turn_based_section",
     "workers_check",
 ]
 
@@ -268,14 +271,16 @@ class NPCModel:
     action_space: spaces.Space
 
     def make_forward(self, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-        """``obs batch (numpy) -> sampled actions (numpy)``: the least work one NPC step can cost."""
+        """``obs batch (numpy)[, bool masks] -> sampled actions (numpy)``: the least work one NPC step can cost."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
         device, logits_fn = self.device, self.logits
 
-        def forward(obs: np.ndarray) -> np.ndarray:
+        def forward(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
             with torch.inference_mode():
                 logits = logits_fn(torch.from_numpy(obs).to(device))
+                if mask is not None:  # illegal actions out, as the wrapper's masked NPCs do
+                    logits = logits.masked_fill(~torch.from_numpy(mask).to(device), float("-inf"))
                 u = torch.rand(logits.shape, generator=gen, device=device).clamp_(1e-20, 1.0)
                 return (logits - torch.log(-torch.log(u))).argmax(dim=-1).cpu().numpy()
 
@@ -860,6 +865,134 @@ def workers_check(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------- turn-based
+class AECFloorRunner(Runner):
+    """connect_four_v3 in a plain AEC loop, the learner at player_0: ``run(n)`` plays ``n`` learner moves
+    in every env, each followed by rounds in which the NPCs of all envs waiting on one move after ONE
+    batched masked forward.
+
+    The learner's move is its mask's first legal column (an array op over all envs, no forward). Reads
+    are the cheapest a hand-written loop for this env can make (``env.unwrapped``'s dicts); the mover's
+    observation and mask are copied into preallocated rows (the forward needs them as arrays); at the
+    learner's end its reward and terminal observation are read and the env reset. Nothing else.
+    """
+
+    def __init__(self, model: NPCModel, num_envs: int, seed: int) -> None:
+        from pettingzoo.classic import connect_four_v3
+
+        self.envs = [connect_four_v3.env() for _ in range(num_envs)]
+        self.raws = [env.unwrapped for env in self.envs]
+        self.obs = np.zeros((num_envs, 6, 7, 2), np.int8)
+        self.mask = np.zeros((num_envs, 7), bool)
+        self.final = np.zeros((num_envs, 6, 7, 2), np.int8)
+        self.reward = np.zeros(num_envs)
+        self.forward = model.make_forward(seed)
+        for e, env in enumerate(self.envs):
+            env.reset(seed=seed + e)
+        self._rounds([e for e in range(num_envs) if not self._decide(e)])
+
+    def _decide(self, e: int) -> bool:
+        """Step dead agents (reset at the learner's end) until a live agent is to move; copy its obs and
+        mask; whether it is the learner."""
+        env, raw = self.envs[e], self.raws[e]
+        while True:
+            agent = raw.agent_selection
+            if raw.terminations[agent] or raw.truncations[agent]:
+                if agent == "player_0":
+                    self.reward[e] = raw._cumulative_rewards[agent]
+                    self.final[e] = env.observe(agent)["observation"]
+                    env.reset()
+                else:
+                    env.step(None)
+                continue
+            o = env.observe(agent)
+            self.obs[e] = o["observation"]
+            self.mask[e] = o["action_mask"]
+            if agent == "player_0":
+                self.reward[e] = raw._cumulative_rewards[agent]
+                return True
+            return False
+
+    def _rounds(self, waiting: list[int]) -> None:
+        envs, forward = self.envs, self.forward
+        while waiting:
+            for e, a in zip(waiting, forward(self.obs[waiting], self.mask[waiting]).tolist()):
+                envs[e].step(a)
+            waiting = [e for e in waiting if not self._decide(e)]
+
+    def run(self, n: int) -> float:
+        start = time.perf_counter()
+        envs = self.envs
+        for _ in range(n):
+            for env, a in zip(envs, self.mask.argmax(axis=1).tolist()):
+                env.step(a)
+            self._rounds([e for e in range(len(envs)) if not self._decide(e)])
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class AECWrapperRunner(Runner):
+    """``make_vec_env(connect_four_v3.env, npc=<the same network>)``, the learner at player_0, stepped with
+    the first legal column of ``venv.action_masks()``."""
+
+    def __init__(self, model: NPCModel, num_envs: int, seed: int, num_workers: int = 0) -> None:
+        from pettingzoo.classic import connect_four_v3
+
+        self.venv = nw.make_vec_env(connect_four_v3.env, num_envs=num_envs, npc=model.npc, seed=seed,
+                                    training_agents=["player_0"], device=model.device, num_workers=num_workers)
+        self.venv.reset()
+
+    def run(self, n: int) -> float:
+        venv = self.venv
+        start = time.perf_counter()
+        for _ in range(n):
+            venv.step(venv.action_masks().argmax(axis=1))
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def turn_based_section(args: argparse.Namespace) -> str:
+    """connect four at ``--turn-num-envs`` envs: the wrapper against the plain AEC loop (issue 13's floor),
+    with an SB3 MlpPolicy NPC, masked, one forward per round in both."""
+    num_envs = args.turn_num_envs
+    model = build_npc("mlp", spaces.Box(0, 1, (6, 7, 2), np.int8), spaces.Discrete(7), torch.device(args.device),
+                      args.seed)
+    runners = {"aec_floor": AECFloorRunner(model, num_envs, args.seed),
+               "npc_wrapper": AECWrapperRunner(model, num_envs, args.seed)}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}  # process time: less noisy on a shared machine
+    try:
+        for runner in runners.values():
+            runner.run(args.warmup)
+        for r in range(args.turn_repeats):
+            for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+                start = time.process_time()
+                times[name].append(runners[name].run(args.turn_steps))
+                cpu[name].append(time.process_time() - start)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    ratio = statistics.median([f / w for f, w in zip(times["aec_floor"], times["npc_wrapper"])])
+    cpu_ratio = statistics.median([f / w for f, w in zip(cpu["aec_floor"], cpu["npc_wrapper"])])
+    lines = [
+        (f"connect_four_v3, {num_envs} envs, learner player_0 (first legal column), SB3 MlpPolicy NPC "
+         f"(masked), {args.device}, {args.turn_steps} learner moves x {args.turn_repeats} repeats"),
+        "",
+        "| variant | learner moves/s |",
+        "|---|---:|",
+    ]
+    for name, ts in times.items():
+        lines.append(f"| {name} | {_fmt_rate(num_envs * args.turn_steps / statistics.median(ts))} |")
+    lines += ["", f"npc_wrapper / aec_floor = {ratio:.2f} (median of per-round ratios; target >= 0.90); in "
+              f"process time {cpu_ratio:.2f}"]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------- ray check
 def _pistonball_wrapper_spec(args: argparse.Namespace) -> tuple[EnvSpec, NPCModel, int]:
     """Pistonball with half the pistons CNN NPCs: its spec, the NPC and the agents per env."""
@@ -1367,6 +1500,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-repeats", type=int, default=15, help="interleaved rounds in the ray check")
     p.add_argument("--breakdown-steps", type=int, default=100,
                    help="vector steps timed in the step breakdown")
+    p.add_argument("--turn-based", action="store_true",
+                   help="only the turn-based section: connect four, the wrapper vs a plain AEC loop")
+    p.add_argument("--turn-num-envs", type=int, default=64, help="envs in the turn-based section")
+    p.add_argument("--turn-steps", type=int, default=10, help="learner moves per repeat in the turn-based section")
+    p.add_argument("--turn-repeats", type=int, default=15, help="interleaved rounds in the turn-based section")
     p.add_argument("--memory-check", action="store_true",
                    help="only run the wrapper for --memory-steps and sample RSS (first --envs / --policies)")
     p.add_argument("--memory-steps", type=int, default=200_000, help="vector steps in the memory check")
@@ -1456,6 +1594,9 @@ def main(argv: Sequence[str] | None = None) -> list[BlockResult]:
     print(f"npc_wrapper: {_source_state()}\n")
     if args.memory_check:
         memory_check(args)
+        return []
+    if args.turn_based:
+        print("## turn-based: connect four\n\n" + turn_based_section(args))
         return []
     blocks = []
     for env_name in args.envs:

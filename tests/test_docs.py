@@ -16,14 +16,17 @@ MODULES = [
     "npc_wrapper.agents",
     "npc_wrapper.arguments",
     "npc_wrapper.backends",
+    "npc_wrapper.bots",
     "npc_wrapper.checkpoints.load",
     "npc_wrapper.factory",
     "npc_wrapper.frontends.gymnasium",
     "npc_wrapper.frontends.sb3",
+    "npc_wrapper.masks",
     "npc_wrapper.memory",
     "npc_wrapper.npcs.policies",
     "npc_wrapper.npcs.pool",
     "npc_wrapper.ray_workers",
+    "npc_wrapper.turn_env",
 ]
 REPO = Path(__file__).resolve().parents[1]
 

@@ -132,10 +132,11 @@ def test_unknown_npc_kind_is_a_type_error() -> None:
         nw.make_vec_env(lambda: ScriptedParallelEnv(), npc=42)
 
 
-def test_aec_env_is_a_type_error_with_a_hint(make_venv: Any) -> None:
+def test_aec_env_with_several_learners_is_a_value_error_with_a_hint(make_venv: Any) -> None:
+    """An AEC env is a turn-based game: one learner per env (simple_tag's AEC form, half of 4 agents)."""
     from mpe2 import simple_tag_v3
 
-    with pytest.raises(TypeError, match=r"ParallelEnv.*AEC env.*parallel_env\(\)"):
+    with pytest.raises(ValueError, match=r"one learner per env .* training_agents=\['adversary_0'\]"):
         make_venv(lambda: simple_tag_v3.env(max_cycles=5))
 
 

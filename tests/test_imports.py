@@ -47,17 +47,18 @@ LAYERS = [
     ["league", "evaluation"],
     ["factory"],
     ["frontends"],
-    ["engine"],
+    ["engine", "turn_engine"],
     ["backends"],
     ["ray_workers"],
-    ["workers"],
-    ["joint_env"],
+    ["workers", "turn_workers"],
+    ["joint_env", "turn_env"],
     ["npcs.resolve"],
     ["checkpoints"],
-    ["npcs.pool"],
+    ["npcs.pool", "bots"],
     ["npcs.policies"],
     ["npcs.device", "npcs"],
     ["agents", "arguments", "config", "errors", "memory"],
+    ["masks"],
 ]
 
 

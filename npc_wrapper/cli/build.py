@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from pettingzoo import AECEnv
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -27,6 +28,7 @@ from npc_wrapper.config import DualPolicyConfig, LeagueConfig
 from npc_wrapper.errors import CheckpointError
 from npc_wrapper.factory import make_vec_env
 from npc_wrapper.league import check_league_venv
+from npc_wrapper.turn_engine import TurnEngine
 
 __all__ = [
     "TrainingPlan",
@@ -117,12 +119,19 @@ def build_vec_env(
             num_workers=cfg.trainer.num_workers if num_workers is None else num_workers,
             device=cfg.device,
             reset_when_training_agents_dead=cfg.env.reset_when_training_agents_dead,
+            seat=cfg.env.seat,
             **(backend_options(cfg) if num_workers is None else {}),
             **dp.env_kwargs(),
         )
     except CLIError:
         raise
     except Exception as e:
+        if not dp.enabled and isinstance(e, ValueError) and _turn_based(env_fn):
+            raise CLIError(
+                f"trainer.dual_policy.enabled=false trains every agent, but {cfg.env.name!r} is a turn-based "
+                "game: one learner per env, the other seats NPCs. Keep it true (env.seat=random plays every "
+                "seat; trainer.league.enabled=true for self-play against the learner's snapshots)"
+            ) from e
         # Only a failure to load or fit the NPC (a CheckpointError) is the NPC's fault.
         npc = f" with the NPC {dp.checkpoint_npc.uri!r}" if isinstance(e, CheckpointError) else ""
         raise CLIError(f"cannot build env {cfg.env.name!r}{npc}: {type(e).__name__}: {one_line(e)}") from e
@@ -144,6 +153,15 @@ def build_vec_env(
     return venv
 
 
+def _turn_based(env_fn: EnvFactory) -> bool:
+    """Whether ``env_fn`` builds a turn-based (AEC) env (it builds one to see)."""
+    env = env_fn()
+    try:
+        return isinstance(env, AECEnv)
+    finally:
+        env.close()
+
+
 def _agent_list(agents: Sequence[Any], most: int = 8) -> str:
     """``agents`` for a log line, elided in the middle beyond ``most`` (battle at map_size 45: 81 a side)."""
     names = [str(a) for a in agents]
@@ -160,22 +178,31 @@ def build_train_env(cfg: DictConfig, plan: TrainingPlan, venv: Any) -> VecEnv:
     :param plan: the resolved config
     :param venv: the NPC vector env built by :func:`build_vec_env` (the caller closes it)
     """
-    log.info(
-        "env %s: %d envs x %d training agents %s; %d NPC agents %s driven by %s",
-        cfg.env.name,
-        venv.num_sub_envs,
-        len(venv.training_agents),
-        _agent_list(venv.training_agents),
-        len(venv.npc_agents),
-        _agent_list(venv.npc_agents),
-        plan.dual_policy.checkpoint_npc.uri if venv.npc_agents else "-",
-    )
+    npc = plan.dual_policy.checkpoint_npc.uri if venv.npc_agents else "-"
+    if isinstance(venv.engine, TurnEngine):
+        log.info(
+            "env %s (turn-based): %d envs, the learner at seat %s (%s), NPCs at %s driven by %s",
+            cfg.env.name, venv.num_sub_envs, _agent_list(venv.training_agents), venv.engine.seat,
+            _agent_list(venv.npc_agents), npc,
+        )
+    else:
+        log.info(
+            "env %s: %d envs x %d training agents %s; %d NPC agents %s driven by %s",
+            cfg.env.name,
+            venv.num_sub_envs,
+            len(venv.training_agents),
+            _agent_list(venv.training_agents),
+            len(venv.npc_agents),
+            _agent_list(venv.npc_agents),
+            npc,
+        )
     if plan.league.enabled:
         try:
             check_league_venv(venv)
         except ValueError as e:
             raise CLIError(f"trainer.league: {one_line(e)}") from e
-    if plan.algorithm.__name__ == "MaskablePPO":
+    if plan.algorithm.__name__ == "MaskablePPO" and not venv.engine.has_masks:
+        # An env whose masks come in infos (or none: every action allowed, with a warning).
         return ActionMaskVecEnv(venv)
     return venv
 

@@ -92,22 +92,37 @@ def _installed_config_dirs() -> list[Path]:
     return found
 
 
+def _shipped_env_configs() -> list[dict[str, Any]]:
+    """The env configs of :func:`config_dir`, as plain dicts (files that do not read as one are left out:
+    npc-train cannot compose them either, and leaving them out only refuses more)."""
+    configs = []
+    for file in sorted((config_dir() / "env").glob("*.yaml")):
+        try:
+            env = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeError, yaml.YAMLError):
+            continue
+        if isinstance(env, dict):
+            configs.append(env)
+    return configs
+
+
 def shipped_env_targets() -> frozenset[str]:
     """The ``_target_`` s that the env configs of :func:`config_dir` name (env factories and wrappers): the
     code a run directory's ``config.yaml`` may name without ``npc-eval --trusted``.
     """
     targets: set[str] = set()
-    for file in sorted((config_dir() / "env").glob("*.yaml")):
-        try:
-            env = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeError, yaml.YAMLError):
-            continue  # a file npc-train cannot compose either; leaving it out only refuses more
-        if not isinstance(env, dict):
-            continue
+    for env in _shipped_env_configs():
         nodes = [env.get("factory"), *(env.get("wrappers") or [])]
         found = (n.get("_target_") for n in nodes if isinstance(n, dict))
         targets.update(t for t in found if isinstance(t, str))
     return frozenset(targets)
+
+
+def shipped_env_npcs() -> frozenset[str]:
+    """The NPCs (``env.npc``) that the env configs of :func:`config_dir` name, such as the shipped
+    connect-four bot ``npc_wrapper.bots:ConnectFourBot``: a ``pkg.module:callable`` among them is shipped
+    code, which a run directory's ``config.yaml`` may name without ``npc-eval --trusted``."""
+    return frozenset(env["npc"] for env in _shipped_env_configs() if isinstance(env.get("npc"), str))
 
 
 def data_path(name: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from pettingzoo import AECEnv
 from pettingzoo.utils import BaseParallelWrapper
 
 from npc_wrapper.cli.errors import CLIError, one_line
@@ -100,7 +101,8 @@ def _split_target(node: Mapping[str, Any], where: str) -> tuple[str, dict[str, A
 
 
 class EnvFactory:
-    """Builds the configured PettingZoo parallel env: ``factory(**kwargs)``, then each wrapper in order.
+    """Builds the configured PettingZoo env: ``factory(**kwargs)``, then each wrapper in order (a
+    turn-based AEC env takes none).
 
     :param factory: ``{"_target_": "pkg.module.fn", **kwargs}``
     :param wrappers: ``[{"_target_": "pkg.module.wrapper", **kwargs}, ...]``, each called as
@@ -120,10 +122,12 @@ class EnvFactory:
     def __call__(self) -> Any:
         target, kwargs = self.factory
         env = _locate(target, "env.factory")(**kwargs)
-        try:
-            check_parallel_env(env, f"env.factory._target_={target}")
-        except TypeError as e:
-            raise CLIError(str(e)) from e
+        # A turn-based game (an AEC env) is taken as it is; the wrappers npc-wrapper ships are parallel ones.
+        if self.wrappers or not isinstance(env, AECEnv):
+            try:
+                check_parallel_env(env, f"env.factory._target_={target}")
+            except TypeError as e:
+                raise CLIError(str(e)) from e
         for i, (wtarget, wkwargs) in enumerate(self.wrappers):
             env = _locate(wtarget, f"env.wrappers[{i}]")(env, **wkwargs)
         return env

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npc_wrapper.checkpoints.uri import parse_uri
@@ -42,6 +41,7 @@ from npc_wrapper.cli.config import (
     explain_config_error,
     read_run_config,
     register_configs,
+    shipped_env_npcs,
     shipped_env_targets,
 )
 from npc_wrapper.cli.errors import CLIError, die, one_line, with_trust_flag, writing
@@ -49,7 +49,7 @@ from npc_wrapper.cli.run_dir import find_run_config, resolve_policy_path
 from npc_wrapper.cli.schema import TrainConfig
 from npc_wrapper.config import CheckpointConfig
 from npc_wrapper.errors import CheckpointError, NoEpisodeEnds, TrustRequiredError
-from npc_wrapper.evaluation import format_summary, play_episodes
+from npc_wrapper.evaluation import format_summary, play_episodes, policy_actor
 from npc_wrapper.league import round_robin
 from npc_wrapper.npcs.resolve import as_npc_policy
 
@@ -125,7 +125,8 @@ def _code_in_run_config(stored: DictConfig, overrides: Sequence[str], config_npc
     if config_npc:
         prefix = "trainer.dual_policy.checkpoint_npc"
         uri, policy_class = (OmegaConf.select(stored, f"{prefix}.{k}") for k in ("uri", "policy_class"))
-        if isinstance(uri, str) and not replaced(f"{prefix}.uri") and _imports(uri):
+        shipped_code = uri in shipped_env_npcs()  # such as the connect-four bot
+        if isinstance(uri, str) and not replaced(f"{prefix}.uri") and _imports(uri) and not shipped_code:
             found.append(f"{prefix}.uri={uri!r} (a pkg.module:callable NPC is imported and called)")
         if policy_class is not None and not replaced(f"{prefix}.policy_class"):
             found.append(f"{prefix}.policy_class={policy_class!r} (imported and built)")
@@ -230,13 +231,8 @@ def evaluate(
             msg = f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}"
             raise CLIError(_trust_advice(msg, e)) from e
         learner.reset(venv.num_envs, seed=seed)
-        rows = np.arange(venv.num_envs)
-
-        def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-            return learner.act(obs, rows, episode_start)
-
         try:
-            summary = play_episodes(act, venv, episodes).summary()
+            summary = play_episodes(policy_actor(learner, venv), venv, episodes).summary()
         except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
             raise CLIError(f"{e} (env.factory)") from e
         summary.update(
@@ -281,6 +277,7 @@ def round_robin_run(
             training_agents=None if dp.training_agents is None else list(dp.training_agents),
             reset_when_training_agents_dead=bool(cfg.env.get("reset_when_training_agents_dead", True)),
             device=device or cfg.device, deterministic=deterministic, trusted=trusted, seed=seed,
+            seat=str(cfg.env.get("seat", "fixed")),
         )
     except (ValueError, NoEpisodeEnds) as e:  # NoEpisodeEnds: an env without a time limit
         raise CLIError(_trust_advice(f"round robin over {run}: {one_line(e)}", e)) from e

@@ -6,6 +6,7 @@ run's ``eval.json`` and to the logger's ``eval/*`` keys, and are printed in the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from typing import Any
@@ -47,16 +48,18 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
     """Play ``episodes`` episodes of the SB3 ``model`` against the NPCs of ``venv``; the summary.
 
     :param model: the SB3 model
-    :param venv: the NPC vector env, wrapped in :class:`ActionMaskVecEnv` for ``MaskablePPO``
+    :param venv: the NPC vector env (wrapped in :class:`ActionMaskVecEnv` for ``MaskablePPO`` where the env's
+        masks come in infos); a ``MaskablePPO`` model gets the slots' masks
     :param episodes: episodes to play
     :param deterministic: the model acts greedily
     :raises CLIError: when no episode ends (an env without a time limit)
     """
     state: Any = None
-    masked = isinstance(venv, ActionMaskVecEnv)
+    takes_masks = "action_masks" in inspect.signature(model.predict).parameters  # MaskablePPO's predict
 
     def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         nonlocal state
+        masked = takes_masks and (isinstance(venv, ActionMaskVecEnv) or venv.engine.has_masks)
         extra = {"action_masks": venv.action_masks()} if masked else {}
         actions, state = model.predict(
             obs, state=state, episode_start=episode_start, deterministic=deterministic, **extra

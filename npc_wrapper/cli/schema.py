@@ -19,11 +19,12 @@ __all__ = ["EnvConfig", "TrainerConfig", "WandbConfig", "TrainConfig"]
 
 @dataclass
 class EnvConfig:
-    """``env``: which PettingZoo parallel env to build and the defaults that go with it."""
+    """``env``: which PettingZoo env (parallel, or AEC for turn-based games) to build and the defaults that
+    go with it."""
 
     #: Short name, used in the default run name.
     name: str = MISSING
-    #: ``{_target_: dotted.path.to.parallel_env_factory, **kwargs}``, called with no arguments.
+    #: ``{_target_: dotted.path.to.env_factory, **kwargs}``, called with no arguments.
     factory: Any = MISSING
     #: Wrappers applied in order, each ``{_target_: dotted.path, **kwargs}`` called as
     #: ``wrapper(env, **kwargs)``.
@@ -36,6 +37,9 @@ class EnvConfig:
     training_agents_pct: float = 0.5
     #: Reset an env once none of its training agents is alive (NPCs would play on alone).
     reset_when_training_agents_dead: bool = True
+    #: Turn-based (AEC) games: ``fixed`` (the learner plays the seat the split picks) or ``random`` (a seat
+    #: drawn per episode).
+    seat: str = "fixed"
 
 
 @dataclass

@@ -34,6 +34,9 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
     For a slot whose agent died while its env plays on, "the next episode" is padding: zero
     observations and rewards, ``infos["npc_wrapper/padding"]`` set, until the env resets.
 
+    Where the env gives action masks, every ``reset`` and ``step`` returns each slot's legal actions for
+    its returned observation in ``infos["action_mask"]`` (bool ``(num_envs, width)``, CleanRL-style).
+
     Build it with :func:`npc_wrapper.make_vector_env`. ``npc_wrapper.NPCVectorEnv`` is its former name.
 
     :param engine: the shared engine that steps the sub-envs and runs the NPCs
@@ -97,7 +100,8 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
             self._np_random, self._np_random_seed = seeding.np_random(int(seed))
         obs, slot_infos = engine.reset(seeds, [options or None] * E, mask)
         self._seed = None
-        return obs, self._batch_infos([(k, info) for k, info in enumerate(slot_infos) if info])
+        infos = self._batch_infos([(k, info) for k, info in enumerate(slot_infos) if info])
+        return obs, self._with_masks(infos)
 
     def _env_mask(self, mask: Any) -> np.ndarray:
         """``options["reset_mask"]`` (one bool per slot) as one bool per PettingZoo env, checked as
@@ -134,8 +138,15 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
                 if EPISODE_KEY in info:  # the env's summary sits on every slot of that env, as documented
                     new_info = {**new_info, EPISODE_KEY: info[EPISODE_KEY]}
                 items.append((k, new_info))
-        infos = self._batch_infos(items)
+        infos = self._with_masks(self._batch_infos(items))
         return result.obs, result.reward, result.terminated, result.truncated, infos
+
+    def _with_masks(self, infos: dict[str, Any]) -> dict[str, Any]:
+        """``infos`` with every slot's action mask, where the env gives masks."""
+        if self.engine.has_masks:
+            infos["action_mask"] = self.engine.action_masks()
+            infos["_action_mask"] = np.ones(self.num_envs, dtype=np.bool_)
+        return infos
 
     def _batch_infos(self, items: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """The infos dict that ``self._add_info`` applied to each ``(slot, info)`` of ``items`` in turn gives.

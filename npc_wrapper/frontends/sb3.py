@@ -27,6 +27,10 @@ class SB3VecEnv(FrontEnd, VecEnv):
     ``info["episode"]``. Dead agents' slots return zeros with ``info["npc_wrapper/padding"]``
     until their env resets.
 
+    Where the env gives action masks, :meth:`action_masks` serves them (and ``env_method("action_masks")``
+    / ``has_attr("action_masks")``, which sb3-contrib's ``get_action_masks`` / ``is_masking_supported``
+    call), so ``MaskablePPO("MlpPolicy", venv)`` masks its actions directly.
+
     Build it with :func:`npc_wrapper.make_vec_env`. ``npc_wrapper.NPCVecEnv`` is its former name.
 
     Example::
@@ -132,21 +136,41 @@ class SB3VecEnv(FrontEnd, VecEnv):
             return None
         return super().render(mode)
 
-    def _sub_envs(self, indices: VecEnvIndices) -> list[int]:
-        """The sub-env behind each slot of ``indices``; negative slots count from the end, as in a list."""
+    def action_masks(self) -> np.ndarray:
+        """Every slot's legal actions now, bool ``(num_envs, width)`` (sb3-contrib's layout: one flag per
+        action; per dimension, one after the other, for MultiDiscrete).
+
+        :raises AttributeError: where the env gives no action masks
+        """
+        if not self.engine.has_masks:
+            raise AttributeError(
+                "this env gives no action masks (no 'action_mask' in its observations or infos): "
+                "every action is allowed; train without masking (MaskablePPO: use_masking=False)"
+            )
+        return self.engine.action_masks()
+
+    def _slot_indices(self, indices: VecEnvIndices) -> list[int]:
+        """The slots of ``indices``; negative slots count from the end, as in a list."""
         n = self.num_envs
-        envs = []
+        slots = []
         for k in self._get_indices(indices):
             if not -n <= k < n:
                 raise IndexError(
                     f"slot index {k} is out of range: there are {n} slots, so use {-n} <= index < {n}"
                 )
-            envs.append(self.slots.env(int(k) % n))
-        return envs
+            slots.append(int(k) % n)
+        return slots
+
+    def _sub_envs(self, indices: VecEnvIndices) -> list[int]:
+        """The sub-env behind each slot of ``indices``."""
+        return [self.slots.env(k) for k in self._slot_indices(indices)]
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """Attribute of the PettingZoo env behind each slot, from the outermost of its wrappers that has
-        it (as ``get_wrapper_attr``); each sub-env is read once."""
+        it (as ``get_wrapper_attr``); each sub-env is read once. ``"action_masks"`` is this vector env's
+        own :meth:`action_masks` where the env gives masks (what ``has_attr`` asks for)."""
+        if attr_name == "action_masks" and self.engine.has_masks:
+            return [self.action_masks] * len(self._slot_indices(indices))
         return self._get_each(self._sub_envs(indices), attr_name)
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
@@ -158,7 +182,11 @@ class SB3VecEnv(FrontEnd, VecEnv):
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
     ) -> list[Any]:
         """Call a method of the PettingZoo env behind each slot: once per sub-env, its result given to
-        each of the sub-env's slots."""
+        each of the sub-env's slots. ``"action_masks"`` gives each slot's row of :meth:`action_masks`
+        where the env gives masks (what sb3-contrib's ``get_action_masks`` calls)."""
+        if method_name == "action_masks" and self.engine.has_masks:
+            masks = self.action_masks(*method_args, **method_kwargs)
+            return [masks[k] for k in self._slot_indices(indices)]
         return self._call_each(self._sub_envs(indices), method_name, method_args, method_kwargs)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:

@@ -20,18 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from pettingzoo import AECEnv
 
 from npc_wrapper.agents import build_layout
 from npc_wrapper.checkpoints.bounded import Limits, member_chunks, open_zip
 from npc_wrapper.checkpoints.select import CHECKPOINT_SUFFIXES
 from npc_wrapper.config import _is_int
 from npc_wrapper.errors import NoEpisodeEnds
-from npc_wrapper.evaluation import play_episodes
+from npc_wrapper.evaluation import play_episodes, policy_actor
 from npc_wrapper.factory import make_vec_env
 from npc_wrapper.league.checks import check_league_layout
 from npc_wrapper.league.elo import fit_ratings
 from npc_wrapper.npcs.policies import NPCPolicy
 from npc_wrapper.npcs.resolve import as_npc_policy
+from npc_wrapper.turn_env import build_turn_layout
 
 __all__ = ["RoundRobinResult", "round_robin"]
 
@@ -175,14 +177,9 @@ def _play(
     steps."""
     venv = make_vec_env(env_fn, num_envs=num_envs, npc=npc, seed=seed, **env_kwargs)
     try:
-        rows = np.arange(venv.num_envs)
-
-        def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-            return learner.act(obs, rows, episode_start)
-
         learner.reset(venv.num_envs, seed)
         try:
-            stats = play_episodes(act, venv, episodes, max_steps=max_steps)
+            stats = play_episodes(policy_actor(learner, venv), venv, episodes, max_steps=max_steps)
         except NoEpisodeEnds as e:
             raise NoEpisodeEnds(
                 f"round_robin: no episode ended in the last max_steps={e.steps} vector steps ({e.played} of "
@@ -209,6 +206,7 @@ def round_robin(
     trusted: bool = False,
     seed: int = 0,
     initial_elo: float = 1200.0,
+    seat: str = "random",
     load: Callable[[Any, spaces.Space, spaces.Space], NPCPolicy] | None = None,
     print_table: bool = True,
     max_steps: int | None = None,
@@ -221,8 +219,9 @@ def round_robin(
 
     :param checkpoints: a directory (its checkpoint files, searched recursively, e.g. a run
         directory), a sequence of checkpoint paths/URIs or policies, or a mapping name -> either
-    :param env_fn: factory of the PettingZoo parallel env (a symmetric game: see
-        :func:`~npc_wrapper.league.checks.check_league_layout`)
+    :param env_fn: factory of the PettingZoo env (a symmetric game: see
+        :func:`~npc_wrapper.league.checks.check_league_layout`); a turn-based one (``AECEnv``) is
+        played with one learner seat, drawn per game with ``seat="random"``
     :param episodes: episodes per ordered pair
     :param num_envs: env copies played in parallel, each playing an equal share of the episodes
     :param training_agents_pct: fraction of agents on the first player's side
@@ -239,6 +238,8 @@ def round_robin(
     :param max_steps: vector steps without a counted episode end before a pairing is an error (an env
         whose episodes never end would otherwise hang; default
         :data:`~npc_wrapper.evaluation.MAX_EPISODE_STEPS`); a bound on episode length, not on the pairing
+    :param seat: turn-based games: ``"random"`` (the first player's seat is drawn per game, so each
+        pair meets in every seat) or ``"fixed"``
     :return: the games and ratings; ``result.table()`` formats them
     """
     if not _is_int(episodes) or episodes < 1:
@@ -249,8 +250,12 @@ def round_robin(
     if len(names) < 2:
         raise ValueError(f"a round robin needs at least 2 players, got {names}")
     probe = env_fn()
+    turn_based = isinstance(probe, AECEnv)
     try:
-        layout = build_layout(probe, "random", training_agents_pct, training_agents)
+        if turn_based:
+            layout = build_turn_layout(probe, "random", training_agents_pct, training_agents, seat)
+        else:
+            layout = build_layout(probe, "random", training_agents_pct, training_agents)
         check_league_layout(
             layout, getattr(probe, "metadata", None), getattr(probe, "unwrapped", probe), round_robin=True
         )
@@ -273,6 +278,8 @@ def round_robin(
     wins, draws, losses = (np.zeros((n, n), dtype=np.int64) for _ in range(3))
     env_kwargs = {"training_agents_pct": training_agents_pct, "training_agents": training_agents,
                   "reset_when_training_agents_dead": reset_when_training_agents_dead, "device": device}
+    if turn_based:
+        env_kwargs["seat"] = seat
     k = 0
     for i in range(n):
         for j in range(n):

@@ -22,6 +22,8 @@ import torch
 __all__ = ["DEVICE_FORMS", "DeviceRunner", "resolve_device"]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+#: Network output and action masks (bool, or ``None``) -> actions.
+Post = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 #: The device forms the wrapper takes, as its messages name them.
@@ -70,10 +72,12 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     host_in: torch.Tensor
     host_out: torch.Tensor
+    host_mask: torch.Tensor | None
 
 
 class DeviceRunner:
-    """Runs ``post(forward(obs))`` (observation tensor -> action tensor) on ``device`` for numpy batches.
+    """Runs ``post(forward(obs), mask)`` (observation tensor -> action tensor) on ``device`` for numpy
+    batches, with the rows' action masks (or ``None``) moved along.
 
     :param device: where the forward runs
     :param cuda_graphs: capture each step (copies, forward and ``post``) in a CUDA graph per
@@ -106,31 +110,39 @@ class DeviceRunner:
         self._done = torch.cuda.Event() if self._cuda else None
         self._host_obs: torch.Tensor | None = None
         self._host_act: torch.Tensor | None = None
-        self._graphs: dict[int, _Graph] = {}
+        self._host_mask: torch.Tensor | None = None
+        self._graphs: dict[tuple[int, bool], _Graph] = {}
 
     @staticmethod
     def to_model_dtype(x: torch.Tensor) -> torch.Tensor:
         return x if x.dtype == torch.uint8 else x.float()
 
-    def run(self, forward: Forward, obs: np.ndarray, post: Forward | None = None) -> Callable[[], np.ndarray]:
-        """Start ``post(forward(obs))`` on the device; return a function that waits and gives the actions.
+    def run(
+        self, forward: Forward, obs: np.ndarray, post: Post | None = None, mask: np.ndarray | None = None
+    ) -> Callable[[], np.ndarray]:
+        """Start ``post(forward(obs), mask)`` on the device; return a function that waits and gives the
+        actions.
 
         The actions it gives are a view of a reused buffer, valid until the next ``run``.
 
         :param forward: the network
-        :param post: turns the network's output into actions (sampling)
+        :param post: turns the network's output into actions (sampling), given the masks
+        :param mask: ``(len(obs), width)`` bool, the rows' legal actions, or ``None``
         """
         post = post or _identity
         if not self._cuda:
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(obs))
-                actions = post(forward(self.to_model_dtype(x.to(self.device)))).cpu().numpy()
+                m = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+                actions = post(forward(self.to_model_dtype(x.to(self.device))), m).cpu().numpy()
             return lambda: actions
         n = len(obs)
         stream, done = self._stream, self._done
         if self.cuda_graphs:
-            entry = self._graph(forward, post, obs)
+            entry = self._graph(forward, post, obs, mask)
             entry.host_in[:n].numpy()[...] = obs
+            if mask is not None:
+                entry.host_mask[:n].numpy()[...] = mask
             with torch.cuda.stream(stream):
                 entry.graph.replay()
                 done.record(stream)
@@ -142,9 +154,15 @@ class DeviceRunner:
             size = _bucket(n)
             host_obs = self._pinned("_host_obs", (size, *obs.shape[1:]), torch.from_numpy(obs[:0]).dtype)
             host_obs[:n].numpy()[...] = obs
+            m = None
+            if mask is not None:
+                host_mask = self._pinned("_host_mask", (size, *mask.shape[1:]), torch.bool)
+                host_mask[:n].numpy()[...] = mask
             with torch.cuda.stream(stream), torch.inference_mode():
                 x = host_obs[:size].to(self.device, non_blocking=True)
-                actions = post(forward(self.to_model_dtype(x)))
+                if mask is not None:
+                    m = host_mask[:size].to(self.device, non_blocking=True)
+                actions = post(forward(self.to_model_dtype(x)), m)
                 host_act = self._pinned("_host_act", tuple(actions.shape), actions.dtype)
                 host_act[:size].copy_(actions, non_blocking=True)
                 done.record(stream)
@@ -163,33 +181,39 @@ class DeviceRunner:
             setattr(self, name, buf)
         return buf
 
-    def _graph(self, forward: Forward, post: Forward, obs: np.ndarray) -> _Graph:
-        """The captured step for ``obs``'s bucket, captured on first use."""
+    def _graph(self, forward: Forward, post: Post, obs: np.ndarray, mask: np.ndarray | None) -> _Graph:
+        """The captured step for ``obs``'s bucket (with or without masks), captured on first use."""
         size = _bucket(len(obs))
-        entry = self._graphs.get(size)
+        entry = self._graphs.get((size, mask is not None))
         if entry is not None:
             return entry
         stream = self._stream
         host_in = torch.zeros((size, *obs.shape[1:]), dtype=torch.from_numpy(obs[:0]).dtype).pin_memory()
         dev_in = torch.zeros(host_in.shape, dtype=host_in.dtype, device=self.device)
+        host_mask = dev_mask = None
+        if mask is not None:
+            host_mask = torch.ones((size, *mask.shape[1:]), dtype=torch.bool).pin_memory()
+            dev_mask = torch.ones(host_mask.shape, dtype=torch.bool, device=self.device)
         # Warm-up and capture draw random numbers; rewind, so the sampled actions depend on the seed
         # and the steps taken, not on when each bucket happened to be captured.
         rng_state = self._generator.get_state() if self._generator is not None else None
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(2):  # warm-up on the side stream, as CUDA graph capture requires
-                warm = post(forward(self.to_model_dtype(dev_in)))
+                warm = post(forward(self.to_model_dtype(dev_in)), dev_mask)
             host_out = torch.empty(warm.shape, dtype=warm.dtype).pin_memory()
             graph = torch.cuda.CUDAGraph()
             if self._generator is not None:
                 graph.register_generator_state(self._generator)
             with torch.cuda.graph(graph, stream=stream):
                 dev_in.copy_(host_in, non_blocking=True)
-                host_out.copy_(post(forward(self.to_model_dtype(dev_in))), non_blocking=True)
+                if dev_mask is not None:
+                    dev_mask.copy_(host_mask, non_blocking=True)
+                host_out.copy_(post(forward(self.to_model_dtype(dev_in)), dev_mask), non_blocking=True)
         if rng_state is not None:
             self._generator.set_state(rng_state)
-        entry = self._graphs[size] = _Graph(graph, host_in, host_out)
+        entry = self._graphs[size, mask is not None] = _Graph(graph, host_in, host_out, host_mask)
         return entry
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def _identity(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return x

@@ -10,12 +10,21 @@ nothing here loads checkpoints.
 Rows: a policy acts for a fixed set of *rows* (one per NPC agent per sub-env, env-major). Each
 call passes the observations of the live rows only, with their row indices, so a recurrent policy
 can keep its state per row and reset it at that env's episode start.
+
+Masks: where the env gives action masks, a policy with ``takes_mask = True`` also gets the rows'
+masks, ``act(..., mask=...)`` (bool ``(n, width)``, laid out as :mod:`npc_wrapper.masks` says), and
+acts legally: :class:`RandomPolicy` draws among the legal actions, :class:`TorchPolicy` and
+:class:`SB3Policy` (sb3-contrib's MaskablePPO included) set illegal logits to ``-inf`` before sampling
+or argmax, and a :class:`CallablePolicy` whose function has a ``mask`` parameter is called
+``fn(obs, mask=mask)``. Policies without ``takes_mask`` (user subclasses implementing
+``act(obs, rows, episode_start)``) are never passed one.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import inspect
 import io
 import math
 import pickle
@@ -31,6 +40,7 @@ from stable_baselines3.common.preprocessing import is_image_space, is_image_spac
 from stable_baselines3.common.vec_env import VecTransposeImage
 
 from npc_wrapper.errors import NPCOutputError
+from npc_wrapper.masks import ActionMask, mask_width
 from npc_wrapper.npcs.device import DeviceRunner, resolve_device
 
 __all__ = [
@@ -56,6 +66,9 @@ class NPCPolicy(abc.ABC):
 
     #: Whether the policy keeps per-row state that must be reset at episode starts.
     recurrent: bool = False
+    #: Whether :meth:`act` takes the rows' action masks as ``act(obs, rows, episode_start, mask=...)``
+    #: (an opt-in: set it on a subclass whose ``act`` accepts ``mask=None``).
+    takes_mask: bool = False
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "npc"
@@ -81,14 +94,19 @@ class NPCPolicy(abc.ABC):
         """
 
     def act_async(
-        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
     ) -> Callable[[], np.ndarray]:
         """Start computing :meth:`act`; return a function that waits for the actions.
 
         The engine launches this as soon as a step's observations exist and waits only when the
         trainer's next actions arrive; GPU policies overlap the two. The default is synchronous.
+
+        :param mask: the rows' action masks, given only to a policy with ``takes_mask``
         """
-        actions = self.act(obs, rows, episode_start)
+        if mask is None:
+            actions = self.act(obs, rows, episode_start)
+        else:
+            actions = self.act(obs, rows, episode_start, mask=mask)  # type: ignore[call-arg]
         return lambda: actions
 
     def __repr__(self) -> str:
@@ -114,20 +132,28 @@ def _sample_space(space: spaces.Space, n: int, rng: np.random.Generator) -> np.n
 
 
 class RandomPolicy(NPCPolicy):
-    """Uniformly random actions over the action space (the ``npc="random"`` baseline)."""
+    """Uniformly random actions over the action space, or over the legal actions where the env gives
+    masks (the ``npc="random"`` baseline)."""
+
+    takes_mask = True
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, name: str = "random"
     ) -> None:
         super().__init__(observation_space, action_space, name)
         self._rng = np.random.default_rng()
+        self._masks = ActionMask(action_space) if _maskable(action_space) else None
 
     def reset(self, num_rows: int, seed: int | None = None) -> None:
         super().reset(num_rows, seed)
         self._rng = np.random.default_rng(seed)
 
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        return _sample_space(self.action_space, len(rows), self._rng)
+    def act(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        if mask is None or self._masks is None:
+            return _sample_space(self.action_space, len(rows), self._rng)
+        return self._masks.sample(mask, self._rng)
 
 
 class ConstantPolicy(NPCPolicy):
@@ -160,7 +186,9 @@ class CallablePolicy(NPCPolicy):
     """A plain function ``obs_batch -> actions`` (a scripted bot).
 
     :param fn: called with the observations of the live rows, shape ``(n, *obs_shape)``;
-        returns ``n`` actions
+        returns ``n`` actions. A function with a parameter named ``mask`` takes masks: it is called
+        ``fn(obs, mask=mask)`` with the rows' legal actions (bool ``(n, width)``; ``None`` where the
+        env gives no masks)
 
     Example::
 
@@ -182,9 +210,37 @@ class CallablePolicy(NPCPolicy):
     ) -> None:
         super().__init__(observation_space, action_space, name or getattr(fn, "__name__", "callable"))
         self.fn = fn
+        self.takes_mask = _has_parameter(fn, "mask")
 
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        return np.asarray(self.fn(obs))
+    def act(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        return np.asarray(self.fn(obs, mask=mask) if self.takes_mask else self.fn(obs))
+
+
+def _has_parameter(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn``'s signature has a parameter ``name`` (``False`` where it has no signature)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C callables
+        return False
+
+
+def _maskable(space: spaces.Space) -> bool:
+    return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+
+
+def _masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Categorical logits (concatenated for MultiDiscrete, as masks are) with illegal ones at ``-inf``."""
+    return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+
+
+def _masked_bernoulli(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Bernoulli logits ``(B, n)`` forced where a mask (two flags per entry: 0 legal, 1 legal) allows
+    one value only: ``-inf`` where 1 is illegal, ``+inf`` where 0 is."""
+    if mask is None:
+        return logits
+    return logits.masked_fill(~mask[:, 1::2], float("-inf")).masked_fill(~mask[:, 0::2], float("inf"))
 
 
 def frozen_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -310,6 +366,9 @@ class TorchPolicy(NPCPolicy):
         ((3,), dtype('int64'), True)
     """
 
+    #: Masks act on the logits; a module that outputs actions has them checked by the engine.
+    takes_mask = True
+
     def __init__(
         self,
         module: torch.nn.Module,
@@ -339,31 +398,34 @@ class TorchPolicy(NPCPolicy):
         out = self.module(obs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
-        return self.act_async(obs, rows, episode_start)()
+    def act(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self.act_async(obs, rows, episode_start, mask)()
 
     def act_async(
-        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
     ) -> Callable[[], np.ndarray]:
-        wait = self.runner.run(self.forward, obs, self._to_actions)
+        wait = self.runner.run(self.forward, obs, self._to_actions, mask)
         return lambda: _checked_actions(wait(), self.action_space, self)
 
-    def _to_actions(self, out: torch.Tensor) -> torch.Tensor:
-        """The module's output as actions (NaN in the rows it gives no usable output for)."""
+    def _to_actions(self, out: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The module's output as actions, legal under ``mask`` where given (NaN in the rows it gives no
+        usable output for)."""
         space = self.action_space
         floating = out.is_floating_point()
         integer = not floating and not out.is_complex() and out.dtype != torch.bool
         if isinstance(space, spaces.Discrete):
             if floating and out.ndim == 2 and out.shape[1] == space.n:
-                actions = _sample_logits(out, self.deterministic, self._generator) + space.start
-                return _with_faults(actions, _logit_faults(out))
+                actions = _sample_logits(_masked_logits(out, mask), self.deterministic, self._generator)
+                return _with_faults(actions + space.start, _logit_faults(out))
             if integer and (out.ndim == 1 or out.ndim == 2 and out.shape[1] == 1):
                 return out.reshape(-1).long()
             raise self._bad_output(out, f"float logits (B, {space.n}) or integer actions (B,)")
         if isinstance(space, spaces.MultiDiscrete):
             n_logits = int(space.nvec.sum())
             if floating and out.ndim == 2 and out.shape[1] == n_logits:
-                parts = _split_logits(out, space.nvec)
+                parts = _split_logits(_masked_logits(out, mask), space.nvec)
                 acts = torch.stack(
                     [_sample_logits(p, self.deterministic, self._generator) for p in parts], dim=-1
                 )
@@ -379,10 +441,12 @@ class TorchPolicy(NPCPolicy):
                 raise self._bad_output(out, f"float logits or integer/bool actions, both (B, {shape})")
             if not floating:
                 return out.to(torch.int8)
+            faults = _bernoulli_faults(out)  # of the network's output, before the mask
+            out = _masked_bernoulli(out.reshape(len(out), -1), mask).reshape(out.shape)
             if self.deterministic:
-                return _with_faults((out > 0).to(torch.int8), _bernoulli_faults(out))
+                return _with_faults((out > 0).to(torch.int8), faults)
             u = torch.rand(out.shape, generator=self._generator, device=out.device)
-            return _with_faults((u < torch.sigmoid(out)).to(torch.int8), _bernoulli_faults(out))
+            return _with_faults((u < torch.sigmoid(out)).to(torch.int8), faults)
         if isinstance(space, spaces.Box):
             if out.ndim == 0 or math.prod(out.shape[1:]) != math.prod(space.shape):
                 shape = ", ".join(map(str, space.shape))
@@ -405,8 +469,9 @@ class TorchPolicy(NPCPolicy):
 class SB3Policy(NPCPolicy):
     """A Stable-Baselines3 model or policy (anything with SB3's ``predict``) as an NPC.
 
-    Feed-forward SB3 actor-critic policies are run through their action distribution and sampled
-    with the NPC's own seeded generator, so NPC behaviour is reproducible from ``reset(seed=...)``.
+    Feed-forward SB3 actor-critic policies (and sb3-contrib's ``MaskablePPO`` policies) are run through
+    their action network and sampled with the NPC's own seeded generator, so NPC behaviour is
+    reproducible from ``reset(seed=...)``; they take action masks (illegal logits set to ``-inf``).
     Recurrent models (sb3-contrib ``RecurrentPPO``) keep their LSTM state per row and reset it at
     each row's episode start. Any other object with ``predict(obs, state, episode_start,
     deterministic)`` is called through ``predict``.
@@ -438,8 +503,11 @@ class SB3Policy(NPCPolicy):
         self.predictor = self.policy if hasattr(self.policy, "predict") else model
         _check_model_spaces(self.policy, observation_space, action_space)
         self.recurrent = hasattr(self.policy, "lstm_actor")
+        # MaskablePPO's policies share the actor-critic network layout; their distributions are
+        # categorical (logits), sampled as SB3's with the mask applied to the logits.
+        maskable = _is_maskable_actor_critic(self.policy)
         # Plain actor-critic policies are sampled from their distribution with our own generator.
-        self._direct = (
+        self._direct = maskable or (
             not self.recurrent
             and isinstance(self.policy, ActorCriticPolicy)
             and type(self.policy).get_distribution is ActorCriticPolicy.get_distribution
@@ -447,12 +515,14 @@ class SB3Policy(NPCPolicy):
         # forward() gives the network's output alone (logits or Gaussian means) and _sample() draws
         # from it with our generator, both capturable in one CUDA graph. gSDE and custom
         # distributions need SB3's own distribution objects.
-        self._split = (
+        self._split = maskable or (
             self._direct
             and type(self.policy)._get_action_dist_from_latent
             is ActorCriticPolicy._get_action_dist_from_latent
             and isinstance(self.policy.action_dist, _SPLIT_DISTRIBUTIONS)
         )
+        # Masks act on the logits, which only the split path sees.
+        self.takes_mask = self._split and _maskable(action_space)
         if cuda_graphs and not self._split:
             raise ValueError(
                 f"cuda_graphs=True needs an SB3 actor-critic policy with a Categorical, MultiCategorical, "
@@ -494,9 +564,11 @@ class SB3Policy(NPCPolicy):
                 torch.cuda.default_generators[index].manual_seed(seed)
             return self.predictor.predict(obs, state, episode_start, self.deterministic)
 
-    def act(self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+    def act(
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
+    ) -> np.ndarray:
         if self._direct:
-            return self.act_async(obs, rows, episode_start)()
+            return self.act_async(obs, rows, episode_start, mask)()
         if not self.recurrent:
             actions, _ = self._predict(obs, None, episode_start)
             return self._in_bounds(np.asarray(actions))
@@ -517,12 +589,12 @@ class SB3Policy(NPCPolicy):
         return np.clip(actions, space.low, space.high) if isinstance(space, spaces.Box) else actions
 
     def act_async(
-        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray
+        self, obs: np.ndarray, rows: np.ndarray, episode_start: np.ndarray, mask: np.ndarray | None = None
     ) -> Callable[[], np.ndarray]:
         if not self._direct:
             return super().act_async(obs, rows, episode_start)
         if self._split:
-            wait = self.runner.run(self.forward, obs, self._sample)
+            wait = self.runner.run(self.forward, obs, self._sample, mask if self.takes_mask else None)
         else:
             wait = self.runner.run(self._sample_distribution, obs)
         space = self.policy.action_space
@@ -548,23 +620,26 @@ class SB3Policy(NPCPolicy):
         features = BasePolicy.extract_features(policy, obs, policy.pi_features_extractor)
         return policy.action_net(policy.mlp_extractor.forward_actor(features))
 
-    def _sample(self, params: torch.Tensor) -> torch.Tensor:
-        """Actions from :meth:`forward`'s output, sampled with the NPC's own generator (NaN in the rows
-        whose output cannot be sampled from)."""
+    def _sample(self, params: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions from :meth:`forward`'s output, sampled with the NPC's own generator, legal under
+        ``mask`` where given (NaN in the rows whose output cannot be sampled from)."""
         det, gen, policy = self.deterministic, self._generator, self.policy
         dist = policy.action_dist
-        if isinstance(dist, d.CategoricalDistribution):
-            return _with_faults(_sample_logits(params, det, gen), _logit_faults(params))
-        if isinstance(dist, d.MultiCategoricalDistribution):
+        categorical, multi_categorical = _categorical_distributions(dist)
+        if isinstance(dist, categorical):
+            return _with_faults(_sample_logits(_masked_logits(params, mask), det, gen), _logit_faults(params))
+        if isinstance(dist, multi_categorical):  # MaskablePPO's Bernoulli too: two logits per entry
             nvec = np.asarray(dist.action_dims)
-            actions = torch.stack([_sample_logits(p, det, gen) for p in _split_logits(params, nvec)], dim=1)
+            parts = _split_logits(_masked_logits(params, mask), nvec)
+            actions = torch.stack([_sample_logits(p, det, gen) for p in parts], dim=1)
             return _with_faults(actions, _logit_faults(params, nvec))
         if isinstance(dist, d.BernoulliDistribution):
+            faults = _bernoulli_faults(params)  # of the network's output, before the mask
+            params = _masked_bernoulli(params, mask)
             if det:
-                # probability > 0.5, as SB3's round(probs)
-                return _with_faults((params > 0).to(torch.int8), _bernoulli_faults(params))
+                return _with_faults((params > 0).to(torch.int8), faults)  # probability > 0.5, as SB3 rounds
             u = torch.rand(params.shape, generator=gen, device=params.device)
-            return _with_faults((u < torch.sigmoid(params)).to(torch.int8), _bernoulli_faults(params))
+            return _with_faults((u < torch.sigmoid(params)).to(torch.int8), faults)
         # DiagGaussian, squashed or not: mean + exp(log_std) * N(0, 1), as SB3 samples it.
         actions = params
         if not det:
@@ -620,6 +695,42 @@ _SPLIT_DISTRIBUTIONS = (
     d.DiagGaussianDistribution,
 )
 
+
+def _from_sb3_contrib(obj: Any) -> bool:
+    """Whether ``obj``'s class comes from sb3-contrib (then importing sb3-contrib costs nothing more)."""
+    return type(obj).__module__.startswith("sb3_contrib.")
+
+
+def _is_maskable_actor_critic(policy: Any) -> bool:
+    """Whether ``policy`` is an sb3-contrib ``MaskableActorCriticPolicy`` (MaskablePPO's) whose actions come
+    from its action network's logits, as an actor-critic policy's do (then masked and sampled like them)."""
+    if not _from_sb3_contrib(policy):
+        return False
+    from sb3_contrib.common.maskable import distributions as md  # optional: sb3-contrib
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    from_latent = MaskableActorCriticPolicy._get_action_dist_from_latent
+    return (
+        isinstance(policy, MaskableActorCriticPolicy)
+        and type(policy)._get_action_dist_from_latent is from_latent
+        and isinstance(
+            policy.action_dist, (md.MaskableCategoricalDistribution, md.MaskableMultiCategoricalDistribution)
+        )
+    )
+
+
+def _categorical_distributions(dist: Any) -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """The categorical and multi-categorical distribution classes ``dist`` may be: SB3's, and sb3-contrib's
+    maskable ones where ``dist`` is one of sb3-contrib's."""
+    if not _from_sb3_contrib(dist):
+        return (d.CategoricalDistribution,), (d.MultiCategoricalDistribution,)
+    from sb3_contrib.common.maskable import distributions as md  # optional: sb3-contrib
+
+    return (
+        (d.CategoricalDistribution, md.MaskableCategoricalDistribution),
+        (d.MultiCategoricalDistribution, md.MaskableMultiCategoricalDistribution),
+    )
+
 def check_npc_policy(policy: NPCPolicy, agents: list[Any] | None, observation_space: spaces.Space,
                      action_space: spaces.Space) -> None:
     """Dry-run ``policy`` on two sampled observations; raise ``ValueError`` naming both spaces on failure.
@@ -640,8 +751,11 @@ def check_npc_policy(policy: NPCPolicy, agents: list[Any] | None, observation_sp
     obs = np.stack([np.asarray(observation_space.sample()) for _ in range(2)])
     rows = np.arange(2)
     policy.reset(2, seed=0)
+    # A policy that takes masks is tried with them (all actions legal), as the engine will call it.
+    masked = policy.takes_mask and _maskable(action_space)
+    mask = {"mask": np.ones((2, mask_width(action_space)), dtype=bool)} if masked else {}
     try:
-        actions = np.asarray(policy.act(obs, rows, np.ones(2, dtype=bool)))
+        actions = np.asarray(policy.act(obs, rows, np.ones(2, dtype=bool), **mask))
     except Exception as e:  # any failure here means the policy cannot act in this env
         raise ValueError(
             f"{where} failed on a dry-run batch of 2 observations: {type(e).__name__}: {e}"
