@@ -8,7 +8,6 @@ built; the ``build_*`` functions then build it, each failure as one line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from npc_wrapper.agents import agent_ranges
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.checks import check_npc_uri
 from npc_wrapper.cli.config import backend_options, dual_policy_config, league_config
@@ -144,14 +144,6 @@ def build_vec_env(
     return venv
 
 
-def _agent_list(agents: Sequence[Any], most: int = 8) -> str:
-    """``agents`` for a log line, elided in the middle beyond ``most`` (battle at map_size 45: 81 a side)."""
-    names = [str(a) for a in agents]
-    if len(names) <= most:
-        return f"[{', '.join(names)}]"
-    return f"[{', '.join(names[:3])}, ..., {', '.join(names[-2:])}]"
-
-
 def build_train_env(cfg: DictConfig, plan: TrainingPlan, venv: Any) -> VecEnv:
     """The env the model trains on: ``venv``, logged, checked for the league, and given action masks for
     ``MaskablePPO``.
@@ -165,9 +157,9 @@ def build_train_env(cfg: DictConfig, plan: TrainingPlan, venv: Any) -> VecEnv:
         cfg.env.name,
         venv.num_sub_envs,
         len(venv.training_agents),
-        _agent_list(venv.training_agents),
+        agent_ranges(venv.training_agents),
         len(venv.npc_agents),
-        _agent_list(venv.npc_agents),
+        agent_ranges(venv.npc_agents),
         plan.dual_policy.checkpoint_npc.uri if venv.npc_agents else "-",
     )
     if plan.league.enabled:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.agents import agent_ranges
 from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.build import build_vec_env, env_factory
 from npc_wrapper.cli.checks import check_device, check_npc_uri, check_writable_dir
@@ -347,8 +348,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         die(PROG, e)
     print(
-        f"{summary['policy']} ({', '.join(summary['training_agents'])}) vs NPC {summary['npc']} "
-        f"({', '.join(summary['npc_agents'])}) on {summary['env']}:"
+        f"{summary['policy']} ({agent_ranges(summary['training_agents'])}) vs NPC {summary['npc']} "
+        f"({agent_ranges(summary['npc_agents'])}) on {summary['env']}:"
     )
     print(format_summary(summary, "  "))
     _write_json(args.json, summary)
