@@ -13,6 +13,7 @@ MODULES = [
     "npc_wrapper.arguments",
     "npc_wrapper.backends",
     "npc_wrapper.checkpoints.load",
+    "npc_wrapper.cli.progress",
     "npc_wrapper.factory",
     "npc_wrapper.frontends.gymnasium",
     "npc_wrapper.frontends.sb3",

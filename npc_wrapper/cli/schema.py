@@ -75,6 +75,10 @@ class TrainerConfig:
     keep_checkpoints: int = 5
     #: Show a progress bar on the terminal.
     progress_bar: bool = True
+    #: Without a progress bar: seconds between progress log lines (training and evaluations).
+    log_interval_s: float = 30.0
+    #: torch's CPU threads (null: 1 on the CPU, torch's default on CUDA).
+    torch_threads: int | None = None
     #: Episodes played against the NPC before and after training (0: skip).
     eval_episodes: int = 100
     #: Parallel envs for those evaluations.

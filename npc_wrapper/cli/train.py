@@ -42,7 +42,9 @@ from npc_wrapper.cli.config import check_schema, config_dir, register_configs
 from npc_wrapper.cli.errors import CLIError, die, one_line, writing
 from npc_wrapper.cli.estimate import check_memory
 from npc_wrapper.cli.model_eval import TrainingEvaluation
+from npc_wrapper.cli.progress import TrainingProgressLog, format_duration, on_terminal
 from npc_wrapper.cli.run_dir import ResumePoint, RunPaths, resume_hint, resume_point
+from npc_wrapper.cli.threads import torch_threads
 from npc_wrapper.cli.tracking import (
     choose_wandb_mode,
     finish_wandb,
@@ -71,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_training(cfg)
     check_memory(cfg, plan)
     session = _Session()
-    try:
+    with torch_threads(cfg.trainer.torch_threads, cfg.device), session:
         venv = build_vec_env(cfg, plan.env_fn, plan.dual_policy, cfg.trainer.num_envs, cfg.seed)
         session.envs.append(venv)
         train_env = build_train_env(cfg, plan, venv)
@@ -83,8 +85,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = _make_callbacks(cfg, paths, plan, model, venv, resume, session.wandb_run)
         _learn(cfg, paths, plan, model, callbacks, resumed=resume is not None)
         return _finish(cfg, paths, model, callbacks, evaluation, logger, session.wandb_run, started)
-    finally:
-        session.close()
 
 
 @dataclass
@@ -93,6 +93,12 @@ class _Session:
 
     envs: list[Any] = field(default_factory=list)
     wandb_run: Any = None
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         for v in self.envs:
@@ -136,9 +142,12 @@ class _Callbacks:
     metadata: Callable[[Any], dict[str, Any]]
     league: LeagueCallback | None = None
     wandb: Any = None
+    #: Progress lines (none under a progress bar).
+    progress: TrainingProgressLog | None = None
 
     def all(self) -> list[Any]:
-        return [c for c in (self.metrics, self.checkpoints, self.league, self.wandb) if c is not None]
+        every = (self.metrics, self.checkpoints, self.league, self.wandb, self.progress)
+        return [c for c in every if c is not None]
 
     def save_checkpoint(self, model: Any) -> Path:
         """``checkpoints/step_<n>.zip`` of ``model`` now (also outside ``learn``)."""
@@ -161,7 +170,6 @@ def _make_callbacks(
         len(venv.training_agents),
         has_npc,
         window=getattr(model, "_stats_window_size", 100),
-        report=_progress_report(cfg, int(model.num_timesteps), has_npc),
         start_episodes=resume.episodes if resume is not None else 0,
     )
     metadata = functools.partial(
@@ -176,6 +184,11 @@ def _make_callbacks(
         paths.checkpoints, cfg.trainer.checkpoint_interval, cfg.trainer.keep_checkpoints, metadata
     )
     callbacks = _Callbacks(metrics, checkpoints, metadata)
+    if not _progress_bar(cfg):
+        callbacks.progress = TrainingProgressLog(
+            int(cfg.trainer.total_timesteps), float(cfg.trainer.log_interval_s), lambda: metrics.last_summary,
+            has_npc,
+        )
     if plan.league.enabled:
         callbacks.league = LeagueCallback(
             plan.league, venv=venv, save_dir=paths.league, device=cfg.device,
@@ -228,33 +241,8 @@ def _checkpoint_metadata(
 
 
 def _progress_bar(cfg: DictConfig) -> bool:
-    """Whether training shows a progress bar (asked for, on a terminal) instead of progress log lines."""
-    return bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
-
-
-def _progress_report(
-    cfg: DictConfig, start_step: int, has_npc: bool
-) -> Callable[[int, dict[str, Any]], None] | None:
-    """A log line per rollout with the latest metrics and the speed; none under a progress bar."""
-    if _progress_bar(cfg):
-        return None
-    total = int(cfg.trainer.total_timesteps)
-    t_learn = time.time()
-
-    def report(step: int, s: dict[str, Any]) -> None:
-        fps = (step - start_step) / max(time.time() - t_learn, 1e-9)
-        win = f"win {s['win_rate']:.2f}  npc return {s['npc_return']:.2f}  " if has_npc else ""
-        log.info(
-            "step %d/%d  %strain return %.2f  length %.1f  %d steps/s",
-            step,
-            total,
-            win,
-            s["train_return"],
-            s["episode_length"],
-            fps,
-        )
-
-    return report
+    """Whether training and its evaluations show progress bars (asked for, on a terminal) instead of lines."""
+    return bool(cfg.trainer.progress_bar) and on_terminal()
 
 
 # --------------------------------------------------------------------------- learning and the end
@@ -350,7 +338,7 @@ def _final_report(
     elapsed: float,
 ) -> str:
     """What the run did and where its results are, and how to use the model as the next NPC."""
-    lines = [f"{PROG}: finished {cfg.run} at step {step} in {_fmt_duration(elapsed)}"]
+    lines = [f"{PROG}: finished {cfg.run} at step {step} in {format_duration(elapsed)}"]
     lines += evaluation.report()
     lines.append(
         f"  final model: {paths.final} (as the next NPC: "
@@ -365,11 +353,6 @@ def _final_report(
         f"  learning curve: npc-plot {paths.root}   TensorBoard: tensorboard --logdir {paths.tensorboard}"
     )
     return "\n".join(lines)
-
-
-def _fmt_duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @contextmanager
