@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import threads as threads_module
 from npc_wrapper.cli.config import compose_config
 from npc_wrapper.cli.errors import CLIError
@@ -46,6 +47,21 @@ def test_training_logs_no_line_before_the_interval(tmp_path: Path, caplog: pytes
         step = train(cfg)["step"]
     lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith(f"step {step:,}/512 ")  # only the closing line
+
+
+def test_an_evaluation_shows_a_bar_when_forced_and_lines_without_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    common = ["random", "env=simple_tag", "--episodes", "4", "--num-envs", "2", "device=cpu"]
+    eval_cli.main([*common, "--progress"])
+    out, err = capsys.readouterr()
+    assert "npc-eval: evaluation" in out and "4/4" in out and "episodes/s" in out  # the tqdm.rich bar
+    eval_cli.main([*common, "trainer.log_interval_s=0.000001"])  # not a terminal: lines on stderr
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("npc-eval: evaluation: ")]
+    assert lines[0].startswith("npc-eval: evaluation: 0/4 episodes") and lines[0].endswith("about ? left")
+    assert lines[-1].startswith("npc-eval: evaluation: 4/4 episodes") and lines[-1].endswith("about 0s left")
+    assert "4/4" not in out  # no bar
 
 
 def test_episode_progress_lines_estimate_the_time_left() -> None:

@@ -63,6 +63,10 @@ def _check_numbers(cfg: DictConfig) -> None:
     ):
         if t[key] < low:
             raise CLIError(f"trainer.{key} must be >= {low}, got {t[key]}")
+    if t.video.enabled and t.video.episodes < 1:
+        raise CLIError(
+            f"trainer.video.episodes must be >= 1 when trainer.video.enabled, got {t.video.episodes}"
+        )
     if t.torch_threads is not None and t.torch_threads < 1:
         raise CLIError(f"trainer.torch_threads must be >= 1 or null (1 on the CPU), got {t.torch_threads}")
     if not t.log_interval_s > 0:  # also NaN

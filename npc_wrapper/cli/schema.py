@@ -14,7 +14,7 @@ from omegaconf import MISSING
 
 from npc_wrapper.config import DualPolicyConfig, LeagueConfig
 
-__all__ = ["EnvConfig", "TrainerConfig", "WandbConfig", "TrainConfig"]
+__all__ = ["EnvConfig", "VideoConfig", "TrainerConfig", "WandbConfig", "TrainConfig"]
 
 
 @dataclass
@@ -36,6 +36,18 @@ class EnvConfig:
     training_agents_pct: float = 0.5
     #: Reset an env once none of its training agents is alive (NPCs would play on alone).
     reset_when_training_agents_dead: bool = True
+
+
+@dataclass
+class VideoConfig:
+    """``trainer.video``: episodes of the learner against the NPC, recorded to ``runs/<run>/videos/``."""
+
+    #: Record after training (needs an env that renders ``rgb_array``, and the ``video`` extra).
+    enabled: bool = False
+    #: Episodes per recording (one env plays them one after another).
+    episodes: int = 2
+    #: Also record before training.
+    before: bool = False
 
 
 @dataclass
@@ -93,6 +105,8 @@ class TrainerConfig:
     dual_policy: DualPolicyConfig = field(default_factory=DualPolicyConfig)
     #: Self-play league: the NPC pool grows from the learner's own snapshots (off by default).
     league: LeagueConfig = field(default_factory=LeagueConfig)
+    #: Videos of the learner against the NPC.
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

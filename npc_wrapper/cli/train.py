@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import Logger
 
 from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text
+from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.build import TrainingPlan, build_model, build_train_env, build_vec_env, plan_training
 from npc_wrapper.cli.callbacks import SAVE_ADVICE, CheckpointCallback, NPCMetricsCallback, epoch_of
 from npc_wrapper.cli.checks import check_config, check_writable_dir, precheck
@@ -45,6 +46,7 @@ from npc_wrapper.cli.model_eval import TrainingEvaluation
 from npc_wrapper.cli.progress import TrainingProgressLog, format_duration, on_terminal
 from npc_wrapper.cli.run_dir import ResumePoint, RunPaths, resume_hint, resume_point
 from npc_wrapper.cli.threads import torch_threads
+from npc_wrapper.cli.video import TrainingVideo
 from npc_wrapper.cli.tracking import (
     choose_wandb_mode,
     finish_wandb,
@@ -77,14 +79,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         venv = build_vec_env(cfg, plan.env_fn, plan.dual_policy, cfg.trainer.num_envs, cfg.seed)
         session.envs.append(venv)
         train_env = build_train_env(cfg, plan, venv)
+        video = TrainingVideo(
+            cfg, plan, paths.videos, isinstance(train_env, ActionMaskVecEnv), resumed=resume is not None
+        )
+        session.envs.append(video)
         model = build_model(cfg, plan, train_env, resume)
         logger = _open_outputs(cfg, paths, model, session)
         evaluation = TrainingEvaluation(cfg, plan, paths, train_env, resumed=resume is not None)
         session.envs.append(evaluation.venv)
         evaluation.before(model, logger)
+        video.before(model, logger, session.wandb_run)
         callbacks = _make_callbacks(cfg, paths, plan, model, venv, resume, session.wandb_run)
         _learn(cfg, paths, plan, model, callbacks, resumed=resume is not None)
-        return _finish(cfg, paths, model, callbacks, evaluation, logger, session.wandb_run, started)
+        return _finish(cfg, paths, model, callbacks, (evaluation, video), logger, session.wandb_run, started)
 
 
 @dataclass
@@ -295,15 +302,18 @@ def _finish(
     paths: RunPaths,
     model: Any,
     callbacks: _Callbacks,
-    evaluation: TrainingEvaluation,
+    results: tuple[TrainingEvaluation, TrainingVideo],
     logger: Logger,
     wandb_run: Any,
     started: float,
 ) -> dict[str, Any]:
-    """Save the last checkpoint, evaluate, save ``final.zip`` (and its W&B artifact), print the report."""
+    """Save the last checkpoint, evaluate and record, save ``final.zip`` (and its W&B artifact), print the
+    report."""
+    evaluation, video = results
     with _no_interrupts():
         callbacks.save_checkpoint(model)
     evaluation.after(model, logger)
+    video.after(model, logger, wandb_run)
     step = int(model.num_timesteps)
     final_meta = callbacks.metadata(model)
     if callbacks.league is not None:
@@ -318,11 +328,12 @@ def _finish(
     )
     logger.close()
     elapsed = time.time() - started
-    print(_final_report(cfg, paths, step, evaluation, artifact, elapsed), flush=True)
+    print(_final_report(cfg, paths, step, results, artifact, elapsed), flush=True)
     return {
         "paths": paths,
         "step": step,
         "eval": evaluation.summaries,
+        "videos": video.recordings,
         "artifact": artifact,
         "metadata": final_meta,
         "seconds": elapsed,
@@ -333,13 +344,15 @@ def _final_report(
     cfg: DictConfig,
     paths: RunPaths,
     step: int,
-    evaluation: TrainingEvaluation,
+    results: tuple[TrainingEvaluation, TrainingVideo],
     artifact: dict[str, Any] | None,
     elapsed: float,
 ) -> str:
     """What the run did and where its results are, and how to use the model as the next NPC."""
+    evaluation, video = results
     lines = [f"{PROG}: finished {cfg.run} at step {step} in {format_duration(elapsed)}"]
     lines += evaluation.report()
+    lines += [f"  video: {r.path} ({r.frames} frames at {r.fps} fps)" for r in video.recordings]
     lines.append(
         f"  final model: {paths.final} (as the next NPC: "
         f"trainer.dual_policy.checkpoint_npc.uri=file://{paths.final})"
