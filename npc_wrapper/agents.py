@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,15 @@ from gymnasium import spaces
 
 from npc_wrapper.masks import masked_observation_space, served_observation_space
 
-__all__ = ["AgentLayout", "NPCGroup", "SlotMap", "split_agents", "build_layout", "same_value"]
+__all__ = [
+    "AgentLayout",
+    "NPCGroup",
+    "SlotMap",
+    "split_agents",
+    "agent_ranges",
+    "build_layout",
+    "same_value",
+]
 
 AgentID = Hashable
 
@@ -91,6 +100,38 @@ def split_agents(
             )
         train = agents[:n_train]
     return train, [a for a in agents if a not in train]
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def agent_ranges(agents: Sequence[AgentID], most: int = 3) -> str:
+    """``agents`` in short: runs of consecutively numbered names as ``red_0..80``, runs joined by ``+``,
+    and beyond ``most`` runs the rest counted (``+5 more``). Log lines and run names use it.
+
+    :param agents: agent names, in their env's order
+    :param most: runs shown before the rest are only counted
+
+    Example::
+
+        >>> from npc_wrapper.agents import agent_ranges
+        >>> agent_ranges(["adversary_0", "adversary_1", "adversary_2"]), agent_ranges(["agent_0"])
+        ('adversary_0..2', 'agent_0')
+        >>> agent_ranges(["red_0", "red_1", "red_5", "blue_0", "prey", "a", "b"])
+        'red_0..1+red_5+blue_0+3 more'
+    """
+    runs: list[list[Any]] = []  # [prefix, first number, last number, names in the run], numbers as written
+    for agent in agents:
+        m = _NUMBERED.match(str(agent))
+        prefix, number = (m.group(1), m.group(2)) if m else (str(agent), "")
+        last = runs[-1] if runs else None
+        if last is not None and number and last[2] and last[0] == prefix and int(last[2]) + 1 == int(number):
+            last[2], last[3] = number, last[3] + 1
+        else:
+            runs.append([prefix, number, number, 1])
+    shown = [f"{p}{a}..{b}" if n > 1 else f"{p}{a}" for p, a, b, n in runs[:most]]
+    rest = sum(r[3] for r in runs[most:])
+    return "+".join(shown + ([f"{rest} more"] if rest else []))
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ def play_episodes(
     episodes: int,
     *,
     max_steps: int | None = None,
+    observe: Callable[[int], None] | None = None,
 ) -> EpisodeStats:
     """Play ``venv`` with ``act(obs, episode_start) -> actions`` until ``episodes`` episodes ended.
 
@@ -183,6 +184,9 @@ def play_episodes(
     :param max_steps: give up when no episode has ended for this many vector steps (an env without
         a time limit); a bound on episode length, not on the whole evaluation (default
         :data:`MAX_EPISODE_STEPS`)
+    :param observe: called with the episodes recorded so far after the reset and after every step (a
+        progress bar; a video recorder renders the env there, except after the last step, whose env
+        has already been reset)
     :raises NoEpisodeEnds: no counted episode ended for ``max_steps`` vector steps
     """
     slots = venv.slots
@@ -195,6 +199,8 @@ def play_episodes(
     episode_start = np.ones(venv.num_envs, dtype=bool)
     limit = MAX_EPISODE_STEPS if max_steps is None else max_steps
     since_end = 0
+    if observe is not None:
+        observe(0)
     while not (done_count >= quota).all():
         if since_end >= limit:
             played = int(done_count.sum())
@@ -218,6 +224,8 @@ def play_episodes(
                 counted = True
         since_end = 0 if counted else since_end + 1
         episode_start = slots.per_slot(reset)
+        if observe is not None:
+            observe(int(done_count.sum()))
     return stats
 
 

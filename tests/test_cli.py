@@ -23,7 +23,7 @@ import npc_wrapper as nw
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import plot as plot_cli
 from npc_wrapper.cli.algos import ActionMaskVecEnv
-from npc_wrapper.cli.build import _agent_list
+from npc_wrapper.agents import agent_ranges
 from npc_wrapper.cli.config import DATA_DIR, compose_config, config_dir, dual_policy_config
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
 from npc_wrapper.cli.errors import CLIError
@@ -85,7 +85,7 @@ def test_default_config_is_simple_tag_against_the_shipped_npc() -> None:
     assert shipped == DATA_DIR / "simple_tag_npc.zip" and shipped.is_file()
     assert shipped.stat().st_size < 1_000_000  # "small"
     assert cfg.trainer.algorithm == "PPO" and cfg.trainer.policy == "MlpPolicy"
-    assert cfg.run.startswith("simple_tag_") and cfg.run_dir == f"runs/{cfg.run}"
+    assert cfg.run.startswith("simple_tag-adversary_0..2_") and cfg.run_dir == f"runs/{cfg.run}"
     assert not cfg.wandb.enabled
 
 
@@ -235,9 +235,50 @@ def test_run_directory_contents(trained_run: dict[str, Any]) -> None:
 
 
 def test_the_start_log_line_elides_long_agent_lists() -> None:
-    assert _agent_list(["agent_0"]) == "[agent_0]"
+    assert agent_ranges(["agent_0"]) == "agent_0"
     blue = [f"blue_{i}" for i in range(81)]  # battle at map_size 45: the line listed all 162 names
-    assert _agent_list(blue) == "[blue_0, blue_1, blue_2, ..., blue_79, blue_80]"
+    assert agent_ranges(blue) == "blue_0..80"
+    odd = [f"p{i}" for i in range(0, 20, 2)]  # no two consecutive: the runs beyond 3 are counted
+    assert agent_ranges(odd) == "p0+p2+p4+7 more"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "side"),
+    [
+        ([], "adversary_0..2"),  # the predators
+        (["trainer.dual_policy.training_agents=[agent_*]"], "agent_0"),  # the README's prey command
+        (["trainer.dual_policy.enabled=false"], "all"),
+        (["env=battle"], "red_0..80"),
+        (["env=pistonball"], "piston_0..9"),
+    ],
+)
+def test_default_run_names_say_which_side_trains(overrides: list[str], side: str) -> None:
+    cfg = compose_config(overrides)
+    name, _, time = cfg.run.rpartition("_")
+    assert name == f"{cfg.env.name}-{side}" and len(time) == len("20250101-120000")
+    assert cfg.run_dir == f"runs/{cfg.run}"
+
+
+def test_an_env_that_cannot_be_built_for_the_run_name_is_one_line() -> None:
+    with pytest.raises(CLIError, match=(
+        r"^cannot build env.factory \(mpe2.simple_tag_v3.parallel_env\) to name the run after its training "
+        r"agents: TypeError: .*'bogus' \(or name the run yourself: run=NAME\)$"
+    )):
+        compose_config(["+env.factory.bogus=1"])
+    with pytest.raises(CLIError, match=r"^trainer.dual_policy.training_agents_pct is 0, so no agent would"):
+        compose_config(["trainer.dual_policy.training_agents_pct=0"])
+
+
+def test_a_run_name_is_safe_in_a_path_and_short(tmp_path: Path) -> None:
+    # Agents named with characters a path or W&B name should not hold, none of them consecutive.
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "odd.yaml").write_text(
+        "name: odd\n"
+        "factory: {_target_: tests.envs.ScriptedParallelEnv, agents: ['a/1', 'b c 3', 'x*5', 'y?7', 'z:9']}\n"
+        "npc: random\ntraining_agents_pct: 0.8\n"
+    )
+    cfg = compose_config(["env=odd"], extra_dirs=[str(tmp_path)])
+    assert cfg.run.rpartition("_")[0] == "odd-a-1+b-c-3+x-5+1-more"
 
 
 def test_metrics_beside_sb3s_own_are_logged(trained_run: dict[str, Any]) -> None:

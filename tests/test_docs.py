@@ -18,6 +18,7 @@ MODULES = [
     "npc_wrapper.backends",
     "npc_wrapper.bots",
     "npc_wrapper.checkpoints.load",
+    "npc_wrapper.cli.progress",
     "npc_wrapper.factory",
     "npc_wrapper.frontends.gymnasium",
     "npc_wrapper.frontends.sb3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium
@@ -236,8 +237,11 @@ def test_vec_monitor_counts_padding_steps_so_our_monitor_info_is_preferred() -> 
     # VecMonitor counts every step of a slot; after a death the padding steps join the next
     # "episode". The wrapper's own info["episode"] counts only the agent's live steps.
     base = make(EnvFactory(max_steps=4, death_steps={"a_1": 1}), num_envs=1, seed=0)
-    with pytest.warns(UserWarning, match="already wrapped with a `Monitor`"):
+    # env_is_wrapped(Monitor) is True (the wrapper reports Monitor's info itself), so VecMonitor warns,
+    # once, that it overwrites those statistics: rightly, as it counts padding steps in the lengths.
+    with pytest.warns(UserWarning, match="already wrapped with a `Monitor`") as warned:
         venv = VecMonitor(base)
+    assert len(warned) == 1
     venv.reset()
     lengths = []
     for _ in range(8):
@@ -257,6 +261,22 @@ class ConstantModel:
     def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = False) -> tuple[np.ndarray, None]:
         return np.full(len(obs), self.action, dtype=np.int64), None
+
+
+def test_evaluate_policy_reads_the_wrappers_monitor_info_without_a_warning() -> None:
+    # a_1 dies at step 1 and its slot is padding until the env ends at step 3: evaluate_policy takes the
+    # wrapper's info["episode"] (env_is_wrapped(Monitor) is True), so its length is the 1 step it lived,
+    # where counting the slot's steps would give 1 and then 2 padding steps of a next "episode".
+    venv = make(EnvFactory(max_steps=3, death_steps={"a_1": 1}), num_envs=1, seed=0)
+    assert venv.env_is_wrapped(Monitor) == [True, True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not wrapped with a Monitor" warning
+        rewards, lengths = evaluate_policy(
+            ConstantModel(0), venv, n_eval_episodes=4, return_episode_rewards=True
+        )
+    assert sorted(lengths) == [1, 1, 3, 3]
+    assert sorted(rewards) == pytest.approx([1.01, 1.01, 6.0, 6.0])  # a_1 scored t + 0.01 at step 1 only
+    venv.close()
 
 
 def test_evaluate_policy() -> None:

@@ -8,7 +8,6 @@ built; the ``build_*`` functions then build it, each failure as one line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from pettingzoo import AECEnv
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from npc_wrapper.agents import agent_ranges
 from npc_wrapper.cli.algos import ActionMaskVecEnv, algorithm_kwargs, check_policy, resolve_algorithm
 from npc_wrapper.cli.checks import check_npc_uri
 from npc_wrapper.cli.config import backend_options, dual_policy_config, league_config
@@ -162,14 +162,6 @@ def _turn_based(env_fn: EnvFactory) -> bool:
         env.close()
 
 
-def _agent_list(agents: Sequence[Any], most: int = 8) -> str:
-    """``agents`` for a log line, elided in the middle beyond ``most`` (battle at map_size 45: 81 a side)."""
-    names = [str(a) for a in agents]
-    if len(names) <= most:
-        return f"[{', '.join(names)}]"
-    return f"[{', '.join(names[:3])}, ..., {', '.join(names[-2:])}]"
-
-
 def build_train_env(cfg: DictConfig, plan: TrainingPlan, venv: Any) -> VecEnv:
     """The env the model trains on: ``venv``, logged, checked for the league, and given action masks for
     ``MaskablePPO``.
@@ -182,8 +174,8 @@ def build_train_env(cfg: DictConfig, plan: TrainingPlan, venv: Any) -> VecEnv:
     if isinstance(venv.engine, TurnEngine):
         log.info(
             "env %s (turn-based): %d envs, the learner at seat %s (%s), NPCs at %s driven by %s",
-            cfg.env.name, venv.num_sub_envs, _agent_list(venv.training_agents), venv.engine.seat,
-            _agent_list(venv.npc_agents), npc,
+            cfg.env.name, venv.num_sub_envs, agent_ranges(venv.training_agents), venv.engine.seat,
+            agent_ranges(venv.npc_agents), npc,
         )
     else:
         log.info(
@@ -191,9 +183,9 @@ def build_train_env(cfg: DictConfig, plan: TrainingPlan, venv: Any) -> VecEnv:
             cfg.env.name,
             venv.num_sub_envs,
             len(venv.training_agents),
-            _agent_list(venv.training_agents),
+            agent_ranges(venv.training_agents),
             len(venv.npc_agents),
-            _agent_list(venv.npc_agents),
+            agent_ranges(venv.npc_agents),
             npc,
         )
     if plan.league.enabled:

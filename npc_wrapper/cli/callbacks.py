@@ -54,7 +54,6 @@ class NPCMetricsCallback(BaseCallback):
     :param has_npc: whether the env has NPC agents (without them only returns and length are logged)
     :param window: episodes the means are taken over
     :param start_episodes: episodes ended before this session (``npc/episodes`` counts on from there)
-    :param report: called with the step and the summary after each rollout (for log lines)
     """
 
     def __init__(
@@ -62,7 +61,6 @@ class NPCMetricsCallback(BaseCallback):
         slots: SlotMap,
         has_npc: bool = True,
         window: int = 100,
-        report: Callable[[int, dict[str, Any]], None] | None = None,
         start_episodes: int = 0,
     ) -> None:
         super().__init__()
@@ -70,7 +68,6 @@ class NPCMetricsCallback(BaseCallback):
         self.has_npc = has_npc
         self.stats = EpisodeStats(window=window)
         self.total_episodes = start_episodes  # a resumed run continues its count
-        self.report = report
         self.last_summary: dict[str, Any] = {"episodes": 0}
 
     def _on_step(self) -> bool:
@@ -96,8 +93,6 @@ class NPCMetricsCallback(BaseCallback):
             for name, sub in s.get("per_npc", {}).items():
                 rec(f"npc/{name}/win_rate", sub["win_rate"])
                 rec(f"npc/{name}/train_team_return", sub["train_return"])
-        if self.report is not None:
-            self.report(self.num_timesteps, s)
 
 
 class CheckpointCallback(BaseCallback):

@@ -63,6 +63,14 @@ def _check_numbers(cfg: DictConfig) -> None:
     ):
         if t[key] < low:
             raise CLIError(f"trainer.{key} must be >= {low}, got {t[key]}")
+    if t.video.enabled and t.video.episodes < 1:
+        raise CLIError(
+            f"trainer.video.episodes must be >= 1 when trainer.video.enabled, got {t.video.episodes}"
+        )
+    if t.torch_threads is not None and t.torch_threads < 1:
+        raise CLIError(f"trainer.torch_threads must be >= 1 or null (1 on the CPU), got {t.torch_threads}")
+    if not t.log_interval_s > 0:  # also NaN
+        raise CLIError(f"trainer.log_interval_s must be > 0 seconds, got {t.log_interval_s}")
     if not str(cfg.run).strip() or "/" in str(cfg.run):
         raise CLIError(
             f"run must be a non-empty name without '/', got {cfg.run!r} (use run_dir=PATH to place it)"

@@ -27,6 +27,7 @@ from omegaconf.errors import (
 )
 
 from npc_wrapper.cli.errors import CLIError, one_line
+from npc_wrapper.cli.run_name import RESOLVER, training_side
 from npc_wrapper.cli.schema import TrainConfig
 from npc_wrapper.config import DualPolicyConfig, LeagueConfig
 
@@ -137,13 +138,16 @@ _registered = False
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore and the ``${npc_data:NAME}`` resolver (idempotent)."""
+    """Register the schema with Hydra's ConfigStore and the ``${npc_data:NAME}`` and ``${npc_training_side:}``
+    (the default run name's, :mod:`npc_wrapper.cli.run_name`) resolvers (idempotent)."""
     global _registered
     if _registered:
         return
     ConfigStore.instance().store(name="npc_train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("npc_data"):
         OmegaConf.register_new_resolver("npc_data", data_path)
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, training_side)
     _registered = True
 
 
@@ -211,8 +215,8 @@ def explain_config_error(e: BaseException) -> str:
     if isinstance(cause, ValidationError) and full_key:
         return f"bad value for '{full_key}': {first}"
     if isinstance(cause, InterpolationResolutionError):
-        inner = cause.__cause__
-        return one_line(f"{first.split(':')[0]}: {inner}" if isinstance(inner, CLIError) else str(cause))
+        inner = cause.__cause__ or cause.__context__  # OmegaConf raises a resolver's error in its context
+        return one_line(inner if isinstance(inner, CLIError) else str(cause))  # a resolver's own line
     text = str(e)
     if "Could not find" in text:
         # Keep "Could not find 'env/nope'" and the available options; drop the search path dump.

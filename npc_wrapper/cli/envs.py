@@ -17,6 +17,7 @@ need that no library provides as one call.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,6 +132,21 @@ class EnvFactory:
         for i, (wtarget, wkwargs) in enumerate(self.wrappers):
             env = _locate(wtarget, f"env.wrappers[{i}]")(env, **wkwargs)
         return env
+
+    def takes(self, argument: str) -> bool:
+        """Whether the factory accepts the keyword ``argument`` (by name or through ``**kwargs``)."""
+        try:
+            params = inspect.signature(_locate(self.factory[0], "env.factory")).parameters.values()
+        except (TypeError, ValueError):  # no signature to read (a builtin): assume it does
+            return True
+        return any(p.name == argument or p.kind is p.VAR_KEYWORD for p in params)
+
+    def with_arguments(self, **arguments: Any) -> EnvFactory:
+        """This factory with ``arguments`` added to (or replacing) the factory's own keyword arguments."""
+        target, kwargs = self.factory
+        return EnvFactory(
+            {"_target_": target, **kwargs, **arguments}, [{"_target_": t, **kw} for t, kw in self.wrappers]
+        )
 
     def __repr__(self) -> str:
         return f"EnvFactory({self.factory[0]}, wrappers={[w[0] for w in self.wrappers]})"

@@ -25,13 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from npc_wrapper.agents import agent_ranges
 from npc_wrapper.checkpoints.uri import parse_uri
 from npc_wrapper.cli.build import build_vec_env, env_factory
 from npc_wrapper.cli.checks import check_device, check_npc_uri, check_writable_dir
@@ -45,12 +48,16 @@ from npc_wrapper.cli.config import (
     shipped_env_targets,
 )
 from npc_wrapper.cli.errors import CLIError, die, one_line, with_trust_flag, writing
+from npc_wrapper.cli.progress import EpisodeProgress, on_terminal
 from npc_wrapper.cli.run_dir import find_run_config, resolve_policy_path
 from npc_wrapper.cli.schema import TrainConfig
-from npc_wrapper.config import CheckpointConfig
+from npc_wrapper.cli.threads import torch_threads
+from npc_wrapper.cli.video import open_video_env
+from npc_wrapper.config import CheckpointConfig, DualPolicyConfig
 from npc_wrapper.errors import CheckpointError, NoEpisodeEnds, TrustRequiredError
 from npc_wrapper.evaluation import format_summary, play_episodes, policy_actor
 from npc_wrapper.league import round_robin
+from npc_wrapper.npcs.policies import NPCPolicy
 from npc_wrapper.npcs.resolve import as_npc_policy
 
 __all__ = ["main", "evaluate", "round_robin_run"]
@@ -156,6 +163,9 @@ def evaluate(
     deterministic: bool = False,
     trusted: bool = False,
     device: str | None = None,
+    progress: bool | None = None,
+    video: int = 0,
+    video_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Play ``policy`` (as the training agents) against the configured NPC; the episode summary.
 
@@ -169,9 +179,75 @@ def evaluate(
     :param trusted: allow checkpoint formats that run code (for the policy and the NPC); the only
         source of trust: the config's ``checkpoint_npc.trusted`` is ignored
     :param device: where the policies run (default: the config's ``device``)
+    :param progress: show a progress bar (``None``: on a terminal; without one, a line on stderr every
+        ``trainer.log_interval_s`` seconds)
+    :param video: also record this many episodes, in an env of their own, to an mp4 file (0: none)
+    :param video_dir: where the video goes (default: the run directory's ``videos/`` for a run directory,
+        else ``videos/``)
     """
-    if episodes < 1 or num_envs < 1:
-        raise CLIError(f"--episodes and --num-envs must be >= 1, got {episodes} and {num_envs}")
+    if episodes < 1 or num_envs < 1 or video < 0:
+        raise CLIError(
+            f"--episodes and --num-envs must be >= 1 and --video >= 0, got {episodes}, {num_envs} and {video}"
+        )
+    cfg, dp = _evaluation_config(policy, overrides, npc, trusted, device)
+    env_fn = env_factory(cfg)
+    if video:
+        run_config = find_run_config(policy)
+        default_dir = run_config.parent / "videos" if run_config is not None else Path("videos")
+        video_dir = default_dir if video_dir is None else video_dir
+        check_writable_dir(video_dir, f"--video-dir {video_dir}")
+    with torch_threads(cfg.trainer.torch_threads, cfg.device), ExitStack() as envs:
+        try:
+            # The video env first: an env that cannot be recorded is refused before anything is played.
+            video_env = open_video_env(cfg, env_fn, dp, "--video", seed=seed) if video else None
+            if video_env is not None:
+                envs.callback(video_env.close)
+            venv = build_vec_env(cfg, env_fn, dp, num_envs, seed, num_workers=0)
+        except CLIError as e:
+            raise CLIError(_trust_advice(str(e), e.__cause__)) from e.__cause__
+        envs.callback(venv.close)
+        target = resolve_policy_path(policy)
+        try:
+            learner = as_npc_policy(
+                target,
+                venv.observation_space,
+                venv.action_space,
+                device=cfg.device,
+                deterministic=deterministic,
+                trusted=trusted,
+            )
+        except Exception as e:
+            msg = f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}"
+            raise CLIError(_trust_advice(msg, e)) from e
+        bar = on_terminal() if progress is None else progress
+        shown = EpisodeProgress(episodes, f"{PROG}: evaluation", bar, cfg.trainer.log_interval_s, _to_stderr)
+        try:
+            summary = _play(learner, venv, episodes, seed, shown)
+        finally:
+            shown.close()
+        summary.update(
+            {
+                "policy": target,
+                "npc": str(dp.checkpoint_npc.uri),
+                "env": str(cfg.env.name),
+                "training_agents": [str(a) for a in venv.training_agents],
+                "npc_agents": [str(a) for a in venv.npc_agents],
+            }
+        )
+        if video_env is not None and video_dir is not None:
+            path = video_dir / f"{_file_stem(target)}_seed{seed}.mp4"
+            def play(v: Any, n: int, observe: Callable[[int], None]) -> None:
+                _play(learner, v, n, seed, observe)
+
+            recording = video_env.record(play, video, path)
+            summary["video"] = {"path": str(recording.path), "episodes": video, "frames": recording.frames}
+        return summary
+
+
+def _evaluation_config(
+    policy: str, overrides: Sequence[str], npc: str | None, trusted: bool, device: str | None
+) -> tuple[DictConfig, DualPolicyConfig]:
+    """The config an evaluation runs in (see :func:`evaluate`) and its checked ``dual_policy`` block."""
     cfg = _load_config(policy, overrides, trusted, config_npc=npc is None)
     npc_cfg = cfg.trainer.dual_policy.checkpoint_npc
     given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
@@ -211,42 +287,29 @@ def evaluate(
             "pass --npc URI"
         )
     check_npc_uri(dp, "trainer.dual_policy.checkpoint_npc.uri" if npc is None else "--npc")
-    env_fn = env_factory(cfg)
+    return cfg, dp
+
+
+def _play(
+    learner: NPCPolicy, venv: Any, episodes: int, seed: int, observe: Callable[[int], None]
+) -> dict[str, Any]:
+    """Play ``episodes`` episodes of ``learner`` on every training slot of ``venv``; the summary."""
+    learner.reset(venv.num_envs, seed=seed)
     try:
-        venv = build_vec_env(cfg, env_fn, dp, num_envs, seed, num_workers=0)
-    except CLIError as e:
-        raise CLIError(_trust_advice(str(e), e.__cause__)) from e.__cause__
-    try:
-        target = resolve_policy_path(policy)
-        try:
-            learner = as_npc_policy(
-                target,
-                venv.observation_space,
-                venv.action_space,
-                device=cfg.device,
-                deterministic=deterministic,
-                trusted=trusted,
-            )
-        except Exception as e:
-            msg = f"cannot load the policy {target!r}: {type(e).__name__}: {one_line(e)}"
-            raise CLIError(_trust_advice(msg, e)) from e
-        learner.reset(venv.num_envs, seed=seed)
-        try:
-            summary = play_episodes(policy_actor(learner, venv), venv, episodes).summary()
-        except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
-            raise CLIError(f"{e} (env.factory)") from e
-        summary.update(
-            {
-                "policy": target,
-                "npc": str(dp.checkpoint_npc.uri),
-                "env": str(cfg.env.name),
-                "training_agents": [str(a) for a in venv.training_agents],
-                "npc_agents": [str(a) for a in venv.npc_agents],
-            }
-        )
-        return summary
-    finally:
-        venv.close()
+        return play_episodes(policy_actor(learner, venv), venv, episodes, observe=observe).summary()
+    except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
+        raise CLIError(f"{e} (env.factory)") from e
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _file_stem(policy: str) -> str:
+    """A file name part for a policy: a checkpoint file's stem, else the URI with only safe characters."""
+    path = Path(policy)
+    text = path.stem if path.suffix and path.is_file() else policy
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[-60:] or "policy"
 
 
 def round_robin_run(
@@ -307,6 +370,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="where policies run (default: the config's device)")
     p.add_argument("--json", type=Path, help="also write the summary to this JSON file")
     p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar (default: on a terminal; otherwise a line on stderr every "
+        "trainer.log_interval_s seconds)",
+    )
+    p.add_argument(
+        "--video", type=int, nargs="?", const=2, default=0, metavar="N",
+        help="also record N episodes (default 2) to an mp4 file in an env of their own (pip install "
+        "'npc-wrapper[video]'); give N, or put --video last, when config overrides follow",
+    )
+    p.add_argument(
+        "--video-dir", type=Path,
+        help="where --video writes (default: RUN/videos for a run directory, else videos/)",
+    )
+    p.add_argument(
         "--round-robin", action="store_true",
         help="play every checkpoint of the run directory against every other (--episodes per pair) "
         "and print an Elo table",
@@ -349,16 +426,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             deterministic=args.deterministic,
             trusted=args.trusted,
             device=args.device,
+            progress=args.progress,
+            video=args.video,
+            video_dir=args.video_dir,
         )
     except CLIError as e:
         if os.environ.get("NPC_WRAPPER_DEBUG"):
             raise
         die(PROG, e)
     print(
-        f"{summary['policy']} ({', '.join(summary['training_agents'])}) vs NPC {summary['npc']} "
-        f"({', '.join(summary['npc_agents'])}) on {summary['env']}:"
+        f"{summary['policy']} ({agent_ranges(summary['training_agents'])}) vs NPC {summary['npc']} "
+        f"({agent_ranges(summary['npc_agents'])}) on {summary['env']}:"
     )
     print(format_summary(summary, "  "))
+    if "video" in summary:
+        v = summary["video"]
+        print(f"  video of {v['episodes']} episodes ({v['frames']} frames): {v['path']}")
     _write_json(args.json, summary)
     sys.stdout.flush()
 

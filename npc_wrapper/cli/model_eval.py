@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.build import TrainingPlan, build_vec_env
 from npc_wrapper.cli.callbacks import SAVE_ADVICE
 from npc_wrapper.cli.errors import CLIError, one_line, writing
+from npc_wrapper.cli.progress import EpisodeProgress, on_terminal
 from npc_wrapper.cli.run_dir import RunPaths
 from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.evaluation import format_summary, play_episodes
@@ -44,7 +46,13 @@ _LOGGED_KEYS = (
 )
 
 
-def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    model: Any,
+    venv: Any,
+    episodes: int,
+    deterministic: bool = False,
+    observe: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Play ``episodes`` episodes of the SB3 ``model`` against the NPCs of ``venv``; the summary.
 
     :param model: the SB3 model
@@ -52,6 +60,7 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
         masks come in infos); a ``MaskablePPO`` model gets the slots' masks
     :param episodes: episodes to play
     :param deterministic: the model acts greedily
+    :param observe: :func:`~npc_wrapper.evaluation.play_episodes`' ``observe`` (progress, video)
     :raises CLIError: when no episode ends (an env without a time limit)
     """
     state: Any = None
@@ -67,7 +76,7 @@ def evaluate_model(model: Any, venv: Any, episodes: int, deterministic: bool = F
         return actions
 
     try:
-        return play_episodes(act, venv, episodes).summary()
+        return play_episodes(act, venv, episodes, observe=observe).summary()
     except NoEpisodeEnds as e:  # an env without a time limit: one line, not a traceback
         raise CLIError(f"evaluation: {e} (env.factory), or set trainer.eval_episodes=0") from e
 
@@ -101,9 +110,17 @@ class TrainingEvaluation:
             )
             self.venv = ActionMaskVecEnv(venv) if isinstance(train_env, ActionMaskVecEnv) else venv
 
-    def _play(self, model: Any) -> dict[str, Any]:
+    def _play(self, model: Any, when: str) -> dict[str, Any]:
         trainer = self.cfg.trainer
-        return evaluate_model(model, self.venv, trainer.eval_episodes, trainer.eval_deterministic)
+        bar = bool(trainer.progress_bar) and on_terminal()
+        what = f"evaluation {when} training"
+        progress = EpisodeProgress(trainer.eval_episodes, what, bar, trainer.log_interval_s)
+        try:
+            return evaluate_model(
+                model, self.venv, trainer.eval_episodes, trainer.eval_deterministic, observe=progress
+            )
+        finally:
+            progress.close()
 
     def before(self, model: Any, logger: Logger) -> None:
         """Evaluate the untrained model (not in a resumed session: the run's first one did).
@@ -113,7 +130,7 @@ class TrainingEvaluation:
         """
         if self.venv is None or self.resumed:
             return
-        before = self._play(model)
+        before = self._play(model, "before")
         self.summaries["before"] = {"step": 0, **before}
         # Now, not only at the end: an interrupted run's resumed session does not evaluate it again.
         self._write()
@@ -128,7 +145,7 @@ class TrainingEvaluation:
         """
         if self.venv is None:
             return
-        after = self._play(model)
+        after = self._play(model, "after")
         step = int(model.num_timesteps)
         self.summaries["after"] = {"step": step, **after}
         _record(logger, after, step)

@@ -1,7 +1,7 @@
 """The layout of a run directory (``runs/<run>``) and what a session reads from one to resume or evaluate it.
 
 A run writes ``config.yaml`` (resolved), ``checkpoints/step_<n>.zip`` with ``.json`` metadata
-sidecars, ``final.zip`` (with ``final.json``), ``eval.json``, ``logs/``, ``tb/``, ``league/`` and
+sidecars, ``final.zip`` (with ``final.json``), ``eval.json``, ``logs/``, ``tb/``, ``league/``, ``videos/`` and
 the W&B run's id and artifact when enabled.
 """
 
@@ -41,6 +41,7 @@ class RunPaths:
         self.wandb_id = self.root / "wandb_run_id"
         self.artifact = self.root / "wandb_artifact.json"
         self.league = self.root / "league"
+        self.videos = self.root / "videos"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from omegaconf import MISSING
 
 from npc_wrapper.config import DualPolicyConfig, LeagueConfig
 
-__all__ = ["EnvConfig", "TrainerConfig", "WandbConfig", "TrainConfig"]
+__all__ = ["EnvConfig", "VideoConfig", "TrainerConfig", "WandbConfig", "TrainConfig"]
 
 
 @dataclass
@@ -40,6 +40,18 @@ class EnvConfig:
     #: Turn-based (AEC) games: ``fixed`` (the learner plays the seat the split picks) or ``random`` (a seat
     #: drawn per episode).
     seat: str = "fixed"
+
+
+@dataclass
+class VideoConfig:
+    """``trainer.video``: episodes of the learner against the NPC, recorded to ``runs/<run>/videos/``."""
+
+    #: Record after training (needs an env that renders ``rgb_array``, and the ``video`` extra).
+    enabled: bool = False
+    #: Episodes per recording (one env plays them one after another).
+    episodes: int = 2
+    #: Also record before training.
+    before: bool = False
 
 
 @dataclass
@@ -79,6 +91,10 @@ class TrainerConfig:
     keep_checkpoints: int = 5
     #: Show a progress bar on the terminal.
     progress_bar: bool = True
+    #: Without a progress bar: seconds between progress log lines (training and evaluations).
+    log_interval_s: float = 30.0
+    #: torch's CPU threads (null: 1 on the CPU, torch's default on CUDA).
+    torch_threads: int | None = None
     #: Episodes played against the NPC before and after training (0: skip).
     eval_episodes: int = 100
     #: Parallel envs for those evaluations.
@@ -93,6 +109,8 @@ class TrainerConfig:
     dual_policy: DualPolicyConfig = field(default_factory=DualPolicyConfig)
     #: Self-play league: the NPC pool grows from the learner's own snapshots (off by default).
     league: LeagueConfig = field(default_factory=LeagueConfig)
+    #: Videos of the learner against the NPC.
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

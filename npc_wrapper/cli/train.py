@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import Logger
 
 from npc_wrapper.checkpoints.store import atomic_save, atomic_write_text, remove_stale_temporaries
+from npc_wrapper.cli.algos import ActionMaskVecEnv
 from npc_wrapper.cli.build import TrainingPlan, build_model, build_train_env, build_vec_env, plan_training
 from npc_wrapper.cli.callbacks import SAVE_ADVICE, CheckpointCallback, NPCMetricsCallback, epoch_of
 from npc_wrapper.cli.checks import check_config, check_writable_dir, precheck
@@ -42,7 +43,9 @@ from npc_wrapper.cli.config import check_schema, config_dir, register_configs
 from npc_wrapper.cli.errors import CLIError, die, one_line, writing
 from npc_wrapper.cli.estimate import check_memory
 from npc_wrapper.cli.model_eval import TrainingEvaluation
+from npc_wrapper.cli.progress import TrainingProgressLog, format_duration, on_terminal
 from npc_wrapper.cli.run_dir import ResumePoint, RunPaths, resume_hint, resume_point
+from npc_wrapper.cli.threads import torch_threads
 from npc_wrapper.cli.tracking import (
     choose_wandb_mode,
     finish_wandb,
@@ -50,6 +53,7 @@ from npc_wrapper.cli.tracking import (
     log_model_artifact,
     make_logger,
 )
+from npc_wrapper.cli.video import TrainingVideo
 from npc_wrapper.league import LeagueCallback
 
 __all__ = ["train", "main"]
@@ -71,20 +75,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_training(cfg)
     check_memory(cfg, plan)
     session = _Session()
-    try:
+    with torch_threads(cfg.trainer.torch_threads, cfg.device), session:
         venv = build_vec_env(cfg, plan.env_fn, plan.dual_policy, cfg.trainer.num_envs, cfg.seed)
         session.envs.append(venv)
         train_env = build_train_env(cfg, plan, venv)
+        video = TrainingVideo(
+            cfg, plan, paths.videos, isinstance(train_env, ActionMaskVecEnv), resumed=resume is not None
+        )
+        session.envs.append(video)
         model = build_model(cfg, plan, train_env, resume)
         logger = _open_outputs(cfg, paths, model, session)
         evaluation = TrainingEvaluation(cfg, plan, paths, train_env, resumed=resume is not None)
         session.envs.append(evaluation.venv)
         evaluation.before(model, logger)
+        video.before(model, logger, session.wandb_run)
         callbacks = _make_callbacks(cfg, paths, plan, model, venv, resume, session.wandb_run)
         _learn(cfg, paths, plan, model, callbacks, resumed=resume is not None)
-        return _finish(cfg, paths, model, callbacks, evaluation, logger, session.wandb_run, started)
-    finally:
-        session.close()
+        return _finish(cfg, paths, model, callbacks, (evaluation, video), logger, session.wandb_run, started)
 
 
 @dataclass
@@ -93,6 +100,12 @@ class _Session:
 
     envs: list[Any] = field(default_factory=list)
     wandb_run: Any = None
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         for v in self.envs:
@@ -138,9 +151,12 @@ class _Callbacks:
     metadata: Callable[[Any], dict[str, Any]]
     league: LeagueCallback | None = None
     wandb: Any = None
+    #: Progress lines (none under a progress bar).
+    progress: TrainingProgressLog | None = None
 
     def all(self) -> list[Any]:
-        return [c for c in (self.metrics, self.checkpoints, self.league, self.wandb) if c is not None]
+        every = (self.metrics, self.checkpoints, self.league, self.wandb, self.progress)
+        return [c for c in every if c is not None]
 
     def save_checkpoint(self, model: Any) -> Path:
         """``checkpoints/step_<n>.zip`` of ``model`` now (also outside ``learn``)."""
@@ -163,7 +179,6 @@ def _make_callbacks(
         venv.slots,
         has_npc,
         window=getattr(model, "_stats_window_size", 100),
-        report=_progress_report(cfg, int(model.num_timesteps), has_npc),
         start_episodes=resume.episodes if resume is not None else 0,
     )
     metadata = functools.partial(
@@ -178,6 +193,11 @@ def _make_callbacks(
         paths.checkpoints, cfg.trainer.checkpoint_interval, cfg.trainer.keep_checkpoints, metadata
     )
     callbacks = _Callbacks(metrics, checkpoints, metadata)
+    if not _progress_bar(cfg):
+        callbacks.progress = TrainingProgressLog(
+            int(cfg.trainer.total_timesteps), float(cfg.trainer.log_interval_s), lambda: metrics.last_summary,
+            has_npc,
+        )
     if plan.league.enabled:
         callbacks.league = LeagueCallback(
             plan.league, venv=venv, save_dir=paths.league, device=cfg.device,
@@ -230,33 +250,8 @@ def _checkpoint_metadata(
 
 
 def _progress_bar(cfg: DictConfig) -> bool:
-    """Whether training shows a progress bar (asked for, on a terminal) instead of progress log lines."""
-    return bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
-
-
-def _progress_report(
-    cfg: DictConfig, start_step: int, has_npc: bool
-) -> Callable[[int, dict[str, Any]], None] | None:
-    """A log line per rollout with the latest metrics and the speed; none under a progress bar."""
-    if _progress_bar(cfg):
-        return None
-    total = int(cfg.trainer.total_timesteps)
-    t_learn = time.time()
-
-    def report(step: int, s: dict[str, Any]) -> None:
-        fps = (step - start_step) / max(time.time() - t_learn, 1e-9)
-        win = f"win {s['win_rate']:.2f}  npc return {s['npc_return']:.2f}  " if has_npc else ""
-        log.info(
-            "step %d/%d  %strain return %.2f  length %.1f  %d steps/s",
-            step,
-            total,
-            win,
-            s["train_return"],
-            s["episode_length"],
-            fps,
-        )
-
-    return report
+    """Whether training and its evaluations show progress bars (asked for, on a terminal) instead of lines."""
+    return bool(cfg.trainer.progress_bar) and on_terminal()
 
 
 # --------------------------------------------------------------------------- learning and the end
@@ -309,15 +304,18 @@ def _finish(
     paths: RunPaths,
     model: Any,
     callbacks: _Callbacks,
-    evaluation: TrainingEvaluation,
+    results: tuple[TrainingEvaluation, TrainingVideo],
     logger: Logger,
     wandb_run: Any,
     started: float,
 ) -> dict[str, Any]:
-    """Save the last checkpoint, evaluate, save ``final.zip`` (and its W&B artifact), print the report."""
+    """Save the last checkpoint, evaluate and record, save ``final.zip`` (and its W&B artifact), print the
+    report."""
+    evaluation, video = results
     with _no_interrupts():
         callbacks.save_checkpoint(model)
     evaluation.after(model, logger)
+    video.after(model, logger, wandb_run)
     step = int(model.num_timesteps)
     final_meta = callbacks.metadata(model)
     if callbacks.league is not None:
@@ -332,11 +330,12 @@ def _finish(
     )
     logger.close()
     elapsed = time.time() - started
-    print(_final_report(cfg, paths, step, evaluation, artifact, elapsed), flush=True)
+    print(_final_report(cfg, paths, step, results, artifact, elapsed), flush=True)
     return {
         "paths": paths,
         "step": step,
         "eval": evaluation.summaries,
+        "videos": video.recordings,
         "artifact": artifact,
         "metadata": final_meta,
         "seconds": elapsed,
@@ -347,13 +346,15 @@ def _final_report(
     cfg: DictConfig,
     paths: RunPaths,
     step: int,
-    evaluation: TrainingEvaluation,
+    results: tuple[TrainingEvaluation, TrainingVideo],
     artifact: dict[str, Any] | None,
     elapsed: float,
 ) -> str:
     """What the run did and where its results are, and how to use the model as the next NPC."""
-    lines = [f"{PROG}: finished {cfg.run} at step {step} in {_fmt_duration(elapsed)}"]
+    evaluation, video = results
+    lines = [f"{PROG}: finished {cfg.run} at step {step} in {format_duration(elapsed)}"]
     lines += evaluation.report()
+    lines += [f"  video: {r.path} ({r.frames} frames at {r.fps} fps)" for r in video.recordings]
     lines.append(
         f"  final model: {paths.final} (as the next NPC: "
         f"trainer.dual_policy.checkpoint_npc.uri=file://{paths.final})"
@@ -367,11 +368,6 @@ def _final_report(
         f"  learning curve: npc-plot {paths.root}   TensorBoard: tensorboard --logdir {paths.tensorboard}"
     )
     return "\n".join(lines)
-
-
-def _fmt_duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @contextmanager

@@ -193,7 +193,10 @@ class SB3VecEnv(FrontEnd, VecEnv):
         """Whether the env behind each slot, or an env it wraps, is a ``wrapper_class``.
 
         SB3's ``Monitor`` (and its subclasses) count as present: every slot already reports
-        Monitor's ``info["episode"]``, so ``evaluate_policy`` can rely on it.
+        Monitor's ``info["episode"]``, which is what SB3 asks this for. ``evaluate_policy`` (and
+        ``EvalCallback``) then read it, with each agent's own length (an answer of False would make them
+        warn at every evaluation and count a dead agent's padding steps). ``VecMonitor`` is not needed
+        on top; wrapped anyway, it warns once that its statistics replace the wrapper's, and they do.
         """
         envs = self._sub_envs(indices)
         if issubclass(wrapper_class, Monitor):
