@@ -25,6 +25,7 @@ OPTIONAL = {
     "ray": "Ray backends",
     "moviepy": "videos",
     "imageio": "videos",
+    "imageio_ffmpeg": "videos (imageio's ffmpeg plugin)",
     "sky": "SkyPilot launches",
     "mpe2": "an env package (the mpe extra)",
     "magent2": "an env package (the magent extra)",
