@@ -7,7 +7,6 @@ from typing import Any, TypeVar, overload
 
 import torch
 from gymnasium.vector import AutoresetMode
-
 from pettingzoo import AECEnv
 
 from npc_wrapper.arguments import check_count, check_seed

@@ -53,7 +53,6 @@ from stable_baselines3 import PPO
 from torch._utils import _rebuild_tensor_v2
 
 import npc_wrapper as nw
-
 from tests.envs import ScriptedParallelEnv
 
 __all__ = [

@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 from pettingzoo.utils import BaseParallelWrapper
 
 import npc_wrapper as nw
+from npc_wrapper.agents import agent_ranges
 from npc_wrapper.cli import evaluate as eval_cli
 from npc_wrapper.cli import plot as plot_cli
 from npc_wrapper.cli.algos import ActionMaskVecEnv
-from npc_wrapper.agents import agent_ranges
 from npc_wrapper.cli.config import DATA_DIR, compose_config, config_dir, dual_policy_config
 from npc_wrapper.cli.envs import EnvFactory, pad_observations
 from npc_wrapper.cli.errors import CLIError

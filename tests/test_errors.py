@@ -15,6 +15,7 @@ from stable_baselines3 import PPO
 import npc_wrapper as nw
 from tests.envs import RecordingEnvFactory, ScriptedParallelEnv
 
+
 class CountingFactory:
     """Counts env constructions, so a test can tell construction-time errors from later ones."""
 

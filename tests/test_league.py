@@ -26,8 +26,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
 
 import npc_wrapper as nw
-from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.config import LeagueConfig
+from npc_wrapper.engine import EPISODE_KEY
 from npc_wrapper.errors import NoEpisodeEnds
 from npc_wrapper.league import (
     LeagueCallback,
