@@ -821,6 +821,14 @@ def test_wandb_offline_logs_metrics_and_the_model_artifact(
     )
     assert result["artifact"]["mode"] == "offline"
     assert result["artifact"]["uri"].endswith("/npc-wrapper/model/test:latest")
+    import wandb
+
+    # The process is left as found: the next run in it (npc-train -m) gets no "several event log
+    # directories" warning from a TensorBoard patch left behind.
+    assert wandb.patched["tensorboard"] == []
+    # wandb-core, a separate process, writes the run's log: shut it down so the file is complete
+    # before reading it (reading right after finish() once found no records).
+    wandb.teardown()
     [run_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     records = _wandb_records(run_file)
     kinds = {r.WhichOneof("record_type") for r in records}
@@ -832,11 +840,6 @@ def test_wandb_offline_logs_metrics_and_the_model_artifact(
     meta = json.loads(artifact.metadata)
     assert meta["step"] == result["step"] and meta["epoch"] >= 1 and 0.0 <= meta["eval_win_rate"] <= 1.0
     assert [f.path for f in artifact.manifest.contents] == ["final.zip"]
-    import wandb
-
-    # The process is left as found: the next run in it (npc-train -m) gets no "several event log
-    # directories" warning from a TensorBoard patch left behind.
-    assert wandb.patched["tensorboard"] == []
 
 
 def test_wandb_disabled_logs_no_artifact_and_prints_the_npc_plot_command(
