@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from npc_wrapper.agents import AgentLayout
+from npc_wrapper.arguments import check_timeout
 from npc_wrapper.workers import Backend, EnvFn, InProcessBackend, WorkerBackend
 
 __all__ = ["BACKENDS", "check_backend", "make_backend"]
@@ -27,13 +28,15 @@ def check_backend(
     start_method: str | None = None,
     ray_address: str | None = None,
     worker_resources: Mapping[str, Any] | None = None,
+    step_timeout: Any = None,
     prefix: str = "",
 ) -> None:
     """Raise, with one line naming the argument, unless the backend arguments go together.
 
     :param prefix: qualifies the names in the messages (``"trainer."`` for the CLI's keys)
-    :raises ValueError: an unknown backend, ``backend="ray"`` with no workers, or an option of the
-        other backend
+    :raises TypeError: a ``step_timeout`` that is not a number
+    :raises ValueError: an unknown backend, ``backend="ray"`` with no workers, an option of the
+        other backend, or a ``step_timeout`` that is not positive or has no workers to bound
     :raises ImportError: ``backend="ray"`` without Ray installed (naming the extra to install)
 
     Example::
@@ -48,6 +51,12 @@ def check_backend(
         raise ValueError(
             f"{prefix}backend={backend!r} is not a backend; use one of {', '.join(map(repr, BACKENDS))} "
             "(process: worker processes on this machine; ray: Ray actors, on a Ray cluster's nodes)"
+        )
+    timeout = check_timeout(step_timeout, f"{prefix}step_timeout")
+    if timeout is not None and num_workers == 0:
+        raise ValueError(
+            f"{prefix}step_timeout={timeout} needs {prefix}num_workers >= 1: an env stepping in this process "
+            f"cannot be interrupted; set {prefix}num_workers, or drop {prefix}step_timeout"
         )
     if backend == "ray":
         if num_workers < 1:

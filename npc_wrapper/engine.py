@@ -208,13 +208,8 @@ class NPCEngine:
             if not env_fns:
                 raise ValueError("num_envs must be at least 1")
             num_workers = check_count(num_workers, "num_workers", 0, "0 steps the envs in this process")
+            check_backend(backend, num_workers, start_method, ray_address, worker_resources, step_timeout)
             step_timeout = check_timeout(step_timeout, "step_timeout")
-            if step_timeout is not None and num_workers == 0:
-                raise ValueError(
-                    f"step_timeout={step_timeout} needs num_workers >= 1: an env stepping in this process "
-                    "cannot be interrupted; pass num_workers, or drop step_timeout"
-                )
-            check_backend(backend, num_workers, start_method, ray_address, worker_resources)
             resolve_device(device)  # checked even when no NPC runs on it
         except BaseException:
             if probe is not None:

@@ -5,7 +5,8 @@ catches ``ValueError`` around ``make_vec_env`` also catches a checkpoint that ca
 A :class:`CheckpointLimitError` is one that holds or declares more than a loading limit allows.
 The W&B errors are checkpoint errors of ``wandb://`` URIs. :class:`NoEpisodeEnds` is a
 ``RuntimeError``: the env runs, but its episodes never end. :class:`NPCOutputError` is a
-``ValueError``: an NPC's network gave NaN or infinite output.
+``ValueError``: an NPC's network gave NaN or infinite output. :class:`SaveError` is an ``OSError``: a file the
+league saves (a snapshot, its state) could not be written.
 
 The command-line programs' own ``CLIError`` lives in :mod:`npc_wrapper.cli.common`: it only
 carries a message to print as one line, and nothing outside the CLI raises it.
@@ -13,6 +14,7 @@ carries a message to print as one line, and nothing outside the CLI raises it.
 
 from __future__ import annotations
 
+import errno
 import os
 import reprlib
 from typing import Any
@@ -24,11 +26,13 @@ __all__ = [
     "CheckpointLimitError",
     "NPCOutputError",
     "NoEpisodeEnds",
+    "SaveError",
     "TrustRequiredError",
     "WandbError",
     "WandbNotFoundError",
     "WandbUnavailableError",
     "byte_size",
+    "cannot_write",
     "corrupt_checkpoint",
     "short_repr",
     "shorten",
@@ -71,6 +75,23 @@ class WandbUnavailableError(WandbError):
 
 class WandbNotFoundError(WandbError):
     """W&B answered that the artifact, version or collection does not exist."""
+
+
+class SaveError(OSError):
+    """A file could not be written (a full disk, a file-size limit, permissions): the message says which
+    and why, in one line. Writes are atomic, so the files saved before are intact."""
+
+
+def cannot_write(what: str, path: str | os.PathLike[str], error: OSError) -> str:
+    """The one-line message for ``error``, raised while writing ``path``: what, where, why (with the errno
+    name; a write past a file-size limit names no file by itself).
+
+    :param what: what was being written (``"checkpoint"``)
+    :param path: where
+    :param error: the ``OSError``
+    """
+    code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
+    return f"cannot write {what} {path}: {error.strerror or error}{code}"
 
 
 class NoEpisodeEnds(RuntimeError):

@@ -247,6 +247,9 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path: Path) -
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        # A suite launched with SIGINT ignored (nohup, a background job) passes SIG_IGN on, and Python
+        # then installs no KeyboardInterrupt handler: give the child the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 120
@@ -272,6 +275,31 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path: Path) -
         )
     )
     assert result["step"] >= step + 384
+
+
+def test_step_timeout_stops_a_run_whose_env_hangs_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "hung.yaml").write_text(
+        "name: hung\nfactory:\n  _target_: tests.hostile.HangingEnv\n  hang_at: 5\nnpc: random\n"
+    )
+    argv = ["--config-dir", str(tmp_path), "env=hung", "device=cpu", f"run_dir={tmp_path / 'run'}",
+            "trainer.num_envs=2", "trainer.num_workers=1", "trainer.step_timeout=1", "trainer.eval_episodes=0",
+            "trainer.total_timesteps=192", "trainer.hyperparameters.n_steps=32", "trainer.progress_bar=false"]
+    started = time.monotonic()
+    code, err = run_main(argv, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("npc-train: error: ") and "step_timeout=1.0" in err[0], err
+    assert time.monotonic() - started < 60
+
+
+def test_step_timeout_without_workers_is_refused_before_training(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_main(["trainer.step_timeout=5", "trainer.num_workers=0"], capsys)
+    assert code == 2 and err == [
+        "npc-train: error: trainer.step_timeout=5.0 needs trainer.num_workers >= 1: an env stepping in this "
+        "process cannot be interrupted; set trainer.num_workers, or drop trainer.step_timeout"
+    ]
 
 
 def test_pad_observations_refuses_an_aec_env() -> None:

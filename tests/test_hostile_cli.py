@@ -206,6 +206,18 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_saying_what_and_where(tmp_p
     assert "checkpoints" in line or "step_" in line, line
 
 
+def test_a_full_disk_during_a_league_snapshot_is_one_line_saying_what_and_where(tmp_path: Path) -> None:
+    argv = [*SHORT, f"run_dir={tmp_path / 'run'}", "trainer.checkpoint_interval=0", "env=battle",
+            "env.factory.map_size=12", "env.factory.max_cycles=20", "trainer.hyperparameters.n_steps=16",
+            "trainer.league.enabled=true", "trainer.league.snapshot_every=64"]
+    run = hostile.run_bounded(DISK_FULL, seconds=120, memory_mb=2000, argv=argv)
+    assert run.killed is None, run.errors[-2000:]
+    assert run.returncode == 2, run.errors[-3000:]
+    line = one_error_line(run.error_lines(), "npc-train", "File too large")
+    assert "cannot write league snapshot snapshot@64 " in line and "league/snapshot_64.zip" in line, line
+    assert "trainer.resume=true" in line, line
+
+
 def test_an_unwritable_run_dir_is_one_line_before_training(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         train_cli.main([*SHORT, "run_dir=/proc/nope/run"])

@@ -93,7 +93,7 @@ def _check_options(cfg: DictConfig) -> None:
         )
     try:
         check_backend(num_workers=cfg.trainer.num_workers, prefix="trainer.", **backend_options(cfg))
-    except (ValueError, ImportError) as e:
+    except (TypeError, ValueError, ImportError) as e:
         raise CLIError(str(e)) from e
     methods = multiprocessing.get_all_start_methods()
     if cfg.trainer.start_method is not None and cfg.trainer.start_method not in methods:

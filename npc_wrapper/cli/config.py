@@ -324,7 +324,7 @@ def backend_options(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.trainer
     resources = OmegaConf.to_container(t.worker_resources) or None  # empty: the backend's default
     return {"backend": t.backend, "start_method": t.start_method, "ray_address": t.ray_address,
-            "worker_resources": resources}
+            "worker_resources": resources, "step_timeout": t.step_timeout}
 
 
 def dual_policy_config(cfg: DictConfig) -> DualPolicyConfig:

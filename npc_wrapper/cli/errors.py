@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from npc_wrapper.errors import TRUST_HINT
+from npc_wrapper.errors import TRUST_HINT, cannot_write
 
 __all__ = ["CLIError", "one_line", "die", "with_trust_flag", "writing"]
 
@@ -61,7 +60,4 @@ def writing(what: str, path: str | os.PathLike[str], advice: str = "") -> Iterat
     try:
         yield
     except OSError as e:
-        code = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
-        raise CLIError(
-            f"cannot write {what} {path}: {e.strerror or one_line(e)}{code}{'; ' + advice if advice else ''}"
-        ) from e
+        raise CLIError(cannot_write(what, path, e) + (f"; {advice}" if advice else "")) from e

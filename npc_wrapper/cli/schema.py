@@ -83,6 +83,8 @@ class TrainerConfig:
     ray_address: str | None = None
     #: ``backend=ray``: Ray resources each worker reserves (empty: ``{CPU: 1}``).
     worker_resources: dict[str, float] = field(default_factory=dict)
+    #: Seconds the workers may take to answer one step (null: no limit); needs ``num_workers >= 1``.
+    step_timeout: float | None = None
     #: Continue the run from its latest checkpoint, keeping the step count.
     resume: bool = False
     #: Save a checkpoint every this many steps (0: only at the end).

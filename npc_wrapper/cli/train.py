@@ -54,6 +54,7 @@ from npc_wrapper.cli.tracking import (
     make_logger,
 )
 from npc_wrapper.cli.video import TrainingVideo
+from npc_wrapper.errors import SaveError
 from npc_wrapper.league import LeagueCallback
 
 __all__ = ["train", "main"]
@@ -278,7 +279,7 @@ def _learn(
         paths.root,
     )
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _training_errors():
             model.learn(
                 total_timesteps=remaining,
                 callback=callbacks.all(),
@@ -286,7 +287,7 @@ def _learn(
                 progress_bar=_progress_bar(cfg),
             )
     except KeyboardInterrupt:
-        with _no_interrupts():
+        with _no_interrupts(), _training_errors():
             path = callbacks.save_checkpoint(model)
             if callbacks.league is not None:
                 callbacks.league.save_state()
@@ -401,6 +402,18 @@ def _no_interrupts() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def _training_errors() -> Iterator[None]:
+    """One line, with what to do about it, for a league snapshot or state that cannot be written and for
+    workers that did not answer a step within ``trainer.step_timeout``."""
+    try:
+        yield
+    except SaveError as e:
+        raise CLIError(f"{e}; {SAVE_ADVICE}") from e
+    except TimeoutError as e:  # the workers' bound: the message names the workers that did not answer
+        raise CLIError(f"{one_line(e)} (trainer.step_timeout)") from e
 
 
 # --------------------------------------------------------------------------- entry point
