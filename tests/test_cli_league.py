@@ -53,7 +53,11 @@ def test_league_run_on_battle_snapshots_into_the_pool_and_logs_ratings(
 
     # npc-eval --round-robin rates every checkpoint of the run against every other.
     out = tmp_path / "rr.json"
-    eval_cli.main([str(run_dir), "--round-robin", "--episodes", "1", "--num-envs", "2", "--json", str(out)])
+    capsys.readouterr()
+    eval_cli.main([str(run_dir), "--round-robin", "--episodes", "1", "--num-envs", "2", "--json", str(out),
+                   "--no-progress", "trainer.log_interval_s=0"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "round robin:" in line]
+    assert lines and lines[-1].startswith("npc-eval: round robin: 6/6 episodes"), lines  # 3 players, 6 pairings
     table = json.loads(out.read_text())
     # checkpoints/step_192 is final's network: it plays once, as final.
     assert set(table["players"]) == {"final", "league/snapshot_64", "league/snapshot_128"}

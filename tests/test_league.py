@@ -580,7 +580,13 @@ def test_round_robin_ranks_players_and_prints_the_table(capsys: pytest.CaptureFi
 
     space, act = spaces.Box(-np.inf, np.inf, (3,), np.float32), spaces.Discrete(4)
     players = {f"c{k}": ConstantPolicy(space, act, action=k, name=f"c{k}") for k in range(4)}
-    result = round_robin(players, env_fn, episodes=3, num_envs=2, training_agents=["a_0"], device="cpu")
+    seen: list[tuple[int, int]] = []
+    result = round_robin(players, env_fn, episodes=3, num_envs=2, training_agents=["a_0"], device="cpu",
+                         observe=lambda done, total: seen.append((done, total)))
+    # Progress over all 12 pairings' 36 episodes: it only grows, and ends complete.
+    assert {total for _, total in seen} == {36} and seen[-1] == (36, 36)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert {done for done, _ in seen} >= {0, 3, 33}  # each pairing's start, in order
     order = sorted(result.names, key=lambda n: -result.ratings[n])
     assert order == ["c3", "c2", "c1", "c0"]
     assert (result.games == 6 * (1 - np.eye(4))).all()  # 3 episodes on each side per pair

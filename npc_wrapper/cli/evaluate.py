@@ -322,10 +322,14 @@ def round_robin_run(
     deterministic: bool = False,
     trusted: bool = False,
     device: str | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Play every checkpoint of a run directory against every other and print an Elo table.
 
     Uses the run's env and agent split (see :func:`npc_wrapper.league.round_robin`).
+
+    :param progress: show a progress bar over all pairings' episodes (``None``: on a terminal; without
+        one, a line on stderr every ``trainer.log_interval_s`` seconds)
     """
     if not Path(run).is_dir():
         raise CLIError(f"--round-robin needs a run directory (runs/<run>), got {run!r}")
@@ -333,6 +337,15 @@ def round_robin_run(
     env_fn = env_factory(cfg)
     check_device(device or cfg.device, "device" if device is None else "--device")
     dp = cfg.trainer.dual_policy
+    shown: EpisodeProgress | None = None
+
+    def observe(done: int, total: int) -> None:
+        nonlocal shown
+        if shown is None:  # from the first pairing on: the checkpoints are loaded, their count known
+            bar = on_terminal() if progress is None else progress
+            shown = EpisodeProgress(total, f"{PROG}: round robin", bar, cfg.trainer.log_interval_s, _to_stderr)
+        shown(done)
+
     try:
         result = round_robin(
             run, env_fn, episodes=episodes, num_envs=num_envs,
@@ -340,10 +353,13 @@ def round_robin_run(
             training_agents=None if dp.training_agents is None else list(dp.training_agents),
             reset_when_training_agents_dead=bool(cfg.env.get("reset_when_training_agents_dead", True)),
             device=device or cfg.device, deterministic=deterministic, trusted=trusted, seed=seed,
-            seat=str(cfg.env.get("seat", "fixed")),
+            seat=str(cfg.env.get("seat", "fixed")), observe=observe,
         )
     except (ValueError, NoEpisodeEnds) as e:  # NoEpisodeEnds: an env without a time limit
         raise CLIError(_trust_advice(f"round robin over {run}: {one_line(e)}", e)) from e
+    finally:
+        if shown is not None:
+            shown.close()
     return {"ratings": result.ratings, "players": result.names, "table": result.rows()}
 
 
@@ -408,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             table = round_robin_run(
                 args.policy, args.overrides, episodes=args.episodes, num_envs=args.num_envs, seed=args.seed,
                 deterministic=args.deterministic, trusted=args.trusted, device=args.device,
+                progress=args.progress,
             )
         except CLIError as e:
             if os.environ.get("NPC_WRAPPER_DEBUG"):

@@ -171,15 +171,18 @@ def _play(
     seed: int,
     env_kwargs: dict[str, Any],
     max_steps: int | None,
+    observe: Callable[[int], None] | None,
 ) -> list[str]:
     """Outcomes (for ``learner``) of ``episodes`` episodes ``learner`` plays on the training side,
     or :class:`~npc_wrapper.errors.NoEpisodeEnds` once no episode has ended for ``max_steps`` vector
-    steps."""
+    steps. ``observe`` is called with this pairing's episodes played so far."""
     venv = make_vec_env(env_fn, num_envs=num_envs, npc=npc, seed=seed, **env_kwargs)
     try:
         learner.reset(venv.num_envs, seed)
         try:
-            stats = play_episodes(policy_actor(learner, venv), venv, episodes, max_steps=max_steps)
+            stats = play_episodes(
+                policy_actor(learner, venv), venv, episodes, max_steps=max_steps, observe=observe
+            )
         except NoEpisodeEnds as e:
             raise NoEpisodeEnds(
                 f"round_robin: no episode ended in the last max_steps={e.steps} vector steps ({e.played} of "
@@ -210,6 +213,7 @@ def round_robin(
     load: Callable[[Any, spaces.Space, spaces.Space], NPCPolicy] | None = None,
     print_table: bool = True,
     max_steps: int | None = None,
+    observe: Callable[[int, int], None] | None = None,
 ) -> RoundRobinResult:
     """Play every checkpoint against every other one and rate them.
 
@@ -240,6 +244,8 @@ def round_robin(
         :data:`~npc_wrapper.evaluation.MAX_EPISODE_STEPS`); a bound on episode length, not on the pairing
     :param seat: turn-based games: ``"random"`` (the first player's seat is drawn per game, so each
         pair meets in every seat) or ``"fixed"``
+    :param observe: ``observe(done, total)``, called as episodes end with the episodes played so far over
+        all pairings and their total (``n * (n - 1) * episodes``): for a progress display
     :return: the games and ratings; ``result.table()`` formats them
     """
     if not _is_int(episodes) or episodes < 1:
@@ -280,13 +286,14 @@ def round_robin(
                   "reset_when_training_agents_dead": reset_when_training_agents_dead, "device": device}
     if turn_based:
         env_kwargs["seat"] = seat
-    k = 0
+    k, total = 0, n * (n - 1) * episodes
     for i in range(n):
         for j in range(n):
             if i == j:
                 continue
             outcomes = _play(
-                env_fn, players[i], players[j], episodes, num_envs, seed + 1000 * k, env_kwargs, max_steps
+                env_fn, players[i], players[j], episodes, num_envs, seed + 1000 * k, env_kwargs, max_steps,
+                None if observe is None else lambda done, before=k * episodes: observe(before + done, total),
             )
             for outcome in outcomes:
                 if outcome == "win":
