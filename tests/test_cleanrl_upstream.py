@@ -139,7 +139,8 @@ def ppo(args: Args, envs: Any) -> dict[str, list[list[float]]]:
     next_obs, next_done = torch.Tensor(next_obs_np), torch.zeros(args.num_envs)
     for iteration in range(1, args.num_iterations + 1):
         if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
         for step in range(args.num_steps):
             obs[step], dones[step] = next_obs, next_done
             with torch.no_grad():
@@ -168,7 +169,8 @@ def ppo(args: Args, envs: Any) -> dict[str, list[list[float]]]:
                 nextnonterminal = 1.0 - (next_done if t == args.num_steps - 1 else dones[t + 1])
                 nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
                 delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                advantages[t] = lastgaelam
             returns = advantages + values
 
         b_obs, b_logprobs = obs.reshape((-1,) + obs_shape), logprobs.reshape(-1)
@@ -190,7 +192,8 @@ def ppo(args: Args, envs: Any) -> dict[str, list[list[float]]]:
                 newvalue = newvalue.view(-1)
                 v_loss_unclipped = (newvalue - b_returns[mb]) ** 2
                 if args.clip_vloss:
-                    v_clipped = b_values[mb] + torch.clamp(newvalue - b_values[mb], -args.clip_coef, args.clip_coef)
+                    delta_v = torch.clamp(newvalue - b_values[mb], -args.clip_coef, args.clip_coef)
+                    v_clipped = b_values[mb] + delta_v
                     v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - b_returns[mb]) ** 2).mean()
                 else:
                     v_loss = 0.5 * v_loss_unclipped.mean()
