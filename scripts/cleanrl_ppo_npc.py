@@ -44,6 +44,7 @@ import npc_wrapper as nw
 from npc_wrapper.cli.config import data_path
 from npc_wrapper.cli.envs import pad_observations
 from npc_wrapper.cli.errors import CLIError, one_line, with_trust_flag
+from npc_wrapper.cli.threads import torch_threads
 from npc_wrapper.cli.tracking import choose_wandb_mode
 from npc_wrapper.errors import CheckpointError
 
@@ -63,6 +64,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, CUDA is used when available"""
+    torch_threads: int | None = None
+    """torch's CPU threads (None: 1 on the CPU, torch's default on CUDA), as npc-train's"""
     track: bool = False
     """if toggled, the run is tracked with Weights & Biases (offline without an API key)"""
     wandb_project_name: str = "npc-wrapper"
@@ -88,30 +91,30 @@ class Args:
 
     total_timesteps: int = 200_000
     """total training-agent steps of the experiment"""
-    learning_rate: float = 2.5e-4
-    """the learning rate of the optimizer"""
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer (npc-train's ppo trainer: 3e-4, constant)"""
     num_envs: int = 8
     """the number of PettingZoo envs (each gives one slot per training agent)"""
     num_steps: int = 128
     """the number of steps per slot in each rollout"""
-    anneal_lr: bool = True
-    """toggle learning-rate annealing"""
+    anneal_lr: bool = False
+    """toggle learning-rate annealing (CleanRL's default; npc-train's SB3 PPO keeps it constant)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 0.95
     """the lambda of the generalized advantage estimate"""
     bootstrap_truncated: bool = True
     """add gamma * V(final_obs) to the reward of a time-limit truncation (CleanRL's ppo.py does not)"""
-    num_minibatches: int = 4
-    """the number of mini-batches"""
-    update_epochs: int = 4
-    """the K epochs to update the policy"""
+    num_minibatches: int = 12
+    """the number of mini-batches (12: 256 steps each with the defaults, npc-train's batch_size)"""
+    update_epochs: int = 10
+    """the K epochs to update the policy (npc-train's n_epochs)"""
     norm_adv: bool = True
     """toggle advantage normalization"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
-    clip_vloss: bool = True
-    """toggle the clipped value loss, as in the PPO paper"""
+    clip_vloss: bool = False
+    """toggle the clipped value loss, as in the PPO paper (off, as SB3's clip_range_vf=None)"""
     ent_coef: float = 0.01
     """coefficient of the entropy bonus"""
     vf_coef: float = 0.5
@@ -255,7 +258,15 @@ def truncation_bootstrap(
 
 
 def train(args: Args) -> dict[str, Any]:
-    """Run PPO as configured; return the run directory, the saved actor and the last win rates."""
+    """Run PPO as configured, with ``args.torch_threads`` torch threads; return the run directory, the
+    saved actor and the win rates logged at each iteration."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    with torch_threads(args.torch_threads, device.type):
+        return _train(args, device)
+
+
+def _train(args: Args, device: torch.device) -> dict[str, Any]:
+    """:func:`train` on ``device``, with the thread count set."""
     if args.npc == "default" and args.env_id != DEFAULT_NPC_ENV:
         raise CLIError(
             f"--npc default is the prey shipped for {DEFAULT_NPC_ENV}, which does not fit "
@@ -269,7 +280,6 @@ def train(args: Args) -> dict[str, Any]:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     envs = nw.make_vector_env(
         functools.partial(make_env, args.env_id, args.max_cycles),
@@ -286,7 +296,8 @@ def train(args: Args) -> dict[str, Any]:
     obs_shape = envs.single_observation_space.shape
     print(
         f"training {envs.training_agents} vs NPC {envs.npc_agents} ({npc}); {num_slots} slots, "
-        f"{args.num_iterations} iterations of {args.batch_size} steps"
+        f"{args.num_iterations} iterations of {args.batch_size} steps, "
+        f"{torch.get_num_threads()} torch thread(s)"
     )
 
     from torch.utils.tensorboard import SummaryWriter
@@ -477,6 +488,13 @@ def train(args: Args) -> dict[str, Any]:
             recent = []
 
     envs.close()
+    if history:
+        first, last = history[0], history[-1]
+        print(
+            f"first -> last iteration: win rate {first['win_rate']:.2f} -> {last['win_rate']:.2f}, "
+            f"training-team return {first['train_return']:.1f} -> {last['train_return']:.1f}, "
+            f"NPC-team return {first['npc_return']:.1f} -> {last['npc_return']:.1f}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     actor_path = run_dir / "actor.pt"
     torch.jit.script(agent.actor.cpu().eval()).save(str(actor_path))

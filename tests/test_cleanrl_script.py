@@ -13,6 +13,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import yaml
 
 import npc_wrapper as nw
 
@@ -41,6 +42,28 @@ def test_every_config_field_has_a_one_line_docstring() -> None:
     assert script.parse_args(["--target-kl", "None"]).target_kl is None
 
 
+def test_defaults_are_npc_trains_ppo_on_the_same_job() -> None:
+    # The script is documented to learn about as well as npc-train's default job: same rollout, batch,
+    # epochs, learning rate and losses as configs/trainer/ppo.yaml (SB3 PPO) and configs/config.yaml.
+    script = load_script()
+    args = script.Args()
+    repo = SCRIPT.parent.parent
+    ppo = yaml.safe_load((repo / "configs/trainer/ppo.yaml").read_text())
+    hp = ppo["hyperparameters"]
+    trainer = yaml.safe_load((repo / "configs/config.yaml").read_text())["trainer"]
+    slots = args.num_envs * 3  # simple_tag's 3 predators train
+    assert (args.num_envs, args.total_timesteps) == (trainer["num_envs"], trainer["total_timesteps"])
+    minibatch = slots * args.num_steps // args.num_minibatches
+    assert (args.num_steps, minibatch, args.update_epochs) == (hp["n_steps"], hp["batch_size"], hp["n_epochs"])
+    assert (args.learning_rate, args.anneal_lr) == (hp["learning_rate"], False)
+    assert (args.gamma, args.gae_lambda, args.clip_coef) == (hp["gamma"], hp["gae_lambda"], hp["clip_range"])
+    assert (args.ent_coef, args.max_grad_norm) == (hp["ent_coef"], hp["max_grad_norm"])
+    assert not args.clip_vloss and args.bootstrap_truncated  # SB3: clip_range_vf=None; TimeLimit bootstrap
+    assert ppo["policy_kwargs"]["net_arch"] == [64, 64] and args.torch_threads is None
+    agent = script.Agent(16, 5)
+    assert [m.out_features for m in agent.actor if hasattr(m, "out_features")] == [64, 64, 5]
+
+
 def test_script_trains_a_few_iterations_against_the_shipped_npc(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -67,6 +90,8 @@ def test_script_trains_a_few_iterations_against_the_shipped_npc(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "vs NPC ['agent_0'] (" in out and "simple_tag_npc.zip" in out
+    assert "768 steps, 1 torch thread(s)" in out  # one thread on the CPU, as npc-train
+    assert re.search(r"first -> last iteration: win rate [\d.]+ -> [\d.]+, training-team return", out)
     iterations = re.findall(r"iteration (\d+)/3 step (\d+): win rate ([\d.]+)", out)
     assert [int(i) for i, _, _ in iterations] == [1, 2, 3]
     assert [int(s) for _, s, _ in iterations] == [768, 1536, 2304]

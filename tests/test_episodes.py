@@ -373,6 +373,35 @@ def test_gym_record_episode_statistics() -> None:
     envs.close()
 
 
+def test_gym_final_info_carries_each_slots_episode_statistics_without_padding() -> None:
+    # CleanRL (Gymnasium 1.x) reads infos["final_info"]["episode"], which each RecordEpisodeStatistics-
+    # wrapped sub-env of its SyncVectorEnv puts there. a_0 dies at step 1 of every 3-step episode.
+    envs = nw.make_vector_env(scripted(max_steps=3, death_steps={"a_0": 1}), num_envs=2, npc="noop",
+                              training_agents_pct=0.67)
+    wrapped = RecordEpisodeStatistics(envs)  # the vector wrapper beside it: returns agree, lengths do not
+    wrapped.reset(seed=0)
+    actions = np.array([1, 2, 3, 0])
+    seen = []
+    for _ in range(4):
+        _, reward, term, trunc, infos = wrapped.step(actions)
+        done = term | trunc
+        if not done.any():
+            assert "final_info" not in infos
+            continue
+        final = infos["final_info"]
+        assert final["_episode"].tolist() == done.tolist()
+        np.testing.assert_allclose(final["episode"]["r"][done], infos["episode"]["r"][done])
+        assert (final["episode"]["t"][done] >= 0).all()
+        seen.append((final["episode"]["r"][done].round(6).tolist(), final["episode"]["l"][done].tolist(),
+                     infos["episode"]["l"][done].tolist()))
+    assert seen == [
+        ([1.001, 1.003], [1, 1], [1, 1]),  # a_0 died at step 1: its action's 0.001 * a is in its reward
+        ([6.036, 6.03], [3, 3], [3, 3]),  # a_1 truncated at step 3: 1 + 2 + 3 + 3 * (0.01 + 0.001 * a)
+        ([1.001, 1.003], [1, 1], [3, 3]),  # a_0 again: one step alive; the vector wrapper counts 2 padding
+    ]
+    wrapped.close()
+
+
 def test_gym_normalize_reward_works_and_observation_wrappers_refuse_same_step() -> None:
     envs = NormalizeReward(nw.make_vector_env(scripted(max_steps=5), num_envs=2, npc="random",
                                               training_agents_pct=0.67))

@@ -111,7 +111,9 @@ def trajectory(front: str, env: tuple, backend: dict[str, Any], steps: int = 120
             if t == steps // 2:
                 mask = np.repeat([False, True, False, False], n // 4)
                 out += venv.reset(options={"reset_mask": mask})
-            out += venv.step(a)
+            step = venv.step(a)
+            step[4].get("final_info", {}).get("episode", {}).pop("t", None)  # wall time
+            out += step
         out.append(venv.slot_alive())
     out.append(venv.get_attr("render_mode"))
     venv.close()

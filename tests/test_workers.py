@@ -78,7 +78,9 @@ def run(kind: str, num_workers: int, steps: int = 14) -> list[Any]:
         venv = nw.make_vector_env(env_fn, **kwargs)
         out.extend(venv.reset(seed=0))
         for a in actions:
-            out.extend(venv.step(a))
+            step = venv.step(a)
+            step[4].get("final_info", {}).get("episode", {}).pop("t", None)  # wall time
+            out.extend(step)
             out.append(venv.slot_alive())
     out.append(venv.get_attr("action_log"))
     venv.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,11 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
 
     * ``SAME_STEP`` (default): when slot ``k`` terminates or truncates, ``obs[k]`` is already the
       next episode's first observation, ``infos["final_obs"][k]`` holds the terminal observation
-      and ``infos["final_info"]`` the final step's info.
+      and ``infos["final_info"]`` the final step's info, with the slot's episode statistics in
+      ``infos["final_info"]["episode"]`` (``"r"``, ``"l"``, ``"t"``; masked by
+      ``infos["final_info"]["_episode"]``), as a ``SyncVectorEnv`` of envs wrapped in Gymnasium's
+      ``RecordEpisodeStatistics`` gives them (where CleanRL reads them). Only the steps the agent
+      was alive count.
     * ``NEXT_STEP`` (what Gymnasium's observation wrappers such as ``NormalizeObservation``
       require): ``obs[k]`` is the terminal observation; the next step ignores the slot's action
       and returns the first observation of the next episode with zero reward and no done. An
@@ -66,6 +71,8 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         self.metadata = {**engine.metadata, "autoreset_mode": self.autoreset_mode}
         self.closed = False
         self._seed = seed  # make_vector_env's seed=, until the first reset
+        # When each slot's current episode began (perf_counter), for final_info["episode"]["t"].
+        self._episode_start = np.full(self.num_envs, time.perf_counter())
 
     @property
     def autoreset_mode(self) -> AutoresetMode:
@@ -100,6 +107,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
             self._np_random, self._np_random_seed = seeding.np_random(int(seed))
         obs, slot_infos = engine.reset(seeds, [options or None] * E, mask)
         self._seed = None
+        self._episode_start[slice(None) if mask is None else self.slots.per_slot(mask)] = time.perf_counter()
         infos = self._batch_infos([(k, info) for k, info in enumerate(slot_infos) if info])
         return obs, self._with_masks(infos)
 
@@ -121,6 +129,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         result = self.engine.step(actions)
         items: list[tuple[int, dict[str, Any]]] = []  # what Gymnasium passes to _add_info, in order
         next_step = self.autoreset_mode == AutoresetMode.NEXT_STEP
+        now = time.perf_counter()
         for k, info in enumerate(result.infos):
             ended = result.ended.get(k)
             if next_step:
@@ -133,11 +142,15 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
                 if info:
                     items.append((k, info))
             else:
-                items.append((k, {"final_obs": ended.final_obs, "final_info": info}))
+                # RecordEpisodeStatistics' summary, as each sub-env of CleanRL's SyncVectorEnv gives it.
+                stats = {"r": ended.ret, "l": ended.length, "t": round(now - self._episode_start[k], 6)}
+                items.append((k, {"final_obs": ended.final_obs, "final_info": {**info, "episode": stats}}))
                 new_info = result.reset_infos.get(k, {})
                 if EPISODE_KEY in info:  # the env's summary sits on every slot of that env, as documented
                     new_info = {**new_info, EPISODE_KEY: info[EPISODE_KEY]}
                 items.append((k, new_info))
+        if result.reset_infos:  # the slots whose env reset now start an episode (a dead agent's: its next)
+            self._episode_start[list(result.reset_infos)] = now
         infos = self._with_masks(self._batch_infos(items))
         return result.obs, result.reward, result.terminated, result.truncated, infos
 
