@@ -211,6 +211,24 @@ def test_pistonball_uses_supersuit_preprocessing() -> None:
     assert cfg.trainer.policy == "CnnPolicy"
 
 
+def test_an_env_config_sets_its_own_budget_and_the_command_line_wins() -> None:
+    """battle's config is global (``# @package _global_``): its ``trainer`` keys beat config.yaml's base
+    values and the trainer group's, and lose to a user config and the command line."""
+    raw = yaml.safe_load((REPO / "configs/env/battle.yaml").read_text())
+    budget = raw["trainer"]
+    base = compose_config([]).trainer
+    assert budget["total_timesteps"] != base.total_timesteps and budget["eval_episodes"] != base.eval_episodes
+    cfg = compose_config(["env=battle"])
+    assert cfg.env.name == "battle" and cfg.env.factory.map_size == raw["env"]["factory"]["map_size"]
+    assert cfg.trainer.total_timesteps == budget["total_timesteps"]
+    assert cfg.trainer.eval_episodes == budget["eval_episodes"]
+    assert cfg.trainer.hyperparameters.n_steps == base.hyperparameters.n_steps  # the rest is untouched
+    assert compose_config(["env=battle", "trainer=a2c"]).trainer.total_timesteps == budget["total_timesteps"]
+    assert compose_config(["env=battle", "trainer.total_timesteps=1000"]).trainer.total_timesteps == 1000
+    user = compose_config(["env=battle", "+user=dual_policy_checkpoint_example"])
+    assert user.trainer.total_timesteps == 10_000_000_000  # the user config's, which comes after the env's
+
+
 # --------------------------------------------------------------------------- a real run
 def test_run_directory_contents(trained_run: dict[str, Any]) -> None:
     run_dir: Path = trained_run["dir"]
@@ -248,7 +266,7 @@ def test_the_start_log_line_elides_long_agent_lists() -> None:
         ([], "adversary_0..2"),  # the predators
         (["trainer.dual_policy.training_agents=[agent_*]"], "agent_0"),  # the README's prey command
         (["trainer.dual_policy.enabled=false"], "all"),
-        (["env=battle"], "red_0..80"),
+        (["env=battle"], "red_0..11"),
         (["env=pistonball"], "piston_0..9"),
     ],
 )
