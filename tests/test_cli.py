@@ -178,6 +178,7 @@ ENV_CASES = {
     "battle": ("magent2", (13, 13, 5)),
     "pistonball": ("pettingzoo.butterfly", (84, 84, 3)),
     "mettagrid_arena": ("mettagrid", None),
+    "mettagrid_hearts": ("mettagrid", None),
 }
 
 
