@@ -230,6 +230,41 @@ def test_an_env_config_sets_its_own_budget_and_the_command_line_wins() -> None:
     assert user.trainer.total_timesteps == 10_000_000_000  # the user config's, which comes after the env's
 
 
+#: A few hundred steps of any shipped env config, whatever its algorithm (PPO, MaskablePPO).
+FAST = [
+    "device=cpu",
+    "trainer.num_envs=1",
+    "trainer.total_timesteps=192",
+    "trainer.hyperparameters.n_steps=16",
+    "trainer.hyperparameters.batch_size=16",
+    "trainer.hyperparameters.n_epochs=1",
+    "trainer.eval_episodes=1",
+    "trainer.eval_num_envs=1",
+    "trainer.progress_bar=false",
+]
+#: What an env config needs beyond its factory's module (imported inside the factory, or by the env).
+ENV_PACKAGES = {"mettagrid_arena": "mettagrid", "mettagrid_hearts": "mettagrid", "pistonball": "pymunk",
+                "chess": "chess"}
+#: Shorter episodes where one would take most of the test's time (10 CNN learners, 1000-step episodes).
+SHORTER = {"pistonball": ["env.factory.max_cycles=40"], "mettagrid_arena": ["env.factory.max_steps=200"]}
+SHIPPED_ENVS = sorted(f.stem for f in (REPO / "configs/env").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("env", SHIPPED_ENVS)
+def test_every_shipped_env_config_trains_and_evaluates(env: str, tmp_path: Path) -> None:
+    """Each config of configs/env runs through npc-train (a few hundred steps, one evaluation episode before
+    and after), the command line beating the config's own budget; skipped where its package is missing."""
+    cfg = compose_config([f"env={env}", "run=test", f"run_dir={tmp_path / 'run'}", *FAST, *SHORTER.get(env, [])])
+    pytest.importorskip(cfg.env.factory._target_.rpartition(".")[0])
+    if env in ENV_PACKAGES:
+        pytest.importorskip(ENV_PACKAGES[env])
+    assert cfg.trainer.total_timesteps == 192
+    result = train(cfg)
+    assert 192 <= result["step"] < 2 * 192, result["step"]  # whole rollouts (16 steps x its learners)
+    assert [(when, s["episodes"]) for when, s in result["eval"].items()] == [("before", 1), ("after", 1)]
+    assert (tmp_path / "run" / "final.zip").is_file()
+
+
 # --------------------------------------------------------------------------- a real run
 def test_run_directory_contents(trained_run: dict[str, Any]) -> None:
     run_dir: Path = trained_run["dir"]
