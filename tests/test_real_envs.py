@@ -310,6 +310,37 @@ def test_mettagrid_shipped_factory_seeds_its_maps() -> None:
     assert not same(first[0], first[1]) and not same(first[0], other[0])
 
 
+@needs_mettagrid
+def test_mettagrid_hearts_observes_a_grid_of_the_tokens_and_pays_one_per_heart() -> None:
+    """The hearts factory's grid holds each in-window token of the env's own observation at its cell (the
+    object type one-hot, other features scaled), and the hearts taken are the rewards paid."""
+    from npc_wrapper.cli.envs import mettagrid_hearts
+
+    env = mettagrid_hearts(num_agents=4, size=9, hearts=10, max_steps=30)
+    obs, _ = env.reset(seed=0)
+    tokens = env.unwrapped._sim._c_sim.observations()  # the tokens the grid was made from
+    height, width, _ = env.observation_space(0).shape
+    assert (height, width) == (13, 13) and obs[0].dtype == np.float32
+    for agent in env.possible_agents:
+        loc, feature, value = tokens[agent].astype(int).T
+        inside = (loc != 255) & (loc >> 4 < height) & (loc & 15 < width)
+        tags = inside & (feature == 6)  # feature 6 is MettaGrid's "tag" (object type)
+        grid = obs[agent]
+        assert grid[6, 6, 0] == 1.0  # the agent itself at the centre: type 0, "type:agent"
+        cells = np.argwhere(grid[..., :3].sum(axis=2) > 0)
+        assert sorted(map(tuple, cells)) == sorted(zip(loc[tags] >> 4, loc[tags] & 15))
+        for r, c, v in zip(loc[tags] >> 4, loc[tags] & 15, value[tags]):
+            assert grid[r, c, v] == 1.0
+        assert np.count_nonzero(grid[..., 3:]) <= np.count_nonzero(inside & ~tags)
+    taken = 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs, rewards, _, truncs, _ = env.step({a: int(rng.integers(5)) for a in env.agents})
+        assert set(rewards.values()) <= {0.0, 1.0}
+        taken += sum(rewards.values())
+    assert all(truncs.values()) and 0 < taken <= 10
+
+
 # ---------------------------------------------------------------------------------------- classic
 def test_discrete_observations_rock_paper_scissors() -> None:
     """rps_v2's observations are Discrete(4) (shape ()): each agent's buffer row is a 0-d view."""

@@ -102,6 +102,8 @@ def _shipped_env_configs() -> list[dict[str, Any]]:
             env = yaml.safe_load(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeError, yaml.YAMLError):
             continue
+        if isinstance(env, dict) and isinstance(env.get("env"), dict):
+            env = env["env"]  # a global file (``# @package _global_``), which sets trainer keys too
         if isinstance(env, dict):
             configs.append(env)
     return configs

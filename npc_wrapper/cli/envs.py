@@ -29,7 +29,15 @@ from pettingzoo.utils import BaseParallelWrapper
 from npc_wrapper.cli.errors import CLIError, one_line
 from npc_wrapper.joint_env import check_parallel_env
 
-__all__ = ["EnvFactory", "PadObservations", "pad_observations", "mettagrid_arena", "ReseedOnReset"]
+__all__ = [
+    "EnvFactory",
+    "PadObservations",
+    "pad_observations",
+    "mettagrid_arena",
+    "mettagrid_hearts",
+    "ReseedOnReset",
+    "GridObservations",
+]
 
 
 #: Modules the shipped env configs need, and the npc-wrapper extra that installs each.
@@ -260,8 +268,92 @@ class TimeLimitIsTruncation(BaseParallelWrapper):
         return obs, rewards, terms, truncs, infos
 
 
+class GridObservations(BaseParallelWrapper):
+    """MettaGrid's token observations as a dense egocentric grid, the input an MLP can learn from.
+
+    MettaGrid observes ``(num_tokens, 3)`` bytes per agent: a packed cell (row << 4 | column, 255 for
+    none), a feature id and its value. Read as numbers by an MLP, a cell's position and an object's
+    type are magnitudes; here each visible cell becomes a row of channels instead: one per object type
+    (the ``tag`` feature, one-hot) and one per other feature (its value over MettaGrid's normalization).
+    Tokens outside the window (the global ones) are dropped.
+
+    :param env: a MettaGrid PettingZoo env (or a wrapper of one) with token observations
+    :param features: MettaGrid's observation feature specs (``id``, ``name``, ``normalization``)
+    :param num_tags: how many object types the ``tag`` feature names
+    :param height: the observation window's rows
+    :param width: its columns
+    """
+
+    def __init__(self, env: Any, features: Sequence[Any], num_tags: int, height: int, width: int) -> None:
+        super().__init__(env)
+        self.metadata = getattr(env, "metadata", {})
+        size = max(f.id for f in features) + 1
+        others = [f for f in features if f.name != "tag"]
+        # Channel of each (feature, value): tag values one-hot, every other feature one channel.
+        self._tag = next((f.id for f in features if f.name == "tag"), -1)
+        self._channel = np.full(size, -1, dtype=np.int64)
+        self._channel[[f.id for f in others]] = num_tags + np.arange(len(others))
+        self._scale = np.zeros(size, dtype=np.float32)
+        self._scale[[f.id for f in others]] = [1.0 / f.normalization for f in others]
+        self._shape = (height, width, num_tags + len(others))
+        self._space = spaces.Box(0.0, np.inf, self._shape, np.float32)
+
+    def _grid(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
+        agents = list(obs)
+        tokens = np.stack([obs[a] for a in agents]).astype(np.int64)  # (agents, tokens, 3)
+        loc, feature, value = tokens[..., 0], tokens[..., 1], tokens[..., 2]
+        row, col = loc >> 4, loc & 15
+        height, width, _ = self._shape
+        keep = (loc != 255) & (row < height) & (col < width) & (feature < len(self._channel))
+        agent, token = np.nonzero(keep)
+        feature, value = feature[agent, token], value[agent, token]
+        is_tag = feature == self._tag
+        channel = np.where(is_tag, value, self._channel[feature])
+        grid = np.zeros((len(agents), *self._shape), dtype=np.float32)
+        grid[agent, row[agent, token], col[agent, token], channel] = np.where(
+            is_tag, 1.0, value * self._scale[feature]
+        )
+        return dict(zip(agents, grid))
+
+    def observation_space(self, agent: Any) -> spaces.Box:
+        return self._space
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._grid(obs), infos
+
+    def step(self, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        return self._grid(obs), rewards, terms, truncs, infos
+
+
+def _mettagrid_parallel_env(cfg: Any, max_steps: int, grid: bool = False) -> Any:
+    """A MettaGrid config as a PettingZoo parallel env: episodes cut at ``max_steps`` (a truncation), each
+    reset on a fresh map drawn from the seed chain; with ``grid``, observed as :class:`GridObservations`."""
+    from mettagrid.envs.pettingzoo_env import MettaGridPettingZooEnv
+    from mettagrid.policy.policy_env_interface import PolicyEnvInterface
+    from mettagrid.simulator import Simulator
+
+    cfg.game.max_steps = max_steps
+    env = MettaGridPettingZooEnv(Simulator(), cfg)  # keeps cfg itself: its map seed is set on reset
+    env = TimeLimitIsTruncation(ReseedOnReset(env, cfg.game.map_builder), max_steps)
+    if grid:
+        spec = PolicyEnvInterface.from_mg_cfg(cfg)
+        env = GridObservations(env, spec.obs_features, len(spec.tags), spec.obs_height, spec.obs_width)
+    return env
+
+
+def _mettagrid_missing(name: str, e: ImportError) -> CLIError:
+    return CLIError(
+        f"env {name} needs MettaGrid (Python 3.11 or 3.12): pip install 'npc-wrapper[mettagrid]' ({one_line(e)})"
+    )
+
+
 def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 1000) -> Any:
     """MettaGrid's arena as a PettingZoo parallel env (``pip install 'npc-wrapper[mettagrid]'``).
+
+    MettaGrid's ``make_arena`` places walls and agents only: nothing on the map gives a reward, so the
+    returns are 0 unless agents are rewarded some other way (the ``mettagrid_hearts`` env is one that is).
 
     :param num_agents: agents on the map (all share observation and action spaces)
     :param combat: whether attacks are enabled
@@ -269,14 +361,55 @@ def mettagrid_arena(num_agents: int = 24, combat: bool = True, max_steps: int = 
     """
     try:
         from mettagrid.builder.envs import make_arena
-        from mettagrid.envs.pettingzoo_env import MettaGridPettingZooEnv
-        from mettagrid.simulator import Simulator
     except ImportError as e:
-        raise CLIError(
-            "env mettagrid_arena needs MettaGrid (Python 3.11 or 3.12): "
-            f"pip install 'npc-wrapper[mettagrid]' ({one_line(e)})"
-        ) from e
-    cfg = make_arena(num_agents=num_agents, combat=combat)
-    cfg.game.max_steps = max_steps
-    env = MettaGridPettingZooEnv(Simulator(), cfg)  # keeps cfg itself: its map seed is set on reset
-    return TimeLimitIsTruncation(ReseedOnReset(env, cfg.game.map_builder), max_steps)
+        raise _mettagrid_missing("mettagrid_arena", e) from e
+    return _mettagrid_parallel_env(make_arena(num_agents=num_agents, combat=combat), max_steps)
+
+
+def mettagrid_hearts(num_agents: int = 8, size: int = 11, hearts: int = 12, max_steps: int = 100) -> Any:
+    """A small MettaGrid map where agents race for hearts (``pip install 'npc-wrapper[mettagrid]'``).
+
+    ``hearts`` heart sources stand at random cells of a ``size`` x ``size`` walled map; an agent that moves
+    into one takes its heart (+1 reward, the source disappears). Agents only move or wait, and hearts are
+    fewer than agents can reach in an episode, so a team that heads for them takes hearts the other team
+    would have: a reward reachable from the first episodes, unlike the arena's.
+
+    :param num_agents: agents on the map (all share observation and action spaces)
+    :param size: side of the map, its wall border included
+    :param hearts: heart sources on the map
+    :param max_steps: episode length before truncation
+    """
+    try:
+        from mettagrid.builder import building
+        from mettagrid.config.game_value import InventoryValue
+        from mettagrid.config.handler_config import Handler, withdraw
+        from mettagrid.config.mettagrid_config import (
+            ActionsConfig,
+            AgentConfig,
+            GameConfig,
+            GridObjectConfig,
+            InventoryConfig,
+            MettaGridConfig,
+            MoveActionConfig,
+            NoopActionConfig,
+        )
+        from mettagrid.config.reward_config import reward
+        from mettagrid.map_builder.random_map import RandomMapBuilder
+    except ImportError as e:
+        raise _mettagrid_missing("mettagrid_hearts", e) from e
+    source = GridObjectConfig(
+        name="heart_source",
+        inventory=InventoryConfig(initial={"heart": 1}),
+        on_use_handler=Handler(mutations=[withdraw({"heart": 1}, remove_when_empty=True)]),
+    )
+    game = GameConfig(
+        num_agents=num_agents,
+        resource_names=["heart"],
+        objects={"wall": building.wall, "heart_source": source},
+        actions=ActionsConfig(move=MoveActionConfig(), noop=NoopActionConfig()),
+        agent=AgentConfig(rewards={"heart": reward(InventoryValue(item="heart"))}),
+        map_builder=RandomMapBuilder.Config(
+            agents=num_agents, width=size, height=size, border_width=1, objects={"heart_source": hearts}
+        ),
+    )
+    return _mettagrid_parallel_env(MettaGridConfig(label="hearts", game=game), max_steps, grid=True)
