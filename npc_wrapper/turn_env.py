@@ -334,6 +334,7 @@ def turn_buffer_spaces(layout: TurnLayout) -> dict[str, spaces.Box]:
         "train_obs": _box(obs.shape, obs.dtype),
         "train_mask": _box((layout.mask_width,), np.int8),
         "final_obs": _box(obs.shape, obs.dtype),
+        "final_mask": _box((layout.mask_width,), np.int8),
         "reward": _box((1,), np.float64),
         "npc_reward": _box((1,), np.float64),
         "terminated": _box((1,), np.int8),
@@ -354,7 +355,7 @@ def turn_buffer_spaces(layout: TurnLayout) -> dict[str, spaces.Box]:
     return out
 
 
-_FLAGS = ("train_mask", "terminated", "truncated", "new_episode")
+_FLAGS = ("train_mask", "final_mask", "terminated", "truncated", "new_episode")
 
 
 @dataclass
@@ -367,7 +368,8 @@ class TurnBuffers:
     * ``train_obs`` / ``train_mask``: the learner's observation and legal actions at its turn
     * ``reward`` / ``npc_reward``: what the learner / the NPC seats together earned in the step
     * ``terminated`` / ``truncated`` / ``final_obs`` / ``ended_seat``: the learner's episode ended
-      in the step: its flags, terminal observation and the seat it played
+      in the step: its flags, terminal observation and the seat it played; ``final_mask``: the
+      ``action_mask`` of that terminal observation where it is a classic ``Dict`` (else untouched)
     * ``no_move`` / ``no_move_return``: episodes that ended in the step before the learner's first move
       (reset again), and the learner's reward in them
     * ``seat``: the learner's seat (position in ``possible_agents``) in the current episode
@@ -380,6 +382,7 @@ class TurnBuffers:
     train_obs: np.ndarray
     train_mask: np.ndarray
     final_obs: np.ndarray
+    final_mask: np.ndarray
     reward: np.ndarray
     npc_reward: np.ndarray
     terminated: np.ndarray
@@ -708,7 +711,11 @@ class TurnJointEnv:
         buf, seat = self.buf, self._learner_seat
         if self._moved:
             obs = self.env.observe(seat.agent)
-            buf.final_obs[...] = obs[OBSERVATION_KEY] if seat.dict_obs else obs
+            if seat.dict_obs:
+                buf.final_obs[...] = obs[OBSERVATION_KEY]
+                seat.mask.write(obs[MASK_KEY], buf.final_mask, seat.agent)
+            else:
+                buf.final_obs[...] = obs
             buf.terminated[0], buf.truncated[0] = terminated, truncated
             self._flags = True
             buf.reward[0], buf.npc_reward[0] = self._acc, self._npc_acc
