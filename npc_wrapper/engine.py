@@ -145,7 +145,7 @@ def check_buffer_memory(buffers: Mapping[str, spaces.Box], num_envs: int) -> Non
 class Ended:
     """How a slot's episode ended: its terminal observation and Monitor-style statistics."""
 
-    final_obs: np.ndarray
+    final_obs: np.ndarray | dict[str, np.ndarray]  # a dict where a turn-based env serves Dict observations
     ret: float
     length: int
     time: float
@@ -159,7 +159,7 @@ class StepResult:
     ``npc_wrapper/episode``; each front end adds its own API's keys from ``ended``.
     """
 
-    obs: np.ndarray
+    obs: np.ndarray | dict[str, np.ndarray]  # a dict where a turn-based env serves Dict observations
     reward: np.ndarray
     #: The env's flags for the agents alive at the step's start (both may be set).
     terminated: np.ndarray
@@ -271,6 +271,11 @@ class NPCEngine:
         self._needs_reset = True
         self.closed = False
         self._init_step_state()
+
+    @property
+    def observation_space(self) -> spaces.Space:
+        """What one slot observes (the front ends' single observation space)."""
+        return self.layout.observation_space
 
     # ------------------------------------------------------------------ construction
     def _build_layout(

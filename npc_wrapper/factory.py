@@ -46,13 +46,16 @@ class _Repeated(Sequence):
 
 
 def _engine(
-    env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, seat: str, **engine_kwargs: Any
+    env_fn: EnvFn | Sequence[EnvFn], num_envs: int, seed: int | None, seat: str, dict_observations: bool,
+    **engine_kwargs: Any,
 ) -> NPCEngine:
     """The engine over ``num_envs`` sub-envs of ``env_fn``, after checking the arguments the engine does
     not take (``engine_kwargs`` are :class:`~npc_wrapper.engine.NPCEngine`'s): a
     :class:`~npc_wrapper.turn_engine.TurnEngine` where the first env is a PettingZoo ``AECEnv``."""
     if seat not in SEATS:
         raise ValueError(f"seat must be one of {list(SEATS)}, got {seat!r}")
+    if not isinstance(dict_observations, bool):
+        raise TypeError(f"dict_observations must be True or False, got {dict_observations!r}")
     check_seed(seed)
     num_envs = check_count(num_envs, "num_envs", 1, "PettingZoo env copies")
     if _is_env(env_fn):
@@ -79,13 +82,22 @@ def _engine(
             )
     probe = env_fns[0]()
     if isinstance(probe, AECEnv):
-        return TurnEngine(env_fns, seat=seat, probe=probe, **engine_kwargs)
+        return TurnEngine(
+            env_fns, seat=seat, dict_observations=dict_observations, probe=probe, **engine_kwargs
+        )
     if seat != "fixed":
         probe.close()
         raise ValueError(
             f"seat={seat!r} draws the learner's seat of a turn-based game, but env_fn builds a "
             f"{type(probe).__name__}, not a PettingZoo AECEnv: leave seat='fixed' (training_agents picks who "
             "trains in a parallel env)"
+        )
+    if dict_observations:
+        probe.close()
+        raise ValueError(
+            f"dict_observations=True serves a turn-based game's whole classic Dict observations, but env_fn "
+            f"builds a {type(probe).__name__}, not a PettingZoo AECEnv: leave dict_observations=False (a "
+            "parallel env's slots observe the 'observation' entry)"
         )
     return NPCEngine(env_fns, probe=probe, **engine_kwargs)
 
@@ -123,6 +135,7 @@ def make_vec_env(
     worker_resources: Mapping[str, float] | None = None,
     step_timeout: float | None = None,
     seat: str = "fixed",
+    dict_observations: bool = False,
 ) -> SB3VecEnv:
     """PettingZoo envs with NPC agents, as a Stable-Baselines3 ``VecEnv``.
 
@@ -169,6 +182,10 @@ def make_vec_env(
         ``training_agents_pct`` picks; it must pick one) or ``"random"`` (each env draws the learner's
         seat at every episode start among the seats with that seat's spaces; the seat played is in
         ``info["npc_wrapper/episode"]["seat"]``)
+    :param dict_observations: turn-based games whose agents observe a classic ``Dict`` of ``observation``
+        and ``action_mask`` only: the slots observe that whole ``Dict`` as the env gives it (for a
+        ``MultiInputPolicy``, or your own network that reads the mask) instead of its ``observation``
+        entry; the masks are still served (``venv.action_masks()``, ``infos["action_mask"]``)
     :return: the vector env; ``venv.training_agents`` and ``venv.npc_agents`` show the split
 
     Example::
@@ -184,7 +201,7 @@ def make_vec_env(
         >>> venv.close()
     """
     engine = _engine(
-        env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
+        env_fn, num_envs, seed, seat, dict_observations, npc=npc, training_agents_pct=training_agents_pct,
         training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method, backend=backend,
@@ -212,6 +229,7 @@ def make_vector_env(
     worker_resources: Mapping[str, float] | None = None,
     step_timeout: float | None = None,
     seat: str = "fixed",
+    dict_observations: bool = False,
 ) -> GymnasiumVectorEnv:
     """The same as :func:`make_vec_env`, as a Gymnasium ``VectorEnv``.
 
@@ -233,7 +251,7 @@ def make_vector_env(
         >>> envs.close()
     """
     engine = _engine(
-        env_fn, num_envs, seed, seat, npc=npc, training_agents_pct=training_agents_pct,
+        env_fn, num_envs, seed, seat, dict_observations, npc=npc, training_agents_pct=training_agents_pct,
         training_agents=training_agents,
         num_workers=num_workers, device=device, reset_when_training_agents_dead=reset_when_training_agents_dead,
         deterministic_npc=deterministic_npc, trusted=trusted, start_method=start_method,

@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from pettingzoo import AECEnv
 
 from npc_wrapper.engine import EPISODE_KEY, Ended, EnvFn, NPCEngine, StepResult, check_buffer_memory
-from npc_wrapper.masks import MASK_KEY
+from npc_wrapper.masks import MASK_KEY, OBSERVATION_KEY
 from npc_wrapper.npcs.policies import NPCPolicy, RandomPolicy
 from npc_wrapper.npcs.pool import NPCPool
 from npc_wrapper.turn_env import (
@@ -61,6 +62,9 @@ class TurnEngine(NPCEngine):
     :param seat: ``"fixed"``: the learner plays the seat ``training_agents`` / ``training_agents_pct``
         picks; ``"random"``: each env draws the learner's seat at every episode start among the seats
         with that seat's spaces
+    :param dict_observations: the slots observe the learner's whole classic ``Dict`` observation
+        (``observation`` and ``action_mask``, as the env gives it) instead of its ``observation`` entry;
+        the masks are served as well, as without it
     """
 
     layout: TurnLayout
@@ -70,11 +74,13 @@ class TurnEngine(NPCEngine):
         env_fns: Sequence[EnvFn],
         *,
         seat: str = "fixed",
+        dict_observations: bool = False,
         reset_when_training_agents_dead: bool = True,
         **engine_kwargs: Any,
     ) -> None:
         """:param engine_kwargs: :class:`~npc_wrapper.engine.NPCEngine`'s other parameters"""
         self.seat = seat
+        self.dict_observations = dict_observations
         self._reset_when_training_agents_dead = reset_when_training_agents_dead
         self._backend_kind = engine_kwargs.get("backend", "process")
         super().__init__(env_fns, reset_when_training_agents_dead=True, **engine_kwargs)
@@ -96,8 +102,24 @@ class TurnEngine(NPCEngine):
                 "processes on this machine) or num_workers=0"
             )
         layout = build_turn_layout(probe, npc, training_agents_pct, training_agents, self.seat)
+        if self.dict_observations and not layout.masked:
+            learner = layout.training[0]
+            raise ValueError(
+                f"dict_observations=True serves the learner's whole classic Dict observation "
+                f"('{OBSERVATION_KEY}' and '{MASK_KEY}'), but agent {learner!r} observes "
+                f"{probe.observation_space(learner)}: leave dict_observations=False"
+            )
         check_buffer_memory(turn_buffer_spaces(layout), self.num_envs)
         return layout
+
+    @property
+    def observation_space(self) -> spaces.Space:
+        """The learner's served observation space: the ``observation`` entry of a classic ``Dict``, or
+        with ``dict_observations`` the whole ``Dict``."""
+        layout = self.layout
+        if self.dict_observations:
+            return layout.observation_spaces[layout.seats[0]]
+        return layout.observation_space
 
     def _build_backend(
         self, backend: str, env_fns: Sequence[EnvFn], probe: Any, num_workers: int,
@@ -127,6 +149,10 @@ class TurnEngine(NPCEngine):
         #: a learner info (masks from infos).
         self._obs_masks = layout.masked
         self._info_masks = False
+        # dict_observations: the masks as the env's Dict gives them, and those the held envs show.
+        self._mask_dtype = self.observation_space[MASK_KEY].dtype if self.dict_observations else None
+        held = len(self._held_obs) if self.dict_observations else 0
+        self._held_mask = np.zeros((held, layout.mask_width), dtype=bool)
 
     @property
     def has_masks(self) -> bool:
@@ -161,10 +187,22 @@ class TurnEngine(NPCEngine):
         self._rounds()
         self._check_masks.learners(self.backend.buffers, np.flatnonzero(envs))
         infos = [_copy(self._reset_infos[e]) if r else {} for e, r in enumerate(envs.tolist())]
-        obs = self.backend.buffers.train_obs.copy()
+        buf = self.backend.buffers
+        obs = buf.train_obs.copy()
+        mask = buf.train_mask.copy() if self.dict_observations else None
         if shown.any():
             obs[shown] = self._held_obs[shown]
-        return obs, infos
+            if mask is not None:
+                mask[shown] = self._held_mask[shown]
+        return self._served(obs, mask), infos
+
+    def _served(self, obs: np.ndarray, mask: np.ndarray | None) -> Any:
+        """What the slots observe: ``obs``, or with ``dict_observations`` the classic Dict of ``obs`` and
+        ``mask`` (bool, cast to the env's mask dtype)."""
+        return obs if mask is None else {OBSERVATION_KEY: obs, MASK_KEY: self._served_mask(mask)}
+
+    def _served_mask(self, mask: np.ndarray) -> np.ndarray:
+        return mask.astype(self._mask_dtype)
 
     def step(self, actions: Any, validated: bool = False) -> StepResult:
         """Play every env's learner move (one per slot), then the NPCs' moves up to its next turn."""
@@ -210,6 +248,7 @@ class TurnEngine(NPCEngine):
             self._team_return[done] = 0
             self._env_length[done] = 0
         obs = buf.train_obs.copy()
+        mask = buf.train_mask.copy() if self.dict_observations else None
         if self.autoreset_mode is AutoresetMode.NEXT_STEP:
             # The ended envs show their terminal observations now; the next step delivers the reset, which
             # the env has already played up to the learner's first turn (without stepping it again).
@@ -217,7 +256,15 @@ class TurnEngine(NPCEngine):
                 obs[e] = end.final_obs
             self._held[...] = done
             self._held_obs[done] = obs[done]
-        return StepResult(obs, reward, terminated, truncated, infos, reset_infos, ended)
+            if mask is not None:
+                mask[done] = buf.final_mask[done]
+                self._held_mask[done] = mask[done]
+        if mask is not None:
+            for e, end in ended.items():
+                end.final_obs = {
+                    OBSERVATION_KEY: end.final_obs, MASK_KEY: self._served_mask(buf.final_mask[e])
+                }
+        return StepResult(self._served(obs, mask), reward, terminated, truncated, infos, reset_infos, ended)
 
     def _take(self, reached: Reached, stepped: np.ndarray) -> None:
         """Keep the learner infos of the envs that came to their learner's turn in a backend call, and

@@ -334,6 +334,7 @@ def turn_buffer_spaces(layout: TurnLayout) -> dict[str, spaces.Box]:
         "train_obs": _box(obs.shape, obs.dtype),
         "train_mask": _box((layout.mask_width,), np.int8),
         "final_obs": _box(obs.shape, obs.dtype),
+        "final_mask": _box((layout.mask_width,), np.int8),
         "reward": _box((1,), np.float64),
         "npc_reward": _box((1,), np.float64),
         "terminated": _box((1,), np.int8),
@@ -354,7 +355,7 @@ def turn_buffer_spaces(layout: TurnLayout) -> dict[str, spaces.Box]:
     return out
 
 
-_FLAGS = ("train_mask", "terminated", "truncated", "new_episode")
+_FLAGS = ("train_mask", "final_mask", "terminated", "truncated", "new_episode")
 
 
 @dataclass
@@ -367,7 +368,8 @@ class TurnBuffers:
     * ``train_obs`` / ``train_mask``: the learner's observation and legal actions at its turn
     * ``reward`` / ``npc_reward``: what the learner / the NPC seats together earned in the step
     * ``terminated`` / ``truncated`` / ``final_obs`` / ``ended_seat``: the learner's episode ended
-      in the step: its flags, terminal observation and the seat it played
+      in the step: its flags, terminal observation and the seat it played; ``final_mask``: the
+      ``action_mask`` of that terminal observation where it is a classic ``Dict`` (else untouched)
     * ``no_move`` / ``no_move_return``: episodes that ended in the step before the learner's first move
       (reset again), and the learner's reward in them
     * ``seat``: the learner's seat (position in ``possible_agents``) in the current episode
@@ -380,6 +382,7 @@ class TurnBuffers:
     train_obs: np.ndarray
     train_mask: np.ndarray
     final_obs: np.ndarray
+    final_mask: np.ndarray
     reward: np.ndarray
     npc_reward: np.ndarray
     terminated: np.ndarray
@@ -514,7 +517,7 @@ class TurnJointEnv:
         self._no_move_streak = 0
         # The buffers' scalars are written only when they change (a numpy item write costs about as
         # much as the rest of a move's bookkeeping): their values, or whether they may be set, here.
-        self._turn = LEARNER
+        buffers.turn[0] = self._turn = LEARNER
         self._row = -1
         self._flags = True  # terminated / truncated may be set
         self._new = True  # new_episode may be set
@@ -546,7 +549,8 @@ class TurnJointEnv:
             self._seat_rng = np.random.default_rng([seed, _SEAT_STREAM])
         self._start(seed, options)
         if not self._decide():  # a dead agent first: unusual right after a reset, but allowed
-            self._play(None)
+            self.env.step(None)
+            self.advance()
         self.step_info = self.reset_info
 
     def step(self, action: Any) -> None:
@@ -556,6 +560,20 @@ class TurnJointEnv:
         classic ends the game and penalises the mover).
 
         :param action: an int for ``Discrete`` actions (numpy integers are taken too)
+        """
+        self.play(action)
+        self.advance()
+
+    def step_npc(self, action: Any) -> None:
+        """Play the move of the NPC that is to move (``turn`` / ``turn_row``) and advance."""
+        self.play_npc(action)
+        self.advance()
+
+    def play(self, action: Any) -> None:
+        """The first half of :meth:`step`: send the learner's move to the env; :meth:`advance` must follow.
+
+        A batch plays every env's move, then advances every env: each half runs the same code over
+        all envs in a row, which is measurably faster than alternating them env by env.
         """
         if self._turn != LEARNER:
             raise RuntimeError(
@@ -568,17 +586,31 @@ class TurnJointEnv:
             self.buf.new_episode[0] = self._new = False
         self._no_move, self._no_move_return = 0, 0.0
         self._open = self._moved = True
-        self._play(action)
+        self.env.step(action)
 
-    def step_npc(self, action: Any) -> None:
-        """Play the move of the NPC that is to move (``turn`` / ``turn_row``) and advance."""
+    def play_npc(self, action: Any) -> None:
+        """The first half of :meth:`step_npc` (see :meth:`play`)."""
         if self._turn == LEARNER:
             raise RuntimeError(
                 f"step_npc() plays an NPC's move, but the learner ({self.learner!r}) is to move: call step()"
             )
         if self._new:
             self.buf.new_episode[0] = self._new = False
-        self._play(action)
+        self.env.step(action)
+
+    def advance(self) -> None:
+        """After the env has stepped: add the step's rewards to the learner's and the NPC seats' sums, and
+        play the dead agents' ``None`` steps (adding theirs), up to the next decision point."""
+        while True:
+            if self._wrapper_attrs:
+                self._check_reads()
+            rewards = self._reads.rewards
+            mine = rewards.get(self._learner_seat.agent, 0.0)
+            self._acc += mine
+            self._npc_acc += sum(rewards.values()) - mine
+            if self._decide():
+                return
+            self.env.step(None)
 
     # ------------------------------------------------------------------ internals
     def _start(self, seed: int | None, options: dict[str, Any] | None) -> None:
@@ -592,22 +624,6 @@ class TurnJointEnv:
         self.env.reset(seed=seed, options=options)
         if self._wrapper_attrs:
             self._check_reads()
-
-    def _play(self, action: Any) -> None:
-        """Step the env with the move of the agent to move, then the dead agents' ``None`` steps, adding
-        each step's rewards to the learner's and the NPC seats' sums, up to the next decision point."""
-        step = self.env.step
-        while True:
-            step(action)
-            if self._wrapper_attrs:
-                self._check_reads()
-            rewards = self._reads.rewards
-            mine = rewards.get(self._learner_seat.agent, 0.0)
-            self._acc += mine
-            self._npc_acc += sum(rewards.values()) - mine
-            if self._decide():
-                return
-            action = None
 
     def _check_reads(self) -> None:
         """Read through the wrappers from now on if one of them has taken an attribute of its own (as
@@ -649,10 +665,11 @@ class TurnJointEnv:
                 if self._no_move or self._no_move_shown:
                     buf.no_move[0], buf.no_move_return[0] = self._no_move, self._no_move_return
                     self._no_move_shown = self._no_move > 0
-                buf.turn[0] = self._turn = LEARNER
+                if self._turn != LEARNER:
+                    buf.turn[0] = self._turn = LEARNER
                 return True
             seat = self._seats[agent]
-            if seat.dict_obs:  # a classic env's NPC: the most common move, inlined
+            if seat.dict_obs:  # a classic env's NPC: the most common move, inlined (as in _observe)
                 obs = self.env.observe(agent)
                 seat.obs_view[...] = obs[OBSERVATION_KEY]
                 mask = obs[MASK_KEY]
@@ -662,7 +679,8 @@ class TurnJointEnv:
                     seat.mask.write(mask, seat.mask_view, agent)  # converts, or names the agent in an error
             else:
                 self._observe(seat, seat.obs_view, seat.mask_view, None)
-            buf.turn[0] = self._turn = seat.group
+            if seat.group != self._turn:
+                buf.turn[0] = self._turn = seat.group
             if seat.row != self._row:
                 buf.turn_row[0] = self._row = seat.row
             return True
@@ -672,9 +690,13 @@ class TurnJointEnv:
     ) -> None:
         """Write the observation and mask of ``seat``, which is to move, into the given buffers."""
         obs = self.env.observe(seat.agent)
-        if seat.dict_obs:
+        if seat.dict_obs:  # a classic env: the most common move
             obs_out[...] = obs[OBSERVATION_KEY]
-            seat.mask.write(obs[MASK_KEY], mask_out, seat.agent)
+            mask = obs[MASK_KEY]
+            if type(mask) is np.ndarray and mask.shape == seat.mask.shape:
+                mask_out[...] = mask
+            else:
+                seat.mask.write(mask, mask_out, seat.agent)  # converts, or names the agent in an error
             return
         obs_out[...] = obs
         if seat.mask is not None:
@@ -689,7 +711,11 @@ class TurnJointEnv:
         buf, seat = self.buf, self._learner_seat
         if self._moved:
             obs = self.env.observe(seat.agent)
-            buf.final_obs[...] = obs[OBSERVATION_KEY] if seat.dict_obs else obs
+            if seat.dict_obs:
+                buf.final_obs[...] = obs[OBSERVATION_KEY]
+                seat.mask.write(obs[MASK_KEY], buf.final_mask, seat.agent)
+            else:
+                buf.final_obs[...] = obs
             buf.terminated[0], buf.truncated[0] = terminated, truncated
             self._flags = True
             buf.reward[0], buf.npc_reward[0] = self._acc, self._npc_acc
@@ -769,11 +795,15 @@ def step_learners(
     """
     moves = actions.tolist() if isinstance(joints[0].layout.action_space, spaces.Discrete) else list(actions)
     held: Reached = {}
+    moving = []
     for e, (joint, move) in enumerate(zip(joints, moves)):
         if active is None or active[e]:
-            joint.step(move)
+            joint.play(move)
+            moving.append(joint)
         else:
             held[first + e] = (joint.reset_info, joint.reset_info)
+    for joint in moving:
+        joint.advance()
     return {**_reached(joints, range(len(joints)), first), **held}
 
 
@@ -799,7 +829,9 @@ def step_npcs(
         waiting = [e for e, joint in enumerate(joints) if joint._turn != LEARNER]
     for e in waiting:
         joint = joints[e]
-        joint.step_npc(moves[joint._turn][e])
+        joint.play_npc(moves[joint._turn][e])
+    for e in waiting:
+        joints[e].advance()
     return _reached(joints, waiting, first)
 
 

@@ -1504,7 +1504,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="only the turn-based section: connect four, the wrapper vs a plain AEC loop")
     p.add_argument("--turn-num-envs", type=int, default=64, help="envs in the turn-based section")
     p.add_argument("--turn-steps", type=int, default=10, help="learner moves per repeat in the turn-based section")
-    p.add_argument("--turn-repeats", type=int, default=15, help="interleaved rounds in the turn-based section")
+    p.add_argument("--turn-repeats", type=int, default=40, help="interleaved rounds in the turn-based section")
     p.add_argument("--memory-check", action="store_true",
                    help="only run the wrapper for --memory-steps and sample RSS (first --envs / --policies)")
     p.add_argument("--memory-steps", type=int, default=200_000, help="vector steps in the memory check")

@@ -37,7 +37,8 @@ def test_every_engine_argument_is_a_factory_argument_with_the_same_default() -> 
     engine = parameters(NPCEngine)
     engine.pop("env_fns")
     engine.pop("probe")  # the first env, which the factory builds to choose the engine
-    engine["seat"] = parameters(TurnEngine)["seat"]  # the turn-based engine's own argument
+    turn = parameters(TurnEngine)  # the turn-based engine's own arguments
+    engine["seat"], engine["dict_observations"] = turn["seat"], turn["dict_observations"]
     gym = parameters(nw.make_vector_env)
     assert engine == {k: v for k, v in gym.items() if k not in FACTORY_ONLY}
 

@@ -329,3 +329,107 @@ def test_readme_turn_based_examples_run() -> None:
     assert len(blocks) == 2
     for block in blocks:
         exec(compile(block.replace("model.learn(20_000)", "model.learn(256)"), "README.md", "exec"), {})
+
+
+# ------------------------------------------------------------------------------------ dict observations
+def _reset(venv: Any) -> tuple[Any, np.ndarray]:
+    """Either front end's reset (seed 1) as (obs, masks)."""
+    if isinstance(venv, gymnasium.vector.VectorEnv):
+        obs, infos = venv.reset(seed=1)
+        return obs, infos["action_mask"]
+    venv.seed(1)
+    return venv.reset(), venv.action_masks()
+
+
+def _step(venv: Any, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[int, Any]]:
+    """Either front end's step as (obs, rewards, dones, the returned obs' masks, terminal obs by slot)."""
+    if isinstance(venv, gymnasium.vector.VectorEnv):
+        obs, rewards, terminated, truncated, infos = venv.step(actions)
+        done = terminated | truncated
+        finals = {e: infos["final_obs"][e] for e in np.flatnonzero(done)}
+        return obs, rewards, done, infos["action_mask"], finals
+    obs, rewards, dones, infos = venv.step(actions)
+    finals = {e: infos[e]["terminal_observation"] for e in np.flatnonzero(dones)}
+    return obs, rewards, dones, venv.action_masks(), finals
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dict_observations_serve_the_whole_classic_dict(make_venv: Any, workers: int) -> None:
+    """The slots observe the env's whole Dict (the terminal observation too); its 'observation' entry, the
+    rewards and the served masks are those of the same run without the option; its mask is the served one."""
+    args = dict(num_envs=4, npc="npc_wrapper.bots:ConnectFourBot", seat="random", num_workers=workers,
+                device="cpu")
+    whole = make_venv(connect_four_v3.env, dict_observations=True, **args)
+    plain = make_venv(connect_four_v3.env, **args)
+    single = getattr(whole, "single_observation_space", whole.observation_space)
+    assert single == connect_four_v3.env().observation_space("player_0")
+    rng, ended = np.random.default_rng(1), 0
+    try:
+        (obs, masks), (p_obs, p_masks) = _reset(whole), _reset(plain)
+        for _ in range(60):
+            assert set(obs) == {"observation", "action_mask"} and obs["action_mask"].dtype == np.int8
+            np.testing.assert_array_equal(obs["observation"], p_obs)
+            np.testing.assert_array_equal(obs["action_mask"].astype(bool), masks)
+            np.testing.assert_array_equal(masks, p_masks)
+            actions = legal(masks, rng)
+            obs, rewards, dones, masks, finals = _step(whole, actions)
+            p_obs, p_rewards, p_dones, p_masks, p_finals = _step(plain, actions)
+            np.testing.assert_array_equal(rewards, p_rewards)
+            np.testing.assert_array_equal(dones, p_dones)
+            for e, final in finals.items():
+                np.testing.assert_array_equal(final["observation"], p_finals[e])
+                # The env's own mask at the learner's dead step: the columns whose top cell is empty.
+                np.testing.assert_array_equal(final["action_mask"], final["observation"][0].sum(axis=-1) == 0)
+                assert single.contains(final)
+                ended += 1
+        assert ended >= 4
+    finally:
+        whole.close()
+        plain.close()
+
+
+def test_dict_observations_next_step_shows_the_terminal_dict() -> None:
+    envs = nw.make_vector_env(connect_four_v3.env, num_envs=2, npc="npc_wrapper.bots:ConnectFourBot", seed=0,
+                              autoreset_mode=AutoresetMode.NEXT_STEP, dict_observations=True, device="cpu")
+    rng = np.random.default_rng(0)
+    obs, infos = envs.reset()
+    delivered = 0
+    for _ in range(60):
+        obs, rewards, terminated, truncated, infos = envs.step(legal(infos["action_mask"], rng))
+        assert envs.observation_space.contains(obs)
+        for e in np.flatnonzero(terminated | truncated):
+            board = obs["observation"][e]
+            assert board.sum() >= 4  # the terminal board, with the env's mask of it
+            np.testing.assert_array_equal(obs["action_mask"][e], board[0].sum(axis=-1) == 0)
+            delivered += 1
+    assert delivered >= 2
+    envs.close()
+
+
+def test_maskable_ppo_multi_input_policy_trains_on_dict_observations() -> None:
+    from sb3_contrib import MaskablePPO
+
+    venv = nw.make_vec_env(recorded_tictactoe, num_envs=4, npc="random", seed=0, seat="random",
+                           dict_observations=True, device="cpu")
+    try:
+        model = MaskablePPO("MultiInputPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0,
+                            device="cpu")
+        model.learn(256)
+        assert len(model.ep_info_buffer) > 0
+        for env in recorders(venv):  # the learner was masked through venv.action_masks()
+            assert all(m.mask[m.action] for m in env.live_moves())
+    finally:
+        venv.close()
+
+
+def test_dict_observations_bad_input() -> None:
+    from mpe2 import simple_tag_v3
+
+    with pytest.raises(ValueError, match=r"^dict_observations=True serves the learner's whole classic Dict "
+                                         r"observation .* but agent 'agent_0' observes Box\("):
+        nw.make_vec_env(simple_tag_v3.env, training_agents=["agent_0"], dict_observations=True)
+    message = "but env_fn builds a ScriptedParallelEnv, not a PettingZoo AECEnv: leave dict_observations=False"
+    with pytest.raises(ValueError, match=message):
+        nw.make_vector_env(lambda: ScriptedParallelEnv(), dict_observations=True)
+    with pytest.raises(TypeError, match="dict_observations must be True or False, got 'yes'"):
+        nw.make_vec_env(connect_four_v3.env, dict_observations="yes")

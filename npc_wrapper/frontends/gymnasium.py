@@ -64,7 +64,7 @@ class GymnasiumVectorEnv(FrontEnd, VectorEnv):
         FrontEnd.__init__(self, engine)
         layout = engine.layout
         self.num_envs = engine.slots.num_slots
-        self.single_observation_space = layout.observation_space
+        self.single_observation_space = engine.observation_space
         self.single_action_space = layout.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

@@ -55,7 +55,7 @@ class SB3VecEnv(FrontEnd, VecEnv):
     def __init__(self, engine: NPCEngine, seed: int | None = None) -> None:
         FrontEnd.__init__(self, engine)
         layout = engine.layout
-        VecEnv.__init__(self, engine.slots.num_slots, layout.observation_space, layout.action_space)
+        VecEnv.__init__(self, engine.slots.num_slots, engine.observation_space, layout.action_space)
         self.metadata = engine.metadata
         self.render_mode = engine.render_mode
         self._actions: np.ndarray | None = None
