@@ -91,7 +91,7 @@ def cannot_write(what: str, path: str | os.PathLike[str], error: OSError) -> str
     :param error: the ``OSError``
     """
     code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
-    return f"cannot write {what} {path}: {error.strerror or error}{code}"
+    return f"cannot write {what} {path}: {error.strerror or shorten(str(error))}{code}"
 
 
 class NoEpisodeEnds(RuntimeError):

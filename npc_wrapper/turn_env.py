@@ -577,8 +577,8 @@ class TurnJointEnv:
         """
         if self._turn != LEARNER:
             raise RuntimeError(
-                f"step() plays the learner's move, but NPC {self._npc_to_move()!r} is to move: call "
-                "step_npc()"
+                f"step() / play() play the learner's move, but NPC {self._npc_to_move()!r} is to move: "
+                "call step_npc()"
             )
         if type(action) is not int:
             action = self._learner_action(action)
@@ -796,14 +796,16 @@ def step_learners(
     moves = actions.tolist() if isinstance(joints[0].layout.action_space, spaces.Discrete) else list(actions)
     held: Reached = {}
     moving = []
-    for e, (joint, move) in enumerate(zip(joints, moves)):
-        if active is None or active[e]:
-            joint.play(move)
-            moving.append(joint)
-        else:
-            held[first + e] = (joint.reset_info, joint.reset_info)
-    for joint in moving:
-        joint.advance()
+    try:
+        for e, (joint, move) in enumerate(zip(joints, moves)):
+            if active is None or active[e]:
+                joint.play(move)
+                moving.append(joint)
+            else:
+                held[first + e] = (joint.reset_info, joint.reset_info)
+    finally:  # a move refused midway (not an int): the envs that played still reach their next turn
+        for joint in moving:
+            joint.advance()
     return {**_reached(joints, range(len(joints)), first), **held}
 
 
@@ -827,11 +829,15 @@ def step_npcs(
     ]
     if waiting is None:
         waiting = [e for e, joint in enumerate(joints) if joint._turn != LEARNER]
-    for e in waiting:
-        joint = joints[e]
-        joint.play_npc(moves[joint._turn][e])
-    for e in waiting:
-        joints[e].advance()
+    played = []
+    try:
+        for e in waiting:
+            joint = joints[e]
+            joint.play_npc(moves[joint._turn][e])
+            played.append(joint)
+    finally:  # as in step_learners: no env is left between its move and its next decision point
+        for joint in played:
+            joint.advance()
     return _reached(joints, waiting, first)
 
 

@@ -98,7 +98,7 @@ class Args:
     num_steps: int = 128
     """the number of steps per slot in each rollout"""
     anneal_lr: bool = False
-    """toggle learning-rate annealing (CleanRL's default; npc-train's SB3 PPO keeps it constant)"""
+    """toggle learning-rate annealing (on in CleanRL; off here, as in npc-train's SB3 PPO)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 0.95
@@ -260,6 +260,8 @@ def truncation_bootstrap(
 def train(args: Args) -> dict[str, Any]:
     """Run PPO as configured, with ``args.torch_threads`` torch threads; return the run directory, the
     saved actor and the win rates logged at each iteration."""
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise CLIError(f"--torch-threads must be >= 1 (or None: 1 on the CPU), got {args.torch_threads}")
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     with torch_threads(args.torch_threads, device.type):
         return _train(args, device)

@@ -137,6 +137,11 @@ def test_bad_npc_input_is_one_line_naming_the_scripts_own_flags(tmp_path: Path) 
         and "--npc random" in proc.stderr
     )
 
+    proc = _run_script("--torch-threads", "0", "--output-dir", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "cleanrl_ppo_npc.py: error: --torch-threads must be >= 1 (or None: 1 on the CPU), got 0"
+    ], proc.stderr
+
     marker = tmp_path / "PWNED"
     payload = save_marker_torchscript(tmp_path / "npc.pt", marker)
     proc = _run_script("--npc", f"file://{payload}", "--output-dir", str(tmp_path))

@@ -21,6 +21,8 @@ from npc_wrapper.turn_env import (
     TurnBuffers,
     TurnJointEnv,
     build_turn_layout,
+    step_learners,
+    step_npcs,
 )
 from tests.turn_envs import TurnDriver, first_legal, random_legal
 
@@ -364,11 +366,28 @@ def test_learner_action_must_be_an_int(action: Any) -> None:
         turn.step(action)
     turn.step(np.int64(4))  # numpy integers are ints
     assert turn.buf.turn[0] != LEARNER
-    with pytest.raises(RuntimeError, match=r"step\(\) plays the learner's move, but NPC 'player_2' is to"):
+    with pytest.raises(RuntimeError, match=r"step\(\) / play\(\) play the learner's move, but NPC 'player_2' is"):
         turn.step(0)
     turn.step_npc(0)
     with pytest.raises(RuntimeError, match="step_npc\\(\\) plays an NPC's move, but the learner"):
         turn.step_npc(1)
+
+
+def test_a_move_refused_midway_leaves_every_env_at_a_decision_point() -> None:
+    """Envs play their moves before any advances: one refused (not an int) must not leave the envs that
+    already played between their move and their next turn (the learner's next move would be taken as
+    the NPC's)."""
+    layout = build_turn_layout(tictactoe_v3.env(), "random", training_agents=["player_1"])
+    joints = [TurnJointEnv(tictactoe_v3.env(), layout, TurnBuffers.allocate(layout)) for _ in range(2)]
+    for joint in joints:
+        joint.reset(seed=0)
+    with pytest.raises(TypeError, match="not an int"):
+        step_learners(joints, np.array([4, 1.5], dtype=object))
+    assert joints[0].buf.turn[0] != LEARNER and joints[0].env.agent_selection == "player_2"
+    assert joints[1].buf.turn[0] == LEARNER and joints[1].env.agent_selection == "player_1"
+    step_npcs(joints[:1], [np.array([0])])
+    step_learners(joints, np.array([8, 4]))  # both envs go on from where they are
+    assert all(joint.buf.turn[0] != LEARNER and joint.env.agent_selection == "player_2" for joint in joints)
 
 
 def test_other_envs_must_match_the_first() -> None:

@@ -305,6 +305,7 @@ class GridObservations(BaseParallelWrapper):
         row, col = loc >> 4, loc & 15
         height, width, _ = self._shape
         keep = (loc != 255) & (row < height) & (col < width) & (feature < len(self._channel))
+        keep &= (feature == self._tag) | (self._channel[np.where(keep, feature, 0)] >= 0)  # declared only
         agent, token = np.nonzero(keep)
         feature, value = feature[agent, token], value[agent, token]
         is_tag = feature == self._tag

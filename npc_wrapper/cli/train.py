@@ -279,7 +279,7 @@ def _learn(
         paths.root,
     )
     try:
-        with _sigterm_as_interrupt(), _training_errors():
+        with _sigterm_as_interrupt(), _training_errors(cfg.trainer.step_timeout):
             model.learn(
                 total_timesteps=remaining,
                 callback=callbacks.all(),
@@ -287,7 +287,7 @@ def _learn(
                 progress_bar=_progress_bar(cfg),
             )
     except KeyboardInterrupt:
-        with _no_interrupts(), _training_errors():
+        with _no_interrupts(), _training_errors(cfg.trainer.step_timeout):
             path = callbacks.save_checkpoint(model)
             if callbacks.league is not None:
                 callbacks.league.save_state()
@@ -405,15 +405,15 @@ def _no_interrupts() -> Iterator[None]:
 
 
 @contextmanager
-def _training_errors() -> Iterator[None]:
+def _training_errors(step_timeout: float | None) -> Iterator[None]:
     """One line, with what to do about it, for a league snapshot or state that cannot be written and for
-    workers that did not answer a step within ``trainer.step_timeout``."""
+    workers that did not answer a step in time (within ``trainer.step_timeout`` when it is set)."""
     try:
         yield
     except SaveError as e:
         raise CLIError(f"{e}; {SAVE_ADVICE}") from e
-    except TimeoutError as e:  # the workers' bound: the message names the workers that did not answer
-        raise CLIError(f"{one_line(e)} (trainer.step_timeout)") from e
+    except TimeoutError as e:  # the message names the workers that did not answer, or what timed out
+        raise CLIError(one_line(e) + (" (trainer.step_timeout)" if step_timeout is not None else "")) from e
 
 
 # --------------------------------------------------------------------------- entry point
