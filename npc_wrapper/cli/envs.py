@@ -160,7 +160,27 @@ class EnvFactory:
         return f"EnvFactory({self.factory[0]}, wrappers={[w[0] for w in self.wrappers]})"
 
 
-class PadObservations(BaseParallelWrapper):
+class _ObservationWrapper(BaseParallelWrapper):
+    """A parallel wrapper that maps every observation dict with :meth:`_observe` into ``self._space``."""
+
+    _space: spaces.Box
+
+    def _observe(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
+        raise NotImplementedError
+
+    def observation_space(self, agent: Any) -> spaces.Box:
+        return self._space
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._observe(obs), infos
+
+    def step(self, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        return self._observe(obs), rewards, terms, truncs, infos
+
+
+class PadObservations(_ObservationWrapper):
     """Zero-pads every agent's ``Box`` observation to one shared shape, natively on the parallel API.
 
     SuperSuit's ``pad_observations_v0`` does the same through an AEC round trip per step; this
@@ -189,23 +209,12 @@ class PadObservations(BaseParallelWrapper):
         out[tuple(slice(0, n) for n in a.shape)] = a
         return out
 
-    def _pad(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
+    def _observe(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
         space = self._space
         return {
             a: o if np.shape(o) == self._shape else self._padded(np.asarray(o), self._shape, space.dtype)
             for a, o in obs.items()
         }
-
-    def observation_space(self, agent: Any) -> spaces.Box:
-        return self._space
-
-    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        obs, infos = self.env.reset(seed=seed, options=options)
-        return self._pad(obs), infos
-
-    def step(self, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        obs, rewards, terms, truncs, infos = self.env.step(actions)
-        return self._pad(obs), rewards, terms, truncs, infos
 
 
 def pad_observations(env: Any) -> PadObservations:
@@ -268,7 +277,7 @@ class TimeLimitIsTruncation(BaseParallelWrapper):
         return obs, rewards, terms, truncs, infos
 
 
-class GridObservations(BaseParallelWrapper):
+class GridObservations(_ObservationWrapper):
     """MettaGrid's token observations as a dense egocentric grid, the input an MLP can learn from.
 
     MettaGrid observes ``(num_tokens, 3)`` bytes per agent: a packed cell (row << 4 | column, 255 for
@@ -298,7 +307,7 @@ class GridObservations(BaseParallelWrapper):
         self._shape = (height, width, num_tags + len(others))
         self._space = spaces.Box(0.0, np.inf, self._shape, np.float32)
 
-    def _grid(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
+    def _observe(self, obs: dict[Any, Any]) -> dict[Any, np.ndarray]:
         agents = list(obs)
         tokens = np.stack([obs[a] for a in agents]).astype(np.int64)  # (agents, tokens, 3)
         loc, feature, value = tokens[..., 0], tokens[..., 1], tokens[..., 2]
@@ -315,17 +324,6 @@ class GridObservations(BaseParallelWrapper):
             is_tag, 1.0, value * self._scale[feature]
         )
         return dict(zip(agents, grid))
-
-    def observation_space(self, agent: Any) -> spaces.Box:
-        return self._space
-
-    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        obs, infos = self.env.reset(seed=seed, options=options)
-        return self._grid(obs), infos
-
-    def step(self, actions: dict[Any, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        obs, rewards, terms, truncs, infos = self.env.step(actions)
-        return self._grid(obs), rewards, terms, truncs, infos
 
 
 def _mettagrid_parallel_env(cfg: Any, max_steps: int, grid: bool = False) -> Any:
