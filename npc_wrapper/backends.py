@@ -30,8 +30,9 @@ def check_backend(
     worker_resources: Mapping[str, Any] | None = None,
     step_timeout: Any = None,
     prefix: str = "",
-) -> None:
-    """Raise, with one line naming the argument, unless the backend arguments go together.
+) -> float | None:
+    """Raise, with one line naming the argument, unless the backend arguments go together; return
+    ``step_timeout`` as checked (seconds as a ``float``, or ``None``).
 
     :param prefix: qualifies the names in the messages (``"trainer."`` for the CLI's keys)
     :raises TypeError: a ``step_timeout`` that is not a number
@@ -73,13 +74,14 @@ def check_backend(
         ray_workers = _ray_workers()
         ray_workers.check_worker_resources(worker_resources, prefix)
         ray_workers.require_ray()
-        return
+        return timeout
     for name, value in (("ray_address", ray_address), ("worker_resources", worker_resources)):
         if value is not None:
             raise ValueError(
                 f"{prefix}{name}={value!r} applies to {prefix}backend='ray' only; pass {prefix}backend='ray' "
                 f"(with {prefix}num_workers >= 1) or leave {prefix}{name} out"
             )
+    return timeout
 
 
 def _ray_workers() -> ModuleType:

@@ -19,7 +19,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
 from npc_wrapper.agents import AgentLayout, SlotMap, build_layout
-from npc_wrapper.arguments import check_count, check_seed, check_timeout
+from npc_wrapper.arguments import check_count, check_seed
 from npc_wrapper.backends import check_backend, make_backend
 from npc_wrapper.errors import NPCOutputError
 from npc_wrapper.joint_env import buffer_spaces, check_parallel_env
@@ -208,8 +208,9 @@ class NPCEngine:
             if not env_fns:
                 raise ValueError("num_envs must be at least 1")
             num_workers = check_count(num_workers, "num_workers", 0, "0 steps the envs in this process")
-            check_backend(backend, num_workers, start_method, ray_address, worker_resources, step_timeout)
-            step_timeout = check_timeout(step_timeout, "step_timeout")
+            step_timeout = check_backend(
+                backend, num_workers, start_method, ray_address, worker_resources, step_timeout
+            )
             resolve_device(device)  # checked even when no NPC runs on it
         except BaseException:
             if probe is not None:
