@@ -17,6 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import reprlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
     "WandbNotFoundError",
     "WandbUnavailableError",
     "byte_size",
-    "cannot_write",
+    "saving",
     "corrupt_checkpoint",
     "short_repr",
     "shorten",
@@ -82,16 +84,22 @@ class SaveError(OSError):
     and why, in one line. Writes are atomic, so the files saved before are intact."""
 
 
-def cannot_write(what: str, path: str | os.PathLike[str], error: OSError) -> str:
-    """The one-line message for ``error``, raised while writing ``path``: what, where, why (with the errno
-    name; a write past a file-size limit names no file by itself).
+@contextmanager
+def saving(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Raise an ``OSError`` of the block, which writes ``path``, as a :class:`SaveError` whose one-line
+    message says what, where and why (with the errno name: a write past a file-size limit names no file
+    by itself).
 
-    :param what: what was being written (``"checkpoint"``)
+    :param what: what is being written (``"checkpoint"``)
     :param path: where
-    :param error: the ``OSError``
     """
-    code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
-    return f"cannot write {what} {path}: {error.strerror or shorten(str(error))}{code}"
+    try:
+        yield
+    except SaveError:
+        raise  # an inner block's, already worded
+    except OSError as e:
+        code = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
+        raise SaveError(f"cannot write {what} {path}: {e.strerror or shorten(str(e))}{code}") from e
 
 
 class NoEpisodeEnds(RuntimeError):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from npc_wrapper.errors import TRUST_HINT, cannot_write
+from npc_wrapper.errors import TRUST_HINT, SaveError, saving
 
 __all__ = ["CLIError", "one_line", "die", "with_trust_flag", "writing"]
 
@@ -58,6 +58,7 @@ def writing(what: str, path: str | os.PathLike[str], advice: str = "") -> Iterat
     :param advice: what to do about it, appended to the message
     """
     try:
-        yield
-    except OSError as e:
-        raise CLIError(cannot_write(what, path, e) + (f"; {advice}" if advice else "")) from e
+        with saving(what, path):
+            yield
+    except SaveError as e:
+        raise CLIError(f"{e}; {advice}" if advice else str(e)) from e

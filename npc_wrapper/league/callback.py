@@ -25,8 +25,7 @@ import collections
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from npc_wrapper.checkpoints.store import atomic_save, atomic_write_json, snapshot_path
 from npc_wrapper.config import LeagueConfig
 from npc_wrapper.engine import NPCEngine
-from npc_wrapper.errors import SaveError, cannot_write
+from npc_wrapper.errors import saving
 from npc_wrapper.evaluation import episodes_from_infos
 from npc_wrapper.frontends.sb3 import SB3VecEnv
 from npc_wrapper.league.checks import check_league_venv, check_wrappers, find_npc_vec_env
@@ -427,14 +426,14 @@ class LeagueCallback(BaseCallback):
         without ``save_dir``)."""
         if self.save_dir is not None:
             path = self.save_dir / "league.json"
-            with _saving("the league's state", path):
+            with saving("the league's state", path):
                 atomic_write_json(path, self.state())
 
     def _save(self, name: str, steps: int) -> Path:
         # The checkpoint loader reads <stem>.json as the checkpoint's metadata (selectors sort by it).
         meta = {"league_name": name, "num_timesteps": steps, "step": steps, "elo": self.learner_elo}
         path = snapshot_path(self.save_dir, name)
-        with _saving(f"league snapshot {name}", path):
+        with saving(f"league snapshot {name}", path):
             atomic_save(self.model, path, meta)
         if self.config.wandb_artifacts:
             artifact = self._log_artifact(path, meta)
@@ -457,12 +456,3 @@ class LeagueCallback(BaseCallback):
         artifact.add_file(str(path))
         artifact.add_file(str(path.with_suffix(".json")))
         return run.log_artifact(artifact, aliases=[f"step-{meta['num_timesteps']}"])
-
-
-@contextmanager
-def _saving(what: str, path: Path) -> Iterator[None]:
-    """Raise an ``OSError`` while writing ``path`` as a one-line :class:`SaveError`."""
-    try:
-        yield
-    except OSError as e:
-        raise SaveError(cannot_write(what, path, e)) from e
